@@ -74,8 +74,15 @@ def _float_array(x: Any, name: str) -> jax.Array:
         jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)
     ):
         raise TypeError(f"{name} must be a real-valued array, got dtype {x.dtype}")
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return _to_float(x)
+
+
+def _to_float(x: Any) -> Any:
+    """float32 (float64 stays float64 under x64); NumPy stays NumPy, so no eager device op is compiled."""
+    dtype = jax.dtypes.canonicalize_dtype(jnp.promote_types(x.dtype, jnp.float32))
+    if isinstance(x, np.ndarray):
+        return np.asarray(x, dtype)
+    return x if x.dtype == dtype else jnp.asarray(x).astype(dtype)
 
 
 def _check_ties_name(ties: Any) -> str:
@@ -98,12 +105,14 @@ def _check_beta(beta: Any, name: str = "beta", *, ndim: int | None = None) -> ja
     host = _host(beta)
     if host is not None and not np.isfinite(host).all():
         raise ValueError(f"{name} must be finite (natural-log Bradley–Terry coefficients); it holds NaN or inf")
-    beta = jnp.asarray(beta)
-    return beta.astype(jnp.promote_types(beta.dtype, jnp.float32))
+    return _to_float(beta)
 
 
-def _check_distribution(x: Any, name: str, m: int, batch_shape: tuple[int, ...], what: str) -> jax.Array:
-    """A non-negative weight vector over the last axis (length m), normalised to sum 1."""
+def _check_distribution(x: Any, name: str, m: int, batch_shape: tuple[int, ...], what: str) -> Any:
+    """A non-negative weight vector over the last axis (length m), uniform when None; the kernels
+    normalise it to sum 1."""
+    if x is None:
+        return np.ones((m,), np.float32)
     x = _float_array(x, name)
     if x.ndim < 1 or x.shape[-1] != m:
         raise ValueError(f"{name} must have shape [{m}] (one weight per {what}), got {describe(x)}")
@@ -121,6 +130,10 @@ def _check_distribution(x: Any, name: str, m: int, batch_shape: tuple[int, ...],
             raise ValueError(f"{name} must be >= 0 (weights over {what}s), got a negative entry")
         if (host.sum(-1) <= 0).any():
             raise ValueError(f"{name} must have a positive sum (weights over {what}s)")
+    return x
+
+
+def _normalise(x: jax.Array) -> jax.Array:
     return x / jnp.sum(x, axis=-1, keepdims=True)
 
 
@@ -232,7 +245,7 @@ def win_probabilities(
     beta = _check_beta(beta)
     batch = tuple(beta.shape[:-1])
     m = beta.shape[-1]
-    q = None if opponent is None else _check_distribution(opponent, "opponent", m, batch, "model")
+    q = _check_distribution(opponent, "opponent", m, batch, "model")
     tp = _check_tie_param(tie_param, ties, batch)
     return _win_probabilities(beta, q, tp, ties=ties)
 
@@ -240,9 +253,8 @@ def win_probabilities(
 @functools.partial(jax.jit, static_argnames=("ties",))
 def _win_probabilities(beta, q, tp, *, ties):
     scores = _expected_scores(beta, ties, tp)
-    if q is None:
-        return jnp.mean(scores, axis=-1)
-    return jnp.einsum("...im,...m->...i", scores, q.astype(scores.dtype))
+    # Multiply-and-sum rather than a dot: a float32 dot may run in TF32 on GPUs (10-bit mantissa).
+    return jnp.sum(scores * _normalise(q.astype(scores.dtype))[..., None, :], axis=-1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,7 +302,7 @@ def _policy(w: jax.Array, costs: jax.Array, budget: jax.Array) -> jax.Array:
 def _policy_batch(w, costs, budget):
     batch = w.shape[:-1]
     wf = w.reshape((-1, w.shape[-1]))
-    bf = jnp.broadcast_to(budget, batch).reshape(-1)
+    bf = jnp.broadcast_to(budget.astype(w.dtype), batch).reshape(-1)
     out = jax.vmap(_policy, in_axes=(0, None, 0))(wf, costs, bf)
     return out.reshape(w.shape)
 
@@ -331,11 +343,10 @@ def optimal_policy(win_prob: Any, costs: Any, budget: Any) -> jax.Array:
     host = _host(w)
     if host is not None and np.isnan(host).any():
         raise ValueError("win_prob contains NaN")
-    w = jnp.asarray(w)
-    w = w.astype(jnp.promote_types(w.dtype, jnp.float32))
+    w = _to_float(w)
     costs = _check_costs(costs, w.shape[-1])
     b = _check_budget(budget, costs, tuple(w.shape[:-1]))
-    return _policy_batch(w, costs.astype(w.dtype), b.astype(w.dtype))
+    return _policy_batch(w, costs, b)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -367,7 +378,7 @@ def _summarise(policy, w, costs) -> RoutingResult:
         policy=policy,
         win_prob=w,
         expected_win_rate=jnp.sum(policy * w, axis=-1),
-        expected_cost=policy @ costs.astype(policy.dtype),
+        expected_cost=jnp.sum(policy * costs.astype(policy.dtype), axis=-1),
         chosen=jnp.argmax(policy, axis=-1).astype(jnp.int32),
     )
 
@@ -377,7 +388,7 @@ def _route_jit(beta, costs, budget, q, tp, *, ties, chunk_size):
     p = beta.shape[0]
     budget = jnp.broadcast_to(budget.astype(beta.dtype), (p,))
     tp_rows = None if tp is None else jnp.broadcast_to(tp.astype(beta.dtype), (p,))
-    q_rows = None if q is None else jnp.broadcast_to(q.astype(beta.dtype), beta.shape)
+    q_rows = jnp.broadcast_to(q.astype(beta.dtype), beta.shape)
 
     def one(args):
         b, c_budget, qq, t = args
@@ -429,7 +440,7 @@ def route(
     p, m = beta.shape
     if chunk_size is not None and not (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    q = None if opponent is None else _check_distribution(opponent, "opponent", m, (p,), "model")
+    q = _check_distribution(opponent, "opponent", m, (p,), "model")
     tp = _check_tie_param(tie_param, ties, (p,))
     costs = _check_costs(costs, m)
     b = _check_budget(budget, costs, (p,))
@@ -480,6 +491,8 @@ def _average_jit(w, costs, budget, weights):
     p, m = w.shape
     dtype = w.dtype
     costs = costs.astype(dtype)
+    budget = budget.astype(dtype)
+    weights = weights.astype(dtype)
     if m == 1:
         return _summarise(jnp.ones_like(w), w, costs)
     order = jnp.argsort(costs, stable=True).astype(jnp.int32)
@@ -494,6 +507,7 @@ def _average_jit(w, costs, budget, weights):
     # Slopes decrease along a hull; the running minimum keeps rounding from reordering a prompt's edges.
     slope = jax.lax.cummin(slope, axis=1)
     # Greedy: start every prompt at its cheapest hull vertex, buy edges by decreasing gain per unit cost.
+    weights = _normalise(weights)
     base = jnp.sum(weights * costs[stack[:, 0]])
     left = budget - base
     flat_slope = slope.reshape(-1)
@@ -564,18 +578,15 @@ def route_average_budget(
     p, m = beta.shape
     if p == 0:
         raise ValueError("beta has no prompts (shape [0, M]); nothing to route")
-    q = None if opponent is None else _check_distribution(opponent, "opponent", m, (p,), "model")
+    q = _check_distribution(opponent, "opponent", m, (p,), "model")
     tp = _check_tie_param(tie_param, ties, (p,))
     costs = _check_costs(costs, m)
     b = _check_budget(budget, costs, None)
-    if prompt_weights is None:
-        omega = jnp.full((p,), 1.0 / p, beta.dtype)
-    else:
-        omega = _check_distribution(prompt_weights, "prompt_weights", p, (), "prompt")
-        if omega.ndim != 1:
-            raise ValueError(f"prompt_weights must have shape [{p}], got {describe(omega)}")
+    omega = _check_distribution(prompt_weights, "prompt_weights", p, (), "prompt")
+    if omega.ndim != 1:
+        raise ValueError(f"prompt_weights must have shape [{p}], got {describe(omega)}")
     w = _win_probabilities(beta, q, tp, ties=ties)
-    return _average_jit(w, costs, b.astype(w.dtype), omega.astype(w.dtype))
+    return _average_jit(w, costs, b, omega)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -609,11 +620,10 @@ def router_scores(
     p, m = beta.shape
     policy = _check_policy(policy, p, m)
     tp = _check_tie_param(tie_param, ties, (p,))
-    if prompt_weights is None:
-        omega = jnp.full((p,), 1.0 / p, beta.dtype)
-    else:
-        omega = _check_distribution(prompt_weights, "prompt_weights", p, (), "prompt")
-    return _router_scores(beta, policy.astype(beta.dtype), omega.astype(beta.dtype), tp, ties=ties)
+    omega = _check_distribution(prompt_weights, "prompt_weights", p, (), "prompt")
+    if omega.ndim != 1:
+        raise ValueError(f"prompt_weights must have shape [{p}], got {describe(omega)}")
+    return _router_scores(beta, policy, omega, tp, ties=ties)
 
 
 def _check_policy(policy: Any, p: int, m: int) -> jax.Array:
@@ -632,13 +642,15 @@ def _check_policy(policy: Any, p: int, m: int) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("ties",))
 def _router_scores(beta, policy, omega, tp, *, ties):
     scores = _expected_scores(beta, ties, tp)  # [P, M(i), M(m)]
-    per_prompt = jnp.einsum("pi,pim->pm", policy, scores)
-    return jnp.einsum("p,pm->m", omega, per_prompt)
+    policy, omega = policy.astype(scores.dtype), omega.astype(scores.dtype)
+    per_prompt = jnp.sum(policy[:, :, None] * scores, axis=1)  # elementwise: no TF32 dot on GPUs
+    return jnp.sum(_normalise(omega)[:, None] * per_prompt, axis=0)
 
 
 @jax.jit
 def _solve_rating(scores, ratings, q, k):
     """Root of `g(r) = sum_m q_m sigmoid((r - R_m) / k) - sum_m q_m S_m` (increasing in r), by bisection."""
+    ratings, q = ratings.astype(scores.dtype), _normalise(q.astype(scores.dtype))
     target = jnp.sum(q * scores)
     lo = jnp.min(ratings) + k * jax.scipy.special.logit(target)
     hi = jnp.max(ratings) + k * jax.scipy.special.logit(target)
@@ -718,13 +730,8 @@ def router_rating(
     host = _host(ratings)
     if host is not None and not np.isfinite(host).all():
         raise ValueError("model_ratings must be finite")
-    q = (
-        jnp.full((m,), 1.0 / m, beta.dtype)
-        if opponent is None
-        else _check_distribution(opponent, "opponent", m, (), "model")
-    )
+    q = _check_distribution(opponent, "opponent", m, (), "model")
     if q.ndim != 1:
         raise ValueError(f"opponent must have shape [{m}] for router_rating, got {describe(q)}")
     scores = router_scores(beta, policy, prompt_weights=prompt_weights, ties=ties, tie_param=tie_param)
-    k = jnp.asarray(scale / math.log(base), beta.dtype)
-    return _solve_rating(scores, ratings.astype(beta.dtype), q.astype(beta.dtype), k)
+    return _solve_rating(scores, _to_float(ratings), _to_float(q), scale / math.log(base))

@@ -145,8 +145,9 @@ def test_win_probabilities_reference(ties):
     got_q = win_probabilities(beta, opponent=q, ties=ties, tie_param=tp)
     np.testing.assert_allclose(got_uniform, s.mean(-1), rtol=0, atol=2e-6)
     np.testing.assert_allclose(got_q, s @ (q / q.sum()), rtol=0, atol=2e-6)
-    # Self-play is counted and worth exactly 1/2: one model alone scores 1/2.
-    np.testing.assert_allclose(win_probabilities(beta[:, :1], ties=ties, tie_param=tp), 0.5, atol=1e-7)
+    # Self-play is counted and worth exactly 1/2: against itself alone, a model scores 1/2.
+    only_0 = np.eye(5, dtype=np.float32)[0]
+    np.testing.assert_allclose(win_probabilities(beta, opponent=only_0, ties=ties, tie_param=tp)[:, 0], 0.5, atol=1e-7)
 
 
 def test_win_probabilities_hand_example():
