@@ -201,14 +201,29 @@ def _check_budget(budget: Any, costs: jax.Array, batch_shape: tuple[int, ...] | 
 # Win probabilities.
 
 
-def _expected_scores(beta: jax.Array, ties: str, tp: jax.Array | None) -> jax.Array:
-    """`s[..., i, m] = P(i beats m) + P(tie) / 2` from the shared likelihoods, float[..., M, M]."""
+_GROUNDED = "grounded-rao-kupper"  # P2L's grounded RK: not shift-invariant, needs theta_b besides delta
+
+
+def _pair_probabilities(beta: jax.Array, ties: str, tp: jax.Array | None) -> jax.Array:
+    """Outcome probabilities of i (slot a) against m (slot b) from the shared likelihoods, float[..., M, M, K]:
+    `[P(i wins), P(m wins), P(tie)]` (K = 3), plus `P(tie (bothbad))` for the grounded model (K = 4)."""
     delta = beta[..., :, None] - beta[..., None, :]
+    kwargs = {}
     if tp is not None:
-        tp = jnp.asarray(tp, delta.dtype)[..., None, None]
-    probs = _bt.outcome_probabilities(delta, ties=ties, tie_param=tp)
+        kwargs["tie_param"] = jnp.asarray(tp, delta.dtype)[..., None, None]
+    if ties == _GROUNDED:
+        kwargs["theta_b"] = jnp.broadcast_to(beta[..., None, :], delta.shape)
+    return _bt.outcome_probabilities(delta, ties=ties, **kwargs)
+
+
+def _score(probs: jax.Array) -> jax.Array:
     # Every outcome that is neither a win nor a loss (a tie, a "both bad" tie) is worth half a win.
     return probs[..., 0] + 0.5 * jnp.sum(probs[..., 2:], axis=-1)
+
+
+def _expected_scores(beta: jax.Array, ties: str, tp: jax.Array | None) -> jax.Array:
+    """`s[..., i, m] = P(i beats m) + P(tie) / 2` from the shared likelihoods, float[..., M, M]."""
+    return _score(_pair_probabilities(beta, ties, tp))
 
 
 def win_probabilities(
@@ -604,7 +619,8 @@ def router_scores(
     r"""Prompt-averaged expected score of the router against each model, float32[M].
 
     `S_m = sum_p omega_p sum_i pi_pi s(i, m | beta_p)`, `s = P(win) + P(tie) / 2`: the router is an extra
-    competitor that answers prompt p with model i with probability `pi_pi`.
+    competitor that answers prompt p with model i with probability `pi_pi`. Mirror matches (i = m) count
+    1/2, as in `win_probabilities`, so `sum_m q_m S_m` is the routing objective averaged over prompts.
 
     Args:
         beta: float[P, M] per-prompt coefficients.
@@ -615,6 +631,11 @@ def router_scores(
     Example:
         >>> router_scores(beta, route(beta, costs, 1.0).policy)   # doctest: +SKIP
     """
+    beta, policy, omega, tp, ties = _router_inputs(beta, policy, prompt_weights, ties, tie_param)
+    return _score(_router_outcomes(beta, policy, omega, tp, ties=ties, mirror=True))
+
+
+def _router_inputs(beta, policy, prompt_weights, ties, tie_param):
     ties = _check_ties_name(ties)
     beta = _check_beta(beta, ndim=2)
     p, m = beta.shape
@@ -623,7 +644,7 @@ def router_scores(
     omega = _check_distribution(prompt_weights, "prompt_weights", p, (), "prompt")
     if omega.ndim != 1:
         raise ValueError(f"prompt_weights must have shape [{p}], got {describe(omega)}")
-    return _router_scores(beta, policy, omega, tp, ties=ties)
+    return beta, policy, omega, tp, ties
 
 
 def _check_policy(policy: Any, p: int, m: int) -> jax.Array:
@@ -639,35 +660,58 @@ def _check_policy(policy: Any, p: int, m: int) -> jax.Array:
     return policy
 
 
+@functools.partial(jax.jit, static_argnames=("ties", "mirror"))
+def _router_outcomes(beta, policy, omega, tp, *, ties, mirror):
+    """float[M, K]: the router's prompt-averaged outcome probabilities against each model (router in slot a).
+
+    With `mirror=False` the mirror matches (the router answering with model m itself against m) are left
+    out, so row m sums to the probability that a battle against m happens."""
+    probs = _pair_probabilities(beta, ties, tp)  # [P, M(i), M(m), K]
+    if not mirror:
+        m = beta.shape[-1]
+        probs = probs * (1.0 - jnp.eye(m, dtype=probs.dtype))[None, :, :, None]
+    policy, omega = policy.astype(probs.dtype), omega.astype(probs.dtype)
+    # Multiply-and-sum, not dots: no TF32 on GPUs.
+    per_prompt = jnp.sum(policy[:, :, None, None] * probs, axis=1)  # [P, M, K]
+    return jnp.sum(_normalise(omega)[:, None, None] * per_prompt, axis=0)
+
+
 @functools.partial(jax.jit, static_argnames=("ties",))
-def _router_scores(beta, policy, omega, tp, *, ties):
-    scores = _expected_scores(beta, ties, tp)  # [P, M(i), M(m)]
-    policy, omega = policy.astype(scores.dtype), omega.astype(scores.dtype)
-    per_prompt = jnp.sum(policy[:, :, None] * scores, axis=1)  # elementwise: no TF32 dot on GPUs
-    return jnp.sum(_normalise(omega)[:, None] * per_prompt, axis=0)
+def _solve_rating(outcomes, ratings, q, tp, init, k, *, ties):
+    """Root of the derivative of `L(r) = sum_m q_m sum_o S_mo log P_o(r - theta_m)` (router in slot a), by
+    bisection in natural-log units, returned on the Elo scale; +-inf when the router surely wins / loses."""
+    dtype = outcomes.dtype
+    theta = (ratings.astype(dtype) - init) / k
+    q = _normalise(q.astype(dtype))
+    # "drop" / "half" predict no ties: the soft label S_win + S_tie / 2 under "half" is the Bradley–Terry
+    # cross-entropy, whatever the tie column holds.
+    lik = "half" if ties in ("drop", "half") else ties
+    codes = jnp.arange(outcomes.shape[-1], dtype=jnp.int32)
 
+    def objective(r):
+        delta = (r - theta)[:, None]
+        kwargs = {} if tp is None else {"tie_param": tp}
+        if ties == _GROUNDED:
+            kwargs["theta_b"] = theta[:, None]
+        lp = _bt.outcome_log_probs(delta, codes[None, :], ties=lik, **kwargs)  # [M, K]
+        return jnp.sum(q[:, None] * jnp.where(outcomes > 0, outcomes * lp, 0.0))
 
-@jax.jit
-def _solve_rating(scores, ratings, q, k):
-    """Root of `g(r) = sum_m q_m sigmoid((r - R_m) / k) - sum_m q_m S_m` (increasing in r), by bisection."""
-    ratings, q = ratings.astype(scores.dtype), _normalise(q.astype(scores.dtype))
-    target = jnp.sum(q * scores)
-    lo = jnp.min(ratings) + k * jax.scipy.special.logit(target)
-    hi = jnp.max(ratings) + k * jax.scipy.special.logit(target)
-
-    def g(r):
-        return jnp.sum(q * jax.nn.sigmoid((r - ratings) / k)) - target
+    slope = jax.grad(objective)
+    lo = jnp.min(theta) - 40.0
+    hi = jnp.max(theta) + 40.0
 
     def body(_, bounds):
         a, b = bounds
         mid = 0.5 * (a + b)
-        up = g(mid) < 0
+        up = slope(mid) > 0
         return jnp.where(up, mid, a), jnp.where(up, b, mid)
 
-    a, b = jax.lax.fori_loop(0, 80, body, (lo - 1e-3 * k, hi + 1e-3 * k))
+    a, b = jax.lax.fori_loop(0, 64, body, (lo.astype(dtype), hi.astype(dtype)))
     r = 0.5 * (a + b)
-    r = jnp.where(target >= 1, jnp.inf, jnp.where(target <= 0, -jnp.inf, r))
-    return r
+    r = jnp.where(slope(hi) > 0, jnp.inf, jnp.where(slope(lo) < 0, -jnp.inf, r))
+    # No battle at all (M = 1, or the router only ever meets its own pick): no rating.
+    r = jnp.where(jnp.sum(q[:, None] * outcomes) > 0, r, jnp.nan)
+    return init + k * r
 
 
 def router_rating(
@@ -675,42 +719,59 @@ def router_rating(
     policy: Any,
     model_ratings: Any,
     *,
+    model_tie_param: Any = None,
     opponent: Any = None,
     prompt_weights: Any = None,
     ties: str = "bt",
     tie_param: Any = None,
     scale: float = 400.0,
     base: float = 10.0,
+    init: float = 1000.0,
 ) -> jax.Array:
     r"""The router's rating on the Elo scale of the aggregate leaderboard.
 
-    The router is an extra competitor whose expected score against model m is
-    `S_m = sum_p omega_p sum_i pi_pi s(i, m | beta_p)` (`router_scores`). Holding the models at their
-    aggregate ratings `R` (the leaderboard for the same prompt distribution: one Bradley–Terry vector fit
-    to the `omega`-average of the per-prompt probabilities, every ordered pair weighted `q_i q_m`), the
-    router's rating r minimises the cross-entropy `-sum_m q_m [S_m log s_m + (1 - S_m) log(1 - s_m)]`,
-    `s_m = sigmoid((r - R_m) / k)`, `k = scale / ln(base)` (`BTResult.ratings = init + k * theta`). It is
-    the root of `sum_m q_m sigmoid((r - R_m) / k) = sum_m q_m S_m`, found by bisection (convex,
-    one-dimensional), so it only depends on the router's average expected score and increases with it.
+    The router is an extra competitor: against model m on prompt p it answers with model i != m with
+    probability `pi_pi` and reaches outcome o (win, loss, tie, both bad) with probability
+    `sum_{i != m} pi_pi P_o(i vs m | beta_p)`; averaged over prompts (weights `omega`) that is `S_mo`.
+    Mirror matches (the router picking m itself against m) are not battles and are left out, as the
+    aggregate leaves out the pairs (m, m). Holding the models at their aggregate ratings `R = init + k theta`
+    (`k = scale / ln(base)`, the `BTResult.ratings` convention) — the leaderboard of the same prompt
+    distribution: one coefficient vector (and tie parameter) fit to the `omega`-average of the per-prompt
+    outcome probabilities over the ordered model pairs, as P2L aggregates — the router's log-strength r
+    maximises the same likelihood with the models fixed:
 
-    Consistency: a router that always picks model j gets exactly `R_j` when R is that aggregate fit
-    (the aggregate fit's stationarity condition for model j is this equation). With other model ratings
-    (e.g. a global Bradley–Terry fit) r is still the best-fitting rating on their scale.
+        r = argmax_r  sum_m q_m sum_o S_mo log P_o(r - theta_m; model_tie_param),
+
+    and the result is `init + k r`. For `"bt"` / `"bt-tie"` this is the Bradley–Terry cross-entropy with
+    soft labels (a tie is half a win): the root of
+    `sum_m q_m [S_m,win + S_m,tie / 2 - n_m sigmoid(r - theta_m)] = 0`, `n_m = sum_o S_mo` the probability
+    that a battle against m happens. For the tie models the likelihood is theirs. The objective is concave
+    in r for the shift-invariant models; r is found by bisection on its slope.
+
+    Consistency: a router that always picks model j gets exactly `R_j` when R (and `model_tie_param`)
+    is that aggregate fit with uniform pair weights and `opponent` uniform: the aggregate's stationarity
+    condition for `theta_j` is this equation (every tie model here is symmetric in its two slots).
 
     Args:
         beta: float[P, M] per-prompt coefficients.
         policy: float[P, M] the router's policy.
-        model_ratings: float[M] the models' aggregate ratings in Elo points (any offset: r shifts with it).
-        opponent: optional float[M] opponent weights q (default uniform), as used for the aggregate.
+        model_ratings: float[M] the models' aggregate ratings in Elo points. For the shift-invariant
+            models any offset works (r moves with it); for `"grounded-rao-kupper"` (absolute strengths)
+            they must be `init + k theta` with the aggregate's uncentred theta.
+        model_tie_param: the aggregate's fitted tie parameter (RK alpha, Davidson nu); required for the
+            tie models, ignored for `"bt"` / `"bt-tie"`. (`tie_param` is the per-prompt one of `beta`.)
+        opponent: optional float[M] weights q over the opponents (default uniform, as the aggregate).
         prompt_weights: optional float[P] prompt weights omega (default uniform).
-        ties, tie_param: likelihood of `beta` (ties count half a win).
-        scale, base: the Elo scale (400, 10), as in `fit_bradley_terry`.
+        ties, tie_param: likelihood of `beta` and its per-prompt tie parameter.
+        scale, base, init: the Elo scale (400, 10, 1000), as in `fit_bradley_terry`.
 
     Returns:
-        float32 scalar rating (+inf / -inf when the router wins / loses every comparison surely).
+        float32 scalar rating (+inf / -inf when the router surely wins / loses every comparison; NaN when
+        it never meets a model other than its own pick, e.g. M = 1).
 
     Raises:
-        ValueError: bad shapes, a policy whose rows are not distributions, bad scale/base.
+        ValueError: bad shapes, a policy whose rows are not distributions, bad scale/base/init, a missing
+            `model_tie_param`.
 
     Example:
         >>> res = route(beta, costs, 1.0)                                             # doctest: +SKIP
@@ -721,8 +782,9 @@ def router_rating(
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     if base == 1:
         raise ValueError("base must not be 1 (the Elo scale divides by ln(base))")
-    ties = _check_ties_name(ties)
-    beta = _check_beta(beta, ndim=2)
+    if isinstance(init, bool) or not (isinstance(init, (int, float)) and math.isfinite(init)):
+        raise ValueError(f"init must be a finite number, got {init!r}")
+    beta, policy, omega, tp, ties = _router_inputs(beta, policy, prompt_weights, ties, tie_param)
     p, m = beta.shape
     ratings = _float_array(model_ratings, "model_ratings")
     if tuple(ratings.shape) != (m,):
@@ -730,8 +792,21 @@ def router_rating(
     host = _host(ratings)
     if host is not None and not np.isfinite(host).all():
         raise ValueError("model_ratings must be finite")
+    model_tp = None
+    if ties not in ("drop", "half"):
+        if model_tie_param is None:
+            raise ValueError(
+                f"model_tie_param is required for ties={ties!r}: the aggregate leaderboard's fitted tie parameter"
+            )
+        model_tp = _float_array(model_tie_param, "model_tie_param")
+        if model_tp.ndim != 0:
+            raise ValueError(f"model_tie_param must be a scalar, got {describe(model_tp)}")
+        mhost = _host(model_tp)
+        if mhost is not None and not (np.isfinite(mhost) and mhost > 0):
+            raise ValueError(f"model_tie_param must be finite and > 0, got {float(mhost)!r}")
     q = _check_distribution(opponent, "opponent", m, (), "model")
     if q.ndim != 1:
         raise ValueError(f"opponent must have shape [{m}] for router_rating, got {describe(q)}")
-    scores = router_scores(beta, policy, prompt_weights=prompt_weights, ties=ties, tie_param=tie_param)
-    return _solve_rating(scores, _to_float(ratings), _to_float(q), scale / math.log(base))
+    k = scale / math.log(base)
+    outcomes = _router_outcomes(beta, policy, omega, tp, ties=ties, mirror=False)
+    return _solve_rating(outcomes, ratings, q, model_tp, float(init), k, ties=ties)

@@ -120,6 +120,20 @@ def test_lp_under_jit_and_vmap():
 # Win probabilities.
 
 
+def _ref_outcomes(beta, ties, tp):
+    """float64 NumPy [P(i wins), P(m wins), P(tie), (P(both bad))] of i (slot a) vs m, [..., M, M, K]."""
+    d = beta[..., :, None] - beta[..., None, :]
+    tp = np.asarray(tp, np.float64)[..., None, None]
+    if ties == "rao-kupper":
+        pa, pb = _sigmoid(d - tp), _sigmoid(-d - tp)
+        return np.stack([pa, pb, 1 - pa - pb], -1)
+    # grounded Rao–Kupper (P2L): a fixed competitor at beta = 0 wins when both are bad; t = e^alpha.
+    pi_a, pi_b, t = np.exp(beta[..., :, None]), np.exp(beta[..., None, :]), np.exp(tp)
+    pa, pb = pi_a / (pi_a + t * pi_b + 1), pi_b / (pi_b + t * pi_a + 1)
+    pbb = 1 / (1 + pi_a + pi_b)
+    return np.stack([pa, pb, 1 - pa - pb - pbb, pbb], -1)
+
+
 def _ref_scores(beta, ties, tp):
     """float64 NumPy expected score s[..., i, m] = P(win) + P(tie) / 2, written from the formulas."""
     d = beta[..., :, None] - beta[..., None, :]
@@ -277,6 +291,47 @@ def test_router_rating_fixed_router_heterogeneous_prompts():
     np.testing.assert_allclose(got, ref, atol=2e-6)
 
 
+def _tie_aggregate(beta, alpha, ties):
+    """float64 aggregate with a tie model: theta and alpha fit to the prompt-average of the per-prompt outcome
+    probabilities over every ordered pair i != m (uniform), P2L's aggregation; ratings 1000 + k theta."""
+    m = beta.shape[1]
+    qbar = _ref_outcomes(beta, ties, alpha).mean(0)  # [M, M, K]
+    off = ~np.eye(m, dtype=bool)
+
+    def f(x):
+        probs = _ref_outcomes(x[None, :m], ties, np.exp(x[m:]))[0]
+        return -np.sum(qbar[off] * np.log(probs[off]))
+
+    x0 = np.concatenate([beta.mean(0), [np.log(alpha.mean())]])
+    x = minimize(f, x0, method="BFGS", options={"gtol": 1e-11}).x
+    return 1000.0 + K_ELO * x[:m], float(np.exp(x[m]))
+
+
+def _grounded_available():
+    from jaxrank.ratings import TIE_MODELS
+
+    return "grounded-rao-kupper" in TIE_MODELS
+
+
+@pytest.mark.parametrize("ties", ["rao-kupper", "grounded-rao-kupper"])
+def test_router_rating_fixed_router_tie_models(ties):
+    if ties == "grounded-rao-kupper" and not _grounded_available():
+        pytest.skip("grounded Rao–Kupper is not in jaxrank.ratings.TIE_MODELS on this branch (it comes with P2L)")
+    rng = np.random.default_rng(8)
+    beta = rng.normal(0, 1.0, (6, 4))
+    alpha = rng.uniform(0.3, 1.0, 6)
+    # Per-prompt outcome probabilities against the float64 reference, through the expected scores.
+    got = win_probabilities(beta.astype(np.float32), ties=ties, tie_param=alpha.astype(np.float32))
+    s = _ref_outcomes(beta, ties, alpha)
+    np.testing.assert_allclose(got, (s[..., 0] + 0.5 * s[..., 2:].sum(-1)).mean(-1), atol=2e-6)
+    ratings, alpha_agg = _tie_aggregate(beta, alpha, ties)
+    for j in range(4):
+        policy = np.eye(4, dtype=np.float32)[np.full(6, j)]
+        r = router_rating(beta.astype(np.float32), policy, ratings.astype(np.float32), model_tie_param=alpha_agg,
+                          ties=ties, tie_param=alpha.astype(np.float32))
+        assert abs(float(r) - ratings[j]) < 2e-2
+
+
 def test_router_never_worse_than_best_fixed_model_at_same_cost():
     rng = np.random.default_rng(4)
     beta = rng.normal(0, 1.5, (12, 5)).astype(np.float32)
@@ -321,6 +376,8 @@ def test_router_never_worse_than_best_fixed_model_at_same_cost():
         (lambda: router_rating(jnp.zeros((2, 3)), jnp.ones((2, 3)) / 3, jnp.zeros(2)), r"model_ratings must have shape \[M\]"),
         (lambda: router_rating(jnp.zeros((2, 3)), jnp.ones((3, 3)) / 3, jnp.zeros(3)), r"policy must have shape \[P, M\]"),
         (lambda: router_rating(jnp.zeros((2, 3)), jnp.ones((2, 3)) / 3, jnp.zeros(3), base=1.0), "base must not be 1"),
+        (lambda: router_rating(jnp.zeros((2, 3)), jnp.ones((2, 3)) / 3, jnp.zeros(3), ties="rao-kupper", tie_param=0.5),
+         "model_tie_param is required"),
     ],
 )
 def test_errors(call, match):
