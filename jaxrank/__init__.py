@@ -42,6 +42,10 @@ from jaxrank.ratings import (
 from jaxrank import allocation
 from jaxrank.allocation import AllocatorState, SimulationResult, simulate, simulate_sweep
 
+# p2l routing
+from jaxrank._routing import RoutingResult, optimal_policy, route, route_average_budget, router_rating
+from jaxrank._routing import router_scores, win_probabilities
+
 __all__ = [
     "__version__",
     # prompt prioritization
@@ -79,4 +83,12 @@ __all__ = [
     "SimulationResult",
     "simulate",
     "simulate_sweep",
+    # p2l routing
+    "RoutingResult",
+    "optimal_policy",
+    "route",
+    "route_average_budget",
+    "router_rating",
+    "router_scores",
+    "win_probabilities",
 ]
