@@ -11,6 +11,7 @@ Example:
 """
 
 from jaxrank.lm.config import SUPPORTED_ARCHITECTURES, ModelConfig, RopeConfig
+from jaxrank.lm.features import prompt_features
 from jaxrank.lm.gemma3 import Gemma3ForCausalLM
 from jaxrank.lm.generate import generate
 from jaxrank.lm.llama import LlamaForCausalLM
@@ -40,5 +41,6 @@ __all__ = [
     "clear_load_cache",
     "generate",
     "load_model",
+    "prompt_features",
     "resolve_model_path",
 ]
