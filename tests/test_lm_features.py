@@ -1,6 +1,6 @@
 """`jaxrank.lm.prompt_features`: last-token hidden states of a causal LM (real SmolLM2-135M and a tiny
-random model), bucketing/order/padding checked against the unpadded forward pass, sharding, caching
-and argument errors."""
+random model), bucketing/order/padding checked against the unpadded forward pass, pooled
+all-MiniLM-L6-v2 sentence vectors, sharding, caching and argument errors."""
 
 import json
 import warnings
@@ -82,22 +82,69 @@ def test_raw_text_and_left_truncation(smollm2):
 
 
 # --------------------------------------------------------------------------------------------
+# The MiniLM sentence encoder
+
+
+@pytest.fixture(scope="module")
+def minilm_features(minilm):
+    return prompt_features(PROMPTS, encoder="all-minilm-l6-v2", batch_size=2)
+
+
+def test_minilm_features_are_the_sentence_embeddings(minilm, minilm_features):
+    # One padded batch in input order vs length-sorted batches of 2 padded to buckets of 16 tokens.
+    assert minilm_features.shape == (len(PROMPTS), 384) and minilm_features.dtype == np.float32
+    np.testing.assert_allclose(minilm_features, minilm.encode(PROMPTS), atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(np.linalg.norm(minilm_features, axis=1), 1.0, atol=ATOL)
+    # A loaded encoder or its directory are the same encoder; the chat template does not apply.
+    by_object = prompt_features(PROMPTS, encoder=minilm, batch_size=2, chat_template=False)
+    by_path = prompt_features(PROMPTS, encoder=str(minilm.path), batch_size=2)
+    np.testing.assert_array_equal(by_object, minilm_features)
+    np.testing.assert_array_equal(by_path, minilm_features)
+
+
+def test_minilm_features_on_a_data_mesh_equal_one_device(minilm_features):
+    from jaxrank.sharding import make_mesh
+
+    sharded = prompt_features(PROMPTS, encoder="all-minilm-l6-v2", batch_size=2, mesh=make_mesh(data=2))
+    np.testing.assert_allclose(sharded, minilm_features, atol=ATOL, rtol=RTOL)
+
+
+def test_minilm_truncates_at_the_end(minilm):
+    with pytest.warns(TruncationWarning, match="1 of 2 prompts are longer than 8 tokens and were truncated at the end"):
+        x = prompt_features([PROMPTS[0], "Hi"], encoder=minilm, max_length=8)
+    ids = minilm.token_ids(PROMPTS[0], max_length=8)
+    assert len(ids) == 8 and ids[0] == minilm.tokenizer.cls_token_id and ids[-1] == minilm.tokenizer.sep_token_id
+    np.testing.assert_allclose(x, minilm.encode([PROMPTS[0], "Hi"], max_length=8), atol=ATOL, rtol=RTOL)
+
+
+def test_minilm_cache_by_name_does_not_load_the_model(minilm_features, tmp_path, monkeypatch):
+    x = prompt_features(PROMPTS, encoder="all-minilm-l6-v2", batch_size=2, cache_dir=tmp_path)
+    np.testing.assert_array_equal(x, minilm_features)
+    meta = json.loads(next(tmp_path.glob("features-*.json")).read_text())
+    assert meta["encoder"]["kind"] == "bert" and meta["options"]["chat_template"] is None
+    assert any(f[0] == "model.safetensors" for f in meta["encoder"]["files"])
+    monkeypatch.setattr(features_module, "_load", lambda *a, **k: pytest.fail("loaded although cached"))
+    np.testing.assert_array_equal(prompt_features(PROMPTS, encoder="All-MiniLM-L6-v2", cache_dir=tmp_path), x)
+
+
+# --------------------------------------------------------------------------------------------
 # Cache (a tiny random model: cheap to hash and to run)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from flax import nnx
-
     from jaxrank.lm import CausalLM, LoadedModel, ModelConfig
+    from jaxrank.lm.transformer import param_shapes
 
     tok = bpe_chat_tokenizer(300, PROMPTS * 3)
     cfg = ModelConfig(
         "llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
         num_kv_heads=2, head_dim=8, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
     )
+    rng = np.random.default_rng(0)  # NumPy draws: cheaper than compiling a random op per shape
+    weights = {n: rng.normal(0.0, 0.5, shape).astype(np.float32) for n, shape in param_shapes(cfg).items()}
     return LoadedModel(
-        model=CausalLM(cfg, rngs=nnx.Rngs(0)), tokenizer=tok, config=cfg, name="tiny", chat_template=TEMPLATE,
+        model=CausalLM(cfg, weights=weights), tokenizer=tok, config=cfg, name="tiny", chat_template=TEMPLATE,
         vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         eos_token_ids=(tok.eos_token_id,),
     )

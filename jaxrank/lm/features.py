@@ -92,31 +92,61 @@ def _check_count(value: Any, name: str, minimum: int) -> int:
 # Which encoder
 
 
+def _bert_module():
+    from jaxrank.lm import bert
+
+    return bert
+
+
+def _encoder_kind_of_path(path: pathlib.Path) -> str:
+    """"bert" for a BERT (sentence-transformers or plain) directory, else "causal"."""
+    config = path / "config.json"
+    if path.is_dir() and (path / "modules.json").is_file():
+        return "bert"  # a sentence-transformers directory
+    if path.is_dir() and config.is_file():
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except (OSError, ValueError):
+            model_type = None
+        if model_type in _bert_module().BERT_MODEL_TYPES:
+            return "bert"
+    return "causal"
+
+
 def _resolve_name(encoder: str | os.PathLike) -> tuple[str, pathlib.Path]:
     """(kind, local path) of an encoder given by name or path, without loading it."""
     from jaxrank.lm.loading import NAMED_MODELS, resolve_model_path
 
+    bert = _bert_module()
+    if isinstance(encoder, str) and encoder.lower() in bert.NAMED_ENCODERS:
+        return "bert", bert.resolve_encoder_path(encoder)
     if isinstance(encoder, str) and encoder.lower() in NAMED_MODELS:
         return "causal", resolve_model_path(encoder)[0]
     path = pathlib.Path(encoder).expanduser()
     if not path.exists():
-        names = ", ".join(repr(n) for n in NAMED_MODELS)
+        names = ", ".join(repr(n) for n in (*NAMED_MODELS, *bert.NAMED_ENCODERS))
         raise ValueError(
             f"encoder {str(encoder)!r} is neither a known name ({names}) nor an existing path "
-            "(a Hugging Face directory or a .gguf file)"
+            "(a Hugging Face directory, a .gguf file or a sentence-transformers directory)"
         )
-    return "causal", path
+    return _encoder_kind_of_path(path), path
 
 
 def _kind_of_object(encoder: Any) -> str:
+    bert = _bert_module()
+    if isinstance(encoder, bert.LoadedEncoder):
+        return "bert"
     if getattr(encoder, "tokenizer", None) is not None and hasattr(getattr(encoder, "model", None), "hidden_states"):
         return "causal"
     raise ValueError(
-        f"encoder must be a name, a path or a jaxrank.lm.LoadedModel (load_model), got {type(encoder).__name__}"
+        "encoder must be a name, a path, a jaxrank.lm.LoadedModel (load_model) or a "
+        f"jaxrank.lm.LoadedEncoder (load_encoder), got {type(encoder).__name__}"
     )
 
 
 def _load(kind: str, path: pathlib.Path) -> Any:
+    if kind == "bert":
+        return _bert_module().load_encoder(path)
     from jaxrank.lm.loading import load_model
 
     return load_model(path)
@@ -318,6 +348,28 @@ def _causal_features(loaded, texts, *, batch_size, max_length, chat_template, me
     )
 
 
+def _bert_features(loaded, texts, *, batch_size, max_length, mesh, progress) -> np.ndarray:
+    limit = min(max_length, loaded.config.max_position_embeddings)
+    rows, truncated = [], 0
+    for text in texts:
+        ids = loaded.token_ids(text)
+        if len(ids) > limit:
+            truncated += 1
+        rows.append(loaded.token_ids(text, max_length=limit) if len(ids) > limit else ids)
+    _warn_truncated(truncated, len(texts), limit, "at the end")
+    graphdef, state = nnx.split(loaded.model)
+    return _run_batches(
+        _bert_module()._jitted_encode(graphdef),
+        _replicated(state, mesh),
+        rows,
+        pad_id=loaded.pad_token_id,
+        batch_size=batch_size,
+        limit=limit,
+        mesh=mesh,
+        progress=progress,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Public entry point
 
@@ -407,10 +459,13 @@ def prompt_features(
 
     if loaded is None:
         loaded = _load(kind, path)
-    feats = _causal_features(
-        loaded, texts, batch_size=batch_size, max_length=max_length, chat_template=bool(chat_template),
-        mesh=mesh, progress=progress,
-    )
+    if kind == "causal":
+        feats = _causal_features(
+            loaded, texts, batch_size=batch_size, max_length=max_length, chat_template=bool(chat_template),
+            mesh=mesh, progress=progress,
+        )
+    else:
+        feats = _bert_features(loaded, texts, batch_size=batch_size, max_length=max_length, mesh=mesh, progress=progress)
     if cache_dir is not None:
         _cache_store(cache_dir, key, meta, feats)
     return feats
