@@ -9,7 +9,8 @@ The public API, re-exported name by name:
 - leaderboards (`jaxrank.ratings`): `load_battles`, `Battles`, `fit_bradley_terry`, `BTResult`,
   `outcome_log_probs`, `synthetic_battles`, `online_elo`, `elo_permutations`, `bootstrap_ratings`,
   `sandwich_intervals`, `rank_upper_bound`, `save_leaderboard`, `load_leaderboard`;
-- judge budgets: the `allocation` module (`init`/`select`/`update`, `simulate`, `simulate_sweep`).
+- judge budgets: the `allocation` module (`init`/`select`/`update`, `simulate`, `simulate_sweep`);
+- prompt features for P2L: `prompt_features` (model files load only when called).
 
 Language models live in `jaxrank.lm` (imported on demand: it needs the `lm` extra).
 """
@@ -45,6 +46,8 @@ from jaxrank.allocation import AllocatorState, SimulationResult, simulate, simul
 # p2l routing
 from jaxrank._routing import RoutingResult, optimal_policy, route, route_average_budget, router_rating
 from jaxrank._routing import router_scores, win_probabilities
+# Prompt features (P2L): last-token hidden states of a causal LM or pooled sentence embeddings.
+from jaxrank.lm.features import prompt_features
 
 __all__ = [
     "__version__",
@@ -91,4 +94,6 @@ __all__ = [
     "router_rating",
     "router_scores",
     "win_probabilities",
+    # prompt features
+    "prompt_features",
 ]
