@@ -574,7 +574,7 @@ def _all_metrics(ratings: jax.Array, gold: jax.Array, mask: jax.Array) -> jax.Ar
     )
 
 
-_metrics_many = jax.jit(jax.vmap(_all_metrics, in_axes=(0, None, 0)))
+_metrics_many = jax.jit(jax.vmap(_all_metrics))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -817,11 +817,16 @@ class StabilityResult:
         return pd.DataFrame(data)
 
 
-def _selection_masks(order: np.ndarray, sizes: np.ndarray, num_prompts: int) -> np.ndarray:
-    """bool[F, P]: prompt p is among the first sizes[f] of `order`."""
-    rank = np.empty(num_prompts, np.int64)
-    rank[order] = np.arange(num_prompts)
-    return rank[None, :] < sizes[:, None]
+def _top_weights(mult: np.ndarray, order: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """float64[B, F, P]: given prompt multiplicities `mult` [B, P] (1 = the data, or a bootstrap resample),
+    how many of each prompt's copies are among the `sizes[f]` highest-priority draws (`order`: prompts by
+    priority, highest first). The boundary prompt may contribute only part of its copies."""
+    w_ord = np.asarray(mult, np.float64)[:, order]
+    before = np.cumsum(w_ord, axis=1) - w_ord
+    take = np.clip(sizes[None, :, None] - before[:, None, :], 0.0, w_ord[:, None, :])
+    out = np.empty_like(take)
+    out[..., order] = take
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("num_random", "num_prompts"))
@@ -832,58 +837,48 @@ def _random_masks(key, sizes, *, num_random: int, num_prompts: int):
     return rank[None, :, :] < sizes[:, None, None]
 
 
-def _bootstrap_vote_counts(key, vote_mask, num_rounds: int):
-    """float32[F, B, N]: multinomial resamples (with replacement) of each row's selected votes, same size."""
-    f, n = vote_mask.shape
-    sel = jnp.asarray(vote_mask)
-    n_sel = jnp.sum(sel, axis=1)
-
-    def one(k, s, count):
-        logits = jnp.where(s, 0.0, -jnp.inf)
-        draws = jax.random.categorical(k, logits, shape=(n,))
-        keep = jnp.arange(n) < count
-        return jnp.zeros((n,), jnp.float32).at[draws].add(keep.astype(jnp.float32))
-
-    keys = jax.random.split(key, f * num_rounds).reshape(f, num_rounds)
-    return jax.vmap(lambda ks, s, c: jax.vmap(lambda k: one(k, s, c))(ks))(keys, sel, n_sel)
+def _host_rng(key: jax.Array) -> np.random.Generator:
+    """A NumPy generator seeded by the raw bits of a JAX key (reproducible from the key)."""
+    return np.random.default_rng([int(w) for w in np.asarray(jax.random.key_data(key), np.uint32).reshape(-1)])
 
 
-_bootstrap_vote_counts_jit = jax.jit(_bootstrap_vote_counts, static_argnames=("num_rounds",))
-
-
-def _bt_lanes(weights_votes: jax.Array, vote_row, a, b, outcome, *, num_rows: int, num_models: int, ties: str,
-              l2: float, max_iter: int, chunk: int):
-    """Bradley–Terry Elo-scale ratings (centred) and presence masks for each lane's vote weights [L, N]."""
-    weights_votes = jnp.asarray(weights_votes, jnp.float32)
-    total = weights_votes.shape[0]
-    pad = (-total) % chunk
-    if pad:
-        weights_votes = jnp.concatenate([weights_votes, jnp.repeat(weights_votes[-1:], pad, axis=0)])
-    out_r, out_m = [], []
-    for start in range(0, total + pad, chunk):
-        r, m = _bt_chunk(weights_votes[start:start + chunk], vote_row, a, b, outcome, num_rows=num_rows,
-                         num_models=num_models, ties=ties, l2=l2, max_iter=max_iter)
-        out_r.append(r)
-        out_m.append(m)
-    ratings = jnp.concatenate(out_r)[:total]
-    present = jnp.concatenate(out_m)[:total]
-    return ratings, present
+def _presence(prompt_weights: np.ndarray, votes: PromptVotes, *, decisive_only: bool) -> np.ndarray:
+    """bool[L, M]: models with at least one vote of positive weight in each lane (prompt weights [L, P])."""
+    keep = votes.outcome < TIE if decisive_only else np.ones(votes.num_votes, bool)
+    per_prompt = np.zeros((votes.num_prompts, votes.num_models), np.float64)
+    np.add.at(per_prompt, (votes.prompt_index[keep], votes.a[keep]), 1.0)
+    np.add.at(per_prompt, (votes.prompt_index[keep], votes.b[keep]), 1.0)
+    return (np.asarray(prompt_weights, np.float64) @ per_prompt) > 0
 
 
 @functools.partial(jax.jit, static_argnames=("num_rows", "num_models", "ties", "max_iter", "l2"))
-def _bt_chunk(weights_votes, vote_row, a, b, outcome, *, num_rows, num_models, ties, l2, max_iter):
+def _bt_chunk(prompt_weights, prompt_index, vote_row, a, b, outcome, *, num_rows, num_models, ties, l2, max_iter):
+    """Bradley–Terry Elo-scale ratings (theta centred, times 400 / ln 10) of each lane's prompt weights [L, P]."""
     from jaxrank.ratings.bradley_terry import solve_bradley_terry
 
-    rows = jax.vmap(lambda w: jax.ops.segment_sum(w, vote_row, num_segments=num_rows))(weights_votes)
-    informative = outcome < TIE if ties == "drop" else jnp.ones_like(outcome, bool)
-    eff = rows * informative.astype(rows.dtype)
-    played = jax.vmap(
-        lambda w: jax.ops.segment_sum(w, a, num_segments=num_models) + jax.ops.segment_sum(w, b, num_segments=num_models)
-    )(eff)
-    sol = jax.vmap(
-        lambda w: solve_bradley_terry(w, a, b, outcome, num_models=num_models, ties=ties, l2=l2, max_iter=max_iter)
-    )(rows)
-    return sol.theta * _ELO_POINTS, played > 0
+    def one(pw):
+        rows = jax.ops.segment_sum(pw[prompt_index], vote_row, num_segments=num_rows)
+        return solve_bradley_terry(rows, a, b, outcome, num_models=num_models, ties=ties, l2=l2, max_iter=max_iter).theta
+
+    return jax.vmap(one)(prompt_weights) * _ELO_POINTS
+
+
+def _bt_lanes(prompt_weights: np.ndarray, votes: PromptVotes, *, ties: str, l2: float, max_iter: int,
+              chunk: int) -> np.ndarray:
+    """float32[L, M] Bradley–Terry ratings of every lane, `chunk` lanes per call (one compiled shape)."""
+    battles = votes.to_battles()
+    total = prompt_weights.shape[0]
+    chunk = min(chunk, total)
+    pad = (-total) % chunk
+    pw = np.concatenate([prompt_weights, np.repeat(prompt_weights[-1:], pad, axis=0)]) if pad else prompt_weights
+    pw = jnp.asarray(pw, jnp.float32)
+    common = dict(num_rows=battles.num_rows, num_models=votes.num_models, ties=ties, l2=float(l2), max_iter=max_iter)
+    pidx = jnp.asarray(votes.prompt_index)
+    outs = [
+        np.asarray(_bt_chunk(pw[s:s + chunk], pidx, battles.vote_row, battles.a, battles.b, battles.outcome, **common))
+        for s in range(0, total + pad, chunk)
+    ]
+    return np.concatenate(outs)[:total]
 
 
 def _restrict(orders: np.ndarray, selected: np.ndarray, n: int) -> np.ndarray:
@@ -907,6 +902,7 @@ def _elo_replay(orders: np.ndarray, a, b, outcome, *, num_models: int, k: float,
     from jaxrank.ratings.elo import _replay_jit
 
     n = orders.shape[1]
+    chunk = min(chunk, orders.shape[0])
     a_ext = jnp.asarray(np.append(a, num_models), jnp.int32)
     b_ext = jnp.asarray(np.append(b, num_models + 1), jnp.int32)
     o_ext = jnp.asarray(np.append(outcome, TIE), jnp.int32)
@@ -924,13 +920,21 @@ def _elo_replay(orders: np.ndarray, a, b, outcome, *, num_models: int, k: float,
 
 def _summarise(values: dict[str, np.ndarray], prefix: str, samples: np.ndarray, confidence: float,
                point: np.ndarray | None) -> None:
-    """samples [F, S, 4] -> values[prefix + metric] (point or nan-mean over S) and its interval."""
+    """samples [F, S, 4] -> values[prefix + metric] (point or NaN-ignoring mean over S) and its interval."""
     lo, hi = _interval(samples, confidence, axis=1)
     mean = _nanmean(samples, axis=1) if point is None else point
     for i, name in enumerate(STABILITY_METRICS):
         values[f"{prefix}{name}"] = np.asarray(mean[:, i], np.float64)
         values[f"{prefix}{name}_lower"] = np.asarray(lo[:, i], np.float64)
         values[f"{prefix}{name}_upper"] = np.asarray(hi[:, i], np.float64)
+
+
+def _compare(ratings: np.ndarray, reference: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """float64[L, 4] metrics of each lane's ratings against its reference ratings, on its present models."""
+    return np.asarray(
+        _metrics_many(jnp.asarray(ratings, jnp.float32), jnp.asarray(reference, jnp.float32), jnp.asarray(present)),
+        np.float64,
+    )
 
 
 def leaderboard_stability(
@@ -961,29 +965,31 @@ def leaderboard_stability(
     the fraction of model pairs ordered as in gold) and `max_rating_diff` (the largest |rating - gold|
     in Elo points, both centred on the models compared, since ratings are defined up to a shift).
     A model without votes in a subset (with `ties="drop"`: without decisive votes) is left out of that
-    subset's comparison (and its rating in `top_ratings` is NaN).
+    subset's comparison (its rating in `top_ratings` is NaN).
 
-    Methods and intervals:
+    Methods and intervals (`[<metric>_lower, <metric>_upper]`, central `confidence` quantiles):
 
-    - `method="bt"`: Bradley–Terry (`jaxrank.ratings.solve_bradley_terry`, `ties`, `l2`) vmapped over
-      lanes of vote weights (a vote outside the subset has weight 0): gold, the top-q fits, `num_bootstrap`
-      bootstrap fits per q and the random subsets are a few compiled calls (`chunk_size` lanes each). The
-      top-q interval is a percentile bootstrap over votes: the top-q prompts' votes resampled with
-      replacement (same count), refitted, compared with gold (0 rounds: NaN intervals, point estimates only).
-    - `method="elo"`: online Elo (Chatbot Arena's, K = `elo_k`). Gold is the per-model median over
-      `num_permutations` random orders of all votes (`jaxrank.elo_permutations`); the top-q leaderboard is
-      the median over the same number of random orders of its votes (the same key, so at q = 1 it equals
-      gold), and its interval is over the orderings (each ordering's ratings against gold). Each random
-      subset replays its votes in one random order.
+    - `method="bt"`: Bradley–Terry (`jaxrank.ratings.solve_bradley_terry` with `ties`, `l2`) vmapped over
+      lanes of per-prompt vote weights (weight 0 leaves a vote out), `chunk_size` lanes per compiled call.
+      Top-q interval: a bootstrap over prompts. Round j draws P prompts with replacement; its gold is
+      fitted on all resampled votes and its top-q leaderboard on the votes of its k highest-scored draws;
+      the metric compares the two (so at q = 1 every round gives tau = 1, max diff = 0). With
+      `num_bootstrap=0` the intervals are NaN (point estimates only).
+    - `method="elo"`: online Elo (Chatbot Arena's, K = `elo_k`, init 1000). The votes are replayed in
+      `num_permutations` random orders (the orders `jaxrank.elo_permutations` draws from the same key);
+      gold is the per-model median over the orders of all votes, the top-q leaderboard the median over the
+      same orders restricted to the top-q votes. Top-q interval: over the orders, each order's top-q
+      ratings against that order's all-votes ratings.
     - random baseline: `random_<metric>` is the mean over the random subsets (NaN-ignoring) and
-      `random_<metric>_lower/_upper` the central `confidence` quantiles over them.
+      `random_<metric>_lower/_upper` the quantiles over them. BT: each subset's fit against gold; Elo:
+      subset j replayed in order j (mod `num_permutations`) against the all-votes ratings of that order.
 
-    At q = 1 the top-q fit is the gold fit: tau = rho = pairs_agree = 1, max_rating_diff = 0 (BT: the same
-    compiled batch computes both).
+    At q = 1 the top-q leaderboard is gold (BT: the same compiled batch fits both): tau = rho =
+    pairs_agree = 1 and max_rating_diff = 0, intervals included.
 
     With `l2 = 0` (maximum likelihood) a model that never lost or never won within a subset has no finite
-    BT rating: its rating is where the optimizer stopped (`max_iter`), which can inflate
-    `max_rating_diff` on small subsets; `l2 > 0` (a prior, also on gold) keeps every rating finite.
+    BT rating: its rating is where the optimizer stopped (`max_iter`), which inflates `max_rating_diff` on
+    small subsets; `l2 > 0` (a prior, also on gold) keeps every rating finite.
 
     Args:
         scores: priority per prompt, as for `tie_reduction`.
@@ -992,8 +998,8 @@ def leaderboard_stability(
         method: `"bt"` or `"elo"`.
         ties: BT tie model (`"half"`, `"rao-kupper"`, `"davidson"`, `"drop"`); Elo scores a tie 1/2.
         num_random: random subsets per fraction, >= 2.
-        num_permutations: vote orderings for `method="elo"` (>= 100 recommended), >= 2.
-        num_bootstrap: bootstrap rounds per fraction for the BT top-q interval, 0 or >= 2.
+        num_permutations: vote orders for `method="elo"` (>= 100 recommended), >= 2.
+        num_bootstrap: bootstrap rounds for the BT top-q intervals, 0 or >= 2.
         confidence: central probability of the intervals.
         l2: BT prior precision (natural-log units), >= 0.
         max_iter: BT L-BFGS iteration cap.
@@ -1009,7 +1015,7 @@ def leaderboard_stability(
         >>> res.to_frame()[["fraction", "kendall_tau", "random_kendall_tau"]]                     # doctest: +SKIP
     """
     from jaxrank.ratings.bradley_terry import TIE_MODELS
-    from jaxrank.ratings.elo import _check_elo_options
+    from jaxrank.ratings.elo import _check_elo_options, _random_orders
     from jaxrank.scoring import prioritize
 
     votes = _check_votes(votes)
@@ -1033,78 +1039,66 @@ def leaderboard_stability(
     values = _aligned_scores(scores, votes)
 
     num_prompts, n, m = votes.num_prompts, votes.num_votes, votes.num_models
+    num_f = fractions.size
     order = prioritize(values)
     sizes = _subset_sizes(fractions, num_prompts)
-    top_mask = _selection_masks(order, sizes, num_prompts)  # [F, P]
+    top_mask = _top_weights(np.ones((1, num_prompts)), order, sizes)[0] > 0  # [F, P]
     k_random, k_boot, k_perm = jax.random.split(key, 3)
     rand_mask = np.asarray(_random_masks(k_random, jnp.asarray(sizes), num_random=num_random, num_prompts=num_prompts))
-    pidx = votes.prompt_index
-    top_votes = top_mask[:, pidx]  # [F, N]
-    rand_votes = rand_mask[:, :, pidx].reshape(-1, n)  # [F * R, N]
-    num_f = fractions.size
+    rand_mask = rand_mask.reshape(num_f * num_random, num_prompts)
+    decisive_only = method == "bt" and ties == "drop"
 
     if method == "bt":
-        battles = votes.to_battles()
-        common = dict(num_rows=battles.num_rows, num_models=m, ties=ties, l2=float(l2), max_iter=max_iter)
-        args = (battles.vote_row, battles.a, battles.b, battles.outcome)
-        # One lane array (gold, top-q, bootstrap rounds, random subsets), run in equal chunks: one compilation.
-        counts = (
-            np.asarray(_bootstrap_vote_counts_jit(k_boot, jnp.asarray(top_votes), num_bootstrap)).reshape(-1, n)
-            if num_bootstrap else np.zeros((0, n), np.float32)
-        )
-        lanes = np.concatenate([np.ones((1, n), np.float32), top_votes, counts, rand_votes]).astype(np.float32)
-        ratings, present = _bt_lanes(lanes, *args, chunk=min(chunk_size, lanes.shape[0]), **common)
+        # Lanes: gold, top-q (F), bootstrap rounds (gold* then F top-q* each), random subsets (F * R).
+        mult = _host_rng(k_boot).multinomial(num_prompts, np.full(num_prompts, 1.0 / num_prompts), size=num_bootstrap)
+        boot = np.concatenate([mult[:, None, :], _top_weights(mult, order, sizes)], axis=1)  # [B, 1 + F, P]
+        lanes = np.concatenate(
+            [np.ones((1, num_prompts)), top_mask, boot.reshape(-1, num_prompts), rand_mask]
+        ).astype(np.float32)
+        ratings = _bt_lanes(lanes, votes, ties=ties, l2=float(l2), max_iter=max_iter, chunk=chunk_size)
+        present = _presence(lanes, votes, decisive_only=decisive_only)
+        nb = num_bootstrap * (1 + num_f)
+        ref = np.zeros(lanes.shape[0], np.int64)  # gold, except bootstrap rounds: their own gold*
+        ref[1 + num_f:1 + num_f + nb] = 1 + num_f + (1 + num_f) * np.arange(num_bootstrap).repeat(1 + num_f)
+        metrics = _compare(ratings, ratings[ref], present)
         gold = ratings[0]
-        metrics = np.asarray(_metrics_many(ratings, gold, present), np.float64)  # [L, 4]
         top_r, top_p = ratings[1:1 + num_f], present[1:1 + num_f]
         top_metrics = metrics[1:1 + num_f]
-        nb = num_f * num_bootstrap
         if num_bootstrap:
-            boot_metrics = metrics[1 + num_f:1 + num_f + nb].reshape(num_f, num_bootstrap, 4)
+            boot_metrics = metrics[1 + num_f:1 + num_f + nb].reshape(num_bootstrap, 1 + num_f, 4)[:, 1:]
+            boot_metrics = boot_metrics.transpose(1, 0, 2)  # [F, B, 4]
         else:
             boot_metrics = np.full((num_f, 2, 4), np.nan)
         rand_metrics = metrics[1 + num_f + nb:].reshape(num_f, num_random, 4)
-        top_ratings = np.where(np.asarray(top_p), np.asarray(top_r, np.float64), np.nan)
-        gold_ratings = np.asarray(gold, np.float64)
-        num_intervals = num_bootstrap
-        shift = 1000.0
+        num_intervals, shift = num_bootstrap, 1000.0
     else:
-        # Lanes: gold and each top-q set under the same `num_permutations` vote orders (each order restricted
-        # to the set's votes), then the random subsets (one random order each); one compiled replay.
+        # Lanes: for each order p, all votes then the F top-q sets (each the order restricted to the set);
+        # then random subset j in order j mod num_permutations. One compiled replay.
         a, b, o = votes.a, votes.b, votes.outcome
-        from jaxrank.ratings.elo import _random_orders
-
-        perm_orders = np.asarray(_random_orders(jax.random.split(k_perm, num_permutations), n)).T  # [Pm, N]
-        sets = np.concatenate([np.ones((1, n), bool), top_votes])  # [1 + F, N]
-        top_orders = np.concatenate([_restrict(perm_orders, s, n) for s in sets])  # [(1 + F) * Pm, N]
-        rng = np.random.default_rng(np.asarray(jax.random.key_data(k_random), np.uint32).reshape(-1).tolist())
-        rand_orders = np.stack([_restrict(rng.permutation(n)[None, :], s, n)[0] for s in rand_votes])
-        orders = np.concatenate([top_orders, rand_orders])
-        ratings = jnp.asarray(_elo_replay(orders, a, b, o, num_models=m, k=elo_k, chunk=min(chunk_size, orders.shape[0])))
-        present = np.zeros((1 + num_f + rand_votes.shape[0], m), bool)
-        all_sets = np.concatenate([sets, rand_votes])
-        for side in (a, b):
-            lane, vote = np.nonzero(all_sets)
-            present[lane, side[vote]] = True
-        num_top = (1 + num_f) * num_permutations
-        per_order = ratings[:num_top].reshape(1 + num_f, num_permutations, m)
-        medians = jnp.median(per_order, axis=1)  # [1 + F, M]
+        pidx = votes.prompt_index
+        perm = np.asarray(_random_orders(jax.random.split(k_perm, num_permutations), n)).T  # [Pm, N]
+        sets = np.concatenate([np.ones((1, num_prompts), bool), top_mask])  # [1 + F, P]
+        top_orders = np.stack([_restrict(perm, s[pidx], n) for s in sets], axis=1).reshape(-1, n)  # [Pm (1 + F), N]
+        which = np.arange(rand_mask.shape[0]) % num_permutations
+        rand_orders = np.concatenate(
+            [_restrict(perm[which[j]][None, :], rand_mask[j][pidx], n) for j in range(rand_mask.shape[0])]
+        )
+        ratings = _elo_replay(np.concatenate([top_orders, rand_orders]), a, b, o, num_models=m, k=elo_k,
+                              chunk=chunk_size)
+        num_top = num_permutations * (1 + num_f)
+        per_order = ratings[:num_top].reshape(num_permutations, 1 + num_f, m)
+        medians = np.median(per_order, axis=0)  # [1 + F, M]
         gold = medians[0]
-        set_present = jnp.asarray(present[: 1 + num_f])
-        top_r = medians[1:]
-        top_p = present[1 : 1 + num_f]
-        top_metrics = np.asarray(_metrics_many(top_r, gold, set_present[1:]), np.float64)
-        boot_metrics = np.asarray(
-            _metrics_many(per_order[1:].reshape(-1, m), gold, jnp.repeat(set_present[1:], num_permutations, axis=0)),
-            np.float64,
-        ).reshape(num_f, num_permutations, 4)
-        rand_metrics = np.asarray(
-            _metrics_many(ratings[num_top:], gold, jnp.asarray(present[1 + num_f:])), np.float64
+        set_present = _presence(sets, votes, decisive_only=False)
+        top_r, top_p = medians[1:], set_present[1:]
+        top_metrics = _compare(top_r, np.broadcast_to(gold, top_r.shape), top_p)
+        boot_metrics = _compare(
+            per_order[:, 1:].reshape(-1, m), np.repeat(per_order[:, 0], num_f, axis=0), np.tile(top_p, (num_permutations, 1))
+        ).reshape(num_permutations, num_f, 4).transpose(1, 0, 2)
+        rand_metrics = _compare(
+            ratings[num_top:], per_order[which, 0], _presence(rand_mask, votes, decisive_only=False)
         ).reshape(num_f, num_random, 4)
-        top_ratings = np.where(top_p, np.asarray(top_r, np.float64), np.nan)
-        gold_ratings = np.asarray(gold, np.float64)
-        num_intervals = num_permutations
-        shift = 0.0
+        num_intervals, shift = num_permutations, 0.0
 
     out: dict[str, np.ndarray] = {}
     _summarise(out, "", boot_metrics, confidence, top_metrics)
@@ -1112,7 +1106,7 @@ def leaderboard_stability(
     return StabilityResult(
         fraction=fractions,
         num_prompts=sizes.astype(np.int64),
-        num_votes=top_votes.sum(axis=1).astype(np.int64),
+        num_votes=top_mask[:, votes.prompt_index].sum(axis=1).astype(np.int64),
         values=out,
         method=method,
         ties=ties,
@@ -1120,8 +1114,8 @@ def leaderboard_stability(
         num_random=num_random,
         num_intervals=num_intervals,
         models=votes.models,
-        gold_ratings=gold_ratings + shift,
-        top_ratings=top_ratings + shift,
+        gold_ratings=np.asarray(gold, np.float64) + shift,
+        top_ratings=np.where(top_p, np.asarray(top_r, np.float64) + shift, np.nan),
     )
 
 
