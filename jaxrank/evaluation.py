@@ -619,18 +619,44 @@ class TieReductionResult:
         return pd.DataFrame({c: np.asarray(getattr(self, c), np.float64) for c in self.COLUMNS})
 
 
+def _key_words(key: jax.Array) -> jax.Array:
+    """uint32[2]: the raw words of a threefry key (two random words drawn from any other key)."""
+    data = jax.random.key_data(key)
+    if data.shape == (2,) and data.dtype == jnp.uint32:
+        return data
+    return jax.random.bits(key, (2,), jnp.uint32)
+
+
+def _random_words(words: jax.Array, num: int, size: int) -> tuple[jax.Array, jax.Array]:
+    """Two uint32[num, size] arrays of random words: Threefry-2x32 of the counters (row, column) under the
+    key words (the counter-based stream `jaxrank.allocation` uses; written out, it compiles in a fraction
+    of the time `jax.random`'s CPU lowering takes)."""
+    from jaxrank._samplers import threefry2x32
+
+    rows = jnp.arange(num, dtype=jnp.uint32)[:, None]
+    cols = jnp.arange(size, dtype=jnp.uint32)[None, :]
+    return threefry2x32(words[0], words[1], rows, cols)
+
+
+def _random_permutations(words: jax.Array, num: int, size: int) -> jax.Array:
+    """int32[num, size]: uniformly random permutations, the argsort of i.i.d. 32-bit random words (equal
+    words, probability ~ size^2 / 2^33 per row, keep index order)."""
+    return jnp.argsort(_random_words(words, num, size)[0], axis=1).astype(jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("num_random",))
-def _tie_kernel(key, ties, votes, sizes, *, num_random):
+def _tie_kernel(words, ties, votes, sizes, *, num_random):
     """Random-subset and prompt-bootstrap tie rates at every subset size, one compiled call per shape.
 
-    `ties`, `votes` float32[P] are per-prompt counts in priority order (position 0 = highest score);
+    `words` uint32[2, 2] are the key words of the two streams (permutations, bootstrap draws); `ties`,
+    `votes` float32[P] are per-prompt counts in priority order (position 0 = highest score);
     `sizes` int32[F]. Returns `random` [R, F] (tie rate of the first k prompts of a random permutation:
     a uniformly random k-subset), `boot_top`, `boot_random` [R, F] (in a bootstrap resample of P prompt
     positions drawn with replacement: the tie rate of its k highest-priority draws, and of its first k
     draws, which are a random k-subset of the resample because the draws are i.i.d.).
     """
     num_prompts = ties.shape[0]
-    k_perm, k_boot = jax.random.split(key)
+    w_perm, w_boot = words[0], words[1]
     last = sizes - 1
 
     def rates(order):
@@ -638,9 +664,10 @@ def _tie_kernel(key, ties, votes, sizes, *, num_random):
         cv = jnp.cumsum(votes[order])
         return ct[last] / cv[last]
 
-    perms = jax.vmap(lambda k: jax.random.permutation(k, num_prompts))(jax.random.split(k_perm, num_random))
+    perms = _random_permutations(w_perm, num_random, num_prompts)
     random = jax.vmap(rates)(perms)
-    draws = jax.random.randint(k_boot, (num_random, num_prompts), 0, num_prompts)
+    # Modulo draws: bias ~ P / 2^32, negligible.
+    draws = (_random_words(w_boot, num_random, num_prompts)[1] % jnp.uint32(num_prompts)).astype(jnp.int32)
     boot_random = jax.vmap(rates)(draws)
     boot_top = jax.vmap(rates)(jnp.sort(draws, axis=1))
     return random, boot_top, boot_random
@@ -731,8 +758,9 @@ def tie_reduction(
     cv = np.cumsum(v_ord)
     top = ct[sizes - 1] / cv[sizes - 1]
 
+    words = jnp.stack([_key_words(k) for k in jax.random.split(key)])
     random, boot_top, boot_random = _tie_kernel(
-        key, jnp.asarray(t_ord, jnp.float32), jnp.asarray(v_ord, jnp.float32), jnp.asarray(sizes), num_random=num_random
+        words, jnp.asarray(t_ord, jnp.float32), jnp.asarray(v_ord, jnp.float32), jnp.asarray(sizes), num_random=num_random
     )
     random = np.asarray(random, np.float64)
     tie_rate_random = random.mean(axis=0)
@@ -830,9 +858,9 @@ def _top_weights(mult: np.ndarray, order: np.ndarray, sizes: np.ndarray) -> np.n
 
 
 @functools.partial(jax.jit, static_argnames=("num_random", "num_prompts"))
-def _random_masks(key, sizes, *, num_random: int, num_prompts: int):
+def _random_masks(words, sizes, *, num_random: int, num_prompts: int):
     """bool[F, R, P]: R uniformly random k-subsets of the P prompts per size k (first k of a permutation)."""
-    perms = jax.vmap(lambda k: jax.random.permutation(k, num_prompts))(jax.random.split(key, num_random))
+    perms = _random_permutations(words, num_random, num_prompts)
     rank = jnp.argsort(perms, axis=1)  # rank[r, p]: position of prompt p in permutation r
     return rank[None, :, :] < sizes[:, None, None]
 
@@ -1044,7 +1072,7 @@ def leaderboard_stability(
     sizes = _subset_sizes(fractions, num_prompts)
     top_mask = _top_weights(np.ones((1, num_prompts)), order, sizes)[0] > 0  # [F, P]
     k_random, k_boot, k_perm = jax.random.split(key, 3)
-    rand_mask = np.asarray(_random_masks(k_random, jnp.asarray(sizes), num_random=num_random, num_prompts=num_prompts))
+    rand_mask = np.asarray(_random_masks(_key_words(k_random), jnp.asarray(sizes), num_random=num_random, num_prompts=num_prompts))
     rand_mask = rand_mask.reshape(num_f * num_random, num_prompts)
     decisive_only = method == "bt" and ties == "drop"
 
