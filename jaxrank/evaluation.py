@@ -23,11 +23,12 @@ are a mapping prompt id -> score (`load_scores`) or an array aligned with `Promp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import numbers
-import pathlib
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -422,20 +423,12 @@ def _interval(samples: np.ndarray, confidence: float, axis: int = 0) -> tuple[np
     return lo, hi
 
 
+@contextlib.contextmanager
 def _quiet_nan():
-    import warnings
-
-    ctx = warnings.catch_warnings()
-
-    class _Ctx:
-        def __enter__(self):
-            ctx.__enter__()
-            warnings.simplefilter("ignore", RuntimeWarning)
-
-        def __exit__(self, *exc):
-            return ctx.__exit__(*exc)
-
-    return _Ctx()
+    """Silence NumPy's all-NaN-slice warnings (a metric undefined for every subset stays NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def _nanmean(x: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -519,7 +512,7 @@ def spearman(x: Any, y: Any, mask: Any = None) -> jax.Array:
         float scalar.
 
     Example:
-        >>> float(spearman(jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([1.0, 3.0, 2.0, 4.0])))  # 1 - 6*2/60
+        >>> round(float(spearman(jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([1.0, 3.0, 2.0, 4.0]))), 6)  # 1 - 6*2/60
         0.8
     """
     x, y, m, _, _, _, dtype = _pairs(x, y, mask, "spearman")
@@ -893,20 +886,29 @@ def _bt_chunk(prompt_weights, prompt_index, vote_row, a, b, outcome, *, num_rows
 
 def _bt_lanes(prompt_weights: np.ndarray, votes: PromptVotes, *, ties: str, l2: float, max_iter: int,
               chunk: int) -> np.ndarray:
-    """float32[L, M] Bradley–Terry ratings of every lane, `chunk` lanes per call (one compiled shape)."""
+    """float32[L, M] Bradley–Terry ratings of every lane, `chunk` lanes per call (one compiled shape).
+
+    A vmapped fit iterates until its slowest lane converges, and small subsets take the most iterations;
+    lanes are therefore grouped by their number of votes (sorted, then put back in order)."""
     battles = votes.to_battles()
     total = prompt_weights.shape[0]
+    size = np.asarray(prompt_weights, np.float64) @ votes.votes_per_prompt().astype(np.float64)
+    by_size = np.argsort(size, kind="stable")
+    sorted_weights = np.asarray(prompt_weights)[by_size]
     chunk = min(chunk, total)
     pad = (-total) % chunk
-    pw = np.concatenate([prompt_weights, np.repeat(prompt_weights[-1:], pad, axis=0)]) if pad else prompt_weights
-    pw = jnp.asarray(pw, jnp.float32)
+    if pad:
+        sorted_weights = np.concatenate([sorted_weights, np.repeat(sorted_weights[-1:], pad, axis=0)])
+    pw = jnp.asarray(sorted_weights, jnp.float32)
     common = dict(num_rows=battles.num_rows, num_models=votes.num_models, ties=ties, l2=float(l2), max_iter=max_iter)
     pidx = jnp.asarray(votes.prompt_index)
     outs = [
         np.asarray(_bt_chunk(pw[s:s + chunk], pidx, battles.vote_row, battles.a, battles.b, battles.outcome, **common))
         for s in range(0, total + pad, chunk)
     ]
-    return np.concatenate(outs)[:total]
+    ratings = np.empty((total, votes.num_models), np.float32)
+    ratings[by_size] = np.concatenate(outs)[:total]
+    return ratings
 
 
 def _restrict(orders: np.ndarray, selected: np.ndarray, n: int) -> np.ndarray:
