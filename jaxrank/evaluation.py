@@ -912,39 +912,43 @@ def _bt_lanes(prompt_weights: np.ndarray, votes: PromptVotes, *, ties: str, l2: 
 
 
 def _restrict(orders: np.ndarray, selected: np.ndarray, n: int) -> np.ndarray:
-    """int32[K, N]: each row of `orders` (orders of all N votes) keeping only the selected votes, in the
-    same relative order, followed by the padding vote index N."""
-    keep = selected[orders]
+    """int32[K, N]: each row of `orders` (orders of all N votes) keeping only its selected votes (`selected`
+    bool[N], or bool[K, N] per row), in the same relative order, followed by the padding vote index N."""
+    selected = np.broadcast_to(selected, orders.shape)
+    keep = np.take_along_axis(selected, orders, axis=1)
     # A stable sort on "not kept" moves the kept entries to the front, keeping their order.
     pos = np.argsort(~keep, axis=1, kind="stable")
     out = np.take_along_axis(orders, pos, axis=1)
     return np.where(np.take_along_axis(keep, pos, axis=1), out, n).astype(np.int32)
 
 
-def _elo_replay(orders: np.ndarray, a, b, outcome, *, num_models: int, k: float, chunk: int) -> np.ndarray:
-    """Online Elo ratings float32[L, M] after replaying, for each lane, the votes `orders[l]` ([L, N]
-    indices; the index N is padding).
+def _elo_replay(perms: np.ndarray, lane_perm: np.ndarray, lane_prompts: np.ndarray, votes: PromptVotes, *,
+                k: float, chunk: int) -> np.ndarray:
+    """Online Elo ratings float32[L, M]: lane l replays the votes on its prompts (`lane_prompts[l]`, bool[P])
+    in the order `perms[lane_perm[l]]` (an order of all N votes, restricted to the lane's votes).
 
     Reuses the online-Elo scan of `jaxrank.ratings.elo` (the kernel behind `elo_permutations`) with one
     extra vote between two extra models as the padding: it moves only the extra models' ratings, which
-    are dropped. Lanes run `chunk` at a time (one compiled shape).
+    are dropped. Lanes run `chunk` at a time (one compiled shape); a chunk's orders are built when it
+    runs, so memory is about `(num_permutations + chunk) x N` indices.
     """
     from jaxrank.ratings.elo import _replay_jit
 
-    n = orders.shape[1]
-    chunk = min(chunk, orders.shape[0])
-    a_ext = jnp.asarray(np.append(a, num_models), jnp.int32)
-    b_ext = jnp.asarray(np.append(b, num_models + 1), jnp.int32)
-    o_ext = jnp.asarray(np.append(outcome, TIE), jnp.int32)
+    n, m, total = votes.num_votes, votes.num_models, lane_perm.shape[0]
+    chunk = min(chunk, total)
+    a_ext = jnp.asarray(np.append(votes.a, m), jnp.int32)
+    b_ext = jnp.asarray(np.append(votes.b, m + 1), jnp.int32)
+    o_ext = jnp.asarray(np.append(votes.outcome, TIE), jnp.int32)
     outs = []
-    for start in range(0, orders.shape[0], chunk):
-        part = orders[start:start + chunk]
+    for start in range(0, total, chunk):
+        idx = np.arange(start, min(start + chunk, total))
+        part = _restrict(perms[lane_perm[idx]], lane_prompts[idx][:, votes.prompt_index], n)
         lanes = part.shape[0]
         if lanes < chunk:
             part = np.concatenate([part, np.full((chunk - lanes, n), n, np.int32)])
-        r = _replay_jit(a_ext, b_ext, o_ext, jnp.asarray(np.ascontiguousarray(part.T)), num_models=num_models + 2,
+        r = _replay_jit(a_ext, b_ext, o_ext, jnp.asarray(np.ascontiguousarray(part.T)), num_models=m + 2,
                         k=k, scale=400.0, base=10.0, init=1000.0, unroll=4)
-        outs.append(np.asarray(r)[:lanes, :num_models])
+        outs.append(np.asarray(r)[:lanes, :m])
     return np.concatenate(outs)
 
 
@@ -1006,7 +1010,8 @@ def leaderboard_stability(
       the metric compares the two (so at q = 1 every round gives tau = 1, max diff = 0). With
       `num_bootstrap=0` the intervals are NaN (point estimates only).
     - `method="elo"`: online Elo (Chatbot Arena's, K = `elo_k`, init 1000). The votes are replayed in
-      `num_permutations` random orders (the orders `jaxrank.elo_permutations` draws from the same key);
+      `num_permutations` random orders (the orders `jaxrank.elo_permutations` draws from
+      `jax.random.split(key, 3)[2]`, so gold equals its median);
       gold is the per-model median over the orders of all votes, the top-q leaderboard the median over the
       same orders restricted to the top-q votes. Top-q interval: over the orders, each order's top-q
       ratings against that order's all-votes ratings.
@@ -1104,17 +1109,12 @@ def leaderboard_stability(
     else:
         # Lanes: for each order p, all votes then the F top-q sets (each the order restricted to the set);
         # then random subset j in order j mod num_permutations. One compiled replay.
-        a, b, o = votes.a, votes.b, votes.outcome
-        pidx = votes.prompt_index
         perm = np.asarray(_random_orders(jax.random.split(k_perm, num_permutations), n)).T  # [Pm, N]
         sets = np.concatenate([np.ones((1, num_prompts), bool), top_mask])  # [1 + F, P]
-        top_orders = np.stack([_restrict(perm, s[pidx], n) for s in sets], axis=1).reshape(-1, n)  # [Pm (1 + F), N]
         which = np.arange(rand_mask.shape[0]) % num_permutations
-        rand_orders = np.concatenate(
-            [_restrict(perm[which[j]][None, :], rand_mask[j][pidx], n) for j in range(rand_mask.shape[0])]
-        )
-        ratings = _elo_replay(np.concatenate([top_orders, rand_orders]), a, b, o, num_models=m, k=elo_k,
-                              chunk=chunk_size)
+        lane_perm = np.concatenate([np.repeat(np.arange(num_permutations), 1 + num_f), which])
+        lane_prompts = np.concatenate([np.tile(sets, (num_permutations, 1)), rand_mask])
+        ratings = _elo_replay(perm, lane_perm, lane_prompts, votes, k=elo_k, chunk=chunk_size)
         num_top = num_permutations * (1 + num_f)
         per_order = ratings[:num_top].reshape(num_permutations, 1 + num_f, m)
         medians = np.median(per_order, axis=0)  # [1 + F, M]
