@@ -743,8 +743,6 @@ def tie_reduction(
     order = prioritize(values)
     num_prompts = votes.num_prompts
     sizes = _subset_sizes(fractions, num_prompts)
-    for q, k in zip(fractions, sizes):  # the same rounding as prioritize, by construction; hold it to that
-        assert len(prioritize(values, fraction=float(q))) == k
     t_ord = ties_p[order]
     v_ord = votes_p[order]
     ct = np.cumsum(t_ord)

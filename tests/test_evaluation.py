@@ -100,6 +100,31 @@ def test_load_prompt_votes(frame, votes):
         np.testing.assert_array_equal(getattr(again, name), getattr(votes, name))
 
 
+def test_prompt_votes_checks_and_helpers(votes):
+    with pytest.raises(ValueError, match="same length"):
+        E.PromptVotes(("p",), [0, 0], [0], [1, 0], [0, 1], ("x", "y"))
+    with pytest.raises(ValueError, match=r"prompt_index must hold values in \[0, 1\)"):
+        E.PromptVotes(("p",), [0, 1], [0, 1], [1, 0], [0, 1], ("x", "y"))
+    with pytest.raises(ValueError, match="playing itself"):
+        E.PromptVotes(("p",), [0], [1], [1], [0], ("x", "y"))
+    with pytest.raises(ValueError, match="outcome must hold values"):
+        E.PromptVotes(("p",), [0], [0], [1], [4], ("x", "y"))
+    np.testing.assert_array_equal(votes.votes_per_prompt(), np.full(24, 6))
+    assert votes.ties_per_prompt().sum() == votes.is_tie().sum() == np.isin(votes.outcome, [TIE, TIE_BOTHBAD]).sum()
+    sub = votes.subset([0, 2])
+    assert sub.num_votes == 12 and set(sub.prompt_index.tolist()) == {0, 2} and sub.prompt_ids == votes.prompt_ids
+    battles = votes.to_battles()
+    assert battles.num_votes == votes.num_votes and float(battles.count.sum()) == votes.num_votes
+
+
+def test_subset_sizes_round_as_prioritize():
+    from jaxrank import prioritize
+
+    for p in (1, 7, 10, 13, 999):
+        for q in (0.01, 0.1, 0.2, 0.3, 1 / 3, 0.7, 1.0):
+            assert E._subset_sizes(np.array([q]), p)[0] == len(prioritize(np.zeros(p), fraction=q))
+
+
 def test_load_prompt_votes_errors(frame, tmp_path):
     with pytest.raises(ValueError, match="prompt column 'prompt_id'.*available columns"):
         E.load_prompt_votes(frame.drop(columns="prompt_id"))
