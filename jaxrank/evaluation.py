@@ -37,8 +37,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrank.ratings.battles import (
-    A_WINS,
-    B_WINS,
     TIE,
     TIE_BOTHBAD,
     Battles,
