@@ -11,6 +11,8 @@ The public API, re-exported name by name:
   `sandwich_intervals`, `rank_upper_bound`, `save_leaderboard`, `load_leaderboard`;
 - judge budgets: the `allocation` module (`init`/`select`/`update`, `simulate`, `simulate_sweep`);
 - prompt features for P2L: `prompt_features` (model files load only when called).
+- evaluation: `tie_reduction`, `leaderboard_stability`, `budget_curves`, the rank metrics `kendall_tau`,
+  `spearman`, `pairs_agreement`, and `load_prompt_votes` / `load_scores` / `PromptVotes`.
 
 Language models live in `jaxrank.lm` (imported on demand: it needs the `lm` extra).
 """
@@ -48,6 +50,11 @@ from jaxrank._routing import RoutingResult, optimal_policy, route, route_average
 from jaxrank._routing import router_scores, win_probabilities
 # Prompt features (P2L): last-token hidden states of a causal LM or pooled sentence embeddings.
 from jaxrank.lm.features import prompt_features
+# evaluation
+from jaxrank.evaluation import DEFAULT_FRACTIONS, PromptVotes, load_prompt_votes, load_scores
+from jaxrank.evaluation import kendall_tau, pairs_agreement, spearman
+from jaxrank.evaluation import StabilityResult, TieReductionResult, leaderboard_stability, tie_reduction
+from jaxrank.evaluation import BudgetCurves, budget_curves
 
 __all__ = [
     "__version__",
@@ -96,4 +103,18 @@ __all__ = [
     "win_probabilities",
     # prompt features
     "prompt_features",
+    # evaluation
+    "DEFAULT_FRACTIONS",
+    "PromptVotes",
+    "load_prompt_votes",
+    "load_scores",
+    "kendall_tau",
+    "pairs_agreement",
+    "spearman",
+    "StabilityResult",
+    "TieReductionResult",
+    "leaderboard_stability",
+    "tie_reduction",
+    "BudgetCurves",
+    "budget_curves",
 ]
