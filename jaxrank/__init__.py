@@ -45,6 +45,9 @@ from jaxrank.allocation import AllocatorState, SimulationResult, simulate, simul
 
 # Prompt features (P2L): last-token hidden states of a causal LM or pooled sentence embeddings.
 from jaxrank.lm.features import prompt_features
+# p2l routing
+from jaxrank._routing import RoutingResult, optimal_policy, route, route_average_budget, router_rating
+from jaxrank._routing import router_scores, win_probabilities
 
 __all__ = [
     "__version__",
@@ -85,4 +88,12 @@ __all__ = [
     "simulate_sweep",
     # prompt features
     "prompt_features",
+    # p2l routing
+    "RoutingResult",
+    "optimal_policy",
+    "route",
+    "route_average_budget",
+    "router_rating",
+    "router_scores",
+    "win_probabilities",
 ]
