@@ -48,6 +48,9 @@ from jaxrank.lm.features import prompt_features
 # p2l routing
 from jaxrank._routing import RoutingResult, optimal_policy, route, route_average_budget, router_rating
 from jaxrank._routing import router_scores, win_probabilities
+# p2l heads, training, aggregation
+from jaxrank.p2l import P2LHead, P2LLeaderboard, P2LModel, PromptVotes, aggregate_leaderboard, load_p2l
+from jaxrank.p2l import make_prompt_votes, p2l_loss, save_p2l, train_p2l
 
 __all__ = [
     "__version__",
@@ -96,4 +99,15 @@ __all__ = [
     "router_rating",
     "router_scores",
     "win_probabilities",
+    # p2l heads, training, aggregation
+    "P2LHead",
+    "P2LLeaderboard",
+    "P2LModel",
+    "PromptVotes",
+    "aggregate_leaderboard",
+    "load_p2l",
+    "make_prompt_votes",
+    "p2l_loss",
+    "save_p2l",
+    "train_p2l",
 ]

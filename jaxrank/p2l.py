@@ -24,7 +24,9 @@ Modules of work:
   checkpoints with exact resume), `P2LModel`, `save_p2l` / `load_p2l`;
 - `aggregate_leaderboard`: one leaderboard for a set (distribution) of prompts, by fitting one
   coefficient vector to the average of the per-prompt outcome probabilities, with a bootstrap over
-  prompts.
+  prompts;
+- routing (from `jaxrank._routing`, re-exported here): `win_probabilities`, `optimal_policy`, `route`,
+  `route_average_budget`, `router_rating`, `router_scores`, `RoutingResult`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,16 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from jaxrank.ratings.battles import A_WINS, B_WINS, OUTCOME_NAMES, TIE, TIE_BOTHBAD
+from jaxrank._routing import (
+    RoutingResult,
+    optimal_policy,
+    route,
+    route_average_budget,
+    router_rating,
+    router_scores,
+    win_probabilities,
+)
+from jaxrank.ratings.battles import OUTCOME_NAMES, TIE
 from jaxrank.ratings.bradley_terry import outcome_log_probs, outcome_probabilities
 from jaxrank.ratings.uncertainty import rank_upper_bound
 
@@ -59,6 +70,14 @@ __all__ = [
     "load_p2l",
     "P2LLeaderboard",
     "aggregate_leaderboard",
+    # routing (jaxrank._routing), re-exported
+    "RoutingResult",
+    "win_probabilities",
+    "optimal_policy",
+    "route",
+    "route_average_budget",
+    "router_rating",
+    "router_scores",
 ]
 
 LOSSES = ("bt", "bt-tie", "rao-kupper", "grounded-rao-kupper")
