@@ -55,7 +55,7 @@ from jaxrank._routing import (
     win_probabilities,
 )
 from jaxrank.ratings.battles import OUTCOME_NAMES, TIE
-from jaxrank.ratings.bradley_terry import outcome_log_probs, outcome_probabilities
+from jaxrank.ratings.bradley_terry import outcome_log_probs, outcome_probabilities, solve_bradley_terry
 from jaxrank.ratings.uncertainty import rank_upper_bound
 
 __all__ = [
@@ -605,6 +605,7 @@ def train_p2l(
     resume: bool = False,
     stop_after: int | None = None,
     encoder: str | None = None,
+    init_global: bool = True,
     progress: Callable[[int, int, dict[str, float]], Any] | None = None,
 ) -> P2LModel:
     r"""Train a P2L head on prompt features and votes.
@@ -615,7 +616,10 @@ def train_p2l(
     `max_epochs`. Each epoch shuffles the training votes (key `fold_in(key, epoch)`) into minibatches of
     `batch_size` (the last padded with weight-0 votes, so ONE compiled step serves every batch; the
     epoch is one `lax.scan`). Features are standardised with the training prompts' mean and standard
-    deviation (stored in the head).
+    deviation (stored in the head). With `init_global` (default) the head starts at the prompt-blind
+    leaderboard: the output bias is the global Bradley–Terry fit of the training votes with the same
+    likelihood (`solve_bradley_terry`, a weak `l2 = 1e-3` prior so that it exists), the tie bias its
+    alpha, the weights zero; training then learns how prompts move the leaderboard from there.
 
     Validation: a random `val_fraction` of the distinct PROMPTS (not votes) is held out; after every
     epoch the validation mean NLL is computed, the best parameters are kept, and training stops after
@@ -649,6 +653,7 @@ def train_p2l(
         resume: continue from the latest checkpoint in `checkpoint_dir`.
         stop_after: stop after this many epochs in total (as if preempted; resume later).
         encoder: the name of the encoder that produced `features` (recorded for `P2LModel.predict`).
+        init_global: start from the global (prompt-blind) Bradley–Terry fit instead of all zeros.
         progress: optional `progress(epoch, max_epochs, {"train_loss", "val_nll"})` after each epoch.
 
     Returns:
@@ -721,11 +726,20 @@ def train_p2l(
         learning_rate=float(learning_rate), weight_decay=float(weight_decay), warmup_fraction=float(warmup_fraction),
         end_lr_factor=float(end_lr_factor), clip_norm=float(clip_norm), batch_size=int(batch_size),
         max_epochs=int(max_epochs), val_fraction=float(val_fraction), patience=patience,
-        num_votes=votes.num_votes, num_prompts=int(num_prompts),
+        num_votes=votes.num_votes, num_prompts=int(num_prompts), init_global=bool(init_global),
     )
     head = _build_head(cfg)
     head.feature_mean[...] = jnp.asarray(mean, jnp.float32)
     head.feature_scale[...] = jnp.asarray(scale, jnp.float32)
+    if init_global:
+        ties = _LOSS_TIES[loss]
+        w_init = np.where(train.outcome >= TIE, 0.0, train.weight) if loss == "bt" else train.weight
+        sol = solve_bradley_terry(jnp.asarray(w_init, jnp.float32), train.a, train.b, train.outcome,
+                                  num_models=votes.num_models, ties=ties, l2=1e-3)
+        head.out.bias[...] = sol.theta.astype(jnp.float32)
+        if head.tie is not None:
+            alpha0 = jnp.clip(sol.tie_param, 2 * _TIE_FLOOR, 50.0) - _TIE_FLOOR
+            head.tie.bias[...] = jnp.log(jnp.expm1(alpha0))[None].astype(jnp.float32)
     graphdef, params, stats = nnx.split(head, nnx.Param, ...)
     steps_per_epoch = max(1, -(-train.num_votes // batch_size))
     tx, schedule = _make_optimizer(cfg["learning_rate"], cfg["weight_decay"], cfg["warmup_fraction"],
@@ -1138,10 +1152,11 @@ def aggregate_leaderboard(
         raise ValueError(f"models must name the M = {m} columns of beta, got {len(names)} names")
     k = 4 if loss == _GROUNDED else 3
     a, b, o, cell = (jnp.asarray(x) for x in _pair_rows(m, k))
-    theta, tie, ok = _aggregate_jit(beta, alpha, pw, a, b, o, cell, loss=loss, num_models=m)
+    same = "bt" if loss == "bt-tie" else loss  # bt and bt-tie predict the same probabilities: one compilation
+    theta, tie, ok = _aggregate_jit(beta, alpha, pw, a, b, o, cell, loss=same, num_models=m)
     if bootstrap:
         samples = _bootstrap_jit(theta, beta, alpha, pw, key if key is not None else jax.random.key(0), a, b, o, cell,
-                                 loss=loss, num_models=m, num_rounds=int(bootstrap))
+                                 loss=same, num_models=m, num_rounds=int(bootstrap))
     else:
         samples = jnp.zeros((0, m), jnp.float32)
     kelo = scale / math.log(base)
