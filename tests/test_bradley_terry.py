@@ -536,3 +536,17 @@ def test_grounded_anchor_moves_ratings_only(grounded_arena, grounded_fit):
 def test_grounded_without_bothbad_warns(rk_arena):
     with pytest.warns(UserWarning, match=r"no 'tie \(bothbad\)' votes"):
         fit_bradley_terry(rk_arena, ties=GROUNDED, max_iter=20)
+
+
+def test_grounded_bootstrap_and_unsupported_intervals(grounded_arena, grounded_fit):
+    from jaxrank.ratings import bootstrap_ratings, sandwich_intervals
+
+    battles, _ = grounded_arena
+    boot = bootstrap_ratings(jax.random.key(0), battles, num_rounds=4, ties=GROUNDED, fit=grounded_fit)
+    assert boot.samples.shape == (4, battles.num_models) and bool(np.all(np.asarray(boot.converged)))
+    # 40,000 votes: each round is within a few standard errors (~0.05 theta, ~9 Elo) of the full-data fit.
+    assert np.abs(np.asarray(boot.samples) - np.asarray(grounded_fit.ratings)).max() < 40.0
+    with pytest.raises(ValueError, match="solver='newton' does not support ties='grounded-rao-kupper'"):
+        bootstrap_ratings(jax.random.key(0), battles, num_rounds=4, ties=GROUNDED, fit=grounded_fit, solver="newton")
+    with pytest.raises(ValueError, match="sandwich_intervals does not support ties='grounded-rao-kupper'"):
+        sandwich_intervals(battles, grounded_fit)
