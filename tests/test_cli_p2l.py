@@ -48,6 +48,8 @@ def test_train_saves_a_model(trained, capsys):
     model = load_p2l(trained)
     assert model.models == tuple(MODELS) and model.loss == "bt-tie" and model.encoder is None
     assert model.config["in_features"] == 4 and model.history["epochs"] >= 1
+    with pytest.raises(ValueError, match="records no encoder"):
+        model.predict(["a prompt"])
 
 
 def test_leaderboard_and_plot(trained, workdir, capsys):
@@ -134,3 +136,11 @@ def test_end_to_end_with_the_real_sentence_encoder(minilm, workdir, tmp_path, ca
                  str(tmp_path / "cache"), "--out", str(tmp_path / "lb.csv")])
     assert code == 0
     assert len(pd.read_csv(tmp_path / "lb.csv")) == 3
+    # P2LModel.predict: the recorded encoder's features, then the head.
+    from jaxrank.lm.features import prompt_features
+
+    texts = ["prompt number 3", "prompt number 7"]
+    beta, alpha = model.predict(texts)
+    ref, _ = model.coefficients(prompt_features(texts, encoder="all-minilm-l6-v2"))
+    assert beta.shape == (2, 3) and alpha is None
+    np.testing.assert_array_equal(np.asarray(beta), np.asarray(ref))
