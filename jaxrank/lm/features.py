@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxrank.lm import bert as _bert
 from jaxrank.lm.pipeline import (
     ProgressFn,
     TruncationWarning,
@@ -92,12 +93,6 @@ def _check_count(value: Any, name: str, minimum: int) -> int:
 # Which encoder
 
 
-def _bert_module():
-    from jaxrank.lm import bert
-
-    return bert
-
-
 def _encoder_kind_of_path(path: pathlib.Path) -> str:
     """"bert" for a BERT (sentence-transformers or plain) directory, else "causal"."""
     config = path / "config.json"
@@ -108,7 +103,7 @@ def _encoder_kind_of_path(path: pathlib.Path) -> str:
             model_type = json.loads(config.read_text()).get("model_type")
         except (OSError, ValueError):
             model_type = None
-        if model_type in _bert_module().BERT_MODEL_TYPES:
+        if model_type in _bert.BERT_MODEL_TYPES:
             return "bert"
     return "causal"
 
@@ -117,14 +112,13 @@ def _resolve_name(encoder: str | os.PathLike) -> tuple[str, pathlib.Path]:
     """(kind, local path) of an encoder given by name or path, without loading it."""
     from jaxrank.lm.loading import NAMED_MODELS, resolve_model_path
 
-    bert = _bert_module()
-    if isinstance(encoder, str) and encoder.lower() in bert.NAMED_ENCODERS:
-        return "bert", bert.resolve_encoder_path(encoder)
+    if isinstance(encoder, str) and encoder.lower() in _bert.NAMED_ENCODERS:
+        return "bert", _bert.resolve_encoder_path(encoder)
     if isinstance(encoder, str) and encoder.lower() in NAMED_MODELS:
         return "causal", resolve_model_path(encoder)[0]
     path = pathlib.Path(encoder).expanduser()
     if not path.exists():
-        names = ", ".join(repr(n) for n in (*NAMED_MODELS, *bert.NAMED_ENCODERS))
+        names = ", ".join(repr(n) for n in (*NAMED_MODELS, *_bert.NAMED_ENCODERS))
         raise ValueError(
             f"encoder {str(encoder)!r} is neither a known name ({names}) nor an existing path "
             "(a Hugging Face directory, a .gguf file or a sentence-transformers directory)"
@@ -133,8 +127,7 @@ def _resolve_name(encoder: str | os.PathLike) -> tuple[str, pathlib.Path]:
 
 
 def _kind_of_object(encoder: Any) -> str:
-    bert = _bert_module()
-    if isinstance(encoder, bert.LoadedEncoder):
+    if isinstance(encoder, _bert.LoadedEncoder):
         return "bert"
     if getattr(encoder, "tokenizer", None) is not None and hasattr(getattr(encoder, "model", None), "hidden_states"):
         return "causal"
@@ -146,7 +139,7 @@ def _kind_of_object(encoder: Any) -> str:
 
 def _load(kind: str, path: pathlib.Path) -> Any:
     if kind == "bert":
-        return _bert_module().load_encoder(path)
+        return _bert.load_encoder(path)
     from jaxrank.lm.loading import load_model
 
     return load_model(path)
@@ -352,14 +345,15 @@ def _bert_features(loaded, texts, *, batch_size, max_length, mesh, progress) -> 
     limit = min(max_length, loaded.config.max_position_embeddings)
     rows, truncated = [], 0
     for text in texts:
-        ids = loaded.token_ids(text)
+        ids = loaded.token_ids(text, max_length=limit + 1)  # one more than fits: tells a cut text
         if len(ids) > limit:
             truncated += 1
-        rows.append(loaded.token_ids(text, max_length=limit) if len(ids) > limit else ids)
+            ids = loaded.token_ids(text, max_length=limit)
+        rows.append(ids)
     _warn_truncated(truncated, len(texts), limit, "at the end")
     graphdef, state = nnx.split(loaded.model)
     return _run_batches(
-        _bert_module()._jitted_encode(graphdef),
+        _bert._jitted_encode(graphdef),
         _replicated(state, mesh),
         rows,
         pad_id=loaded.pad_token_id,
