@@ -10,11 +10,13 @@ The public API, re-exported name by name:
   `outcome_log_probs`, `synthetic_battles`, `online_elo`, `elo_permutations`, `bootstrap_ratings`,
   `sandwich_intervals`, `rank_upper_bound`, `save_leaderboard`, `load_leaderboard`;
 - judge budgets: the `allocation` module (`init`/`select`/`update`, `simulate`, `simulate_sweep`);
-- prompt features for P2L: `prompt_features` (model files load only when called).
+- Prompt-to-Leaderboard (`jaxrank.p2l`): `prompt_features` (model files load only when called),
+  `train_p2l`, `P2LModel`, `save_p2l` / `load_p2l`, `aggregate_leaderboard`, `p2l_loss`, and routing
+  under a cost budget: `route`, `route_average_budget`, `router_rating`, `win_probabilities`;
 - evaluation: `tie_reduction`, `leaderboard_stability`, `budget_curves`, the rank metrics `kendall_tau`,
   `spearman`, `pairs_agreement`, and `load_prompt_votes` / `load_scores` / `PromptVotes`.
 
-Language models live in `jaxrank.lm` (imported on demand: it needs the `lm` extra).
+Language models live in `jaxrank.lm`; loading real checkpoints and tokenizers needs the `lm` extra.
 """
 
 __version__ = "0.1.0"
@@ -55,6 +57,9 @@ from jaxrank.evaluation import DEFAULT_FRACTIONS, PromptVotes, load_prompt_votes
 from jaxrank.evaluation import kendall_tau, pairs_agreement, spearman
 from jaxrank.evaluation import StabilityResult, TieReductionResult, leaderboard_stability, tie_reduction
 from jaxrank.evaluation import BudgetCurves, budget_curves
+# p2l heads, training, aggregation
+from jaxrank.p2l import P2LHead, P2LLeaderboard, P2LModel, P2LVotes, aggregate_leaderboard, load_p2l
+from jaxrank.p2l import make_p2l_votes, p2l_loss, save_p2l, train_p2l
 
 __all__ = [
     "__version__",
@@ -117,4 +122,15 @@ __all__ = [
     "tie_reduction",
     "BudgetCurves",
     "budget_curves",
+    # p2l heads, training, aggregation
+    "P2LHead",
+    "P2LLeaderboard",
+    "P2LModel",
+    "P2LVotes",
+    "aggregate_leaderboard",
+    "load_p2l",
+    "make_p2l_votes",
+    "p2l_loss",
+    "save_p2l",
+    "train_p2l",
 ]

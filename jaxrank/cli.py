@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "jaxrank.commands.budget",
     "jaxrank.commands.leaderboard",
     "jaxrank.commands.evaluate",
+    "jaxrank.commands.p2l",
 )
 
 

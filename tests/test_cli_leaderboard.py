@@ -98,6 +98,7 @@ def test_columns_and_labels_mapping_parquet(arena_csv, tmp_path, capsys):
         (["--ci", "95"], "--ci"),
         (["--out", "table.xlsx"], "unknown format '.xlsx'"),
         (["--plot", "plot.jpg"], "--plot"),
+        (["--ties", "grounded-rao-kupper"], "--ties grounded-rao-kupper needs --bootstrap N"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(arena_csv, tmp_path, capsys, monkeypatch, extra, message):

@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("votes", metavar="VOTES", help="votes file: .csv, .tsv, .jsonl/.json or .parquet")
-    p.add_argument("--ties", choices=("half", "rao-kupper", "davidson", "drop"), default="half",
+    p.add_argument("--ties", choices=("half", "rao-kupper", "davidson", "drop", "grounded-rao-kupper"), default="half",
                    help="tie model (default: half, a tie is half a win each way, as Chatbot Arena)")
     p.add_argument("--bootstrap", type=int, default=0, metavar="N",
                    help="bootstrap rounds for the intervals (default 0: sandwich intervals, no resampling)")
@@ -123,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"VOTES {votes} is a directory; expected a .csv, .jsonl or .parquet file")
     if args.bootstrap < 0 or args.bootstrap == 1:
         raise CliError(f"--bootstrap must be 0 (sandwich intervals) or >= 2 rounds, got {args.bootstrap}")
+    if args.ties == "grounded-rao-kupper" and args.bootstrap < 2:
+        raise CliError("--ties grounded-rao-kupper needs --bootstrap N (N >= 2): the sandwich intervals do not "
+                       "support its four-outcome likelihood")
     if not 0.0 < args.ci < 1.0:
         raise CliError(f"--ci must lie strictly between 0 and 1, got {args.ci}")
     if args.l2 < 0:

@@ -483,9 +483,12 @@ def synthetic_battles(
         num_votes: N >= 1 total votes.
         theta: optional float[M] true log-strengths; default `theta_scale * N(0, 1)`, centred.
         theta_scale: standard deviation of the default true log-strengths (1.0 ~ 174 Elo points).
-        ties: outcome model, `"half"`/`"drop"` (no ties are drawn), `"rao-kupper"` or `"davidson"`.
-        tie_param: RK threshold alpha > 0 (default 0.5) or Davidson nu > 0 (default 1.0).
-        tie_bothbad_fraction: share of drawn ties labelled `tie (bothbad)` instead of `tie`.
+        ties: outcome model, `"half"`/`"drop"` (no ties are drawn), `"rao-kupper"`, `"davidson"` or
+            `"grounded-rao-kupper"` (draws `tie (bothbad)` from the model itself; theta is absolute).
+        tie_param: RK threshold alpha > 0 (default 0.5; also the grounded model's) or Davidson nu > 0
+            (default 1.0).
+        tie_bothbad_fraction: share of drawn ties labelled `tie (bothbad)` instead of `tie` (not used by
+            the grounded model).
 
     Returns:
         `(battles, theta)`: the `Battles` (counts only, `vote_row` empty) and the true theta float32[M].
@@ -505,9 +508,10 @@ def synthetic_battles(
         raise ValueError(f"ties must be one of {_preview(TIE_MODELS)}; got {ties!r}")
     if not 0.0 <= tie_bothbad_fraction <= 1.0:
         raise ValueError(f"tie_bothbad_fraction must be in [0, 1], got {tie_bothbad_fraction!r}")
+    grounded = ties == "grounded-rao-kupper"
     if tie_param is None:
-        tie_param = {"rao-kupper": 0.5, "davidson": 1.0}.get(ties, float("nan"))
-    elif ties in ("rao-kupper", "davidson") and not tie_param > 0:
+        tie_param = {"rao-kupper": 0.5, "davidson": 1.0, "grounded-rao-kupper": 0.5}.get(ties, float("nan"))
+    elif ties in ("rao-kupper", "davidson", "grounded-rao-kupper") and not tie_param > 0:
         raise ValueError(f"tie_param must be > 0 for ties={ties!r}, got {tie_param!r}")
     k_theta, k_counts = jax.random.split(key)
     if theta is None:
@@ -533,9 +537,10 @@ def synthetic_battles(
         jax.jit(outcome_probabilities, static_argnames="ties")(
             jnp.asarray(delta, jnp.float32), ties="drop" if ties == "half" else ties,
             tie_param=jnp.asarray(1.0 if tie_param != tie_param else tie_param, jnp.float32),
+            theta_b=jnp.asarray(theta_np[b], jnp.float32) if grounded else None,
         ),
         dtype=np.float64,
-    )  # [P, 3]
+    )  # [P, 3], or [P, 4] for the grounded model
     probs = probs / probs.sum(axis=1, keepdims=True)
     # Conditional binomial split: n_A ~ Bin(n, pA), n_B ~ Bin(n - n_A, pB / (1 - pA)), rest ties.
     pa = probs[:, 0]
@@ -544,7 +549,13 @@ def synthetic_battles(
     pb = np.clip(np.where(pa < 1.0, probs[:, 1] / np.maximum(1.0 - pa, 1e-300), 0.0), 0.0, 1.0)
     n_b = rng.binomial(rest, pb)
     n_t = rest - n_b
-    n_bb = rng.binomial(n_t, tie_bothbad_fraction) if tie_bothbad_fraction > 0 else np.zeros_like(n_t)
+    if grounded:  # n_bb ~ Bin(n_t, p_bothbad / (p_tie + p_bothbad)): the model's own both-bad share
+        p_rest = probs[:, 2] + probs[:, 3]
+        n_bb = rng.binomial(n_t, np.clip(np.where(p_rest > 0, probs[:, 3] / np.maximum(p_rest, 1e-300), 0.0), 0, 1))
+    elif tie_bothbad_fraction > 0:
+        n_bb = rng.binomial(n_t, tie_bothbad_fraction)
+    else:
+        n_bb = np.zeros_like(n_t)
     n_t = n_t - n_bb
 
     rows_a = np.concatenate([a, a, a, a])

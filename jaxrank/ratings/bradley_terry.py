@@ -14,7 +14,17 @@ Model: each model `i` has a log-strength `theta_i`; for a vote between `a` and `
 - `"davidson"` (Davidson 1970), tie strength `nu > 0`:
   `P(a) = e^{delta/2} / Z`, `P(b) = e^{-delta/2} / Z`, `P(tie) = nu / Z`, `Z = e^{delta/2} + e^{-delta/2} + nu`.
 
-`tie (bothbad)` votes are ties for every model above. Ratings on the Elo scale are
+- `"grounded-rao-kupper"` (P2L's "grounded RK", Frick et al. 2025, "Prompt-to-Leaderboard",
+  arXiv:2502.14855, loss `bag` of github.com/lmarena/p2l `p2l/model.py`): Rao–Kupper plus a fixed
+  competitor `g` with `theta_g = 0` that wins when both answers are bad. With `pi = exp(theta)` and
+  `t = exp(alpha) > 1`:
+  `P(a) = pi_a / (pi_a + t pi_b + 1)`, `P(b) = pi_b / (pi_b + t pi_a + 1)`,
+  `P(tie (bothbad)) = 1 / (1 + pi_a + pi_b)`, `P(tie) = 1 - P(a) - P(b) - P(bothbad)`
+  `= (t - 1) pi_a pi_b ((1 + t)(pi_a + pi_b) + 2) / ((pi_a + t pi_b + 1)(pi_b + t pi_a + 1)(1 + pi_a + pi_b))`
+  (positive for every alpha > 0). Four outcomes; not shift-invariant (the competitor at 0 pins the
+  level), so it needs `theta_b` besides `delta` and its theta is never centred.
+
+`tie (bothbad)` votes are ties for every other model above. Ratings on the Elo scale are
 `init + scale / ln(base) * theta`.
 """
 
@@ -35,6 +45,7 @@ from jaxrank.ratings.battles import (
     A_WINS,
     B_WINS,
     TIE,
+    TIE_BOTHBAD,
     Battles,
     comparison_components,
     warn_if_disconnected,
@@ -51,9 +62,10 @@ __all__ = [
     "fit_bradley_terry",
 ]
 
-TIE_MODELS = ("half", "rao-kupper", "davidson", "drop")
-_FITS_TIE = ("rao-kupper", "davidson")
-_DEFAULT_TIE_INIT = {"rao-kupper": 0.5, "davidson": 1.0}
+GROUNDED = "grounded-rao-kupper"
+TIE_MODELS = ("half", "rao-kupper", "davidson", "drop", GROUNDED)
+_FITS_TIE = ("rao-kupper", "davidson", GROUNDED)
+_DEFAULT_TIE_INIT = {"rao-kupper": 0.5, "davidson": 1.0, GROUNDED: 0.5}
 _LOG2 = math.log(2.0)
 
 
@@ -87,8 +99,34 @@ def _tie_value(tie_param: Any, ties: str, dtype) -> jax.Array:
     return jnp.asarray(0.0, dtype=dtype)
 
 
-def _model_log_probs(delta: jax.Array, ties: str, tp: jax.Array):
-    """`(log P(a), log P(b), log P(tie))` of one tie model; the single definition of the likelihoods."""
+def _log_expm1(x: jax.Array) -> jax.Array:
+    # log(e^x - 1) for x > 0, stable for small and large x.
+    return x + jnp.log(-jnp.expm1(-x))
+
+
+def _grounded_log_probs(delta: jax.Array, theta_b: jax.Array, tp: jax.Array):
+    """Grounded Rao–Kupper in log space: `(log P(a), log P(b), log P(tie), log P(tie (bothbad)))`."""
+    beta_a = delta + theta_b
+    beta_b = jnp.broadcast_to(theta_b, beta_a.shape).astype(beta_a.dtype)
+    tp = jnp.broadcast_to(tp, beta_a.shape).astype(beta_a.dtype)
+    zero = jnp.zeros_like(beta_a)
+    log_d_a = jax.nn.logsumexp(jnp.stack([beta_a, tp + beta_b, zero]), axis=0)  # log(pi_a + t pi_b + 1)
+    log_d_b = jax.nn.logsumexp(jnp.stack([beta_b, tp + beta_a, zero]), axis=0)  # log(pi_b + t pi_a + 1)
+    log_d_g = jax.nn.logsumexp(jnp.stack([beta_a, beta_b, zero]), axis=0)  # log(1 + pi_a + pi_b)
+    lp_a = beta_a - log_d_a
+    lp_b = beta_b - log_d_b
+    lp_bb = -log_d_g
+    # log((1 + t)(pi_a + pi_b) + 2)
+    log_num = jnp.logaddexp(jax.nn.softplus(tp) + jnp.logaddexp(beta_a, beta_b), _LOG2)
+    lp_t = _log_expm1(tp) + beta_a + beta_b + log_num - log_d_a - log_d_b - log_d_g
+    return lp_a, lp_b, lp_t, lp_bb
+
+
+def _model_log_probs(delta: jax.Array, ties: str, tp: jax.Array, theta_b: jax.Array | None = None):
+    """`(log P(a), log P(b), log P(tie))` of one tie model, plus `log P(tie (bothbad))` for the grounded
+    model (which also needs `theta_b`); the single definition of the likelihoods."""
+    if ties == GROUNDED:
+        return _grounded_log_probs(delta, theta_b, tp)
     if ties in ("half", "drop"):
         lp_a = jax.nn.log_sigmoid(delta)
         lp_b = jax.nn.log_sigmoid(-delta)
@@ -107,23 +145,44 @@ def _model_log_probs(delta: jax.Array, ties: str, tp: jax.Array):
     return lp_a, lp_b, lp_t
 
 
-def _select_outcome(outcome, lp_a, lp_b, lp_t):
+def _select_outcome(outcome, lp_a, lp_b, lp_t, lp_bb=None):
+    if lp_bb is not None:
+        lp_t = jnp.where(outcome == TIE_BOTHBAD, lp_bb, lp_t)
     return jnp.where(outcome == A_WINS, lp_a, jnp.where(outcome == B_WINS, lp_b, lp_t))
 
 
-def outcome_log_probs(delta: Any, outcome: Any, *, ties: str, tie_param: Any = None) -> jax.Array:
+def _theta_b_value(theta_b: Any, ties: str, dtype) -> jax.Array | None:
+    if ties != GROUNDED:
+        return None
+    if theta_b is None:
+        raise ValueError(
+            "theta_b is required for ties='grounded-rao-kupper': the model is not shift-invariant (the both-bad "
+            "competitor sits at theta = 0), so it needs theta_b besides delta = theta_a - theta_b"
+        )
+    theta_b = jnp.asarray(theta_b)
+    if not jnp.issubdtype(theta_b.dtype, jnp.floating):
+        theta_b = theta_b.astype(jnp.float32)
+    return theta_b.astype(dtype)
+
+
+def outcome_log_probs(
+    delta: Any, outcome: Any, *, ties: str, tie_param: Any = None, theta_b: Any = None
+) -> jax.Array:
     r"""Log-likelihood of each outcome given the strength difference, for every tie model.
 
     `log P(outcome | theta_a - theta_b = delta)`; see the module docstring for the formulas. For
     `"drop"` a tie contributes 0 (it is not part of the likelihood); for `"half"` a tie contributes
-    `(log sigmoid(delta) + log sigmoid(-delta)) / 2`.
+    `(log sigmoid(delta) + log sigmoid(-delta)) / 2`. `"grounded-rao-kupper"` has four outcomes
+    (`TIE_BOTHBAD` is its own outcome) and depends on the absolute strengths: pass `theta_b`.
 
     Args:
         delta: float[...] `theta_a - theta_b` in natural-log units.
         outcome: int[...] (broadcast with `delta`) `A_WINS`=0, `B_WINS`=1, `TIE`=2, `TIE_BOTHBAD`=3.
-        ties: `"half" | "rao-kupper" | "davidson" | "drop"`.
-        tie_param: RK threshold `alpha > 0` or Davidson `nu > 0`, scalar or broadcastable to
-            `delta`; ignored for `"half"`/`"drop"`.
+        ties: `"half" | "rao-kupper" | "davidson" | "drop" | "grounded-rao-kupper"`.
+        tie_param: RK threshold `alpha > 0` (also the grounded model's) or Davidson `nu > 0`, scalar
+            or broadcastable to `delta`; ignored for `"half"`/`"drop"`.
+        theta_b: float[...] (broadcast with `delta`) the absolute log-strength of `b`; required for
+            `"grounded-rao-kupper"`, ignored otherwise.
 
     Returns:
         float[...] log-probabilities (float32 unless `delta` is float64).
@@ -141,13 +200,15 @@ def outcome_log_probs(delta: Any, outcome: Any, *, ties: str, tie_param: Any = N
     if not jnp.issubdtype(outcome.dtype, jnp.integer):
         raise TypeError(f"outcome must be integer codes 0..3, got dtype {outcome.dtype}")
     tp = _tie_value(tie_param, ties, dtype)
-    return _select_outcome(outcome, *_model_log_probs(delta, ties, tp))
+    return _select_outcome(outcome, *_model_log_probs(delta, ties, tp, _theta_b_value(theta_b, ties, dtype)))
 
 
-def outcome_probabilities(delta: Any, *, ties: str, tie_param: Any = None) -> jax.Array:
+def outcome_probabilities(delta: Any, *, ties: str, tie_param: Any = None, theta_b: Any = None) -> jax.Array:
     """`[P(a wins), P(b wins), P(tie)]` for each `delta`, float[..., 3]; they sum to 1.
 
-    For `"half"`/`"drop"` the tie probability is 0 (these models predict no ties).
+    For `"half"`/`"drop"` the tie probability is 0 (these models predict no ties). For
+    `"grounded-rao-kupper"` (pass `theta_b`) four outcomes, float[..., 4]:
+    `[P(a), P(b), P(tie), P(tie (bothbad))]`.
 
     Example:
         >>> outcome_probabilities(jnp.zeros(2), ties="rao-kupper", tie_param=0.5).sum(-1)  # [1., 1.]
@@ -158,6 +219,9 @@ def outcome_probabilities(delta: Any, *, ties: str, tie_param: Any = None) -> ja
         delta = delta.astype(jnp.float32)
     delta = delta.astype(jnp.promote_types(delta.dtype, jnp.float32))
     tp = _tie_value(tie_param, ties, delta.dtype)
+    if ties == GROUNDED:
+        lps = _model_log_probs(delta, ties, tp, _theta_b_value(theta_b, ties, delta.dtype))
+        return jnp.exp(jnp.stack(lps, axis=-1))
     lp_a, lp_b, lp_t = _model_log_probs(delta, "drop" if ties == "half" else ties, tp)
     p_t = jnp.exp(lp_t) if ties in _FITS_TIE else jnp.zeros_like(delta)
     return jnp.stack([jnp.exp(lp_a), jnp.exp(lp_b), p_t], axis=-1)
@@ -186,7 +250,7 @@ def bt_negative_log_likelihood(
     """
     theta = jnp.asarray(theta)
     delta = theta[a] - theta[b]
-    lp = outcome_log_probs(delta, outcome, ties=ties, tie_param=tie_param)
+    lp = outcome_log_probs(delta, outcome, ties=ties, tie_param=tie_param, theta_b=theta[b])
     nll = -jnp.sum(jnp.asarray(weight, lp.dtype) * lp)
     return nll + 0.5 * l2 * jnp.sum(theta * theta)
 
@@ -226,12 +290,15 @@ def _objective(x, weight, a, b, outcome, opts: _Options, st: _Static):
     theta = x[: st.num_models]
     tp = jnp.exp(x[st.num_models])
     delta = theta[a] - theta[b]
-    lp = _select_outcome(outcome, *_model_log_probs(delta, st.ties, tp))
+    lp = _select_outcome(outcome, *_model_log_probs(delta, st.ties, tp, theta[b]))
     return -jnp.sum(weight * lp) + 0.5 * opts.l2 * jnp.sum(theta * theta)
 
 
 def _centre(theta, component, opts: _Options, st: _Static):
-    """Subtract each component's mean (only without a prior, which pins the level by itself)."""
+    """Subtract each component's mean (only without a prior, which pins the level by itself; never for
+    the grounded model, whose level the both-bad competitor at 0 pins)."""
+    if st.ties == GROUNDED:
+        return theta
     sums = jax.ops.segment_sum(theta, component, num_segments=st.num_models)
     sizes = jax.ops.segment_sum(jnp.ones_like(theta), component, num_segments=st.num_models)
     centred = theta - (sums / jnp.maximum(sizes, 1.0))[component]
@@ -292,6 +359,8 @@ def _row_nll(delta, kappa, outcome, ties):
 
 def _solve_bwd(st, res, cotangents):
     x, weight, a, b, outcome, component, opts = res
+    if st.ties == GROUNDED:
+        return _solve_bwd_autodiff(st, res, cotangents)
     m = st.num_models
     gx = cotangents[0]
     # The output theta is the centred optimum: project the cotangent the same way.
@@ -333,6 +402,30 @@ def _solve_bwd(st, res, cotangents):
     # d/dw (gx . x*) = -(d grad_x / d w)^T H^+ gx, and d grad_x / d w_u is the gradient of row u's -log P.
     vt, vk = v[:m], v[m]
     g_w = -(g_d * (vt[a] - vt[b]) + (g_k * vk if fits else 0.0))
+    return (g_w.astype(weight.dtype), None, None, None, None, None)
+
+
+def _solve_bwd_autodiff(st, res, cotangents):
+    """The implicit VJP with autodiff Hessian-vector products, for the grounded model (its per-row
+    likelihood depends on theta_a and theta_b separately, not only on their difference)."""
+    x, weight, a, b, outcome, _, opts = res
+    m = st.num_models
+    gx = cotangents[0]
+
+    def grad_x(xx):
+        return jax.grad(_objective)(xx, weight, a, b, outcome, opts, st)
+
+    def hvp(v):
+        return jax.jvp(grad_x, (x,), (v,))[1]
+
+    def row_nll(xx):
+        theta = xx[:m]
+        lps = _model_log_probs(theta[a] - theta[b], st.ties, jnp.exp(xx[m]), theta[b])
+        return -_select_outcome(outcome, *lps)
+
+    cg_tol = 1e-6 if x.dtype == jnp.float32 else 1e-12
+    v, _ = jax.scipy.sparse.linalg.cg(hvp, gx, tol=cg_tol, atol=0.0, maxiter=st.cg_max_iter)
+    g_w = -jax.jvp(row_nll, (x,), (v,))[1]
     return (g_w.astype(weight.dtype), None, None, None, None, None)
 
 
@@ -384,7 +477,8 @@ def solve_bradley_terry(
     `tol` or after `max_iter` iterations. The tie parameter of Rao–Kupper /
     Davidson is fitted as its logarithm (so it stays positive). With `l2 == 0` the likelihood is
     invariant to shifting all thetas of a connected component, so theta is centred per component
-    (mean zero); with `l2 > 0` the prior pins it (and the optimum is centred automatically).
+    (mean zero); with `l2 > 0` the prior pins it (and the optimum is centred automatically). The
+    grounded model is never centred (its both-bad competitor at 0 pins the level).
 
     Differentiable in `weight`: the VJP solves `H v = g` with the Hessian of the penalised NLL at the
     optimum (conjugate gradients on Hessian-vector products) and returns `-(d grad / d weight)^T v`;
@@ -462,15 +556,22 @@ class BTResult:
     def _probs(self) -> jax.Array:
         delta = self.theta[:, None] - self.theta[None, :]
         tp = self.tie_param if self.ties in _FITS_TIE else None
-        return outcome_probabilities(delta, ties=self.ties, tie_param=tp)
+        theta_b = jnp.broadcast_to(self.theta[None, :], delta.shape) if self.ties == GROUNDED else None
+        return outcome_probabilities(delta, ties=self.ties, tie_param=tp, theta_b=theta_b)
 
     def win_probability(self) -> jax.Array:
         """float32[M, M]: `P[i, j]` = probability that model i beats model j (i in the `a` slot)."""
         return self._probs()[..., A_WINS]
 
     def tie_probability(self) -> jax.Array:
-        """float32[M, M]: predicted tie probability (zeros for `"half"`/`"drop"`)."""
+        """float32[M, M]: predicted tie probability (zeros for `"half"`/`"drop"`; for the grounded model
+        the plain `tie` outcome, without `tie (bothbad)`)."""
         return self._probs()[..., TIE]
+
+    def bothbad_probability(self) -> jax.Array:
+        """float32[M, M]: predicted `tie (bothbad)` probability (grounded model; zeros for the others)."""
+        probs = self._probs()
+        return probs[..., TIE_BOTHBAD] if self.ties == GROUNDED else jnp.zeros(probs.shape[:-1], probs.dtype)
 
     def to_frame(self):
         """pandas DataFrame `model, rating, theta`, best first."""
@@ -553,7 +654,10 @@ def fit_bradley_terry(
     Args:
         battles: encoded votes (`load_battles`).
         ties: `"half"` (a tie is half a win each way; Arena), `"rao-kupper"`, `"davidson"` (both fit
-            the tie parameter) or `"drop"` (ties ignored).
+            the tie parameter), `"drop"` (ties ignored) or `"grounded-rao-kupper"` (P2L's four-outcome
+            model: `tie (bothbad)` is a loss of both models to a fixed competitor at theta = 0; theta is
+            absolute, not centred, rating `init` is that competitor's level, and an anchor shifts the
+            reported ratings only).
         l2: L2 penalty (prior precision) on theta in natural-log units, >= 0.
         scale, base, init: the Elo scale (400, 10, 1000 by default).
         anchor: optional model name pinned to `anchor_rating` (default `init`).
@@ -638,7 +742,11 @@ def fit_bradley_terry(
             raise ValueError(
                 "no votes with positive weight to fit" + (" (all votes are ties and ties='drop')" if ties == "drop" else "")
             )
-        component = comparison_components(battles, weights=w_graph)
+        if ties == GROUNDED:
+            # The competitor at theta = 0 takes part in every vote's likelihood: one component, no centring.
+            component = np.zeros((m,), np.int32)
+        else:
+            component = comparison_components(battles, weights=w_graph)
         if l2 > 0:
             pinning = "the L2 prior pins each component (its theta is pulled to 0, its mean rating to init)."
         else:
@@ -648,7 +756,16 @@ def fit_bradley_terry(
         warn_if_disconnected(battles, component, pinning=pinning, stacklevel=3)
         if l2 == 0:
             _warn_no_mle(battles, w_graph, ties, stacklevel=3)
-        if ties in _FITS_TIE and not (w_graph[np.asarray(battles.outcome) >= TIE] > 0).any():
+        tie_rows = np.asarray(battles.outcome) == TIE if ties == GROUNDED else np.asarray(battles.outcome) >= TIE
+        if ties == GROUNDED and l2 == 0 and not (w_graph[np.asarray(battles.outcome) == TIE_BOTHBAD] > 0).any():
+            warnings.warn(
+                "ties='grounded-rao-kupper' but there are no 'tie (bothbad)' votes: the level of theta (relative to "
+                "the both-bad competitor at 0) has no finite maximum-likelihood value and drifts upwards; the "
+                "differences are still estimated. Pass l2 > 0 to pin the level",
+                UserWarning,
+                stacklevel=2,
+            )
+        if ties in _FITS_TIE and not (w_graph[tie_rows] > 0).any():
             warnings.warn(
                 f"ties={ties!r} but there are no tie votes: the tie parameter's maximum-likelihood value is 0, "
                 "on the boundary, and the fit only approaches it; use ties='drop' (equivalent, without ties)",
@@ -698,10 +815,12 @@ def _fit_jit(weight, a, b, outcome, component, opts, anchor_index, anchor_rating
     has_anchor = anchor_index >= 0
     idx = jnp.maximum(anchor_index, 0)
     in_comp = has_anchor & (component == component[idx])
-    theta = jnp.where(in_comp, theta - theta[idx], theta)
-    ratings = jnp.where(in_comp, anchor_rating, init) + k * theta
+    shifted = jnp.where(in_comp, theta - theta[idx], theta)
+    ratings = jnp.where(in_comp, anchor_rating, init) + k * shifted
+    if st.ties != GROUNDED:  # the grounded model's theta is absolute: the anchor moves the ratings only
+        theta = shifted
     tp = sol.tie_param if st.ties in _FITS_TIE else jnp.ones((), theta.dtype)
-    lp = _select_outcome(outcome, *_model_log_probs(theta[a] - theta[b], st.ties, tp))
+    lp = _select_outcome(outcome, *_model_log_probs(theta[a] - theta[b], st.ties, tp, theta[b]))
     ll = jnp.sum(weight * lp)
     return ratings, theta, sol.tie_param, ll, sol.num_iter, sol.converged
 

@@ -42,7 +42,8 @@ __all__ = [
     "load_leaderboard",
 ]
 
-_FITS_TIE = ("rao-kupper", "davidson")
+_FITS_TIE = ("rao-kupper", "davidson", "grounded-rao-kupper")
+_GROUNDED = "grounded-rao-kupper"
 # fit_bradley_terry options a bootstrap passes through to the full-data fit (and reuses per round).
 _FIT_OPTIONS = ("l2", "scale", "base", "init", "anchor", "anchor_rating", "max_iter", "tol", "memory_size", "mesh")
 
@@ -442,7 +443,7 @@ def bootstrap_ratings(
         progress: optional callable `progress(done, total)` called after each chunk (and once with 0).
         sampler: `"votes"` (draw N vote indices: O(R N)), `"multinomial"` (a binomial chain over rows,
             `jax.random.multinomial`: O(R U)), or `"auto"` (votes when N <= 8 U).
-        solver: `"newton"`, `"lbfgs"` or `"auto"`.
+        solver: `"newton"`, `"lbfgs"` or `"auto"` (always `"lbfgs"` for `"grounded-rao-kupper"`).
         fit: the full-data fit, if already computed with the same options (skips refitting it).
         **fit_kwargs: `l2, scale, base, init, anchor, anchor_rating, max_iter, tol, memory_size, mesh`
             for the full-data `fit_bradley_terry` (the rounds reuse them; `max_iter`/`tol` also bound
@@ -495,14 +496,20 @@ def bootstrap_ratings(
     row_ratio = np.where(per_row > 0, count / np.maximum(per_row, 1.0), 0.0)
 
     graph_w = np.where(np.asarray(battles.outcome) >= 2, 0.0, count) if ties == "drop" else count
-    component = comparison_components(battles, weights=graph_w)
+    if ties == _GROUNDED:  # absolute theta: one component, never centred (as in the fit)
+        component = np.zeros((m,), np.int64)
+    else:
+        component = comparison_components(battles, weights=graph_w)
     l2 = float(fit_kwargs.get("l2", 0.0))
     setup = _setup_from(fit, battles, component, l2, fit_kwargs.get("anchor"), fit_kwargs.get("anchor_rating"))
 
     if sampler == "auto":
         sampler = "votes" if n_votes <= 8 * u else "multinomial"
+    if ties == _GROUNDED and solver == "newton":
+        raise ValueError("solver='newton' does not support ties='grounded-rao-kupper' (its Hessian is not a graph "
+                         "Laplacian); use solver='lbfgs' or 'auto'")
     if solver == "auto":
-        solver = "newton" if m <= 512 else "lbfgs"
+        solver = "newton" if m <= 512 and ties != _GROUNDED else "lbfgs"
     if sampler == "votes":
         rows = jnp.asarray(np.repeat(np.arange(u, dtype=np.int32), per_row.astype(np.int64)))
         per_round = n_votes
@@ -603,6 +610,9 @@ def sandwich_intervals(
     if result.models != battles.models:
         raise ValueError("result was fitted on other models than battles (models differ)")
     confidence = _check_confidence(confidence)
+    if result.ties == _GROUNDED:
+        raise ValueError("sandwich_intervals does not support ties='grounded-rao-kupper' (its per-vote scores are not "
+                         "functions of theta_a - theta_b alone); use bootstrap_ratings")
     if anchor is not None and anchor not in battles.models:
         raise ValueError(f"anchor {anchor!r} is not one of the {battles.num_models} models")
     count = np.asarray(battles.count, np.float64)

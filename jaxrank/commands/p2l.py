@@ -1,0 +1,359 @@
+"""`jaxrank p2l train | leaderboard | route`: Prompt-to-Leaderboard from the command line.
+
+- `train VOTES --out DIR`: votes with their prompt texts -> prompt features (a pretrained encoder in JAX,
+  or `--features FILE.npy`) -> a trained P2L head saved in DIR.
+- `leaderboard DIR PROMPTS`: the aggregate leaderboard of a set of prompts, with bootstrap intervals.
+- `route DIR PROMPTS --costs costs.json --budget C`: the best model (or two-model mix) for each prompt
+  under a cost budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+from jaxrank.commands._common import CliError, console, err_console, input_path, output_path, progress
+
+_OUT_FORMATS = (".csv", ".jsonl", ".parquet")
+_PLOT_FORMATS = (".png", ".pdf", ".svg")
+_COLUMN_KEYS = ("model_a", "model_b", "winner", "weight", "prompt")
+_TARGETS = ("model_a", "model_b", "tie", "tie (bothbad)")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "p2l",
+        help="Prompt-to-Leaderboard: per-prompt leaderboards, aggregation and cost-aware routing",
+        description="Prompt-to-Leaderboard (Frick et al. 2025): train a head mapping prompt features to "
+                    "Bradley-Terry coefficients, aggregate leaderboards for prompt sets, route prompts under a budget.",
+    )
+    sub = p.add_subparsers(dest="p2l_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a P2L head on votes with their prompts",
+                       description="Train a P2L head. VOTES (.csv, .tsv, .jsonl/.json, .parquet) has columns model_a, "
+                                   "model_b, winner (model_a | model_b | tie | tie (bothbad)) and the prompt text.")
+    t.add_argument("votes", metavar="VOTES", help="votes file with a prompt column")
+    t.add_argument("--out", required=True, metavar="DIR", help="directory for the trained model (orbax)")
+    t.add_argument("--prompts-column", default="prompt", metavar="NAME", help="column holding the prompt text")
+    t.add_argument("--columns", metavar="MAP", help="other column names, e.g. model_a=left,model_b=right,winner=w")
+    t.add_argument("--winner-labels", metavar="MAP", help="winner labels, e.g. left=model_a,right=model_b,0=tie")
+    t.add_argument("--encoder", default="smollm2-135m-instruct",
+                   help="prompt encoder: smollm2-135m-instruct (default), all-minilm-l6-v2, or a model path")
+    t.add_argument("--features", metavar="FILE.npy",
+                   help="precomputed float [P, D] features, one row per distinct prompt in order of first appearance "
+                        "(skips the encoder)")
+    t.add_argument("--cache-dir", metavar="DIR", help="cache computed prompt features here")
+    t.add_argument("--max-length", type=int, default=256, help="most tokens read per prompt (default 256)")
+    t.add_argument("--loss", choices=("bt", "bt-tie", "rao-kupper", "grounded-rao-kupper"), default="bt-tie",
+                   help="P2L loss (default bt-tie: a tie is half a win each way)")
+    t.add_argument("--hidden", default="", metavar="W1,W2", help="hidden layer widths (default: a linear head)")
+    t.add_argument("--epochs", type=int, default=50, help="maximum epochs (default 50)")
+    t.add_argument("--batch-size", type=int, default=64, help="votes per minibatch (default 64)")
+    t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    t.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    t.add_argument("--val-fraction", type=float, default=0.1, help="share of prompts held out (default 0.1)")
+    t.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs (default 5)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--checkpoint-dir", metavar="DIR", help="training checkpoints (orbax CheckpointManager)")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
+    t.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    t.set_defaults(func=run_train)
+
+    for name, helptext in (("leaderboard", "aggregate leaderboard of a set of prompts"),
+                           ("route", "route each prompt to the best model under a cost budget")):
+        s = sub.add_parser(name, help=helptext, description=helptext + ". PROMPTS: .jsonl/.json (prompt or turns), "
+                                                                      ".csv (prompt column) or text (one a line).")
+        s.add_argument("model", metavar="DIR", help="a trained P2L model (jaxrank p2l train --out DIR)")
+        s.add_argument("prompts", metavar="PROMPTS", help="prompts file")
+        s.add_argument("--features", metavar="FILE.npy", help="precomputed [P, D] features of PROMPTS, in file order")
+        s.add_argument("--cache-dir", metavar="DIR", help="cache computed prompt features here")
+        s.add_argument("--max-length", type=int, default=256, help="most tokens read per prompt (default 256)")
+        s.add_argument("--out", metavar="FILE", help="write the table (.csv, .jsonl or .parquet)")
+        s.add_argument("--force", action="store_true", help="overwrite outputs if they exist")
+        if name == "leaderboard":
+            s.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                           help="bootstrap rounds over prompts for the intervals (default 0)")
+            s.add_argument("--ci", type=float, default=0.95, metavar="C", help="interval coverage (default 0.95)")
+            s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+            s.add_argument("--plot", metavar="FILE", help="forest plot (.png, .pdf, .svg)")
+            s.set_defaults(func=run_leaderboard)
+        else:
+            s.add_argument("--costs", required=True, metavar="FILE.json",
+                           help='per-model costs, a JSON object {"model": cost, ...} covering every model')
+            s.add_argument("--budget", required=True, type=float, metavar="C", help="cost budget per prompt")
+            s.add_argument("--average", action="store_true",
+                           help="the budget bounds the AVERAGE cost over the prompts (P2L's setting), not each prompt")
+            s.set_defaults(func=run_route)
+
+
+def _parse_map(text: str, arg: str, *, keys: tuple[str, ...] | None = None,
+               values: tuple[str, ...] | None = None) -> dict[str, str]:
+    from jaxrank.commands.leaderboard import _parse_map as parse
+
+    return parse(text, arg, keys=keys, values=values)
+
+
+def _check_table_out(path: str | None, force: bool) -> pathlib.Path | None:
+    out = output_path(path, force=force)
+    if out is not None and out.suffix.lower() not in _OUT_FORMATS:
+        raise CliError(f"--out {out}: unknown format {out.suffix or '(none)'!r}; use .csv, .jsonl or .parquet")
+    return out
+
+
+def _write_table(frame, path: pathlib.Path) -> None:
+    from jaxrank.commands.leaderboard import _write_table as write
+
+    write(frame, path)
+
+
+def _load_features(path: str, num_prompts: int) -> np.ndarray:
+    p = input_path(path, arg="--features")
+    try:
+        feats = np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise CliError(f"--features {p}: not a .npy array ({err})") from None
+    if feats.ndim != 2 or feats.shape[0] != num_prompts:
+        raise CliError(f"--features {p}: expected shape [P, D] with P = {num_prompts} prompts, got {feats.shape}")
+    if not np.issubdtype(feats.dtype, np.floating):
+        raise CliError(f"--features {p}: expected floating point values, got dtype {feats.dtype}")
+    return feats.astype(np.float32)
+
+
+def _compute_features(texts: list[str], encoder: str, cache_dir: str | None, max_length: int) -> np.ndarray:
+    from jaxrank.lm.features import prompt_features
+
+    bar = progress("features", len(texts), transient=True)
+    task = bar.add_task("prompt features", total=len(texts), rate="")
+    start = time.perf_counter()
+
+    def update(stage, advance, total, tokens):
+        bar.update(task, advance=advance, rate=f"{tokens / max(time.perf_counter() - start, 1e-9):.0f} tok/s")
+
+    with bar:
+        return prompt_features(texts, encoder=encoder, cache_dir=cache_dir, max_length=max_length, progress=update)
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    if not text.strip():
+        return ()
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise CliError(f"--hidden: expected comma-separated integer widths, got {text!r}") from None
+    if any(w < 1 for w in widths):
+        raise CliError(f"--hidden: widths must be >= 1, got {text!r}")
+    return widths
+
+
+def _print_warnings(caught) -> None:
+    for w in caught:
+        err_console.print(f"jaxrank: warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import jax
+
+    from jaxrank.p2l import make_p2l_votes, save_p2l, train_p2l
+    from jaxrank.ratings.battles import _read_table
+
+    votes_path = input_path(args.votes, arg="VOTES")
+    out = pathlib.Path(args.out)
+    if out.exists() and not args.force:
+        raise CliError(f"--out {out} already exists; pass --force to overwrite it")
+    if not out.absolute().parent.exists():
+        raise CliError(f"--out {out}: folder {out.absolute().parent} does not exist")
+    if args.resume and not args.checkpoint_dir:
+        raise CliError("--resume needs --checkpoint-dir (where the training checkpoints are)")
+    if args.epochs < 1:
+        raise CliError(f"--epochs must be >= 1, got {args.epochs}")
+    hidden = _hidden(args.hidden)
+    mapping = {"model_a": "model_a", "model_b": "model_b", "winner": "winner", "prompt": args.prompts_column}
+    if args.columns:
+        mapping.update(_parse_map(args.columns, "--columns", keys=_COLUMN_KEYS))
+    labels = {t: t for t in _TARGETS}
+    if args.winner_labels:
+        labels.update(_parse_map(args.winner_labels, "--winner-labels", values=_TARGETS))
+
+    frame = _read_table(votes_path)
+    needed = [mapping[k] for k in ("model_a", "model_b", "winner", "prompt")] + (
+        [mapping["weight"]] if "weight" in mapping else [])
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise CliError(f"VOTES {votes_path} has no column(s) {', '.join(map(repr, missing))} (columns: "
+                       f"{', '.join(map(repr, list(frame.columns)[:20]))}); use --prompts-column / --columns")
+    if len(frame) == 0:
+        raise CliError(f"VOTES {votes_path} has no votes")
+    winners = frame[mapping["winner"]].astype(str).to_numpy()
+    unknown = sorted(set(winners) - set(labels))
+    if unknown:
+        raise CliError(f"VOTES {votes_path}: winner label(s) {', '.join(map(repr, unknown[:5]))} are not one of "
+                       f"{', '.join(map(repr, labels))}; map them with --winner-labels")
+    texts = frame[mapping["prompt"]].astype(str).to_numpy()
+    if any(not t.strip() for t in texts):
+        raise CliError(f"VOTES {votes_path}: column {mapping['prompt']!r} has empty prompts")
+    uniq, first = np.unique(texts, return_index=True)
+    order = np.argsort(first, kind="stable")  # distinct prompts in order of first appearance
+    prompts = [str(t) for t in uniq[order]]
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    prompt_index = rank[np.searchsorted(uniq, texts)]
+    votes = make_p2l_votes(
+        frame[mapping["model_a"]].astype(str).to_numpy(), frame[mapping["model_b"]].astype(str).to_numpy(),
+        np.asarray([labels[w] for w in winners]), prompt_index,
+        weight=frame[mapping["weight"]].to_numpy(np.float64) if "weight" in mapping else None,
+        num_prompts=len(prompts),
+    )
+    if args.features:
+        feats, encoder = _load_features(args.features, len(prompts)), None
+    else:
+        feats, encoder = _compute_features(prompts, args.encoder, args.cache_dir, args.max_length), args.encoder
+    err_console.print(f"[dim]{votes.num_votes} votes, {len(prompts)} prompts, {votes.num_models} models, "
+                      f"features {feats.shape[1]}-d[/dim]")
+
+    bar = progress("training", args.epochs, transient=True)
+    task = bar.add_task("training", total=args.epochs, rate="")
+
+    def update(epoch, total, metrics):
+        bar.update(task, completed=epoch, rate=f"val NLL {metrics['val_nll']:.4f}")
+
+    with warnings.catch_warnings(record=True) as caught, bar:
+        warnings.simplefilter("always")
+        model = train_p2l(
+            feats, votes, loss=args.loss, hidden=hidden, learning_rate=args.lr, weight_decay=args.weight_decay,
+            batch_size=args.batch_size, max_epochs=args.epochs, val_fraction=args.val_fraction,
+            patience=args.patience, key=jax.random.key(args.seed), checkpoint_dir=args.checkpoint_dir,
+            resume=args.resume, encoder=encoder, progress=update,
+        )
+    _print_warnings(caught)
+    save_p2l(model, out, force=args.force)
+    h = model.history
+    best = h["val_nll"][h["best_epoch"] - 1] if h["val_nll"] else math.nan
+    console.print(f"trained {args.loss} P2L head on {votes.num_votes} votes: {h['epochs']} epochs, best validation "
+                  f"NLL {best:.4f} at epoch {h['best_epoch']}; saved to {out}")
+    return 0
+
+
+def _model_and_coefficients(args: argparse.Namespace):
+    from jaxrank.lm.prompts import read_prompts
+    from jaxrank.p2l import load_p2l
+
+    model_dir = pathlib.Path(args.model)
+    if not model_dir.is_dir():
+        raise CliError(f"DIR {model_dir} is not a directory (train one with jaxrank p2l train --out DIR)")
+    try:
+        model = load_p2l(model_dir)
+    except (ValueError, FileNotFoundError) as err:
+        raise CliError(f"DIR {model_dir}: {err}") from None
+    except Exception as err:  # orbax raises several types for a folder that is not a checkpoint
+        raise CliError(f"DIR {model_dir} is not a P2L model ({type(err).__name__})") from None
+    prompts = read_prompts(input_path(args.prompts, arg="PROMPTS"))
+    if args.features:
+        feats = _load_features(args.features, len(prompts))
+    else:
+        if model.encoder is None:
+            raise CliError(f"DIR {model_dir} was trained on --features (no encoder recorded); pass --features")
+        feats = _compute_features([p.text for p in prompts], model.encoder, args.cache_dir, args.max_length)
+    if feats.shape[1] != int(model.config["in_features"]):
+        raise CliError(f"--features has {feats.shape[1]} columns but the model was trained on "
+                       f"{model.config['in_features']}-d features")
+    beta, alpha = model.coefficients(feats)
+    return model, prompts, beta, alpha
+
+
+def run_leaderboard(args: argparse.Namespace) -> int:
+    import jax
+    import pandas as pd
+
+    from jaxrank.p2l import aggregate_leaderboard
+
+    if args.bootstrap < 0 or args.bootstrap == 1:
+        raise CliError(f"--bootstrap must be 0 or >= 2 rounds, got {args.bootstrap}")
+    if not 0.0 < args.ci < 1.0:
+        raise CliError(f"--ci must lie strictly between 0 and 1, got {args.ci}")
+    out = _check_table_out(args.out, args.force)
+    plot = output_path(args.plot, force=args.force, arg="--plot")
+    if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
+        raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
+    model, prompts, beta, alpha = _model_and_coefficients(args)
+    lb = aggregate_leaderboard(beta, alpha, loss=model.loss, models=model.models, bootstrap=args.bootstrap,
+                               key=jax.random.key(args.seed), confidence=args.ci)
+    frame = lb.to_frame()
+    from rich.table import Table
+
+    table = Table(title=f"P2L leaderboard of {len(prompts)} prompts ({model.loss})")
+    for col in ("rank_ub", "model", "rating", "lower", "upper"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in frame.itertuples():
+        table.add_row(str(row.rank_ub), row.model, f"{row.rating:.1f}", f"{row.lower:.1f}", f"{row.upper:.1f}")
+    console.print(table)
+    if out is not None:
+        _write_table(pd.DataFrame(frame), out)
+        console.print(f"wrote {out}")
+    if plot is not None:
+        from jaxrank.plots import plot_leaderboard
+
+        plot_leaderboard(frame.model.tolist(), frame.rating, frame.lower, frame.upper, path=plot,
+                         title=f"P2L: {len(prompts)} prompts")
+        console.print(f"wrote {plot}")
+    return 0
+
+
+def run_route(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from jaxrank.p2l import route, route_average_budget
+
+    out = _check_table_out(args.out, args.force)
+    costs_path = input_path(args.costs, arg="--costs")
+    try:
+        costs_map = json.loads(costs_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CliError(f"--costs {costs_path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(costs_map, dict):
+        raise CliError(f'--costs {costs_path}: expected a JSON object {{"model": cost, ...}}')
+    if not math.isfinite(args.budget) or args.budget < 0:
+        raise CliError(f"--budget must be a finite number >= 0, got {args.budget}")
+    model, prompts, beta, alpha = _model_and_coefficients(args)
+    missing = [m for m in model.models if m not in costs_map]
+    if missing:
+        raise CliError(f"--costs {costs_path} has no cost for model(s) {', '.join(map(repr, missing[:5]))}")
+    try:
+        cost_list = [float(costs_map[m]) for m in model.models]
+    except (TypeError, ValueError):
+        raise CliError(f"--costs {costs_path}: every cost must be a number") from None
+    if not all(math.isfinite(c) and c >= 0 for c in cost_list):
+        raise CliError(f"--costs {costs_path}: every cost must be finite and >= 0")
+    if args.budget < min(cost_list):
+        raise CliError(f"--budget {args.budget:g} is below the cheapest model's cost {min(cost_list):g}")
+    costs = np.asarray(cost_list, np.float32)
+    tie = alpha if model.loss in ("rao-kupper", "grounded-rao-kupper") else None
+    if args.average:
+        res = route_average_budget(beta, costs, args.budget, ties=model.loss, tie_param=tie)
+    else:
+        res = route(beta, costs, args.budget, ties=model.loss, tie_param=tie)
+    policy = np.asarray(res.policy, np.float64)
+    frame = pd.DataFrame({
+        "id": [p.id for p in prompts],
+        "model": [model.models[i] for i in np.asarray(res.chosen)],
+        "expected_win_rate": np.asarray(res.expected_win_rate, np.float64),
+        "expected_cost": np.asarray(res.expected_cost, np.float64),
+    })
+    for j, name in enumerate(model.models):
+        frame[f"p({name})"] = policy[:, j]
+    console.print(f"routed {len(prompts)} prompts under budget {args.budget:g}"
+                  f"{' (average)' if args.average else ' (per prompt)'}: mean expected win rate "
+                  f"{frame.expected_win_rate.mean():.3f}, mean expected cost {frame.expected_cost.mean():.4g}")
+    counts = frame.model.value_counts()
+    console.print("chosen: " + ", ".join(f"{m} {c}" for m, c in counts.items()))
+    if out is not None:
+        _write_table(frame, out)
+        console.print(f"wrote {out}")
+    return 0

@@ -1,0 +1,1174 @@
+r"""Prompt-to-Leaderboard (P2L): a leaderboard for every prompt, aggregated leaderboards, routing.
+
+P2L (Frick et al. 2025, "Prompt-to-Leaderboard", arXiv:2502.14855; code github.com/lmarena/p2l) maps a
+prompt to a vector of Bradley–Terry coefficients `beta(prompt) in R^M`, one per model of the arena,
+trained on the arena's pairwise votes with their prompts. Here the map is a small flax.nnx head
+(`P2LHead`, linear by default) on prompt features from a pretrained encoder running in JAX
+(`jaxrank.lm.features.prompt_features`: SmolLM2-135M's last-token hidden state, or all-MiniLM-L6-v2),
+computed once and cached; the encoder itself is frozen.
+
+Losses (`LOSSES`), all computed by `jaxrank.ratings.outcome_log_probs` (the one definition of the
+likelihoods), with `delta = beta_a - beta_b`:
+
+- `"bt"`: Bradley–Terry, ties dropped (`ties="drop"`);
+- `"bt-tie"`: a tie counts as half a win each way (`ties="half"`, P2L's `bt-tie`);
+- `"rao-kupper"`: Rao–Kupper with a per-prompt threshold `alpha(prompt) > 0` (`ties="rao-kupper"`);
+- `"grounded-rao-kupper"`: P2L's grounded RK (`bag`): `tie (bothbad)` is its own outcome, a win of a
+  fixed competitor at `beta = 0` over both models (`ties="grounded-rao-kupper"`).
+
+Modules of work:
+
+- `p2l_loss`: the mean negative log-likelihood of a batch of votes given per-vote coefficients;
+- `P2LHead`, `train_p2l` (optax AdamW, warmup + cosine schedule, gradient clipping, minibatches of
+  one compiled shape, early stopping on a validation split by prompt, data-axis sharding, orbax
+  checkpoints with exact resume), `P2LModel`, `save_p2l` / `load_p2l`;
+- `aggregate_leaderboard`: one leaderboard for a set (distribution) of prompts, by fitting one
+  coefficient vector to the average of the per-prompt outcome probabilities, with a bootstrap over
+  prompts;
+- routing (from `jaxrank._routing`, re-exported here): `win_probabilities`, `optimal_policy`, `route`,
+  `route_average_budget`, `router_rating`, `router_scores`, `RoutingResult`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+from jaxrank._routing import (
+    RoutingResult,
+    optimal_policy,
+    route,
+    route_average_budget,
+    router_rating,
+    router_scores,
+    win_probabilities,
+)
+from jaxrank.ratings.battles import OUTCOME_NAMES, TIE
+from jaxrank.ratings.bradley_terry import outcome_log_probs, outcome_probabilities, solve_bradley_terry
+from jaxrank.ratings.uncertainty import rank_upper_bound
+
+__all__ = [
+    "LOSSES",
+    "P2LVotes",
+    "make_p2l_votes",
+    "p2l_loss",
+    "P2LHead",
+    "P2LModel",
+    "train_p2l",
+    "save_p2l",
+    "load_p2l",
+    "P2LLeaderboard",
+    "aggregate_leaderboard",
+    # routing (jaxrank._routing), re-exported
+    "RoutingResult",
+    "win_probabilities",
+    "optimal_policy",
+    "route",
+    "route_average_budget",
+    "router_rating",
+    "router_scores",
+]
+
+LOSSES = ("bt", "bt-tie", "rao-kupper", "grounded-rao-kupper")
+# Each loss is one tie model of jaxrank.ratings (the likelihood lives there, once).
+_LOSS_TIES = {"bt": "drop", "bt-tie": "half", "rao-kupper": "rao-kupper", "grounded-rao-kupper": "grounded-rao-kupper"}
+_FITS_TIE = ("rao-kupper", "grounded-rao-kupper")
+_GROUNDED = "grounded-rao-kupper"
+_TIE_INIT = 0.5  # initial alpha of the tie head (the ratings' Rao–Kupper default)
+_TIE_FLOOR = 1e-4  # alpha = softplus(.) + floor > 0: log(e^alpha - 1) stays finite
+
+
+def _check_loss(loss: Any) -> str:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(repr(x) for x in LOSSES)}; got {loss!r}")
+    return loss
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+# --------------------------------------------------------------------------------------------------
+# Votes with their prompts
+
+
+@dataclasses.dataclass(frozen=True)
+class P2LVotes:
+    """Pairwise votes, each with the index of its prompt (host NumPy arrays, validated).
+
+    Attributes:
+        models: the M model names; model `i` is `models[i]`.
+        a, b: int32[N] model indices of each vote.
+        outcome: int32[N] `A_WINS`=0, `B_WINS`=1, `TIE`=2, `TIE_BOTHBAD`=3.
+        prompt: int32[N] row of the vote's prompt in the feature matrix `[P, D]`.
+        weight: float32[N] vote weights (ones by default).
+    """
+
+    models: tuple[str, ...]
+    a: np.ndarray
+    b: np.ndarray
+    outcome: np.ndarray
+    prompt: np.ndarray
+    weight: np.ndarray
+
+    @property
+    def num_votes(self) -> int:
+        return int(self.a.shape[0])
+
+    @property
+    def num_models(self) -> int:
+        return len(self.models)
+
+    def subset(self, mask: np.ndarray) -> "P2LVotes":
+        """The votes where `mask` (bool[N]) is true."""
+        return P2LVotes(self.models, self.a[mask], self.b[mask], self.outcome[mask], self.prompt[mask],
+                           self.weight[mask])
+
+
+def make_p2l_votes(
+    model_a: Sequence[Any],
+    model_b: Sequence[Any],
+    winner: Sequence[Any],
+    prompt: Sequence[int],
+    *,
+    models: Sequence[str] | None = None,
+    weight: Sequence[float] | None = None,
+    num_prompts: int | None = None,
+) -> P2LVotes:
+    """Encode votes with their prompt indices.
+
+    Args:
+        model_a, model_b: [N] model names (str) or indices into `models`.
+        winner: [N] outcome codes 0..3 or Chatbot Arena labels `model_a | model_b | tie | tie (bothbad)`.
+        prompt: [N] int prompt index of each vote (a row of the features `[P, D]`).
+        models: the model names (required for integer `model_a`/`model_b`; default: the sorted names seen).
+        weight: optional [N] non-negative vote weights.
+        num_prompts: P, to check that every prompt index is < P.
+
+    Returns:
+        `P2LVotes`.
+
+    Example:
+        >>> votes = make_p2l_votes(["x", "y"], ["y", "z"], ["model_a", "tie"], [0, 1])
+        >>> votes.models, votes.outcome.tolist()
+        (('x', 'y', 'z'), [0, 2])
+    """
+    a_in, b_in = np.asarray(model_a), np.asarray(model_b)
+    w_in, p_in = np.asarray(winner), np.asarray(prompt)
+    n = a_in.shape[0] if a_in.ndim == 1 else -1
+    for name, arr in (("model_a", a_in), ("model_b", b_in), ("winner", w_in), ("prompt", p_in)):
+        if arr.ndim != 1 or arr.shape[0] != n:
+            raise ValueError(f"{name} must be a 1-D sequence of length N = {max(n, 0)} (one per vote), got shape "
+                             f"{arr.shape}")
+    if n == 0:
+        raise ValueError("no votes: model_a, model_b, winner and prompt are empty")
+    if np.issubdtype(a_in.dtype, np.integer) and np.issubdtype(b_in.dtype, np.integer):
+        if models is None:
+            raise ValueError("models (the model names) is required when model_a/model_b are integer indices")
+        names = tuple(str(m) for m in models)
+        a, b = a_in.astype(np.int64), b_in.astype(np.int64)
+        bad = (a < 0) | (a >= len(names)) | (b < 0) | (b >= len(names))
+        if bad.any():
+            raise ValueError(f"model_a/model_b indices must lie in [0, {len(names)}), got e.g. "
+                             f"{int(np.where(bad, np.maximum(a, b), 0).max())}")
+    else:
+        sa, sb = a_in.astype(str), b_in.astype(str)
+        names = tuple(str(m) for m in models) if models is not None else tuple(sorted(set(sa) | set(sb)))
+        index = {m: i for i, m in enumerate(names)}
+        unknown = sorted((set(sa) | set(sb)) - set(index))
+        if unknown:
+            raise ValueError(f"model names not in models: {', '.join(map(repr, unknown[:5]))}")
+        a = np.asarray([index[m] for m in sa], np.int64)
+        b = np.asarray([index[m] for m in sb], np.int64)
+    if len(names) < 2:
+        raise ValueError(f"need at least 2 models, got {len(names)}")
+    if (a == b).any():
+        raise ValueError(f"model_a equals model_b in {int((a == b).sum())} vote(s) (first at row {int(np.argmax(a == b))})")
+    if np.issubdtype(w_in.dtype, np.integer):
+        outcome = w_in.astype(np.int64)
+        if ((outcome < 0) | (outcome > 3)).any():
+            raise ValueError("winner codes must be 0 (model_a), 1 (model_b), 2 (tie) or 3 (tie (bothbad))")
+    else:
+        labels = {name: i for i, name in enumerate(OUTCOME_NAMES)}
+        sw = w_in.astype(str)
+        unknown = sorted(set(sw) - set(labels))
+        if unknown:
+            raise ValueError(f"winner labels must be one of {', '.join(map(repr, OUTCOME_NAMES))}; got "
+                             f"{', '.join(map(repr, unknown[:5]))}")
+        outcome = np.asarray([labels[x] for x in sw], np.int64)
+    if not np.issubdtype(p_in.dtype, np.integer):
+        raise TypeError(f"prompt must hold integer prompt indices, got dtype {p_in.dtype}")
+    if (p_in < 0).any() or (num_prompts is not None and (p_in >= num_prompts).any()):
+        raise ValueError(f"prompt indices must lie in [0, {num_prompts if num_prompts is not None else 'P'}), got "
+                         f"min {int(p_in.min())}, max {int(p_in.max())}")
+    if weight is None:
+        w = np.ones((n,), np.float32)
+    else:
+        w = np.asarray(weight, np.float64)
+        if w.shape != (n,):
+            raise ValueError(f"weight must have shape [N] = ({n},), got {w.shape}")
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError("weight must be finite and >= 0")
+        w = w.astype(np.float32)
+    return P2LVotes(names, a.astype(np.int32), b.astype(np.int32), outcome.astype(np.int32),
+                       p_in.astype(np.int32), w)
+
+
+# --------------------------------------------------------------------------------------------------
+# The loss
+
+
+def p2l_loss(
+    beta: Any, tie_param: Any, a: Any, b: Any, outcome: Any, *, loss: str, weight: Any = None
+) -> jax.Array:
+    r"""Mean negative log-likelihood of a batch of votes under per-vote coefficients.
+
+    `L = sum_i w_i * (-log P(outcome_i | beta[i, a_i], beta[i, b_i], alpha_i)) / sum_i w_i`, with the
+    probabilities of `jaxrank.ratings.outcome_log_probs` for the loss's tie model (see `LOSSES`). For
+    `"bt"` ties are dropped (their weight is 0, so the mean is over decisive votes). An all-zero weight
+    gives 0.
+
+    Args:
+        beta: float[B, M] coefficients of each vote's prompt.
+        tie_param: float[B] Rao–Kupper threshold `alpha > 0` per vote (required for `"rao-kupper"` and
+            `"grounded-rao-kupper"`; ignored, may be None, for `"bt"`/`"bt-tie"`).
+        a, b: int[B] model indices in `[0, M)`.
+        outcome: int[B] 0 = a wins, 1 = b wins, 2 = tie, 3 = tie (bothbad).
+        loss: one of `LOSSES`.
+        weight: optional float[B] vote weights (e.g. 0 for the padding of a minibatch).
+
+    Returns:
+        float32 scalar.
+
+    Example:
+        >>> p2l_loss(jnp.zeros((2, 3)), None, jnp.array([0, 1]), jnp.array([1, 2]), jnp.array([0, 2]), loss="bt-tie")
+        Array(0.6931472, dtype=float32)
+    """
+    _check_loss(loss)
+    beta = jnp.asarray(beta)
+    if beta.ndim != 2:
+        raise ValueError(f"beta must have shape [B, M], got {tuple(beta.shape)}")
+    if not jnp.issubdtype(beta.dtype, jnp.floating):
+        raise TypeError(f"beta must be floating point, got dtype {beta.dtype}")
+    n = beta.shape[0]
+    arrays = {}
+    for name, x in (("a", a), ("b", b), ("outcome", outcome)):
+        x = jnp.asarray(x)
+        if x.shape != (n,):
+            raise ValueError(f"{name} must have shape [B] = ({n},), got {tuple(x.shape)}")
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise TypeError(f"{name} must be integer, got dtype {x.dtype}")
+        arrays[name] = x
+    ties = _LOSS_TIES[loss]
+    if loss in _FITS_TIE:
+        if tie_param is None:
+            raise ValueError(f"tie_param [B] is required for loss={loss!r} (the Rao–Kupper threshold alpha > 0)")
+        tie_param = jnp.asarray(tie_param)
+        if tie_param.shape != (n,):
+            raise ValueError(f"tie_param must have shape [B] = ({n},), got {tuple(tie_param.shape)}")
+    else:
+        tie_param = None
+    if weight is None:
+        w = jnp.ones((n,), jnp.promote_types(beta.dtype, jnp.float32))
+    else:
+        w = jnp.asarray(weight)
+        if w.shape != (n,):
+            raise ValueError(f"weight must have shape [B] = ({n},), got {tuple(w.shape)}")
+        w = w.astype(jnp.promote_types(beta.dtype, jnp.float32))
+    a, b, outcome = arrays["a"], arrays["b"], arrays["outcome"]
+    beta_a = jnp.take_along_axis(beta, a[:, None], axis=1)[:, 0]
+    beta_b = jnp.take_along_axis(beta, b[:, None], axis=1)[:, 0]
+    if loss == "bt":
+        w = jnp.where(outcome >= TIE, 0.0, w)
+    lp = outcome_log_probs(beta_a - beta_b, outcome, ties=ties, tie_param=tie_param,
+                           theta_b=beta_b if loss == _GROUNDED else None)
+    total = jnp.sum(w)
+    return -jnp.sum(w * lp) / jnp.maximum(total, jnp.finfo(w.dtype).tiny)
+
+
+# --------------------------------------------------------------------------------------------------
+# The head
+
+
+class FeatureStat(nnx.Variable):
+    """A non-trainable feature statistic (mean / scale) of a `P2LHead`."""
+
+
+class P2LHead(nnx.Module):
+    r"""Prompt features `[B, D]` → Bradley–Terry coefficients `beta [B, M]` (+ tie parameter `[B]`).
+
+    `h = (x - mean) / scale` (the training features' statistics, not trained), then optional hidden
+    layers `h <- gelu(W_l h + b_l)`, then `beta = W h + b` (zero-initialised, so training starts from
+    the flat leaderboard) and, for the tie-fitting losses, `alpha = softplus(w_t . h + b_t) + 1e-4 > 0`
+    (initialised at alpha = 0.5).
+
+    Identifiability: the likelihoods of `"bt"`, `"bt-tie"` and `"rao-kupper"` see only differences
+    `beta_a - beta_b`, so with `centre=True` (the default for them) the head outputs
+    `beta - mean_m(beta)` (each prompt's leaderboard has mean 0). The grounded model's competitor at
+    `beta = 0` pins the level, so it is never centred.
+
+    Args:
+        in_features: D.
+        num_models: M.
+        hidden: widths of hidden layers (empty: a linear head).
+        tie: whether to output the tie parameter.
+        centre: subtract each row's mean of beta.
+        feature_mean, feature_scale: float[D] statistics of the training features (default 0 and 1).
+        rngs: `nnx.Rngs` for the hidden layers' initialisation.
+
+    Example:
+        >>> head = P2LHead(576, 5, rngs=nnx.Rngs(0))
+        >>> beta, alpha = head(jnp.ones((2, 576)))   # beta [2, 5], alpha None
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_models: int,
+        *,
+        hidden: Sequence[int] = (),
+        tie: bool = False,
+        centre: bool = True,
+        feature_mean: Any = None,
+        feature_scale: Any = None,
+        rngs: nnx.Rngs,
+    ):
+        self.centre = bool(centre)
+        self.feature_mean = FeatureStat(
+            jnp.zeros((in_features,), jnp.float32) if feature_mean is None else jnp.asarray(feature_mean, jnp.float32))
+        self.feature_scale = FeatureStat(
+            jnp.ones((in_features,), jnp.float32) if feature_scale is None else jnp.asarray(feature_scale, jnp.float32))
+        layers = []
+        width = in_features
+        for h in hidden:
+            layers.append(nnx.Linear(width, int(h), rngs=rngs))
+            width = int(h)
+        self.hidden = nnx.List(layers)
+        zeros = nnx.initializers.zeros_init()
+        self.out = nnx.Linear(width, num_models, kernel_init=zeros, bias_init=zeros, rngs=rngs)
+        if tie:
+            inv_softplus = math.log(math.expm1(_TIE_INIT - _TIE_FLOOR))
+            self.tie = nnx.Linear(width, 1, kernel_init=zeros, bias_init=nnx.initializers.constant(inv_softplus),
+                                  rngs=rngs)
+        else:
+            self.tie = None
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        h = (x.astype(jnp.float32) - self.feature_mean[...]) / self.feature_scale[...]
+        for layer in self.hidden:
+            h = jax.nn.gelu(layer(h))
+        beta = self.out(h)
+        if self.centre:
+            beta = beta - jnp.mean(beta, axis=-1, keepdims=True)
+        alpha = None if self.tie is None else jax.nn.softplus(self.tie(h)[..., 0]) + _TIE_FLOOR
+        return beta, alpha
+
+
+def _build_head(config: dict[str, Any]) -> P2LHead:
+    return P2LHead(
+        int(config["in_features"]), int(config["num_models"]), hidden=tuple(config["hidden"]),
+        tie=config["loss"] in _FITS_TIE, centre=config["loss"] != _GROUNDED, rngs=nnx.Rngs(int(config["seed"])),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _forward(graphdef, params, stats, x):
+    return nnx.merge(graphdef, params, stats)(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# The fitted model
+
+
+@dataclasses.dataclass(frozen=True)
+class P2LModel:
+    """A trained P2L head with everything needed to use, save and resume it.
+
+    Attributes:
+        models: the M model names (`beta[:, i]` is `models[i]`).
+        loss: the training loss (one of `LOSSES`).
+        encoder: the prompt encoder the features came from (`prompt_features(encoder=...)`), or None
+            when the features were supplied without a name.
+        config: JSON-serialisable options (in_features, num_models, hidden, seed, training options).
+        params: the trainable parameters (`nnx.State`), the best on the validation split.
+        stats: the non-trainable feature statistics (`nnx.State`).
+        history: per-epoch `train_loss`, `val_nll`, `learning_rate` lists and `best_epoch`.
+    """
+
+    models: tuple[str, ...]
+    loss: str
+    encoder: str | None
+    config: dict[str, Any]
+    params: Any
+    stats: Any
+    history: dict[str, Any]
+
+    @property
+    def num_models(self) -> int:
+        return len(self.models)
+
+    @functools.cached_property
+    def _graphdef(self):
+        graphdef, _, _ = nnx.split(_build_head(self.config), nnx.Param, ...)
+        return graphdef
+
+    def head(self) -> P2LHead:
+        """The `P2LHead` module with the trained parameters."""
+        return nnx.merge(self._graphdef, self.params, self.stats)
+
+    def coefficients(self, features: Any) -> tuple[jax.Array, jax.Array | None]:
+        """`(beta float32[P, M], alpha float32[P] or None)` for prompt features `[P, D]`.
+
+        Example:
+            >>> beta, alpha = model.coefficients(features)      # doctest: +SKIP
+        """
+        x = _check_features(features, "features")
+        if x.shape[1] != int(self.config["in_features"]):
+            raise ValueError(f"features must have D = {self.config['in_features']} columns (the training features'), "
+                             f"got {x.shape[1]}")
+        return _forward(self._graphdef, self.params, self.stats, x)
+
+    def predict(self, prompts: Sequence[str], **feature_kwargs: Any) -> tuple[jax.Array, jax.Array | None]:
+        """Coefficients for prompt texts: features with the recorded encoder, then `coefficients`.
+
+        Args:
+            prompts: P prompt strings.
+            **feature_kwargs: passed to `jaxrank.lm.features.prompt_features` (batch_size, max_length,
+                cache_dir, progress, mesh).
+        """
+        if self.encoder is None:
+            raise ValueError("this P2L model records no encoder (it was trained on supplied features); compute the "
+                             "features yourself and call coefficients(features)")
+        from jaxrank.lm.features import prompt_features
+
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a sequence of strings, not one string")
+        return self.coefficients(prompt_features(list(prompts), encoder=self.encoder, **feature_kwargs))
+
+    def leaderboard(self, features: Any, **kwargs: Any) -> "P2LLeaderboard":
+        """`aggregate_leaderboard` of the coefficients of these prompt features (same options)."""
+        beta, alpha = self.coefficients(features)
+        return aggregate_leaderboard(beta, alpha, loss=self.loss, models=self.models, **kwargs)
+
+
+def _check_features(features: Any, name: str) -> jax.Array:
+    x = features if isinstance(features, jax.Array) else np.asarray(features)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape [P, D], got {tuple(x.shape)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
+    if _is_concrete(x) and not bool(np.isfinite(np.asarray(x)).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return jnp.asarray(x, jnp.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+
+
+def _flat(tree: Any) -> dict[str, jax.Array]:
+    """Leaves of any pytree under zero-padded index keys (orbax-friendly; order-preserving)."""
+    return {f"{i:06d}": leaf for i, leaf in enumerate(jax.tree_util.tree_leaves(tree))}
+
+
+def _unflat(flat: dict[str, Any], like: Any) -> Any:
+    leaves = [jnp.asarray(flat[k]) for k in sorted(flat)]
+    treedef = jax.tree_util.tree_structure(like)
+    if len(leaves) != treedef.num_leaves:
+        raise ValueError(f"checkpoint holds {len(leaves)} arrays, expected {treedef.num_leaves} (a different head?)")
+    for got, want in zip(leaves, jax.tree_util.tree_leaves(like)):
+        if got.shape != want.shape:
+            raise ValueError(f"checkpoint array of shape {got.shape} does not fit the head (expected {want.shape})")
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+@functools.lru_cache(maxsize=32)
+def _make_optimizer(learning_rate: float, weight_decay: float, warmup_fraction: float, end_lr_factor: float,
+                    clip_norm: float, total_steps: int):
+    """`(optax transformation, schedule)`; cached, so equal options reuse one compiled epoch."""
+    warmup = max(1, int(round(warmup_fraction * total_steps)))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=learning_rate, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1), end_value=learning_rate * end_lr_factor,
+    )
+    tx = optax.chain(optax.clip_by_global_norm(clip_norm), optax.adamw(schedule, weight_decay=weight_decay))
+    return tx, schedule
+
+
+def _batch_nll(graphdef, params, stats, features, idx, a, b, o, w, loss):
+    head = nnx.merge(graphdef, params, stats)
+    beta, alpha = head(features[idx])
+    return p2l_loss(beta, alpha, a, b, o, loss=loss, weight=w)
+
+
+def _train_epoch(params, opt_state, features, batches, *, graphdef, stats, tx, loss):
+    """One epoch: `lax.scan` over minibatches of one shape (`batches` fields [S, B])."""
+
+    def step(carry, batch):
+        params, opt_state = carry
+        idx, a, b, o, w = batch
+        value, grads = jax.value_and_grad(_batch_nll, argnums=1)(graphdef, params, stats, features, idx, a, b, o, w, loss)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), (value, jnp.sum(w))
+
+    (params, opt_state), (values, sizes) = jax.lax.scan(step, (params, opt_state), batches)
+    mean = jnp.sum(values * sizes) / jnp.maximum(jnp.sum(sizes), 1e-30)
+    return params, opt_state, mean
+
+
+def _eval_sum(params, features, batches, *, graphdef, stats, loss):
+    """(sum of w * NLL, sum of w) over evaluation minibatches."""
+
+    def step(carry, batch):
+        idx, a, b, o, w = batch
+        w_eff = jnp.where(o >= TIE, 0.0, w) if loss == "bt" else w
+        mean = _batch_nll(graphdef, params, stats, features, idx, a, b, o, w, loss)
+        total = jnp.sum(w_eff)
+        return (carry[0] + mean * total, carry[1] + total), None
+
+    (s, n), _ = jax.lax.scan(step, (jnp.float32(0.0), jnp.float32(0.0)), batches)
+    return s, n
+
+
+_train_epoch_jit = jax.jit(_train_epoch, static_argnames=("graphdef", "tx", "loss"))
+_eval_sum_jit = jax.jit(_eval_sum, static_argnames=("graphdef", "loss"))
+
+
+def _batches(votes: P2LVotes, order: np.ndarray, batch_size: int, mesh) -> tuple[jax.Array, ...]:
+    """Fields int32/float32[S, B] of the votes in `order`, the last batch padded with weight 0."""
+    n = order.shape[0]
+    steps = max(1, -(-n // batch_size))
+    pad = steps * batch_size - n
+    order = np.concatenate([order, np.zeros((pad,), order.dtype)])
+    w = votes.weight[order].copy()
+    if pad:
+        w[n:] = 0.0
+    fields = [votes.prompt[order], votes.a[order], votes.b[order], votes.outcome[order], w]
+    fields = [np.asarray(f).reshape(steps, batch_size) for f in fields]
+    if mesh is None:
+        return tuple(jnp.asarray(f) for f in fields)
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, tuple(mesh.axis_names)))
+    return tuple(jax.device_put(f, sharding) for f in fields)
+
+
+def _split_by_prompt(key, votes: P2LVotes, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """bool[N] train / validation masks: a random `val_fraction` of the distinct prompts is held out."""
+    prompts = np.unique(votes.prompt)
+    if val_fraction == 0:
+        return np.ones(votes.num_votes, bool), np.zeros(votes.num_votes, bool)
+    n_val = int(round(val_fraction * prompts.size))
+    if n_val < 1 or n_val >= prompts.size:
+        raise ValueError(f"val_fraction={val_fraction} of {prompts.size} prompts leaves no "
+                         f"{'validation' if n_val < 1 else 'training'} prompts")
+    perm = np.asarray(jax.random.permutation(key, prompts.size))
+    val_prompts = prompts[perm[:n_val]]
+    val = np.isin(votes.prompt, val_prompts)
+    return ~val, val
+
+
+_TRAIN_DEFAULTS = dict(
+    hidden=(), learning_rate=1e-3, weight_decay=1e-4, warmup_fraction=0.05, end_lr_factor=0.01, clip_norm=1.0,
+    batch_size=64, max_epochs=50, val_fraction=0.1, patience=5,
+)
+
+
+def train_p2l(
+    features: Any,
+    votes: P2LVotes,
+    *,
+    loss: str = "bt-tie",
+    hidden: Sequence[int] = (),
+    learning_rate: float = 1e-3,
+    weight_decay: float = 1e-4,
+    warmup_fraction: float = 0.05,
+    end_lr_factor: float = 0.01,
+    clip_norm: float = 1.0,
+    batch_size: int = 64,
+    max_epochs: int = 50,
+    val_fraction: float = 0.1,
+    patience: int | None = 5,
+    key: jax.Array | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    stop_after: int | None = None,
+    encoder: str | None = None,
+    init_global: bool = True,
+    progress: Callable[[int, int, dict[str, float]], Any] | None = None,
+) -> P2LModel:
+    r"""Train a P2L head on prompt features and votes.
+
+    Minimises the mean `p2l_loss` over the training votes with optax: `clip_by_global_norm(clip_norm)`
+    then AdamW (`weight_decay`) on a schedule that warms up linearly from 0 to `learning_rate` over
+    `warmup_fraction` of all steps and decays by a cosine to `end_lr_factor * learning_rate` at
+    `max_epochs`. Each epoch shuffles the training votes (key `fold_in(key, epoch)`) into minibatches of
+    `batch_size` (the last padded with weight-0 votes, so ONE compiled step serves every batch; the
+    epoch is one `lax.scan`). Features are standardised with the training prompts' mean and standard
+    deviation (stored in the head). With `init_global` (default) the head starts at the prompt-blind
+    leaderboard: the output bias is the global Bradley–Terry fit of the training votes with the same
+    likelihood (`solve_bradley_terry`, a weak `l2 = 1e-3` prior so that it exists), the tie bias its
+    alpha, the weights zero; training then learns how prompts move the leaderboard from there.
+
+    Validation: a random `val_fraction` of the distinct PROMPTS (not votes) is held out; after every
+    epoch the validation mean NLL is computed, the best parameters are kept, and training stops after
+    `patience` epochs without improvement (None: never early). With `val_fraction=0` the last epoch's
+    parameters are returned.
+
+    Sharding: with `mesh`, each minibatch's vote axis is sharded over all the mesh's axes (`batch_size`
+    must be a multiple of the device count); parameters and features are replicated, the gradient sum
+    becomes an all-reduce. Same numbers as unsharded up to float32 summation order.
+
+    Checkpoints: with `checkpoint_dir`, an orbax `CheckpointManager` saves the full training state
+    (parameters, optimizer state, best parameters, early-stopping counters, history) every
+    `checkpoint_every` epochs and at the end, keeping the latest two. `resume=True` restores the
+    latest and continues exactly: training `E` epochs equals training `k`, stopping (`stop_after=k`),
+    and resuming to `E`, bit for bit. The options must be the same on resume (checked).
+
+    Args:
+        features: float[P, D] prompt features (e.g. `prompt_features(prompts)`).
+        votes: `P2LVotes` whose `prompt` indexes rows of `features`.
+        loss: one of `LOSSES`.
+        hidden: hidden layer widths of the head (empty: linear).
+        learning_rate, weight_decay, warmup_fraction, end_lr_factor, clip_norm: optimiser options.
+        batch_size: votes per minibatch.
+        max_epochs: epochs (sets the schedule's length).
+        val_fraction: share of prompts held out for early stopping, in [0, 1).
+        patience: epochs without validation improvement before stopping (None: no early stopping).
+        key: PRNG key (split, shuffling, initialisation); default `jax.random.key(0)`.
+        mesh: optional `jax.sharding.Mesh` for data-parallel minibatches.
+        checkpoint_dir: directory for training checkpoints (created).
+        checkpoint_every: epochs between checkpoints.
+        resume: continue from the latest checkpoint in `checkpoint_dir`.
+        stop_after: stop after this many epochs in total (as if preempted; resume later).
+        encoder: the name of the encoder that produced `features` (recorded for `P2LModel.predict`).
+        init_global: start from the global (prompt-blind) Bradley–Terry fit instead of all zeros.
+        progress: optional `progress(epoch, max_epochs, {"train_loss", "val_nll"})` after each epoch.
+
+    Returns:
+        `P2LModel`.
+
+    Example:
+        >>> from jaxrank.lm.features import prompt_features                          # doctest: +SKIP
+        >>> feats = prompt_features(prompts, encoder="smollm2-135m-instruct")          # doctest: +SKIP
+        >>> model = train_p2l(feats, votes, loss="bt-tie", key=jax.random.key(0))      # doctest: +SKIP
+        >>> beta, _ = model.coefficients(feats)                                        # doctest: +SKIP
+    """
+    _check_loss(loss)
+    if not isinstance(votes, P2LVotes):
+        raise TypeError(f"votes must be a P2LVotes (see make_p2l_votes), got {type(votes).__name__}")
+    x_np = np.asarray(_check_features(features, "features"))
+    num_prompts, in_features = x_np.shape
+    if votes.prompt.size and int(votes.prompt.max()) >= num_prompts:
+        raise ValueError(f"votes.prompt indexes prompt {int(votes.prompt.max())} but features has only "
+                         f"P = {num_prompts} rows")
+    for name, value, lo in (("batch_size", batch_size, 1), ("max_epochs", max_epochs, 1),
+                            ("checkpoint_every", checkpoint_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 1):
+        raise ValueError(f"patience must be an int >= 1 or None, got {patience!r}")
+    if stop_after is not None and (not isinstance(stop_after, (int, np.integer)) or stop_after < 1):
+        raise ValueError(f"stop_after must be an int >= 1 or None, got {stop_after!r}")
+    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    for name, value in (("learning_rate", learning_rate), ("clip_norm", clip_norm)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    for name, value in (("weight_decay", weight_decay), ("warmup_fraction", warmup_fraction),
+                        ("end_lr_factor", end_lr_factor)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    hidden = tuple(int(h) for h in hidden)
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"hidden widths must be >= 1, got {hidden}")
+    if mesh is not None:
+        if not isinstance(mesh, jax.sharding.Mesh):
+            raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+        if batch_size % mesh.size:
+            raise ValueError(f"batch_size={batch_size} must be a multiple of the mesh's {mesh.size} devices")
+        # Compiler-propagated (Auto) axes whatever the caller's mesh uses: the gathers of feature rows by the
+        # sharded vote indices then need no explicit out_sharding.
+        mesh = jax.sharding.Mesh(mesh.devices, mesh.axis_names,
+                                 axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
+    if key is None:
+        key = jax.random.key(0)
+    k_split, k_init, k_shuffle = jax.random.split(key, 3)
+    seed = int(np.asarray(jax.random.randint(k_init, (), 0, 2**31 - 1)))
+
+    train_mask, val_mask = _split_by_prompt(k_split, votes, float(val_fraction))
+    train, val = votes.subset(train_mask), votes.subset(val_mask)
+    if loss == "bt":
+        if not (train.weight[train.outcome < TIE] > 0).any():
+            raise ValueError("loss='bt' drops ties, and the training votes hold no decisive vote")
+    if not (train.weight > 0).any():
+        raise ValueError("no training votes with positive weight")
+    train_prompts = np.unique(train.prompt)
+    mean = x_np[train_prompts].mean(axis=0)
+    scale = x_np[train_prompts].std(axis=0)
+    scale = np.where(scale > 1e-6 * max(float(scale.max()), 1e-30), scale, 1.0).astype(np.float32)
+
+    cfg = dict(
+        in_features=int(in_features), num_models=votes.num_models, hidden=list(hidden), seed=seed, loss=loss,
+        learning_rate=float(learning_rate), weight_decay=float(weight_decay), warmup_fraction=float(warmup_fraction),
+        end_lr_factor=float(end_lr_factor), clip_norm=float(clip_norm), batch_size=int(batch_size),
+        max_epochs=int(max_epochs), val_fraction=float(val_fraction), patience=patience,
+        num_votes=votes.num_votes, num_prompts=int(num_prompts), init_global=bool(init_global),
+    )
+    head = _build_head(cfg)
+    head.feature_mean[...] = jnp.asarray(mean, jnp.float32)
+    head.feature_scale[...] = jnp.asarray(scale, jnp.float32)
+    if init_global:
+        ties = _LOSS_TIES[loss]
+        w_init = np.where(train.outcome >= TIE, 0.0, train.weight) if loss == "bt" else train.weight
+        sol = solve_bradley_terry(jnp.asarray(w_init, jnp.float32), train.a, train.b, train.outcome,
+                                  num_models=votes.num_models, ties=ties, l2=1e-3)
+        head.out.bias[...] = sol.theta.astype(jnp.float32)
+        if head.tie is not None:
+            alpha0 = jnp.clip(sol.tie_param, 2 * _TIE_FLOOR, 50.0) - _TIE_FLOOR
+            head.tie.bias[...] = jnp.log(jnp.expm1(alpha0))[None].astype(jnp.float32)
+    graphdef, params, stats = nnx.split(head, nnx.Param, ...)
+    steps_per_epoch = max(1, -(-train.num_votes // batch_size))
+    tx, schedule = _make_optimizer(cfg["learning_rate"], cfg["weight_decay"], cfg["warmup_fraction"],
+                                   cfg["end_lr_factor"], cfg["clip_norm"], steps_per_epoch * max_epochs)
+    opt_state = tx.init(params)
+
+    replicated = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    feats = jnp.asarray(x_np) if mesh is None else jax.device_put(x_np, replicated)
+    if mesh is not None:
+        params, opt_state, stats = jax.device_put((params, opt_state, stats), replicated)
+    val_batches = _batches(val, np.arange(val.num_votes), batch_size, mesh) if val.num_votes else None
+
+    history: dict[str, Any] = {"train_loss": [], "val_nll": [], "learning_rate": [], "best_epoch": 0}
+    best_params = params
+    best_val = math.inf
+    bad_epochs = 0
+    epoch = 0
+    manager = None
+    if checkpoint_dir is not None:
+        import orbax.checkpoint as ocp
+
+        ckpt_path = pathlib.Path(checkpoint_dir).absolute()
+        if ckpt_path.exists() and not ckpt_path.is_dir():
+            raise ValueError(f"checkpoint_dir {ckpt_path} exists and is not a directory")
+        manager = ocp.CheckpointManager(
+            ckpt_path,
+            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False),
+            item_names=("state", "meta"),
+        )
+        latest = manager.latest_step()
+        if latest is not None and not resume:
+            manager.close()
+            raise ValueError(f"checkpoint_dir {ckpt_path} already holds checkpoints (latest epoch {latest}); pass "
+                             "resume=True to continue, or use a new directory")
+        if resume:
+            if latest is None:
+                manager.close()
+                raise ValueError(f"resume=True but checkpoint_dir {ckpt_path} holds no checkpoint")
+            restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                        meta=ocp.args.JsonRestore()))
+            meta = dict(restored["meta"])
+            if meta["config"] != cfg:
+                diff = sorted(k for k in cfg if meta["config"].get(k) != cfg[k])
+                manager.close()
+                raise ValueError(f"resume=True with other options than the checkpoint's: {', '.join(diff)} differ")
+            like = {"params": params, "opt_state": opt_state, "best_params": params}
+            state = _unflat(restored["state"], like)
+            params, opt_state, best_params = state["params"], state["opt_state"], state["best_params"]
+            if mesh is not None:
+                params, opt_state, best_params = jax.device_put((params, opt_state, best_params), replicated)
+            history, best_val, bad_epochs, epoch = meta["history"], meta["best_val"], meta["bad_epochs"], meta["epoch"]
+            best_val = math.inf if best_val is None else float(best_val)
+
+    def save(epoch_done: int) -> None:
+        import orbax.checkpoint as ocp
+
+        state = _flat({"params": params, "opt_state": opt_state, "best_params": best_params})
+        meta = {"config": cfg, "history": history, "best_val": None if math.isinf(best_val) else best_val,
+                "bad_epochs": bad_epochs, "epoch": epoch_done}
+        manager.save(epoch_done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                         meta=ocp.args.JsonSave(meta)), force=True)
+
+    last = max_epochs if stop_after is None else min(max_epochs, int(stop_after))
+    stopped = patience is not None and bad_epochs >= patience
+    try:
+        while epoch < last and not stopped:
+            order = np.asarray(jax.random.permutation(jax.random.fold_in(k_shuffle, epoch), train.num_votes))
+            batches = _batches(train, order, batch_size, mesh)
+            params, opt_state, train_loss = _train_epoch_jit(
+                params, opt_state, feats, batches, graphdef=graphdef, stats=stats, tx=tx, loss=loss)
+            epoch += 1
+            history["train_loss"].append(float(train_loss))
+            history["learning_rate"].append(float(schedule(epoch * steps_per_epoch)))
+            if val_batches is not None:
+                s, n = _eval_sum_jit(params, feats, val_batches, graphdef=graphdef, stats=stats, loss=loss)
+                val_nll = float(s) / max(float(n), 1e-30)
+                history["val_nll"].append(val_nll)
+                if val_nll < best_val:
+                    best_val, best_params, bad_epochs = val_nll, params, 0
+                    history["best_epoch"] = epoch
+                else:
+                    bad_epochs += 1
+                stopped = patience is not None and bad_epochs >= patience
+            else:
+                best_params = params
+                history["best_epoch"] = epoch
+            if progress is not None:
+                progress(epoch, max_epochs, {"train_loss": history["train_loss"][-1],
+                                             "val_nll": history["val_nll"][-1] if history["val_nll"] else math.nan})
+            if manager is not None and (epoch % checkpoint_every == 0 or epoch == last or stopped):
+                save(epoch)
+        history["stopped_early"] = bool(stopped)
+        history["epochs"] = epoch
+    finally:
+        if manager is not None:
+            manager.wait_until_finished()
+            manager.close()
+    cfg_out = dict(cfg)
+    best_params = jax.device_get(best_params)
+    stats = jax.device_get(stats)
+    return P2LModel(models=votes.models, loss=loss, encoder=encoder, config=cfg_out,
+                    params=jax.tree_util.tree_map(jnp.asarray, best_params),
+                    stats=jax.tree_util.tree_map(jnp.asarray, stats), history=history)
+
+
+# --------------------------------------------------------------------------------------------------
+# Save / load
+
+
+def save_p2l(model: P2LModel, path: str | os.PathLike, *, force: bool = False) -> pathlib.Path:
+    """Save a `P2LModel` (parameters, feature statistics, models, loss, encoder, config, history) with orbax.
+
+    Args:
+        model: the trained model.
+        path: a new directory (`force=True` replaces an existing one).
+        force: overwrite.
+
+    Returns:
+        The absolute path written.
+
+    Example:
+        >>> save_p2l(model, "runs/p2l")          # doctest: +SKIP
+        >>> model2 = load_p2l("runs/p2l")        # doctest: +SKIP
+    """
+    from jaxrank.checkpoint import save_state
+
+    if not isinstance(model, P2LModel):
+        raise TypeError(f"model must be a P2LModel, got {type(model).__name__}")
+    meta = {"kind": "jaxrank.p2l", "models": list(model.models), "loss": model.loss, "encoder": model.encoder,
+            "config": model.config, "history": model.history}
+    return save_state(path, {"params": _flat(model.params), "stats": _flat(model.stats)}, metadata=meta, force=force)
+
+
+def load_p2l(path: str | os.PathLike) -> P2LModel:
+    """Restore what `save_p2l` wrote, bit for bit."""
+    from jaxrank.checkpoint import restore_state
+
+    state, meta = restore_state(path)
+    if meta.get("kind") != "jaxrank.p2l":
+        raise ValueError(f"{path} is not a jaxrank P2L checkpoint (kind={meta.get('kind')!r})")
+    config = dict(meta["config"])
+    _, params_like, stats_like = nnx.split(_build_head(config), nnx.Param, ...)
+    return P2LModel(
+        models=tuple(meta["models"]), loss=meta["loss"], encoder=meta.get("encoder"), config=config,
+        params=_unflat(state["params"], params_like), stats=_unflat(state["stats"], stats_like),
+        history=dict(meta["history"]),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Aggregation
+
+
+@struct.dataclass
+class P2LLeaderboard:
+    """One leaderboard for a set (distribution) of prompts.
+
+    Attributes:
+        models: model names (or `model_0`, ...), static.
+        loss: the P2L loss whose outcome probabilities were aggregated, static.
+        confidence: central probability of `[lower, upper]`, static.
+        ratings: float32[M] Elo-scale ratings `init + scale / ln(base) * theta`.
+        theta: float32[M] the fitted coefficient vector (centred, except for the grounded model).
+        tie_param: fitted Rao–Kupper alpha of the aggregate (nan for `"bt"`/`"bt-tie"`).
+        lower, upper: float32[M] bootstrap percentile interval (equal to `ratings` without bootstrap).
+        rank_ub: int32[M] `rank_upper_bound(lower, upper)`.
+        samples: float32[R, M] ratings of each bootstrap round (R = 0 without bootstrap).
+        converged: bool whether the point fit converged.
+    """
+
+    models: tuple[str, ...] = struct.field(pytree_node=False)
+    loss: str = struct.field(pytree_node=False)
+    confidence: float = struct.field(pytree_node=False)
+    ratings: jax.Array
+    theta: jax.Array
+    tie_param: jax.Array
+    lower: jax.Array
+    upper: jax.Array
+    rank_ub: jax.Array
+    samples: jax.Array
+    converged: jax.Array
+
+    def to_frame(self):
+        """pandas DataFrame `model, rating, lower, upper, rank_ub`, best first."""
+        import pandas as pd
+
+        frame = pd.DataFrame({
+            "model": list(self.models), "rating": np.asarray(self.ratings, np.float64),
+            "lower": np.asarray(self.lower, np.float64), "upper": np.asarray(self.upper, np.float64),
+            "rank_ub": np.asarray(self.rank_ub, np.int64),
+        })
+        return frame.sort_values("rating", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _pair_rows(m: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows (a, b, outcome) for every ordered pair i != j and outcome < k, and the flat cell index."""
+    i, j = np.nonzero(~np.eye(m, dtype=bool))
+    a = np.repeat(i, k).astype(np.int32)
+    b = np.repeat(j, k).astype(np.int32)
+    o = np.tile(np.arange(k), i.size).astype(np.int32)
+    cell = ((a * m + b) * k + o).astype(np.int32)
+    return a, b, o, cell
+
+
+def _prompt_probabilities(beta, alpha, loss: str):
+    """float32[P, M, M, K] per-prompt outcome probabilities of every ordered pair (K = 3, or 4 grounded)."""
+    delta = beta[:, :, None] - beta[:, None, :]
+    ties = _LOSS_TIES[loss]
+    if loss in ("bt", "bt-tie"):
+        return outcome_probabilities(delta, ties="drop")
+    tp = alpha[:, None, None]
+    theta_b = jnp.broadcast_to(beta[:, None, :], delta.shape) if loss == _GROUNDED else None
+    return outcome_probabilities(delta, ties=ties, tie_param=tp, theta_b=theta_b)
+
+
+def _aggregate_fit(q, x0, a, b, o, cell, *, num_models: int, ties: str, max_iter: int = 100, tol: float = 1e-6):
+    """Damped Newton on the cross-entropy `-sum_u Q_u log P(o_u | theta_a, theta_b; alpha) / M(M-1)`.
+
+    A small dense problem (M coefficients, + log alpha): exact Hessian, step `(H + P + lambda I)^{-1} g`
+    with `P = 1 1^T / M` on the theta block for the shift-invariant models (the flat direction; theta
+    stays centred), halving the step until the objective decreases. Stops when the largest gradient
+    entry is below `tol`. `vmap`-safe (bootstrap rounds). Returns `(theta [M], alpha, converged)`.
+    """
+    m = num_models
+    fits = ties in _FITS_TIE
+    grounded = ties == _GROUNDED
+    w = q.reshape(-1)[cell] / jnp.float32(m * (m - 1))
+    dim = m + (1 if fits else 0)
+    idx = jnp.stack([a, b, jnp.full_like(a, m)], axis=1)  # [U, 3]: theta_a, theta_b, log alpha slots
+
+    def row_nll(z, out):
+        # One vote's -log P in (theta_a, theta_b, log alpha): small elementwise derivatives compile fast.
+        tp = jnp.exp(z[2]) if fits else None
+        return -outcome_log_probs(z[0] - z[1], out, ties=ties, tie_param=tp, theta_b=z[1] if grounded else None)
+
+    def rows(x):
+        xf = jnp.concatenate([x, jnp.zeros((1,), x.dtype)]) if not fits else x
+        return xf[idx]  # [U, 3]
+
+    def value(x):
+        return jnp.sum(w * jax.vmap(row_nll)(rows(x), o))
+
+    def grad_hess(x):
+        z = rows(x)
+        g_row = jax.vmap(jax.grad(row_nll))(z, o) * w[:, None]  # [U, 3]
+        h_row = jax.vmap(jax.hessian(row_nll))(z, o) * w[:, None, None]  # [U, 3, 3]
+        g = jnp.zeros((m + 1,), jnp.float32)
+        h = jnp.zeros((m + 1, m + 1), jnp.float32)
+        for i in range(3):
+            g = g.at[idx[:, i]].add(g_row[:, i])
+            for j in range(3):
+                h = h.at[idx[:, i], idx[:, j]].add(h_row[:, i, j])
+        return g[:dim], h[:dim, :dim]
+
+    proj = jnp.zeros((dim, dim), jnp.float32)
+    if not grounded:
+        proj = proj.at[:m, :m].set(1.0 / m)
+    eye = jnp.eye(dim, dtype=jnp.float32)
+
+    def centre(x):
+        return x if grounded else x.at[:m].add(-jnp.mean(x[:m]))
+
+    def body(carry):
+        x, f, _, it = carry
+        g, h = grad_hess(x)
+        ridge = 1e-7 * (jnp.trace(h) / dim + 1e-6)
+        step = jnp.linalg.solve(h + proj + ridge * eye, g)
+        step = jnp.where(jnp.isfinite(step), step, 0.0)
+
+        def halve(c):
+            t, _ = c
+            return 0.5 * t, value(centre(x - 0.5 * t * step))
+
+        t, f_new = jax.lax.while_loop(lambda c: (c[1] > f) & (c[0] > 1e-4), halve, (1.0, value(centre(x - step))))
+        ok = f_new <= f
+        x_new = jnp.where(ok, centre(x - t * step), x)
+        gmax = jnp.max(jnp.abs(grad_hess(x_new)[0]))
+        done = (gmax < tol) | ~ok
+        return x_new, jnp.where(ok, f_new, f), done, it + 1
+
+    x0 = centre(x0)
+    carry = (x0, value(x0), jnp.bool_(False), jnp.int32(0))
+    x, _, _, _ = jax.lax.while_loop(lambda c: ~c[2] & (c[3] < max_iter), body, carry)
+    converged = jnp.max(jnp.abs(grad_hess(x)[0])) < 10 * tol
+    tie = jnp.exp(x[m]) if fits else jnp.asarray(jnp.nan, jnp.float32)
+    return x[:m], tie, converged
+
+
+def _aggregate_start(beta, alpha, pw, loss, num_models):
+    probs = _prompt_probabilities(beta, alpha, loss)  # [P, M, M, K]
+    ties = "drop" if loss in ("bt", "bt-tie") else _LOSS_TIES[loss]
+    pw = pw / jnp.sum(pw)
+    # Start at the weighted mean coefficients (and mean log alpha): close to the optimum.
+    x0 = jnp.concatenate([pw @ beta, (pw @ jnp.log(alpha))[None]])
+    if ties not in _FITS_TIE:
+        x0 = x0[:num_models]
+    return probs, ties, pw, x0
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "num_models"))
+def _aggregate_jit(beta, alpha, pw, a, b, o, cell, *, loss, num_models):
+    probs, ties, pw, x0 = _aggregate_start(beta, alpha, pw, loss, num_models)
+    q = jnp.einsum("p,pijk->ijk", pw, probs)
+    return _aggregate_fit(q, x0, a, b, o, cell, num_models=num_models, ties=ties)
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "num_models", "num_rounds"))
+def _bootstrap_jit(theta, beta, alpha, pw, key, a, b, o, cell, *, loss, num_models, num_rounds):
+    probs, ties, pw, x0 = _aggregate_start(beta, alpha, pw, loss, num_models)
+    p = beta.shape[0]
+    keys = jax.random.split(key, num_rounds)
+
+    def one(k):
+        # Resample P prompts with replacement (probability = prompt weight): the counts are multinomial.
+        draw = jax.random.choice(k, p, (p,), replace=True, p=pw)
+        counts = jnp.zeros((p,), jnp.float32).at[draw].add(1.0)
+        qr = jnp.einsum("p,pijk->ijk", counts / p, probs)
+        return _aggregate_fit(qr, jnp.concatenate([theta, x0[num_models:]]), a, b, o, cell, num_models=num_models,
+                              ties=ties)[0]
+
+    return jax.vmap(one)(keys)
+
+
+def aggregate_leaderboard(
+    beta: Any,
+    tie_param: Any = None,
+    *,
+    prompt_weights: Any = None,
+    loss: str = "bt-tie",
+    models: Sequence[str] | None = None,
+    bootstrap: int = 0,
+    key: jax.Array | None = None,
+    confidence: float = 0.95,
+    scale: float = 400.0,
+    base: float = 10.0,
+    init: float = 1000.0,
+) -> P2LLeaderboard:
+    r"""The leaderboard of a set (distribution) of prompts from their per-prompt P2L coefficients.
+
+    Not the average of the coefficients: P2L's aggregation fits ONE coefficient vector to the
+    (weighted) average of the per-prompt outcome probabilities. With `P_p[i, j, k]` the probability of
+    outcome k in a vote (i in the `a` slot, j in `b`) under prompt p's coefficients and tie parameter,
+    and `Q = sum_p w_p P_p / sum_p w_p`, the aggregate minimises the cross-entropy over all ordered
+    model pairs
+
+        theta*, alpha* = argmin  - sum_{i != j} sum_k Q[i, j, k] log P_k(theta_i, theta_j; alpha),
+
+    a Bradley–Terry maximum-likelihood fit with fractional weights `Q` (the same tie model as the loss,
+    through `outcome_log_probs`: `"bt"`/`"bt-tie"` predict no ties and fit plain BT; `"rao-kupper"` and
+    `"grounded-rao-kupper"` also fit alpha), solved by damped Newton on the exact (M+1)-dimensional
+    Hessian from the mean coefficients. When every prompt has the same leaderboard the aggregate is
+    that leaderboard. Intervals: `bootstrap` rounds resample the P prompts with replacement
+    (probability proportional to `prompt_weights`) and refit, all rounds in one vmapped call; the
+    interval is the percentile interval, and `rank_ub = rank_upper_bound(lower, upper)`.
+
+    Memory: the per-prompt probabilities are `P * M^2 * K` floats.
+
+    Args:
+        beta: float[P, M] per-prompt coefficients (`P2LModel.coefficients`).
+        tie_param: float[P] per-prompt alpha (required for `"rao-kupper"`, `"grounded-rao-kupper"`).
+        prompt_weights: optional float[P] >= 0 weights of the prompts (a distribution over prompts).
+        loss: the P2L loss the coefficients belong to.
+        models: optional M model names.
+        bootstrap: number of bootstrap rounds over prompts (0: none).
+        key: PRNG key of the bootstrap (default `jax.random.key(0)`).
+        confidence: central probability of the interval.
+        scale, base, init: the Elo scale, as `fit_bradley_terry`.
+
+    Returns:
+        `P2LLeaderboard(ratings, theta, tie_param, lower, upper, rank_ub, samples, converged)`.
+
+    Example:
+        >>> beta, alpha = model.coefficients(features)                                  # doctest: +SKIP
+        >>> aggregate_leaderboard(beta, alpha, loss=model.loss, bootstrap=200).to_frame()  # doctest: +SKIP
+    """
+    _check_loss(loss)
+    beta = _check_features(beta, "beta")
+    p, m = beta.shape
+    if m < 2:
+        raise ValueError(f"beta must have at least 2 models (columns), got {m}")
+    if loss in _FITS_TIE:
+        if tie_param is None:
+            raise ValueError(f"tie_param [P] is required for loss={loss!r}")
+        alpha = jnp.asarray(tie_param, jnp.float32)
+        if alpha.shape != (p,):
+            raise ValueError(f"tie_param must have shape [P] = ({p},), got {tuple(alpha.shape)}")
+        if _is_concrete(alpha) and not bool(jnp.all(alpha > 0)):
+            raise ValueError("tie_param must be > 0 for every prompt")
+    else:
+        alpha = jnp.ones((p,), jnp.float32)
+    if prompt_weights is None:
+        pw = jnp.ones((p,), jnp.float32)
+    else:
+        pw = jnp.asarray(prompt_weights, jnp.float32)
+        if pw.shape != (p,):
+            raise ValueError(f"prompt_weights must have shape [P] = ({p},), got {tuple(pw.shape)}")
+        if _is_concrete(pw):
+            pw_np = np.asarray(pw)
+            if not np.isfinite(pw_np).all() or (pw_np < 0).any() or pw_np.sum() <= 0:
+                raise ValueError("prompt_weights must be finite, >= 0 and not all 0")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0 or bootstrap == 1:
+        raise ValueError(f"bootstrap must be 0 or an int >= 2, got {bootstrap!r}")
+    if not (isinstance(confidence, (int, float)) and 0.0 < confidence < 1.0):
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+    for name, value in (("scale", scale), ("base", base)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0) or (name == "base" and value == 1):
+            raise ValueError(f"{name} must be a finite number > 0{' and != 1' if name == 'base' else ''}, got {value!r}")
+    names = tuple(models) if models is not None else tuple(f"model_{i}" for i in range(m))
+    if len(names) != m:
+        raise ValueError(f"models must name the M = {m} columns of beta, got {len(names)} names")
+    k = 4 if loss == _GROUNDED else 3
+    a, b, o, cell = (jnp.asarray(x) for x in _pair_rows(m, k))
+    same = "bt" if loss == "bt-tie" else loss  # bt and bt-tie predict the same probabilities: one compilation
+    theta, tie, ok = _aggregate_jit(beta, alpha, pw, a, b, o, cell, loss=same, num_models=m)
+    if bootstrap:
+        samples = _bootstrap_jit(theta, beta, alpha, pw, key if key is not None else jax.random.key(0), a, b, o, cell,
+                                 loss=same, num_models=m, num_rounds=int(bootstrap))
+    else:
+        samples = jnp.zeros((0, m), jnp.float32)
+    kelo = scale / math.log(base)
+    ratings = init + kelo * theta
+    samples = init + kelo * samples
+    if bootstrap:
+        q = jnp.asarray([(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0], jnp.float32)
+        lower, upper = jnp.quantile(samples, q, axis=0)
+    else:
+        lower, upper = ratings, ratings
+    return P2LLeaderboard(
+        models=names, loss=loss, confidence=float(confidence), ratings=ratings, theta=theta,
+        tie_param=tie if loss in _FITS_TIE else jnp.asarray(jnp.nan, jnp.float32), lower=lower, upper=upper,
+        rank_ub=rank_upper_bound(lower, upper), samples=samples, converged=ok,
+    )

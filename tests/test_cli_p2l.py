@@ -1,0 +1,146 @@
+"""`jaxrank p2l train | leaderboard | route`, in-process, on precomputed features (and one real-encoder run)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxrank.cli import main
+from jaxrank.p2l import load_p2l
+
+MODELS = ["alpha", "beta", "gamma"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Votes on 30 prompts whose best model depends on the prompt's first feature, and those features."""
+    d = tmp_path_factory.mktemp("p2l_cli")
+    rng = np.random.default_rng(0)
+    num_prompts = 30
+    feats = rng.normal(size=(num_prompts, 4)).astype(np.float32)
+    beta = np.stack([2 * feats[:, 0], -2 * feats[:, 0], np.zeros(num_prompts)], 1)
+    rows = []
+    for p in range(num_prompts):
+        for _ in range(12):
+            i, j = rng.choice(3, 2, replace=False)
+            u = rng.random()
+            pa = 1 / (1 + np.exp(-(beta[p, i] - beta[p, j])))
+            winner = "tie" if u < 0.1 else ("model_a" if rng.random() < pa else "model_b")
+            rows.append({"model_a": MODELS[i], "model_b": MODELS[j], "winner": winner, "question": f"prompt number {p}"})
+    pd.DataFrame(rows).to_csv(d / "votes.csv", index=False)
+    np.save(d / "feats.npy", feats)
+    (d / "prompts.txt").write_text("".join(f"prompt number {p}\n" for p in range(num_prompts)))
+    (d / "costs.json").write_text(json.dumps({"alpha": 1.0, "beta": 0.1, "gamma": 0.5}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(workdir):
+    code = main(["p2l", "train", str(workdir / "votes.csv"), "--prompts-column", "question", "--features",
+                 str(workdir / "feats.npy"), "--out", str(workdir / "model"), "--epochs", "15", "--lr", "0.05",
+                 "--batch-size", "32", "--val-fraction", "0.2"])
+    assert code == 0
+    return workdir / "model"
+
+
+def test_train_saves_a_model(trained, capsys):
+    model = load_p2l(trained)
+    assert model.models == tuple(MODELS) and model.loss == "bt-tie" and model.encoder is None
+    assert model.config["in_features"] == 4 and model.history["epochs"] >= 1
+    with pytest.raises(ValueError, match="records no encoder"):
+        model.predict(["a prompt"])
+
+
+def test_leaderboard_and_plot(trained, workdir, capsys):
+    out, plot = workdir / "lb.csv", workdir / "lb.png"
+    code = main(["p2l", "leaderboard", str(trained), str(workdir / "prompts.txt"), "--features",
+                 str(workdir / "feats.npy"), "--bootstrap", "20", "--out", str(out), "--plot", str(plot)])
+    assert code == 0
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["model", "rating", "lower", "upper", "rank_ub"]
+    assert sorted(frame.model) == sorted(MODELS)
+    assert (frame.lower <= frame.rating + 1e-3).all() and (frame.rating <= frame.upper + 1e-3).all()
+    assert plot.stat().st_size > 0
+    assert "P2L leaderboard of 30 prompts" in capsys.readouterr().out
+    # Refuses to overwrite without --force.
+    code = main(["p2l", "leaderboard", str(trained), str(workdir / "prompts.txt"), "--features",
+                 str(workdir / "feats.npy"), "--out", str(out)])
+    assert code == 2
+    assert capsys.readouterr().err.strip().startswith(f"jaxrank: error: --out {out} already exists")
+
+
+def test_route_follows_the_prompt(trained, workdir, capsys):
+    out = workdir / "route.csv"
+    code = main(["p2l", "route", str(trained), str(workdir / "prompts.txt"), "--features", str(workdir / "feats.npy"),
+                 "--costs", str(workdir / "costs.json"), "--budget", "2.0", "--out", str(out)])
+    assert code == 0
+    frame = pd.read_csv(out)
+    assert len(frame) == 30 and set(frame.columns) >= {"id", "model", "expected_win_rate", "expected_cost"}
+    feats = np.load(workdir / "feats.npy")
+    # With an ample budget the router picks alpha where feature 0 is clearly positive, beta where negative.
+    strong = np.abs(feats[:, 0]) > 1.0
+    want = np.where(feats[:, 0] > 0, "alpha", "beta")
+    assert (frame.model.to_numpy()[strong] == want[strong]).mean() >= 0.9
+    # A budget that only affords beta: everything goes to beta.
+    code = main(["p2l", "route", str(trained), str(workdir / "prompts.txt"), "--features", str(workdir / "feats.npy"),
+                 "--costs", str(workdir / "costs.json"), "--budget", "0.1", "--out", str(workdir / "cheap.jsonl")])
+    assert code == 0
+    assert set(pd.read_json(workdir / "cheap.jsonl", lines=True).model) == {"beta"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "nope"], "has no column(s) 'nope'"),
+    (["train", "VOTES", "--out", "MODEL", "--prompts-column", "question"], "--out"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--features", "BAD"],
+     "--features"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--resume"], "--resume needs --checkpoint-dir"),
+    (["leaderboard", "MODEL", "PROMPTS", "--features", "FEATS", "--bootstrap", "1"], "--bootstrap must be 0 or >= 2"),
+    (["leaderboard", "VOTES", "PROMPTS"], "is not a directory"),
+    (["route", "MODEL", "PROMPTS", "--features", "FEATS", "--costs", "BADCOSTS", "--budget", "1"],
+     "has no cost for model(s) 'gamma'"),
+    (["route", "MODEL", "PROMPTS", "--features", "FEATS", "--costs", "COSTS", "--budget", "0.01"],
+     "is below the cheapest model's cost"),
+    (["route", "MODEL", "PROMPTS", "--features", "FEATS5", "--costs", "COSTS", "--budget", "1"],
+     "expected shape [P, D] with P = 30"),
+])
+def test_errors_are_one_line(trained, workdir, capsys, args, message):
+    (workdir / "badcosts.json").write_text(json.dumps({"alpha": 1.0, "beta": 0.1}))
+    np.save(workdir / "feats5.npy", np.zeros((5, 4), np.float32))
+    (workdir / "bad.npy").write_text("not numpy")
+    subst = {"VOTES": workdir / "votes.csv", "NEW": workdir / "new_model", "MODEL": trained,
+             "PROMPTS": workdir / "prompts.txt", "FEATS": workdir / "feats.npy", "FEATS5": workdir / "feats5.npy",
+             "COSTS": workdir / "costs.json", "BADCOSTS": workdir / "badcosts.json", "BAD": workdir / "bad.npy"}
+    code = main(["p2l"] + [str(subst.get(a, a)) for a in args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("jaxrank: error:") and message in err and "\n" not in err, err
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["p2l", "train", "--help"])
+    assert exc.value.code == 0
+    assert "--prompts-column" in capsys.readouterr().out
+
+
+def test_end_to_end_with_the_real_sentence_encoder(minilm, workdir, tmp_path, capsys):
+    # all-MiniLM-L6-v2 computes the features (few prompts, one short training run).
+    code = main(["p2l", "train", str(workdir / "votes.csv"), "--prompts-column", "question", "--encoder",
+                 "all-minilm-l6-v2", "--out", str(tmp_path / "m"), "--epochs", "2", "--val-fraction", "0.2",
+                 "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    model = load_p2l(tmp_path / "m")
+    assert model.encoder == "all-minilm-l6-v2" and model.config["in_features"] == 384
+    code = main(["p2l", "leaderboard", str(tmp_path / "m"), str(workdir / "prompts.txt"), "--cache-dir",
+                 str(tmp_path / "cache"), "--out", str(tmp_path / "lb.csv")])
+    assert code == 0
+    assert len(pd.read_csv(tmp_path / "lb.csv")) == 3
+    # P2LModel.predict: the recorded encoder's features, then the head.
+    from jaxrank.lm.features import prompt_features
+
+    texts = ["prompt number 3", "prompt number 7"]
+    beta, alpha = model.predict(texts)
+    ref, _ = model.coefficients(prompt_features(texts, encoder="all-minilm-l6-v2"))
+    assert beta.shape == (2, 3) and alpha is None
+    np.testing.assert_array_equal(np.asarray(beta), np.asarray(ref))

@@ -1,0 +1,335 @@
+"""Prompt-to-Leaderboard: losses vs float64 NumPy, head, synthetic recovery, aggregation (SciPy reference),
+checkpoints (round trip, exact resume), sharded == unsharded, bad input."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from scipy.optimize import minimize
+
+from jaxrank.p2l import (
+    LOSSES,
+    P2LHead,
+    aggregate_leaderboard,
+    load_p2l,
+    make_p2l_votes,
+    p2l_loss,
+    save_p2l,
+    train_p2l,
+)
+
+# Thresholds, set once: the synthetic arena's coefficients are a linear function of the features, so a
+# linear head must recover them on unseen prompts (noise: 30 votes per prompt).
+RECOVERY_CORR = 0.95
+RECOVERY_RMSE = 0.3  # natural-log units; the true coefficients have standard deviation ~1.2
+
+
+# ------------------------------------------------------------------------------------------------
+# Float64 references in the strength form (pi = exp(beta)), independent of jaxrank.ratings.
+
+
+def ref_probs(beta_a, beta_b, alpha, loss):
+    """[N, 4] probabilities of (a wins, b wins, tie, tie (bothbad))."""
+    pa, pb = np.exp(beta_a), np.exp(beta_b)
+    if loss in ("bt", "bt-tie"):
+        p_a = pa / (pa + pb)
+        return np.stack([p_a, 1 - p_a, 0 * p_a, 0 * p_a], -1)
+    t = np.exp(alpha)
+    if loss == "rao-kupper":
+        p_a, p_b = pa / (pa + t * pb), pb / (pb + t * pa)
+        return np.stack([p_a, p_b, 1 - p_a - p_b, 0 * p_a], -1)
+    p_a, p_b = pa / (pa + t * pb + 1), pb / (pb + t * pa + 1)  # grounded: lmarena/p2l's `bag` loss
+    p_bb = 1 / (1 + pa + pb)
+    return np.stack([p_a, p_b, 1 - p_a - p_b - p_bb, p_bb], -1)
+
+
+def ref_loss(beta, alpha, a, b, o, w, loss):
+    rows = np.arange(len(a))
+    p = ref_probs(beta[rows, a], beta[rows, b], alpha, loss)
+    if loss == "bt-tie":  # a tie (either kind) is half a win each way
+        lp = np.where(o >= 2, 0.5 * (np.log(p[:, 0]) + np.log(p[:, 1])), np.log(p[rows, np.minimum(o, 1)]))
+    elif loss == "rao-kupper":  # both tie kinds are ties
+        lp = np.log(p[rows, np.minimum(o, 2)])
+    elif loss == "bt":
+        w = np.where(o >= 2, 0.0, w)
+        lp = np.log(p[rows, np.minimum(o, 1)])
+    else:
+        lp = np.log(p[rows, o])
+    return -np.sum(w * lp) / np.sum(w)
+
+
+_loss_jit = jax.jit(p2l_loss, static_argnames="loss")
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_losses_match_numpy_float64(loss):
+    rng = np.random.default_rng(0)
+    n, m = 64, 5
+    beta = rng.normal(0, 1.5, (n, m))
+    alpha = rng.uniform(0.05, 2.0, n)
+    a = rng.integers(0, m, n)
+    b = (a + rng.integers(1, m, n)) % m
+    o = np.tile(np.arange(4), n // 4)
+    w = rng.uniform(0.2, 2.0, n)
+    fits = loss in ("rao-kupper", "grounded-rao-kupper")
+    got = _loss_jit(jnp.asarray(beta, jnp.float32), jnp.asarray(alpha, jnp.float32) if fits else None,
+                    jnp.asarray(a), jnp.asarray(b), jnp.asarray(o), loss=loss, weight=jnp.asarray(w, jnp.float32))
+    np.testing.assert_allclose(float(got), ref_loss(beta, alpha, a, b, o, w, loss), rtol=1e-5)
+    with jax.enable_x64(True):
+        got64 = p2l_loss(jnp.asarray(beta), jnp.asarray(alpha) if fits else None, jnp.asarray(a), jnp.asarray(b),
+                         jnp.asarray(o), loss=loss, weight=jnp.asarray(w))
+        assert got64.dtype == jnp.float64
+        np.testing.assert_allclose(float(got64), ref_loss(beta, alpha, a, b, o, w, loss), rtol=1e-12)
+    # Unweighted = all weights 1; weight 0 removes a vote.
+    ones = _loss_jit(jnp.asarray(beta, jnp.float32), jnp.asarray(alpha, jnp.float32) if fits else None,
+                     jnp.asarray(a), jnp.asarray(b), jnp.asarray(o), loss=loss)
+    np.testing.assert_allclose(float(ones), ref_loss(beta, alpha, a, b, o, np.ones(n), loss), rtol=1e-5)
+
+
+def test_head_centring_and_tie_parameter():
+    x = jax.random.normal(jax.random.key(0), (3, 6))
+    head = P2LHead(6, 4, hidden=(8,), tie=True, rngs=nnx.Rngs(0))
+    # The output layer starts at zero: the flat leaderboard, alpha = 0.5.
+    beta, alpha = head(x)
+    assert beta.shape == (3, 4) and alpha.shape == (3,)
+    np.testing.assert_allclose(np.asarray(beta), 0.0)
+    np.testing.assert_allclose(np.asarray(alpha), 0.5, rtol=1e-6)
+    head.out.kernel[...] = jax.random.normal(jax.random.key(1), (8, 4))
+    head.tie.bias[...] = jnp.full((1,), -30.0)
+    beta, alpha = head(x)
+    np.testing.assert_allclose(np.asarray(beta).mean(-1), 0.0, atol=1e-6)  # centred
+    assert np.all(np.asarray(alpha) > 0)  # softplus + floor, even far out
+    grounded = P2LHead(6, 4, tie=True, centre=False, rngs=nnx.Rngs(0))
+    grounded.out.bias[...] = jnp.arange(4.0)
+    beta, _ = grounded(x)
+    np.testing.assert_allclose(np.asarray(beta), np.broadcast_to(np.arange(4.0), (3, 4)), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# A synthetic arena: beta(prompt) = x W, outcomes from the model.
+
+
+def synthetic_arena(seed, num_prompts=240, dim=3, num_models=4, votes_per_prompt=30, loss="bt"):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_prompts, dim)).astype(np.float32)
+    w_true = rng.normal(0, 0.8, (dim, num_models))
+    beta = x @ w_true
+    if loss != "grounded-rao-kupper":
+        beta = beta - beta.mean(1, keepdims=True)
+    n = num_prompts * votes_per_prompt
+    prompt = np.repeat(np.arange(num_prompts), votes_per_prompt)
+    a = rng.integers(0, num_models, n)
+    b = (a + rng.integers(1, num_models, n)) % num_models
+    p = ref_probs(beta[prompt, a], beta[prompt, b], np.full(n, 0.6), loss)
+    cum = np.cumsum(p, axis=1)
+    o = (rng.random(n)[:, None] > cum).sum(1).clip(0, 3)
+    votes = make_p2l_votes(a, b, o, prompt, models=[f"m{i}" for i in range(num_models)])
+    return x, beta, votes
+
+
+@pytest.fixture(scope="module")
+def arena():
+    return synthetic_arena(0)
+
+
+def test_synthetic_arena_is_recovered(arena):
+    x, beta, votes = arena
+    train = votes.subset(votes.prompt < 200)  # prompts 200.. are never seen
+    model = train_p2l(x, train, loss="bt", learning_rate=0.05, batch_size=256, max_epochs=30, val_fraction=0.2,
+                      patience=4, key=jax.random.key(0))
+    got, alpha = model.coefficients(x[200:])
+    assert alpha is None
+    got, truth = np.asarray(got, np.float64), beta[200:]
+    corr = np.corrcoef(got.ravel(), truth.ravel())[0, 1]
+    rmse = np.sqrt(np.mean((got - truth) ** 2))
+    assert corr > RECOVERY_CORR and rmse < RECOVERY_RMSE, (corr, rmse)
+    # Early stopping kept the best validation epoch and the history is complete.
+    h = model.history
+    assert len(h["train_loss"]) == len(h["val_nll"]) == h["epochs"] >= 1
+    assert h["val_nll"][h["best_epoch"] - 1] == min(h["val_nll"])
+    assert h["train_loss"][-1] < h["train_loss"][0]
+
+
+def test_split_is_by_prompt(arena):
+    x, _, votes = arena
+    from jaxrank.p2l import _split_by_prompt
+
+    train, val = _split_by_prompt(jax.random.key(0), votes, 0.25)
+    assert not set(votes.prompt[train]) & set(votes.prompt[val])
+    assert len(set(votes.prompt[val])) == 60
+
+
+# ------------------------------------------------------------------------------------------------
+# Aggregation
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_aggregate_of_identical_leaderboards_is_that_leaderboard(loss):
+    rng = np.random.default_rng(1)
+    m = 5
+    row = rng.normal(0, 1.0, m)
+    if loss != "grounded-rao-kupper":
+        row = row - row.mean()
+    beta = np.tile(row, (7, 1)).astype(np.float32)
+    alpha = np.full(7, 0.7, np.float32)
+    lb = aggregate_leaderboard(beta, alpha if loss in ("rao-kupper", "grounded-rao-kupper") else None, loss=loss)
+    assert bool(lb.converged)
+    np.testing.assert_allclose(np.asarray(lb.theta), row, atol=2e-4)
+    np.testing.assert_allclose(np.asarray(lb.ratings), 1000 + 400 / math.log(10) * row, atol=0.1)
+    if loss in ("rao-kupper", "grounded-rao-kupper"):
+        assert float(lb.tie_param) == pytest.approx(0.7, rel=1e-3)
+    else:
+        assert math.isnan(float(lb.tie_param))
+    assert [int(r) for r in lb.rank_ub] == [1 + int((row > r).sum()) for r in row]
+
+
+def test_aggregate_fits_average_probabilities_not_average_coefficients():
+    # Two prompts with opposite leaderboards: averaging coefficients gives a flat board; the average
+    # probabilities of a strong and a weak model are not those of two equal ones.
+    rng = np.random.default_rng(2)
+    beta = rng.normal(0, 2.0, (7, 5))  # the shapes of the test above: one compiled point fit
+    beta -= beta.mean(1, keepdims=True)
+    pw = np.array([1.0, 2.0, 0.5, 1.0, 3.0, 1.0, 0.0])
+    lb = aggregate_leaderboard(beta.astype(np.float32), prompt_weights=pw.astype(np.float32), loss="bt",
+                               bootstrap=64, key=jax.random.key(0), models=["v", "w", "x", "y", "z"])
+    # float64 SciPy reference: minimise -sum_{i != j} Q_ij log sigmoid(theta_i - theta_j).
+    d = beta[:, :, None] - beta[:, None, :]
+    q = np.einsum("p,pij->ij", pw / pw.sum(), 1 / (1 + np.exp(-d)))
+    off = ~np.eye(5, dtype=bool)
+
+    def f(t):
+        dt = t[:, None] - t[None, :]
+        return -np.sum(q[off] * -np.logaddexp(0, -dt)[off])
+
+    ref = minimize(f, np.zeros(5), method="BFGS", options=dict(gtol=1e-10)).x
+    ref -= ref.mean()
+    np.testing.assert_allclose(np.asarray(lb.theta), ref, atol=2e-4)
+    assert np.abs(ref - np.average(beta, axis=0, weights=pw)).max() > 0.05  # not the mean of the coefficients
+    lo, hi, r = (np.asarray(v) for v in (lb.lower, lb.upper, lb.ratings))
+    assert lb.samples.shape == (64, 5) and np.all(lo <= hi) and np.all(lo < r + 1e-3) and np.all(r < hi + 1e-3)
+    frame = lb.to_frame()
+    assert list(frame.columns) == ["model", "rating", "lower", "upper", "rank_ub"]
+    again = aggregate_leaderboard(beta.astype(np.float32), prompt_weights=pw.astype(np.float32), loss="bt",
+                                  bootstrap=64, key=jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(again.samples), np.asarray(lb.samples))
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints, resume, sharding
+
+
+def _leaves_equal(x, y):
+    lx, ly = jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(y)
+    return len(lx) == len(ly) and all(np.array_equal(np.asarray(p), np.asarray(q)) for p, q in zip(lx, ly))
+
+
+SMALL = dict(loss="rao-kupper", hidden=(8,), learning_rate=0.02, batch_size=64, max_epochs=4, val_fraction=0.2,
+             patience=None)
+
+
+@pytest.fixture(scope="module")
+def small_arena():
+    return synthetic_arena(3, num_prompts=40, votes_per_prompt=10, loss="rao-kupper")
+
+
+def test_checkpoint_round_trip_is_exact(small_arena, tmp_path):
+    x, _, votes = small_arena
+    model = train_p2l(x, votes, key=jax.random.key(1), encoder="all-minilm-l6-v2", **SMALL)
+    path = save_p2l(model, tmp_path / "p2l")
+    loaded = load_p2l(path)
+    assert _leaves_equal(loaded.params, model.params) and _leaves_equal(loaded.stats, model.stats)
+    assert (loaded.models, loaded.loss, loaded.encoder, loaded.config, loaded.history) == (
+        model.models, model.loss, model.encoder, model.config, model.history)
+    b0, a0 = model.coefficients(x)
+    b1, a1 = loaded.coefficients(x)
+    np.testing.assert_array_equal(np.asarray(b0), np.asarray(b1))
+    np.testing.assert_array_equal(np.asarray(a0), np.asarray(a1))
+    with pytest.raises(FileExistsError):
+        save_p2l(model, path)
+    save_p2l(model, path, force=True)
+
+
+def test_resume_is_exact(small_arena, tmp_path):
+    import orbax.checkpoint as ocp
+
+    x, _, votes = small_arena
+    full = train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "full", **SMALL)
+    first = train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "part", stop_after=2, **SMALL)
+    assert first.history["epochs"] == 2
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "part", **SMALL)
+    with pytest.raises(ValueError, match="learning_rate differ"):
+        train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "part", resume=True,
+                  **{**SMALL, "learning_rate": 0.1})
+    resumed = train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "part", resume=True, **SMALL)
+    assert resumed.history == full.history
+    assert _leaves_equal(resumed.params, full.params)
+    # The whole training state (parameters, optimizer state, best parameters) of the last checkpoints.
+    states = []
+    for name in ("full", "part"):
+        with ocp.CheckpointManager(tmp_path / name, item_names=("state", "meta")) as mgr:
+            assert mgr.latest_step() == 4
+            states.append(mgr.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                  meta=ocp.args.JsonRestore()))["state"])
+    assert sorted(states[0]) == sorted(states[1]) and len(states[0]) > 10
+    assert all(np.array_equal(np.asarray(states[0][k]), np.asarray(states[1][k])) for k in states[0])
+
+
+def test_sharded_training_equals_unsharded(small_arena):
+    assert jax.device_count() == 8
+    x, _, votes = small_arena
+    mesh = jax.make_mesh((8,), ("data",))
+    plain = train_p2l(x, votes, key=jax.random.key(2), **SMALL)  # the compiled epoch of the tests above
+    sharded = train_p2l(x, votes, key=jax.random.key(2), mesh=mesh, **SMALL)
+    for p, q in zip(plain.coefficients(x), sharded.coefficients(x)):
+        np.testing.assert_allclose(np.asarray(q), np.asarray(p), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sharded.history["val_nll"], plain.history["val_nll"], rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_input(small_arena):
+    x, _, votes = small_arena
+    z = jnp.zeros((2, 3))
+    i2 = jnp.zeros(2, jnp.int32)
+    with pytest.raises(ValueError, match="loss must be one of 'bt', 'bt-tie', 'rao-kupper', 'grounded-rao-kupper'"):
+        p2l_loss(z, None, i2, i2, i2, loss="bag")
+    with pytest.raises(ValueError, match=r"beta must have shape \[B, M\]"):
+        p2l_loss(jnp.zeros(3), None, i2, i2, i2, loss="bt")
+    with pytest.raises(ValueError, match=r"a must have shape \[B\] = \(2,\)"):
+        p2l_loss(z, None, jnp.zeros(3, jnp.int32), i2, i2, loss="bt")
+    with pytest.raises(TypeError, match="outcome must be integer"):
+        p2l_loss(z, None, i2, i2, jnp.zeros(2), loss="bt")
+    with pytest.raises(ValueError, match=r"tie_param \[B\] is required"):
+        p2l_loss(z, None, i2, i2, i2, loss="rao-kupper")
+    with pytest.raises(ValueError, match="winner labels must be one of"):
+        make_p2l_votes(["a"], ["b"], ["left"], [0])
+    with pytest.raises(ValueError, match="model_a equals model_b"):
+        make_p2l_votes(["a", "b"], ["a", "a"], ["tie", "tie"], [0, 0])
+    with pytest.raises(ValueError, match=r"prompt must be a 1-D sequence of length N = 1"):
+        make_p2l_votes(["a"], ["b"], ["tie"], [0, 1])
+    with pytest.raises(ValueError, match="votes.prompt indexes prompt 39 but features has only P = 10 rows"):
+        train_p2l(x[:10], votes)
+    with pytest.raises(ValueError, match=r"features must have shape \[P, D\]"):
+        train_p2l(x[0], votes)
+    with pytest.raises(TypeError, match="votes must be a P2LVotes"):
+        train_p2l(x, {"a": 1})
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        train_p2l(x, votes, val_fraction=1.0)
+    with pytest.raises(ValueError, match="batch_size=60 must be a multiple of the mesh's 8 devices"):
+        train_p2l(x, votes, batch_size=60, mesh=jax.make_mesh((8,), ("data",)))
+    with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
+        train_p2l(x, votes, resume=True)
+    with pytest.raises(ValueError, match=r"tie_param \[P\] is required"):
+        aggregate_leaderboard(np.zeros((3, 2), np.float32), loss="grounded-rao-kupper")
+    with pytest.raises(ValueError, match="bootstrap must be 0 or an int >= 2"):
+        aggregate_leaderboard(np.zeros((3, 2), np.float32), loss="bt", bootstrap=1)
+    with pytest.raises(ValueError, match=r"prompt_weights must have shape \[P\] = \(3,\)"):
+        aggregate_leaderboard(np.zeros((3, 2), np.float32), loss="bt", prompt_weights=np.ones(2))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_p2l("/nonexistent/p2l")
