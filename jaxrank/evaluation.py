@@ -419,7 +419,7 @@ def _warn_tied_scores(values: np.ndarray, prompt_ids: Sequence[str]) -> None:
         f"{what}; equal scores are ordered by prompt id in string order (e.g. {_preview(sorted(ties_at)[:3])}; "
         "'10' before '2'), so that order, not the score, decides which of them are in the top q",
         UserWarning,
-        stacklevel=3,
+        stacklevel=4,  # the caller of tie_reduction / leaderboard_stability
     )
 
 

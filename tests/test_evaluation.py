@@ -618,6 +618,28 @@ def test_plots_written(tmp_path, votes, scores, stability_bt, curves):
         plots.plot_tie_reduction(stability_bt, tmp_path / "y.png")
 
 
+def test_plot_stability_draws_the_interval_as_computed(tmp_path, stability_bt, monkeypatch):
+    """A point outside its own interval stays visible: the bar runs from lower to upper, not clipped to the point."""
+    import dataclasses
+
+    from matplotlib.axes import Axes
+
+    from jaxrank import plots
+
+    values = dict(stability_bt.values)
+    values["kendall_tau"] = np.array([0.2, 0.5, 1.0])
+    values["kendall_tau_lower"] = np.array([0.4, 0.3, 1.0])  # the first point lies below its interval
+    values["kendall_tau_upper"] = np.array([0.6, 0.7, 1.0])
+    bars = []
+    vlines = Axes.vlines
+    monkeypatch.setattr(Axes, "vlines", lambda self, x, lo, hi, **k: bars.append((np.asarray(lo), np.asarray(hi)))
+                        or vlines(self, x, lo, hi, **k))
+    plots.plot_stability(dataclasses.replace(stability_bt, values=values), tmp_path / "outside.png")
+    assert len(bars) == 1
+    np.testing.assert_allclose(bars[0][0], [0.4, 0.3, 1.0])
+    np.testing.assert_allclose(bars[0][1], [0.6, 0.7, 1.0])
+
+
 # --------------------------------------------------------------------------------------------------
 # Command line
 
@@ -657,7 +679,8 @@ def test_cli_stability_round_trip(tmp_path, files, capsys, stability_bt):
     out = tmp_path / "stability.csv"
     assert main(["evaluate", "stability", "--scores", str(scores_path), "--votes", str(votes_path), "--fractions",
                  "0.25,0.5,1", "--num-random", str(NUM_RANDOM), "--bootstrap", str(NUM_BOOTSTRAP), "--out", str(out)]) == 0
-    assert "tau" in capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
+    assert "tau" in text and f"{NUM_BOOTSTRAP} bootstrap rounds over prompts" in text and "over votes" not in text
     table = pd.read_csv(out)
     assert tuple(table.columns) == E.StabilityResult.columns()
     np.testing.assert_allclose(table["kendall_tau"], stability_bt.kendall_tau, atol=1e-6)
@@ -693,8 +716,50 @@ def test_cli_errors(tmp_path, files, frame, capsys):
     pd.DataFrame({"prompt": ["q00"], "score": [1.0]}).to_csv(bad_scores, index=False)
     assert main(["evaluate", "ties", "--scores", str(bad_scores), "--votes", str(votes_path)]) == 2
     assert "--scores" in capsys.readouterr().err
+    # A prompt with votes but no score: found inside tie_reduction, reported against --scores.
+    partial = tmp_path / "partial.csv"
+    pd.read_csv(scores_path).iloc[:20].to_csv(partial, index=False)
+    assert main(["evaluate", "ties", "--scores", str(partial), "--votes", str(votes_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"jaxrank: error: --scores {partial}: scores: 4 of the 24 prompts") and len(err.splitlines()) == 1
+    # Constant scores: a warning line naming --scores, and the table still printed.
+    const = tmp_path / "const.csv"
+    pd.read_csv(scores_path).assign(score=1.0).to_csv(const, index=False)
+    assert main(["evaluate", "ties", "--scores", str(const), "--votes", str(votes_path), "--fractions", "0.25,0.5,1",
+                 "--num-random", "256"]) == 0
+    captured = capsys.readouterr()
+    assert "jaxrank: warning: --scores" in captured.err and "scores are constant" in captured.err
+    assert "reduction" in captured.out
     assert main(["evaluate", "stability", "--scores", str(scores_path), "--votes", str(tmp_path / "none.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     assert "ties" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["evaluate", "stability", "--help"])
+    assert "shared by all fractions" in " ".join(capsys.readouterr().out.split())
+
+
+def test_cli_preset_llmfao(tmp_path, files, frame, capsys):
+    """--preset llmfao reads LLMFAO's layout (left/right/winner, prompt ids in `prompt`) through the same preset
+    table as `jaxrank leaderboard --preset llmfao`, with the same result as the Arena-format file."""
+    from jaxrank.commands import _common, evaluate, leaderboard
+
+    assert not hasattr(evaluate, "_parse_map") and not hasattr(leaderboard, "_parse_map")
+    votes_path, scores_path = files
+    llmfao = frame.rename(columns={"prompt_id": "prompt", "model_a": "left", "model_b": "right"}).replace(
+        {"winner": {"model_a": "left", "model_b": "right"}}).replace({"winner": {"tie (bothbad)": "tie"}})
+    arena = frame.replace({"winner": {"tie (bothbad)": "tie"}})
+    llmfao.to_csv(tmp_path / "llmfao.csv", index=False)
+    arena.to_csv(tmp_path / "arena.csv", index=False)
+    outs = []
+    for name, extra in (("llmfao", ["--preset", "llmfao"]), ("arena", [])):
+        out = tmp_path / f"{name}_ties.csv"
+        assert main(["evaluate", "ties", "--scores", str(scores_path), "--votes", str(tmp_path / f"{name}.csv"),
+                     "--fractions", "0.25,0.5,1", "--num-random", "256", "--out", str(out)] + extra) == 0
+        outs.append(pd.read_csv(out))
+    capsys.readouterr()
+    pd.testing.assert_frame_equal(outs[0], outs[1])
+    with pytest.raises(_common.CliError, match="--winner-labels: left='x'"):
+        _common.vote_maps("llmfao", None, "left=x", column_keys=("model_a",))
+
