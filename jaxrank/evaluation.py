@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import pathlib
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -48,6 +49,8 @@ from jaxrank.ratings.battles import (
 
 __all__ = [
     "DEFAULT_FRACTIONS",
+    "RATING_TIE_ATOL",
+    "BOOTSTRAP_BASELINE_WINDOWS",
     "PromptVotes",
     "load_prompt_votes",
     "load_scores",
@@ -65,6 +68,9 @@ __all__ = [
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 STABILITY_METRICS = ("kendall_tau", "spearman", "pairs_agree", "max_rating_diff")
 _ELO_POINTS = 400.0 / math.log(10.0)  # natural-log strength -> Elo points
+# Fitted ratings closer than this (Elo points) are tied in the stability metrics' rank comparisons: float32
+# optimizer noise (e.g. 1000.00007 / 1000 / 999.99993 for models with only ties) is not an ordering.
+RATING_TIE_ATOL = 1e-3
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,6 +129,12 @@ class PromptVotes:
             x = arrays[name]
             if x.min() < 0 or x.max() >= hi:
                 raise ValueError(f"{name} must hold values in [0, {hi}), got range [{x.min()}, {x.max()}]")
+        empty = np.flatnonzero(np.bincount(arrays["prompt_index"], minlength=len(ids)) == 0)
+        if empty.size:
+            raise ValueError(
+                f"prompt_ids: {empty.size} of the {len(ids)} prompt ids have no votes, e.g. "
+                f"{_preview([ids[i] for i in empty])}; list only prompts with votes (prompt_index)"
+            )
         if np.any(arrays["a"] == arrays["b"]):
             raise ValueError(f"{int(np.sum(arrays['a'] == arrays['b']))} vote(s) have a model playing itself (a == b)")
         object.__setattr__(self, "prompt_ids", ids)
@@ -160,11 +172,13 @@ class PromptVotes:
         return _encode(self.models, self.a.astype(np.int64), self.b.astype(np.int64), self.outcome.astype(np.int64), None)
 
     def subset(self, prompts: Any) -> "PromptVotes":
-        """The votes on the given prompts (indices into `prompt_ids`), in input order; same prompt and
-        model lists."""
+        """The votes on the given prompts (indices into `prompt_ids`), in input order; the same model list,
+        `prompt_ids` restricted to the given prompts that have votes (sorted, re-indexed)."""
         keep = np.isin(self.prompt_index, np.asarray(prompts, np.int64))
+        kept, index = np.unique(self.prompt_index[keep], return_inverse=True)
         return dataclasses.replace(
-            self, prompt_index=self.prompt_index[keep], a=self.a[keep], b=self.b[keep], outcome=self.outcome[keep]
+            self, prompt_ids=tuple(self.prompt_ids[i] for i in kept), prompt_index=index.reshape(-1),
+            a=self.a[keep], b=self.b[keep], outcome=self.outcome[keep],
         )
 
 
@@ -189,7 +203,9 @@ def load_prompt_votes(
             `model_a, model_b, winner` (winner in `model_a | model_b | tie | tie (bothbad)`) and a prompt id.
         columns: maps `model_a`, `model_b`, `winner` (and `prompt_id`) to the source's column names.
         prompt_column: the prompt-id column (default `prompt_id`; `columns["prompt_id"]` overrides it).
-            Ids are compared as strings (`17` and `"17"` are the same prompt).
+            Ids are compared as strings: a CSV/TSV id column is read as text, verbatim (`8`, `08`,
+            `8.0` and `1e3` are four prompts); a number (JSON, Parquet, a DataFrame) becomes its decimal
+            string (`17`, `17.0` and `"17"` are the same prompt). `load_scores` reads ids the same way.
         winner_labels: maps the source's winner values to Arena's labels (see `load_battles`).
         models: optional model list fixing the order (see `load_battles`).
 
@@ -208,7 +224,6 @@ def load_prompt_votes(
         >>> votes.prompt_ids, votes.models, votes.outcome.tolist()
         (('1', '2'), ('x', 'y', 'z'), [0, 2, 1])
     """
-    frame = _read_table(source)
     columns = dict(columns or {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in columns.items()):
         raise TypeError("columns must map names to column names (strings)")
@@ -218,6 +233,7 @@ def load_prompt_votes(
     prompt_column = columns.pop("prompt_id", prompt_column)
     if not isinstance(prompt_column, str):
         raise TypeError(f"prompt_column must be a column name, got {type(prompt_column).__name__}")
+    frame = _read_ids_as_text(source, prompt_column)
     if prompt_column not in frame.columns:
         raise ValueError(
             f"source is missing the prompt column {prompt_column!r}; available columns: "
@@ -241,10 +257,33 @@ def load_prompt_votes(
 
 
 def _id_string(value: Any) -> str:
-    # 17, 17.0 (a CSV column with gaps) and "17" name the same prompt.
+    # A number is compared as its decimal string (17, 17.0 and "17" name the same prompt); a string is
+    # kept verbatim ("08", "8.0" and "1e3" stay distinct: files are read with the id column as text).
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return str(value)
+
+
+def _read_ids_as_text(source: Any, id_column: str):
+    """`_read_table`, but the id column of a CSV/TSV file is read as text (no type guessing: "8", "08",
+    "8.0" and "1e3" stay four ids) and that of a JSON file keeps each value's JSON type (strings stay
+    strings, numbers stay numbers)."""
+    import pandas as pd
+
+    if isinstance(source, (str, pathlib.Path)):
+        path = pathlib.Path(source)
+        suffix = "".join(path.suffixes[-1:]).lower()
+        if path.exists() and suffix in (".csv", ".tsv"):
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, na_values=[""],
+                               dtype={id_column: str})
+        if path.exists() and suffix in (".jsonl", ".ndjson", ".json"):
+            try:
+                return pd.read_json(path, lines=True, dtype={id_column: object})
+            except ValueError:
+                if suffix != ".json":
+                    raise
+                return pd.read_json(path, dtype={id_column: object})
+    return _read_table(source)
 
 
 def load_scores(source: Any, *, columns: Mapping[str, str] | None = None) -> "pandas.Series":  # noqa: F821
@@ -255,7 +294,8 @@ def load_scores(source: Any, *, columns: Mapping[str, str] | None = None) -> "pa
         columns: optional `{"prompt_id": ..., "score": ...}` naming the source's columns.
 
     Returns:
-        pandas Series `score` (float64) indexed by the prompt id as a string, in file order.
+        pandas Series `score` (float64) indexed by the prompt id as a string (read as
+        `load_prompt_votes` reads them: CSV ids verbatim, numbers as decimal strings), in file order.
 
     Raises:
         ValueError: missing columns, duplicate prompt ids, missing ids, NaN or non-numeric scores.
@@ -267,13 +307,13 @@ def load_scores(source: Any, *, columns: Mapping[str, str] | None = None) -> "pa
     """
     import pandas as pd
 
-    frame = _read_table(source)
     mapping = {"prompt_id": "prompt_id", "score": "score"}
     if columns:
         unknown = [k for k in columns if k not in mapping]
         if unknown:
             raise ValueError(f"columns: unknown key(s) {_preview(unknown)}; expected 'prompt_id' and/or 'score'")
         mapping.update(columns)
+    frame = _read_ids_as_text(source, mapping["prompt_id"])
     missing = [c for c in mapping.values() if c not in frame.columns]
     if missing:
         raise ValueError(
@@ -283,7 +323,7 @@ def load_scores(source: Any, *, columns: Mapping[str, str] | None = None) -> "pa
     if len(frame) == 0:
         raise ValueError("scores source has no rows")
     raw_ids = frame[mapping["prompt_id"]].to_numpy(dtype=object)
-    bad_ids = [i for i, v in enumerate(raw_ids) if v is None or (isinstance(v, float) and v != v)]
+    bad_ids = [i for i, v in enumerate(raw_ids) if _is_nan_like(v) or str(v) == ""]
     if bad_ids:
         raise ValueError(f"scores: {len(bad_ids)} missing prompt id(s), e.g. in row(s) {_preview(bad_ids)}")
     ids = [_id_string(v) for v in raw_ids]
@@ -354,7 +394,33 @@ def _aligned_scores(scores: Any, votes: PromptVotes) -> np.ndarray:
         raise ValueError(
             f"scores: {nan.size} NaN score(s), e.g. for prompt(s) {_preview([votes.prompt_ids[i] for i in nan])}"
         )
+    _warn_tied_scores(values, votes.prompt_ids)
     return values
+
+
+# More than this fraction of prompts sharing their score with another prompt draws a warning.
+_TIED_SCORES_WARN_FRACTION = 0.5
+
+
+def _warn_tied_scores(values: np.ndarray, prompt_ids: Sequence[str]) -> None:
+    """UserWarning when the scores are constant or heavily tied: equal scores are ordered by prompt id."""
+    if values.size < 2:
+        return
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    shared = counts[inverse.reshape(-1)] > 1
+    if counts.size == 1:
+        what = f"scores are constant ({values[0]:g} for all {values.size} prompts)"
+    elif shared.mean() > _TIED_SCORES_WARN_FRACTION:
+        what = f"scores are heavily tied: {int(shared.sum())} of the {values.size} prompts share their score with another prompt"
+    else:
+        return
+    ties_at = [prompt_ids[i] for i in np.flatnonzero(shared)]
+    warnings.warn(
+        f"{what}; equal scores are ordered by prompt id in string order (e.g. {_preview(sorted(ties_at)[:3])}; "
+        "'10' before '2'), so that order, not the score, decides which of them are in the top q",
+        UserWarning,
+        stacklevel=4,  # the caller of tie_reduction / leaderboard_stability
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -438,7 +504,7 @@ def _nanmean(x: np.ndarray, axis: int = 0) -> np.ndarray:
 # Rank metrics (pure JAX, vmap-safe)
 
 
-def _pairs(x: Any, y: Any, mask: Any, name: str):
+def _pairs(x: Any, y: Any, mask: Any, name: str, atol: Any):
     x = jnp.asarray(x)
     y = jnp.asarray(y)
     if x.ndim != 1 or y.ndim != 1 or x.shape != y.shape:
@@ -446,30 +512,49 @@ def _pairs(x: Any, y: Any, mask: Any, name: str):
     dtype = jnp.promote_types(jnp.promote_types(x.dtype, y.dtype), jnp.float32)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"{name}: x and y must be real numbers, got {x.dtype} and {y.dtype}")
-    x = x.astype(dtype)
-    y = y.astype(dtype)
+    if isinstance(atol, (numbers.Real, np.ndarray)) and not isinstance(atol, bool) and not np.all(np.asarray(atol) >= 0):
+        raise ValueError(f"{name}: atol must be >= 0, got {atol!r}")
     n = x.shape[0]
     m = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask)
     if m.shape != (n,):
         raise ValueError(f"{name}: mask must have shape [n] = ({n},), got {tuple(m.shape)}")
     m = m.astype(bool)
+    x = x.astype(dtype)
+    y = y.astype(dtype)
+    # NaN in an entry that counts makes the statistic NaN (as SciPy's default); masked-out entries are
+    # replaced before any arithmetic, so a NaN there never leaks in (0 * NaN).
+    has_nan = jnp.any(m & (jnp.isnan(x) | jnp.isnan(y)))
+    x = jnp.where(m, x, 0.0)
+    y = jnp.where(m, y, 0.0)
     upper = jnp.arange(n)[:, None] < jnp.arange(n)[None, :]
     pair = upper & m[:, None] & m[None, :]
-    sx = jnp.sign(x[:, None] - x[None, :])
-    sy = jnp.sign(y[:, None] - y[None, :])
-    return x, y, m, pair, sx, sy, dtype
+    atol = jnp.asarray(atol, dtype)
+    sx = _sign_with_tolerance(x, atol)
+    sy = _sign_with_tolerance(y, atol)
+    return x, y, m, pair, sx, sy, dtype, has_nan, atol
 
 
-def kendall_tau(x: Any, y: Any, mask: Any = None) -> jax.Array:
+def _sign_with_tolerance(x: jax.Array, atol: jax.Array) -> jax.Array:
+    """[n, n] sign(x_i - x_j), 0 where |x_i - x_j| <= atol (comparisons, so inf - inf is a tie, not NaN)."""
+    gt = x[:, None] > x[None, :] + atol
+    lt = x[:, None] < x[None, :] - atol
+    return gt.astype(x.dtype) - lt.astype(x.dtype)
+
+
+def kendall_tau(x: Any, y: Any, mask: Any = None, *, atol: float = 0.0) -> jax.Array:
     r"""Kendall's tau-b rank correlation of two score vectors (ties handled), pure JAX.
 
     `tau_b = (C - D) / sqrt((n0 - n1) (n0 - n2))` over the pairs `i < j` of entries that count, with
     `C - D = sum sign(x_i - x_j) sign(y_i - y_j)`, `n0` the number of pairs, `n1` (`n2`) the pairs
-    tied in `x` (`y`). NaN when either vector is constant (as `scipy.stats.kendalltau`). O(n^2) memory.
+    tied in `x` (`y`). NaN when either vector is constant (as `scipy.stats.kendalltau`), and NaN when an
+    entry that counts is NaN (SciPy's default `nan_policy="propagate"`); entries masked out may hold
+    anything, NaN included. O(n^2) memory.
 
     Args:
         x, y: float[n] scores (e.g. two leaderboards' ratings).
         mask: optional bool[n]: only these entries count (e.g. models present in both).
+        atol: differences `|x_i - x_j| <= atol` count as ties (default 0: exact). The stability metrics
+            compare fitted ratings with `atol = RATING_TIE_ATOL` Elo points (optimizer noise is no order).
 
     Returns:
         float scalar (float32, or float64 under x64 with float64 inputs).
@@ -478,33 +563,36 @@ def kendall_tau(x: Any, y: Any, mask: Any = None) -> jax.Array:
         >>> float(kendall_tau(jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([1.0, 3.0, 2.0, 4.0])))  # (5 - 1) / 6
         0.666...
     """
-    x, y, m, pair, sx, sy, dtype = _pairs(x, y, mask, "kendall_tau")
-    p = pair.astype(dtype)
-    s = jnp.sum(p * sx * sy)
-    n0 = jnp.sum(p)
-    n1 = jnp.sum(p * (sx == 0))
-    n2 = jnp.sum(p * (sy == 0))
+    x, y, m, pair, sx, sy, dtype, has_nan, _ = _pairs(x, y, mask, "kendall_tau", atol)
+    s = jnp.sum(jnp.where(pair, sx * sy, 0.0))
+    n0 = jnp.sum(pair.astype(dtype))
+    n1 = jnp.sum((pair & (sx == 0)).astype(dtype))
+    n2 = jnp.sum((pair & (sy == 0)).astype(dtype))
     den = jnp.sqrt((n0 - n1) * (n0 - n2))
-    return jnp.where(den > 0, s / jnp.where(den > 0, den, 1.0), jnp.nan)
+    value = jnp.where(den > 0, s / jnp.where(den > 0, den, 1.0), jnp.nan)
+    return jnp.where(has_nan, jnp.nan, value)
 
 
-def _average_ranks(x: jax.Array, m: jax.Array, dtype) -> jax.Array:
-    """1-based average ranks among the entries with `m` (ties get the mean of their ranks)."""
+def _average_ranks(x: jax.Array, m: jax.Array, dtype, atol: jax.Array) -> jax.Array:
+    """1-based average ranks among the entries with `m` (ties, within `atol`, get the mean of their ranks)."""
     mf = m.astype(dtype)
-    less = jnp.sum(mf[None, :] * (x[None, :] < x[:, None]), axis=1)
-    equal = jnp.sum(mf[None, :] * (x[None, :] == x[:, None]), axis=1)
-    return less + 0.5 * (equal + 1.0)
+    less = x[None, :] < x[:, None] - atol
+    greater = x[None, :] > x[:, None] + atol
+    equal = ~(less | greater)
+    return jnp.sum(mf[None, :] * less, axis=1) + 0.5 * (jnp.sum(mf[None, :] * equal, axis=1) + 1.0)
 
 
-def spearman(x: Any, y: Any, mask: Any = None) -> jax.Array:
+def spearman(x: Any, y: Any, mask: Any = None, *, atol: float = 0.0) -> jax.Array:
     r"""Spearman's rank correlation: the Pearson correlation of average ranks (ties handled), pure JAX.
 
     `rho = cov(rank x, rank y) / (sd(rank x) sd(rank y))` over the entries that count, ranks 1..n with
-    ties given their mean rank (as `scipy.stats.spearmanr`). NaN when either vector is constant.
+    ties given their mean rank (as `scipy.stats.spearmanr`). NaN when either vector is constant, and NaN
+    when an entry that counts is NaN (as SciPy); masked-out entries may hold NaN.
 
     Args:
         x, y: float[n] scores.
         mask: optional bool[n]: only these entries count (they are ranked among themselves).
+        atol: entries within `atol` of each other share their rank (default 0: exact ties only).
 
     Returns:
         float scalar.
@@ -513,26 +601,29 @@ def spearman(x: Any, y: Any, mask: Any = None) -> jax.Array:
         >>> round(float(spearman(jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([1.0, 3.0, 2.0, 4.0]))), 6)  # 1 - 6*2/60
         0.8
     """
-    x, y, m, _, _, _, dtype = _pairs(x, y, mask, "spearman")
+    x, y, m, _, _, _, dtype, has_nan, atol = _pairs(x, y, mask, "spearman", atol)
     mf = m.astype(dtype)
     count = jnp.sum(mf)
-    rx = _average_ranks(x, m, dtype)
-    ry = _average_ranks(y, m, dtype)
+    rx = _average_ranks(x, m, dtype, atol)
+    ry = _average_ranks(y, m, dtype, atol)
     cx = (rx - jnp.sum(mf * rx) / jnp.maximum(count, 1.0)) * mf
     cy = (ry - jnp.sum(mf * ry) / jnp.maximum(count, 1.0)) * mf
     den = jnp.sqrt(jnp.sum(cx * cx) * jnp.sum(cy * cy))
-    return jnp.where(den > 0, jnp.sum(cx * cy) / jnp.where(den > 0, den, 1.0), jnp.nan)
+    value = jnp.where(den > 0, jnp.sum(cx * cy) / jnp.where(den > 0, den, 1.0), jnp.nan)
+    return jnp.where(has_nan, jnp.nan, value)
 
 
-def pairs_agreement(x: Any, y: Any, mask: Any = None) -> jax.Array:
+def pairs_agreement(x: Any, y: Any, mask: Any = None, *, atol: float = 0.0) -> jax.Array:
     r"""Fraction of pairs `i < j` ordered the same way by `x` and `y`, pure JAX.
 
     `sum [sign(x_i - x_j) == sign(y_i - y_j)] / n0` over the `n0` pairs of entries that count: a pair
-    tied in both agrees, a pair tied in one only does not. NaN with fewer than two entries.
+    tied in both agrees, a pair tied in one only does not. NaN with fewer than two entries, and NaN when
+    an entry that counts is NaN (a NaN pair is neither agreement nor disagreement).
 
     Args:
         x, y: float[n] scores (e.g. a leaderboard's ratings and the gold ratings).
         mask: optional bool[n].
+        atol: differences `|x_i - x_j| <= atol` count as ties (default 0: exact).
 
     Returns:
         float scalar in [0, 1].
@@ -541,11 +632,11 @@ def pairs_agreement(x: Any, y: Any, mask: Any = None) -> jax.Array:
         >>> float(pairs_agreement(jnp.array([1.0, 2.0, 3.0]), jnp.array([1.0, 3.0, 2.0])))  # 2 of 3 pairs
         0.666...
     """
-    x, y, m, pair, sx, sy, dtype = _pairs(x, y, mask, "pairs_agreement")
-    p = pair.astype(dtype)
-    n0 = jnp.sum(p)
-    agree = jnp.sum(p * (sx == sy))
-    return jnp.where(n0 > 0, agree / jnp.maximum(n0, 1.0), jnp.nan)
+    x, y, m, pair, sx, sy, dtype, has_nan, _ = _pairs(x, y, mask, "pairs_agreement", atol)
+    n0 = jnp.sum(pair.astype(dtype))
+    agree = jnp.sum((pair & (sx == sy)).astype(dtype))
+    value = jnp.where(n0 > 0, agree / jnp.maximum(n0, 1.0), jnp.nan)
+    return jnp.where(has_nan, jnp.nan, value)
 
 
 def _max_diff(ratings: jax.Array, gold: jax.Array, mask: jax.Array) -> jax.Array:
@@ -559,9 +650,10 @@ def _max_diff(ratings: jax.Array, gold: jax.Array, mask: jax.Array) -> jax.Array
 
 def _all_metrics(ratings: jax.Array, gold: jax.Array, mask: jax.Array) -> jax.Array:
     """float[4]: kendall_tau, spearman, pairs_agree, max_rating_diff of one leaderboard against gold."""
+    tol = RATING_TIE_ATOL
     return jnp.stack(
-        [kendall_tau(ratings, gold, mask), spearman(ratings, gold, mask), pairs_agreement(ratings, gold, mask),
-         _max_diff(ratings, gold, mask)]
+        [kendall_tau(ratings, gold, mask, atol=tol), spearman(ratings, gold, mask, atol=tol),
+         pairs_agreement(ratings, gold, mask, atol=tol), _max_diff(ratings, gold, mask)]
     )
 
 
@@ -635,16 +727,28 @@ def _random_permutations(words: jax.Array, num: int, size: int) -> jax.Array:
     return jnp.argsort(_random_words(words, num, size)[0], axis=1).astype(jnp.int32)
 
 
+# Random k-subsets averaged per bootstrap replicate for its own random baseline (see `tie_reduction`).
+BOOTSTRAP_BASELINE_WINDOWS = 64
+
+
+def _window_starts(num_prompts: int) -> np.ndarray:
+    """int32[S] evenly spaced start positions of the S = min(P, BOOTSTRAP_BASELINE_WINDOWS) cyclic windows."""
+    s = min(num_prompts, BOOTSTRAP_BASELINE_WINDOWS)
+    return (np.arange(s) * num_prompts // s).astype(np.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("num_random",))
-def _tie_kernel(words, ties, votes, sizes, *, num_random):
+def _tie_kernel(words, ties, votes, sizes, starts, *, num_random):
     """Random-subset and prompt-bootstrap tie rates at every subset size, one compiled call per shape.
 
     `words` uint32[2, 2] are the key words of the two streams (permutations, bootstrap draws); `ties`,
     `votes` float32[P] are per-prompt counts in priority order (position 0 = highest score);
-    `sizes` int32[F]. Returns `random` [R, F] (tie rate of the first k prompts of a random permutation:
-    a uniformly random k-subset), `boot_top`, `boot_random` [R, F] (in a bootstrap resample of P prompt
-    positions drawn with replacement: the tie rate of its k highest-priority draws, and of its first k
-    draws, which are a random k-subset of the resample because the draws are i.i.d.).
+    `sizes` int32[F]; `starts` int32[S] window starts (`_window_starts`). Returns `random` [R, F] (tie
+    rate of the first k prompts of a random permutation: a uniformly random k-subset), `boot_top`,
+    `boot_random` [R, F]: in a bootstrap resample of P prompt positions drawn with replacement, the tie
+    rate of its k highest-priority draws, and the mean tie rate of S random k-subsets of its draws (the
+    cyclic windows `[s, s + k)` of the draw sequence; the draws are i.i.d., so each window is a uniformly
+    random k-subset of the resample).
     """
     num_prompts = ties.shape[0]
     w_perm, w_boot = words[0], words[1]
@@ -655,11 +759,20 @@ def _tie_kernel(words, ties, votes, sizes, *, num_random):
         cv = jnp.cumsum(votes[order])
         return ct[last] / cv[last]
 
+    def window_rates(order):
+        zero = jnp.zeros((1,), ties.dtype)
+        ct = jnp.concatenate([zero, jnp.cumsum(jnp.tile(ties[order], 2))])  # [2P + 1]
+        cv = jnp.concatenate([zero, jnp.cumsum(jnp.tile(votes[order], 2))])
+        end = starts[:, None] + sizes[None, :]  # [S, F]
+        t = ct[end] - ct[starts][:, None]
+        v = cv[end] - cv[starts][:, None]
+        return jnp.mean(t / v, axis=0)
+
     perms = _random_permutations(w_perm, num_random, num_prompts)
     random = jax.vmap(rates)(perms)
     # Modulo draws: bias ~ P / 2^32, negligible.
     draws = (_random_words(w_boot, num_random, num_prompts)[1] % jnp.uint32(num_prompts)).astype(jnp.int32)
-    boot_random = jax.vmap(rates)(draws)
+    boot_random = jax.vmap(window_rates)(draws)
     boot_top = jax.vmap(rates)(jnp.sort(draws, axis=1))
     return random, boot_top, boot_random
 
@@ -688,17 +801,24 @@ def tie_reduction(
     For each fraction q, with P prompts, `k = ceil(q P)` (rounded as `jaxrank.prioritize`):
 
     - top: the k prompts with the highest score (`jaxrank.prioritize`: stable, lower prompt index first
-      on equal scores, prompts ordered as `votes.prompt_ids`); `tie_rate_top` = ties / votes among their
+      on equal scores, prompts ordered as `votes.prompt_ids`, i.e. equal scores break in prompt-id string
+      order, "10" before "2"; a `UserWarning` naming `scores` says so when the scores are constant or more
+      than half of the prompts share a score with another); `tie_rate_top` = ties / votes among their
       votes (`tie` and `tie (bothbad)` both count as ties);
     - random: `tie_rate_random` = the mean over `num_random` uniformly random k-subsets of the prompts of
       their tie rate (each subset's ties / votes);
     - `reduction = 1 - tie_rate_top / tie_rate_random` (> 0: fewer ties among the top prompts);
-    - interval (a bootstrap over prompts, which also carries the random baseline's own spread): replicate
-      j draws P prompts with replacement; in it, `top_j` is the tie rate of the k highest-scored draws and
-      `random_j` that of k draws picked at random; `[lower, upper]` are the `(1 - confidence) / 2` and
-      `(1 + confidence) / 2` quantiles of `1 - top_j / random_j` over `num_random` replicates. At q = 1
-      both sides are the whole resample, so the reduction and its interval are exactly 0. A replicate
-      whose random side has no ties scores 0 if its top side has none either, else `-inf`.
+    - interval: a percentile bootstrap over prompts of the reported statistic. Replicate j draws P prompts
+      with replacement and recomputes the reduction on them: `top_j` is the tie rate of its k
+      highest-scored draws and `random_j` its own averaged random baseline, the mean tie rate of
+      S = min(P, `BOOTSTRAP_BASELINE_WINDOWS` = 64) random k-subsets of the resample (the cyclic windows
+      of k consecutive draws at S evenly spaced starts: the draws are i.i.d., so each window is a
+      uniformly random k-subset of the resample; a Monte-Carlo average, not the exact expectation);
+      `[lower, upper]` are the `(1 - confidence) / 2` and `(1 + confidence) / 2` quantiles of
+      `1 - top_j / random_j` over `num_random` replicates. Averaging the baseline (as the point estimate
+      does) keeps one tie-free random subset from sending a replicate to `-inf`; a replicate is `-inf`
+      only when none of its S windows has a tie but its top side has one (0 when neither has ties). At
+      q = 1 both sides are the whole resample, so the reduction and its interval are exactly 0.
 
     Under uninformative (random) scores the top-q prompts are a random subset, so the reduction is 0 in
     expectation; scores that put every prompt with ties last give the largest reduction.
@@ -749,7 +869,8 @@ def tie_reduction(
 
     words = jnp.stack([_key_words(k) for k in jax.random.split(key)])
     random, boot_top, boot_random = _tie_kernel(
-        words, jnp.asarray(t_ord, jnp.float32), jnp.asarray(v_ord, jnp.float32), jnp.asarray(sizes), num_random=num_random
+        words, jnp.asarray(t_ord, jnp.float32), jnp.asarray(v_ord, jnp.float32), jnp.asarray(sizes),
+        jnp.asarray(_window_starts(num_prompts)), num_random=num_random,
     )
     random = np.asarray(random, np.float64)
     tie_rate_random = random.mean(axis=0)
@@ -1015,8 +1136,15 @@ def leaderboard_stability(
       `random_<metric>_lower/_upper` the quantiles over them. BT: each subset's fit against gold; Elo:
       subset j replayed in order j (mod `num_permutations`) against the all-votes ratings of that order.
 
-    At q = 1 the top-q leaderboard is gold (BT: the same compiled batch fits both): tau = rho =
-    pairs_agree = 1 and max_rating_diff = 0, intervals included.
+    At q = 1 the top-q leaderboard and every random subset are gold (not refitted: gold's fit, and for
+    each bootstrap round its own gold*, is reused): tau = rho = pairs_agree = 1 and max_rating_diff = 0
+    (tau and rho NaN if gold itself ties every model), and so are the random band and, when there are
+    intervals (`num_bootstrap >= 2`, or Elo), the top-q interval; with `num_bootstrap=0` the top-q
+    interval is NaN at every q.
+
+    Rank comparisons treat ratings closer than `RATING_TIE_ATOL` (1e-3 Elo points) as tied, so
+    optimizer noise between models the data cannot separate (e.g. a subset with only ties) is not
+    counted as an ordering.
 
     With `l2 = 0` (maximum likelihood) a model that never lost or never won within a subset has no finite
     BT rating: its rating is where the optimizer stopped (`max_iter`), which inflates `max_rating_diff` on
@@ -1086,9 +1214,18 @@ def leaderboard_stability(
         lanes = np.concatenate(
             [np.ones((1, num_prompts)), top_mask, boot.reshape(-1, num_prompts), rand_mask]
         ).astype(np.float32)
-        ratings = _bt_lanes(lanes, votes, ties=ties, l2=float(l2), max_iter=max_iter, chunk=chunk_size)
-        present = _presence(lanes, votes, decisive_only=decisive_only)
         nb = num_bootstrap * (1 + num_f)
+        # At q = 1 the top-q and random lanes are gold, and a round's top-q lane is its gold*: fit once.
+        same = np.arange(lanes.shape[0])
+        full = np.flatnonzero(sizes == num_prompts)
+        same[1 + full] = 0
+        rounds = 1 + num_f + (1 + num_f) * np.arange(num_bootstrap)
+        same[(rounds[:, None] + 1 + full[None, :]).reshape(-1)] = np.repeat(rounds, full.size)
+        same[(1 + num_f + nb + full[:, None] * num_random + np.arange(num_random)[None, :]).reshape(-1)] = 0
+        fitted, where = np.unique(same, return_inverse=True)
+        ratings = _bt_lanes(lanes[fitted], votes, ties=ties, l2=float(l2), max_iter=max_iter, chunk=chunk_size)
+        ratings = ratings[where.reshape(-1)]
+        present = _presence(lanes, votes, decisive_only=decisive_only)
         ref = np.zeros(lanes.shape[0], np.int64)  # gold, except bootstrap rounds: their own gold*
         ref[1 + num_f:1 + num_f + nb] = 1 + num_f + (1 + num_f) * np.arange(num_bootstrap).repeat(1 + num_f)
         metrics = _compare(ratings, ratings[ref], present)
@@ -1110,8 +1247,17 @@ def leaderboard_stability(
         which = np.arange(rand_mask.shape[0]) % num_permutations
         lane_perm = np.concatenate([np.repeat(np.arange(num_permutations), 1 + num_f), which])
         lane_prompts = np.concatenate([np.tile(sets, (num_permutations, 1)), rand_mask])
-        ratings = _elo_replay(perm, lane_perm, lane_prompts, votes, k=elo_k, chunk=chunk_size)
         num_top = num_permutations * (1 + num_f)
+        # At q = 1 every top-q lane is its order's all-votes lane, and so is every random lane: replay once.
+        same = np.arange(lane_perm.shape[0])
+        full = np.flatnonzero(sizes == num_prompts)
+        same[(np.arange(num_permutations)[:, None] * (1 + num_f) + 1 + full[None, :]).reshape(-1)] = np.repeat(
+            np.arange(num_permutations) * (1 + num_f), full.size)
+        rand_full = (full[:, None] * num_random + np.arange(num_random)[None, :]).reshape(-1)
+        same[num_top + rand_full] = which[rand_full] * (1 + num_f)
+        replayed, where = np.unique(same, return_inverse=True)
+        ratings = _elo_replay(perm, lane_perm[replayed], lane_prompts[replayed], votes, k=elo_k, chunk=chunk_size)
+        ratings = ratings[where.reshape(-1)]
         per_order = ratings[:num_top].reshape(num_permutations, 1 + num_f, m)
         medians = np.median(per_order, axis=0)  # [1 + F, M]
         gold = medians[0]

@@ -250,11 +250,17 @@ def plot_stability(
         band = f"random q% (mean, {int(round(100 * float(getattr(result, 'confidence', 0.95))))}% of subsets)"
         ax.fill_between(q, d[f"random_{metric}_lower"], d[f"random_{metric}_upper"], color="tab:gray", alpha=0.25)
         ax.plot(q, d[f"random_{metric}"], linestyle="--", marker="s", markersize=3, color="tab:gray", label=band)
+        # The interval is drawn as computed (a vertical bar from lower to upper), the point separately: a
+        # point outside its own interval stays visible as such.
         y = d[metric]
-        lo = np.where(np.isnan(d[f"{metric}_lower"]), y, d[f"{metric}_lower"])
-        hi = np.where(np.isnan(d[f"{metric}_upper"]), y, d[f"{metric}_upper"])
-        ax.errorbar(q, y, yerr=np.stack([np.maximum(y - lo, 0.0), np.maximum(hi - y, 0.0)]), fmt="o-", markersize=4,
-                    capsize=3, color="tab:blue", label="top q% by priority score")
+        lo, hi = d[f"{metric}_lower"], d[f"{metric}_upper"]
+        has = np.isfinite(lo) & np.isfinite(hi)
+        if np.any(has):
+            ax.vlines(q[has], lo[has], hi[has], color="tab:blue", linewidth=1.5, alpha=0.8,
+                      label=f"top q% {int(round(100 * float(getattr(result, 'confidence', 0.95))))}% interval")
+            ax.hlines(np.concatenate([lo[has], hi[has]]), np.tile(q[has], 2) - 0.8, np.tile(q[has], 2) + 0.8,
+                      color="tab:blue", linewidth=1.5, alpha=0.8)
+        ax.plot(q, y, "o-", markersize=4, color="tab:blue", label="top q% by priority score")
         ax.set_xlabel("prompts labelled, q (%)")
         ax.set_ylabel(_STABILITY_LABELS[metric])
         if metric != "max_rating_diff":

@@ -114,7 +114,11 @@ def test_prompt_votes_checks_and_helpers(votes):
     np.testing.assert_array_equal(votes.votes_per_prompt(), np.full(24, 6))
     assert votes.ties_per_prompt().sum() == votes.is_tie().sum() == np.isin(votes.outcome, [TIE, TIE_BOTHBAD]).sum()
     sub = votes.subset([0, 2])
-    assert sub.num_votes == 12 and set(sub.prompt_index.tolist()) == {0, 2} and sub.prompt_ids == votes.prompt_ids
+    assert sub.num_votes == 12 and set(sub.prompt_index.tolist()) == {0, 1}
+    assert sub.prompt_ids == (votes.prompt_ids[0], votes.prompt_ids[2]) and sub.models == votes.models
+    # Prompt ids without votes are refused (they would enter the tie rates with 0 / 0), named.
+    with pytest.raises(ValueError, match=r"prompt_ids: 1 of the 3 prompt ids have no votes, e.g. 'p2'"):
+        E.PromptVotes(("p0", "p1", "p2"), [0, 1], [0, 1], [1, 0], [0, 2], ("x", "y"))
     battles = votes.to_battles()
     assert battles.num_votes == votes.num_votes and float(battles.count.sum()) == votes.num_votes
 
@@ -141,6 +145,33 @@ def test_load_prompt_votes_errors(frame, tmp_path):
     path = tmp_path / "votes.jsonl"
     frame.to_json(path, orient="records", lines=True)
     assert E.load_prompt_votes(path).num_votes == len(frame)
+
+
+def test_prompt_ids_read_verbatim(tmp_path):
+    """Distinct ids never merge: a CSV id column is text ("8", "08", "8.0", "1e3" are four prompts); JSON
+    numbers are their decimal strings and match the same ids written in a CSV."""
+    ids = ["8", "08", "8.0", "1e3"]
+    frame = pd.DataFrame({"prompt_id": ids, "model_a": ["x"] * 4, "model_b": ["y"] * 4,
+                          "winner": ["tie", "model_a", "model_b", "tie"]})
+    frame.to_csv(tmp_path / "v.csv", index=False)
+    votes = E.load_prompt_votes(tmp_path / "v.csv")
+    assert votes.prompt_ids == ("08", "1e3", "8", "8.0") and votes.num_prompts == 4
+    np.testing.assert_array_equal(np.asarray(votes.prompt_ids)[votes.prompt_index], ids)
+    pd.DataFrame({"prompt_id": ids, "score": [1.0, 2.0, 3.0, 4.0]}).to_csv(tmp_path / "s.csv", index=False)
+    scores = E.load_scores(tmp_path / "s.csv")
+    assert scores.to_dict() == {"8": 1.0, "08": 2.0, "8.0": 3.0, "1e3": 4.0}
+    np.testing.assert_array_equal(E._aligned_scores(scores, votes), [2.0, 4.0, 1.0, 3.0])
+    # JSONL: strings stay strings (no "08" -> 8), integers become "17".
+    with open(tmp_path / "v.jsonl", "w") as f:
+        for pid, w in ((17, "tie"), ("08", "model_a"), (17, "model_b"), ("1e3", "tie")):
+            f.write(pd.Series({"prompt_id": pid, "model_a": "x", "model_b": "y", "winner": w}).to_json() + "\n")
+    jl = E.load_prompt_votes(tmp_path / "v.jsonl")
+    assert jl.prompt_ids == ("08", "17", "1e3")
+    # Integer ids in JSONL votes match the same ids in a CSV of scores, and the other way round.
+    pd.DataFrame({"prompt_id": ["17", "08", "1e3"], "score": [1.0, 2.0, 3.0]}).to_csv(tmp_path / "s2.csv", index=False)
+    np.testing.assert_array_equal(E._aligned_scores(E.load_scores(tmp_path / "s2.csv"), jl), [2.0, 1.0, 3.0])
+    pd.DataFrame({"prompt_id": [17, 8], "score": [1.0, 2.0]}).to_json(tmp_path / "s.jsonl", orient="records", lines=True)
+    assert E.load_scores(tmp_path / "s.jsonl").to_dict() == {"17": 1.0, "8": 2.0}
 
 
 def test_load_scores(tmp_path, votes):
@@ -207,6 +238,39 @@ def test_metrics_hand_computed():
         E.spearman(jnp.ones(3), jnp.ones(3), jnp.ones(2, bool))
 
 
+def test_metrics_nan():
+    """A NaN in an entry that counts gives NaN (as SciPy); a NaN in a masked-out entry is ignored."""
+    x = jnp.array([1.0, jnp.nan, 3.0, 4.0])
+    y = jnp.array([1.0, 2.0, 4.0, 3.0])
+    keep = jnp.array([True, False, True, True])
+    for f in (_tau, _rho, _agree):
+        assert math.isnan(float(f(x, y))) and math.isnan(float(f(y, x))), f
+    # Masked out: the statistic of the three other entries (one discordant pair of three).
+    assert float(_tau(x, y, keep)) == pytest.approx(scipy.stats.kendalltau([1, 3, 4], [1, 4, 3]).statistic, abs=1e-6)
+    assert float(_rho(x, y, keep)) == pytest.approx(scipy.stats.spearmanr([1, 3, 4], [1, 4, 3]).statistic, abs=1e-6)
+    assert float(_agree(x, y, keep)) == pytest.approx(2 / 3, abs=1e-6)
+    assert float(_tau(y, x, keep)) == float(_tau(x, y, keep))
+    # Infinite entries are ordered, not NaN.
+    inf = jnp.array([1.0, 2.0, jnp.inf, 0.0])
+    assert float(_tau(inf, jnp.array([1.0, 2.0, 3.0, 0.0]))) == pytest.approx(1.0)
+
+
+def test_rating_noise_is_no_ordering():
+    """Fitted ratings within RATING_TIE_ATOL Elo points are ties: float32 noise on a subset with only tie votes
+    (1000.00007 / 1000 / 999.99993) is no leaderboard; the plain metrics stay exact (atol=0)."""
+    noisy = jnp.array([1000.00007, 1000.0, 999.99993], jnp.float32)
+    gold = jnp.array([1075.2, 891.2, 1050.4], jnp.float32)
+    assert E.RATING_TIE_ATOL == 1e-3
+    tau, rho, agree, diff = np.asarray(E._metrics_many(noisy[None], gold[None], jnp.ones((1, 3), bool)))[0]
+    assert math.isnan(tau) and math.isnan(rho) and agree == 0.0 and diff == pytest.approx(114.4, abs=0.01)  # |891.2 - 1005.6|
+    assert float(E.kendall_tau(noisy, gold)) == pytest.approx(1 / 3, abs=1e-6)  # exact signs
+    assert math.isnan(float(E.kendall_tau(noisy, gold, atol=1e-3)))
+    assert float(E.pairs_agreement(noisy, noisy + jnp.array([0.0, 5e-4, 0.0]), atol=1e-3)) == 1.0
+    assert float(E.spearman(jnp.array([1.0, 1.0005, 2.0]), jnp.array([1.0, 1.0, 2.0]), atol=1e-3)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="atol must be >= 0"):
+        E.kendall_tau(noisy, gold, atol=-1.0)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(-3, 3), min_size=2, max_size=6).flatmap(
     lambda xs: st.tuples(st.just(xs), st.lists(st.integers(-3, 3), min_size=len(xs), max_size=len(xs)))))
@@ -266,7 +330,10 @@ def test_tie_reduction_perfect_scores_hand_computed():
     # Perfect priority: every prompt without ties first (ties among equal scores keep the prompt order).
     scores = {str(p): (1.0 if t == 0 else 0.0) for p, t in enumerate(ties)}
     num_random = 2000
-    res = E.tie_reduction(scores, votes, fractions=[0.1, 0.6, 0.8, 1.0], num_random=num_random, key=jax.random.key(3))
+    # Two score values for ten prompts: equal scores break in prompt-id order, and a warning says so.
+    with pytest.warns(UserWarning, match=r"scores are heavily tied: 10 of the 10 prompts.*prompt id in string order"):
+        res = E.tie_reduction(scores, votes, fractions=[0.1, 0.6, 0.8, 1.0], num_random=num_random,
+                              key=jax.random.key(3))
     np.testing.assert_array_equal(res.num_prompts, [1, 6, 8, 10])
     np.testing.assert_array_equal(res.num_votes, [3, 18, 24, 30])
     # Top q: no ties up to 60 % (the maximal reduction, 1); at 80 % prompts 6 and 7 join: 3 ties of 24 votes.
@@ -285,9 +352,25 @@ def test_tie_reduction_perfect_scores_hand_computed():
     frame = res.to_frame()
     assert list(frame.columns) == ["fraction", "tie_rate_top", "tie_rate_random", "reduction", "lower", "upper"]
     # The worst priority (most ties first) raises the tie rate: 1 - 1 / 0.3 at 20 %.
-    worst = E.tie_reduction({str(p): float(t) for p, t in enumerate(ties)}, votes, fractions=[0.1, 0.2, 0.8, 1.0],
-                            num_random=num_random)
+    worst = E.tie_reduction({str(p): float(t) + 0.1 * p for p, t in enumerate(ties)}, votes,
+                            fractions=[0.1, 0.2, 0.8, 1.0], num_random=num_random)
     assert worst.tie_rate_top[1] == 1.0 and worst.reduction[1] == pytest.approx(1 - 1 / 0.3, abs=0.1)
+    # One prompt (q = 10 %): 6 of the 10 single-prompt random subsets have no tie. Each replicate averages
+    # its own baseline over random subsets of its resample, so the interval stays finite and holds the point.
+    assert np.all(np.isfinite(worst.lower)) and np.all(np.isfinite(worst.upper))
+    assert np.all((worst.lower[:2] <= worst.reduction[:2]) & (worst.reduction[:2] <= worst.upper[:2]))
+    # q = 80 %: every replicate drops its two lowest-priority draws (tie-free in all but ~1e-5 of them) from
+    # the top side, and each draw from 2 of the 10 windows of 8: 1 - 1 / 0.8 = -0.25 exactly; the point
+    # estimate is -0.25 up to the Monte-Carlo error of its baseline (2000 subsets: se of the rate 0.0015, of the
+    # reduction 0.375 / 0.3^2 x 0.0015 = 0.006; bound 5 se).
+    assert worst.lower[2] == pytest.approx(-0.25, abs=1e-6) and worst.upper[2] == pytest.approx(-0.25, abs=1e-6)
+    assert worst.reduction[2] == pytest.approx(-0.25, abs=0.03)
+
+
+def test_tie_reduction_warns_on_constant_scores(votes):
+    with pytest.warns(UserWarning, match=r"scores are constant \(2 for all 24 prompts\)"):
+        res = E.tie_reduction(np.full(24, 2.0), votes, fractions=FRACTIONS, num_random=256)
+    assert res.num_prompts[0] == 6
 
 
 def test_tie_kernel_against_numpy():
@@ -296,8 +379,12 @@ def test_tie_kernel_against_numpy():
     votes = ties + rng.integers(1, 5, 30)
     sizes = np.array([1, 7, 15, 30], np.int32)
     words = jnp.stack([E._key_words(k) for k in jax.random.split(jax.random.key(11))])
+    starts = E._window_starts(30)
+    np.testing.assert_array_equal(starts, np.arange(30))  # P <= 64: every cyclic window
+    np.testing.assert_array_equal(E._window_starts(640), np.arange(64) * 10)
     random, boot_top, boot_random = E._tie_kernel(words, jnp.asarray(ties, jnp.float32),
-                                                  jnp.asarray(votes, jnp.float32), jnp.asarray(sizes), num_random=16)
+                                                  jnp.asarray(votes, jnp.float32), jnp.asarray(sizes),
+                                                  jnp.asarray(starts), num_random=16)
     # The same random words, turned into permutations and draws and rates in float64 NumPy.
     perms = np.argsort(np.asarray(E._random_words(words[0], 16, 30)[0]), axis=1, kind="stable")
     draws = np.asarray(E._random_words(words[1], 16, 30)[1]) % 30
@@ -309,7 +396,10 @@ def test_tie_kernel_against_numpy():
     for j in range(16):
         for f, k in enumerate(sizes):
             assert random[j, f] == pytest.approx(rates(perms[j], k), rel=1e-6)
-            assert boot_random[j, f] == pytest.approx(rates(draws[j], k), rel=1e-6)
+            # The replicate's own baseline: the mean rate of the k-draw cyclic windows of its draw sequence.
+            twice = np.concatenate([draws[j], draws[j]])
+            windows = np.mean([rates(twice[s0:], k) for s0 in starts])
+            assert boot_random[j, f] == pytest.approx(windows, rel=1e-5)
             assert boot_top[j, f] == pytest.approx(rates(np.sort(draws[j]), k), rel=1e-6)
 
 
@@ -329,6 +419,17 @@ def test_random_scores_give_no_reduction_in_expectation(votes):
     assert np.all(np.abs(mean[:2]) <= 4 * se[:2]), (mean, se)
     assert np.all(se[:2] > 0)
     np.testing.assert_array_equal(r[:, 2], 0.0)
+
+
+def test_tie_interval_holds_the_point_estimate(votes):
+    """The interval is a bootstrap interval of the reported statistic: on the realistic vote table it holds
+    the point estimate for every score vector tried, and is finite."""
+    rng = np.random.default_rng(8)
+    for seed in range(12):
+        res = E.tie_reduction(rng.random(votes.num_prompts), votes, fractions=FRACTIONS, num_random=256,
+                              key=jax.random.key(seed))
+        assert np.all(np.isfinite(res.lower) & np.isfinite(res.upper)), res.to_frame()
+        assert np.all((res.lower <= res.reduction) & (res.reduction <= res.upper)), res.to_frame()
 
 
 def test_tie_reduction_validation(votes, scores):
@@ -413,9 +514,15 @@ def test_stability_bt(votes, stability_bt):
     assert len(frame) == 3
 
 
-def test_stability_bt_no_bootstrap_is_point_estimate(votes, scores, stability_bt):
+def test_stability_bt_no_bootstrap_is_point_estimate(votes, scores, stability_bt, monkeypatch):
+    fitted = []
+    bt_lanes = E._bt_lanes
+    monkeypatch.setattr(E, "_bt_lanes", lambda lanes, *a, **k: fitted.append(len(lanes)) or bt_lanes(lanes, *a, **k))
     res = E.leaderboard_stability(scores, votes, fractions=FRACTIONS, num_random=NUM_RANDOM, num_bootstrap=0,
                                   key=jax.random.key(0))
+    # Gold, then the top-q and random lanes of q < 1 only (at q = 1 they are gold).
+    assert fitted == [1 + 2 + 2 * NUM_RANDOM]
+    assert res.kendall_tau[-1] == 1.0 and res.random_kendall_tau_upper[-1] == 1.0
     assert np.all(np.isnan(res.kendall_tau_lower)) and np.all(np.isnan(res.max_rating_diff_upper))
     np.testing.assert_allclose(res.kendall_tau, stability_bt.kendall_tau, atol=1e-6)
     np.testing.assert_allclose(res.gold_ratings, stability_bt.gold_ratings, atol=1e-3)
@@ -511,6 +618,28 @@ def test_plots_written(tmp_path, votes, scores, stability_bt, curves):
         plots.plot_tie_reduction(stability_bt, tmp_path / "y.png")
 
 
+def test_plot_stability_draws_the_interval_as_computed(tmp_path, stability_bt, monkeypatch):
+    """A point outside its own interval stays visible: the bar runs from lower to upper, not clipped to the point."""
+    import dataclasses
+
+    from matplotlib.axes import Axes
+
+    from jaxrank import plots
+
+    values = dict(stability_bt.values)
+    values["kendall_tau"] = np.array([0.2, 0.5, 1.0])
+    values["kendall_tau_lower"] = np.array([0.4, 0.3, 1.0])  # the first point lies below its interval
+    values["kendall_tau_upper"] = np.array([0.6, 0.7, 1.0])
+    bars = []
+    vlines = Axes.vlines
+    monkeypatch.setattr(Axes, "vlines", lambda self, x, lo, hi, **k: bars.append((np.asarray(lo), np.asarray(hi)))
+                        or vlines(self, x, lo, hi, **k))
+    plots.plot_stability(dataclasses.replace(stability_bt, values=values), tmp_path / "outside.png")
+    assert len(bars) == 1
+    np.testing.assert_allclose(bars[0][0], [0.4, 0.3, 1.0])
+    np.testing.assert_allclose(bars[0][1], [0.6, 0.7, 1.0])
+
+
 # --------------------------------------------------------------------------------------------------
 # Command line
 
@@ -550,7 +679,8 @@ def test_cli_stability_round_trip(tmp_path, files, capsys, stability_bt):
     out = tmp_path / "stability.csv"
     assert main(["evaluate", "stability", "--scores", str(scores_path), "--votes", str(votes_path), "--fractions",
                  "0.25,0.5,1", "--num-random", str(NUM_RANDOM), "--bootstrap", str(NUM_BOOTSTRAP), "--out", str(out)]) == 0
-    assert "tau" in capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
+    assert "tau" in text and f"{NUM_BOOTSTRAP} bootstrap rounds over prompts" in text and "over votes" not in text
     table = pd.read_csv(out)
     assert tuple(table.columns) == E.StabilityResult.columns()
     np.testing.assert_allclose(table["kendall_tau"], stability_bt.kendall_tau, atol=1e-6)
@@ -586,8 +716,50 @@ def test_cli_errors(tmp_path, files, frame, capsys):
     pd.DataFrame({"prompt": ["q00"], "score": [1.0]}).to_csv(bad_scores, index=False)
     assert main(["evaluate", "ties", "--scores", str(bad_scores), "--votes", str(votes_path)]) == 2
     assert "--scores" in capsys.readouterr().err
+    # A prompt with votes but no score: found inside tie_reduction, reported against --scores.
+    partial = tmp_path / "partial.csv"
+    pd.read_csv(scores_path).iloc[:20].to_csv(partial, index=False)
+    assert main(["evaluate", "ties", "--scores", str(partial), "--votes", str(votes_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"jaxrank: error: --scores {partial}: scores: 4 of the 24 prompts") and len(err.splitlines()) == 1
+    # Constant scores: a warning line naming --scores, and the table still printed.
+    const = tmp_path / "const.csv"
+    pd.read_csv(scores_path).assign(score=1.0).to_csv(const, index=False)
+    assert main(["evaluate", "ties", "--scores", str(const), "--votes", str(votes_path), "--fractions", "0.25,0.5,1",
+                 "--num-random", "256"]) == 0
+    captured = capsys.readouterr()
+    assert "jaxrank: warning: --scores" in captured.err and "scores are constant" in captured.err
+    assert "reduction" in captured.out
     assert main(["evaluate", "stability", "--scores", str(scores_path), "--votes", str(tmp_path / "none.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     assert "ties" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["evaluate", "stability", "--help"])
+    assert "shared by all fractions" in " ".join(capsys.readouterr().out.split())
+
+
+def test_cli_preset_llmfao(tmp_path, files, frame, capsys):
+    """--preset llmfao reads LLMFAO's layout (left/right/winner, prompt ids in `prompt`) through the same preset
+    table as `jaxrank leaderboard --preset llmfao`, with the same result as the Arena-format file."""
+    from jaxrank.commands import _common, evaluate, leaderboard
+
+    assert not hasattr(evaluate, "_parse_map") and not hasattr(leaderboard, "_parse_map")
+    votes_path, scores_path = files
+    llmfao = frame.rename(columns={"prompt_id": "prompt", "model_a": "left", "model_b": "right"}).replace(
+        {"winner": {"model_a": "left", "model_b": "right"}}).replace({"winner": {"tie (bothbad)": "tie"}})
+    arena = frame.replace({"winner": {"tie (bothbad)": "tie"}})
+    llmfao.to_csv(tmp_path / "llmfao.csv", index=False)
+    arena.to_csv(tmp_path / "arena.csv", index=False)
+    outs = []
+    for name, extra in (("llmfao", ["--preset", "llmfao"]), ("arena", [])):
+        out = tmp_path / f"{name}_ties.csv"
+        assert main(["evaluate", "ties", "--scores", str(scores_path), "--votes", str(tmp_path / f"{name}.csv"),
+                     "--fractions", "0.25,0.5,1", "--num-random", "256", "--out", str(out)] + extra) == 0
+        outs.append(pd.read_csv(out))
+    capsys.readouterr()
+    pd.testing.assert_frame_equal(outs[0], outs[1])
+    with pytest.raises(_common.CliError, match="--winner-labels: left='x'"):
+        _common.vote_maps("llmfao", None, "left=x", column_keys=("model_a",))
+

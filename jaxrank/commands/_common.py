@@ -49,6 +49,48 @@ def input_path(path: str, *, arg: str) -> pathlib.Path:
     return p
 
 
+def parse_map(text: str, arg: str, *, keys: tuple[str, ...] | None = None,
+              values: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Parse `NAME=VALUE,NAME=VALUE` (e.g. `--columns`, `--winner-labels`), checking names/values if given."""
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        if "=" not in part or not part.split("=", 1)[0].strip() or not part.split("=", 1)[1].strip():
+            raise CliError(f"{arg}: expected NAME=VALUE pairs separated by commas, got {part!r} in {text!r}")
+        k, v = (s.strip() for s in part.split("=", 1))
+        if keys is not None and k not in keys:
+            raise CliError(f"{arg}: unknown name {k!r}; expected one of {', '.join(keys)}")
+        if values is not None and v not in values:
+            raise CliError(f"{arg}: {k}={v!r} must map to one of {', '.join(repr(x) for x in values)}")
+        out[k] = v
+    return out
+
+
+# Vote-file layouts for `--preset` (leaderboard, evaluate): column and winner-label maps (None: the
+# Arena defaults). The LLMFAO maps are `jaxrank.ratings.LLMFAO_FORMAT`.
+VOTE_PRESETS = ("arena", "llmfao")
+VOTE_TARGETS = ("model_a", "model_b", "tie", "tie (bothbad)")
+
+
+def vote_maps(preset: str | None, columns: str | None, winner_labels: str | None, *,
+              column_keys: tuple[str, ...]) -> tuple[dict[str, str] | None, dict[str, str] | None]:
+    """(columns, winner_labels) for `load_battles`-style readers: the `--preset` maps, overridden entry by
+    entry by `--columns` and `--winner-labels`."""
+    cols: dict[str, str] | None = None
+    labels: dict[str, str] | None = None
+    if preset == "llmfao":
+        from jaxrank.ratings import LLMFAO_FORMAT
+
+        cols = dict(LLMFAO_FORMAT["columns"])
+        labels = dict(LLMFAO_FORMAT["winner_labels"])
+    elif preset not in (None, "arena"):
+        raise CliError(f"--preset: unknown preset {preset!r}; expected one of {', '.join(VOTE_PRESETS)}")
+    if columns:
+        cols = {**(cols or {}), **parse_map(columns, "--columns", keys=column_keys)}
+    if winner_labels:
+        labels = {**(labels or {}), **parse_map(winner_labels, "--winner-labels", values=VOTE_TARGETS)}
+    return cols, labels
+
+
 def progress(description: str, total: int | None, *, transient: bool = False) -> Progress:
     """A rich progress bar on stderr (count, elapsed, remaining); use as a context manager."""
     return Progress(

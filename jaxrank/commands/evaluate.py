@@ -13,10 +13,9 @@ import argparse
 import warnings
 from typing import Any
 
-from jaxrank.commands._common import CliError, console, err_console, input_path, output_path
+from jaxrank.commands._common import VOTE_PRESETS, CliError, console, err_console, input_path, output_path, vote_maps
 
 _PLOT_FORMATS = (".png", ".pdf", ".svg")
-_TARGETS = ("model_a", "model_b", "tie", "tie (bothbad)")
 _COLUMN_KEYS = ("model_a", "model_b", "winner", "prompt_id")
 
 
@@ -69,7 +68,8 @@ def register(subparsers: Any) -> None:
     s.add_argument("--permutations", type=int, default=100, metavar="N",
                    help="vote orders for --method elo (default 100)")
     s.add_argument("--bootstrap", type=int, default=100, metavar="N",
-                   help="bootstrap rounds per fraction for the Bradley-Terry intervals, 0 for none (default 100)")
+                   help="bootstrap rounds over prompts for the Bradley-Terry top-q intervals (one set of rounds "
+                        "shared by all fractions), 0 for none (default 100)")
     s.add_argument("--l2", type=float, default=0.0, help="Bradley-Terry L2 prior precision (default 0)")
     s.add_argument("--metric", choices=("kendall_tau", "spearman", "pairs_agree", "max_rating_diff"),
                    default="kendall_tau", help="metric drawn by --plot (default kendall_tau)")
@@ -87,27 +87,15 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--columns", metavar="MAP",
                    help="vote column names, e.g. model_a=left,model_b=right,winner=winner,prompt_id=prompt")
-    p.add_argument("--prompt-column", default="prompt_id", metavar="NAME",
-                   help="prompt-id column of VOTES (default prompt_id)")
+    p.add_argument("--prompt-column", metavar="NAME",
+                   help="prompt-id column of VOTES (default prompt_id; with --preset llmfao: prompt)")
+    p.add_argument("--preset", choices=VOTE_PRESETS,
+                   help="known vote layouts, as for 'jaxrank leaderboard': arena (the default columns and labels), "
+                        "llmfao (left/right/winner, prompt ids in column prompt)")
     p.add_argument("--winner-labels", metavar="MAP", help="winner labels, e.g. left=model_a,right=model_b,tie=tie")
     p.add_argument("--out", metavar="FILE", help="write the table as CSV")
     p.add_argument("--plot", metavar="FILE", help="write the figure (.png, .pdf, .svg)")
     p.add_argument("--force", action="store_true", help="overwrite --out/--plot if they exist")
-
-
-def _parse_map(text: str, arg: str, *, keys: tuple[str, ...] | None = None,
-               values: tuple[str, ...] | None = None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in text.split(","):
-        if "=" not in part or not part.split("=", 1)[0].strip() or not part.split("=", 1)[1].strip():
-            raise CliError(f"{arg}: expected NAME=VALUE pairs separated by commas, got {part!r} in {text!r}")
-        k, v = (x.strip() for x in part.split("=", 1))
-        if keys is not None and k not in keys:
-            raise CliError(f"{arg}: unknown name {k!r}; expected one of {', '.join(keys)}")
-        if values is not None and v not in values:
-            raise CliError(f"{arg}: {k}={v!r} must map to one of {', '.join(repr(x) for x in values)}")
-        out[k] = v
-    return out
 
 
 def _parse_fractions(text: str) -> list[float]:
@@ -145,17 +133,37 @@ def _load(args: argparse.Namespace):
     plot = output_path(args.plot, force=args.force, arg="--plot")
     if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
         raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
-    columns = _parse_map(args.columns, "--columns", keys=_COLUMN_KEYS) if args.columns else None
-    labels = _parse_map(args.winner_labels, "--winner-labels", values=_TARGETS) if args.winner_labels else None
+    columns, labels = vote_maps(args.preset, args.columns, args.winner_labels, column_keys=_COLUMN_KEYS)
+    prompt_column = args.prompt_column or ("prompt" if args.preset == "llmfao" else "prompt_id")
     try:
         scores = load_scores(scores_path)
     except ValueError as err:
         raise CliError(f"--scores {scores_path}: {err}") from None
     try:
-        votes = load_prompt_votes(votes_path, columns=columns, prompt_column=args.prompt_column, winner_labels=labels)
+        votes = load_prompt_votes(votes_path, columns=columns, prompt_column=prompt_column, winner_labels=labels)
     except ValueError as err:
         raise CliError(f"--votes {votes_path}: {err}") from None
-    return scores, votes, out, plot, fractions, votes_path
+    return scores, votes, out, plot, fractions, votes_path, scores_path
+
+
+def _evaluate(fn, args: argparse.Namespace, scores_path, votes_path, **kwargs):
+    """Run `fn(**kwargs)`: its errors name the CLI flag they come from (`scores: ...` -> `--scores FILE: ...`),
+    and its warnings are printed as one `jaxrank: warning:` line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            res = fn(**kwargs)
+        except ValueError as err:
+            text = str(err)
+            if text.startswith("scores"):
+                raise CliError(f"--scores {scores_path}: {text}") from None
+            if text.startswith(("votes", "prompt_ids")):
+                raise CliError(f"--votes {votes_path}: {text}") from None
+            raise CliError(text) from None
+    for note in dict.fromkeys(str(w.message) for w in caught):
+        note = f"--scores {scores_path}: {note}" if note.startswith("scores") else note
+        err_console.print(f"jaxrank: warning: {note}", markup=False, highlight=False, soft_wrap=True)
+    return res
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -167,9 +175,9 @@ def run_ties(args: argparse.Namespace) -> int:
 
     from jaxrank.evaluation import tie_reduction
 
-    scores, votes, out, plot, fractions, votes_path = _load(args)
-    res = tie_reduction(scores, votes, fractions=fractions, num_random=args.num_random, confidence=args.ci,
-                        key=jax.random.key(args.seed))
+    scores, votes, out, plot, fractions, votes_path, scores_path = _load(args)
+    res = _evaluate(tie_reduction, args, scores_path, votes_path, scores=scores, votes=votes, fractions=fractions,
+                    num_random=args.num_random, confidence=args.ci, key=jax.random.key(args.seed))
     frame = res.to_frame()
     if out is not None:
         frame.to_csv(out, index=False)
@@ -206,16 +214,12 @@ def run_stability(args: argparse.Namespace) -> int:
         raise CliError(f"--bootstrap must be 0 (no interval) or >= 2 rounds, got {args.bootstrap}")
     if not args.l2 >= 0:
         raise CliError(f"--l2 must be >= 0, got {args.l2}")
-    scores, votes, out, plot, fractions, votes_path = _load(args)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        res = leaderboard_stability(
-            scores, votes, fractions=fractions, method=args.method, ties=args.ties, num_random=args.num_random,
-            num_permutations=args.permutations, num_bootstrap=args.bootstrap, confidence=args.ci, l2=args.l2,
-            key=jax.random.key(args.seed),
-        )
-    for note in dict.fromkeys(str(w.message) for w in caught):
-        err_console.print(f"jaxrank: warning: {note}", markup=False, highlight=False, soft_wrap=True)
+    scores, votes, out, plot, fractions, votes_path, scores_path = _load(args)
+    res = _evaluate(
+        leaderboard_stability, args, scores_path, votes_path, scores=scores, votes=votes, fractions=fractions,
+        method=args.method, ties=args.ties, num_random=args.num_random, num_permutations=args.permutations,
+        num_bootstrap=args.bootstrap, confidence=args.ci, l2=args.l2, key=jax.random.key(args.seed),
+    )
     frame = res.to_frame()
     if out is not None:
         frame.to_csv(out, index=False)
@@ -227,7 +231,10 @@ def run_stability(args: argparse.Namespace) -> int:
 
     from rich.table import Table
 
-    what = "bootstrap over votes" if args.method == "bt" else "vote orders"
+    if args.method == "bt":
+        what = f"{args.bootstrap} bootstrap rounds over prompts" if args.bootstrap else "none (--bootstrap 0)"
+    else:
+        what = f"{args.permutations} vote orders"
     table = Table(title=f"{votes_path.name}: {votes.num_models} models, {votes.num_prompts} prompts, "
                         f"{votes.num_votes} votes; {args.method}; top-q intervals over {what}, "
                         f"random baseline over {args.num_random} subsets")

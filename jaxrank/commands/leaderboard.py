@@ -8,11 +8,19 @@ import time
 import warnings
 from typing import Any
 
-from jaxrank.commands._common import CliError, console, err_console, input_path, output_path, progress
+from jaxrank.commands._common import (
+    VOTE_PRESETS,
+    CliError,
+    console,
+    err_console,
+    input_path,
+    output_path,
+    progress,
+    vote_maps,
+)
 
 _OUT_FORMATS = (".csv", ".jsonl", ".parquet")
 _PLOT_FORMATS = (".png", ".pdf", ".svg")
-_TARGETS = ("model_a", "model_b", "tie", "tie (bothbad)")
 _COLUMN_KEYS = ("model_a", "model_b", "winner", "weight")
 
 
@@ -39,7 +47,7 @@ def register(subparsers: Any) -> None:
                    help="column names, e.g. model_a=model_x,model_b=model_y,winner=winner[,weight=w]")
     p.add_argument("--winner-labels", metavar="MAP",
                    help="winner labels, e.g. left=model_a,right=model_b,tie=tie")
-    p.add_argument("--preset", choices=("arena", "llmfao"),
+    p.add_argument("--preset", choices=VOTE_PRESETS,
                    help="known layouts: arena (the default columns and labels), llmfao (left/right/winner)")
     p.add_argument("--anchor", metavar="MODEL=RATING", help="pin one model to a rating, e.g. gpt-4=1200")
     p.add_argument("--out", metavar="FILE", help="write the table (.csv, .jsonl or .parquet)")
@@ -47,20 +55,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plot", metavar="FILE", help="forest plot of ratings and intervals (.png, .pdf, .svg)")
     p.add_argument("--save", metavar="DIR", help="save the fitted leaderboard (orbax checkpoint directory)")
     p.set_defaults(func=run)
-
-
-def _parse_map(text: str, arg: str, *, keys: tuple[str, ...] | None = None, values: tuple[str, ...] | None = None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in text.split(","):
-        if part.count("=") < 1 or not part.split("=", 1)[0].strip() or not part.split("=", 1)[1].strip():
-            raise CliError(f"{arg}: expected NAME=VALUE pairs separated by commas, got {part!r} in {text!r}")
-        k, v = (s.strip() for s in part.split("=", 1))
-        if keys is not None and k not in keys:
-            raise CliError(f"{arg}: unknown name {k!r}; expected one of {', '.join(keys)}")
-        if values is not None and v not in values:
-            raise CliError(f"{arg}: {k}={v!r} must map to one of {', '.join(repr(x) for x in values)}")
-        out[k] = v
-    return out
 
 
 def _parse_anchor(text: str) -> tuple[str, float]:
@@ -114,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from jaxrank.ratings import LLMFAO_FORMAT, fit_bradley_terry, load_battles
+    from jaxrank.ratings import fit_bradley_terry, load_battles
     from jaxrank.ratings.uncertainty import bootstrap_ratings, rank_upper_bound, sandwich_intervals, save_leaderboard
 
     # Validate everything cheap before reading or fitting.
@@ -142,15 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if save is not None and not save.absolute().parent.exists():
         raise CliError(f"--save {save}: folder {save.absolute().parent} does not exist")
 
-    columns: dict[str, str] | None = None
-    labels: dict[str, str] | None = None
-    if args.preset == "llmfao":
-        columns = dict(LLMFAO_FORMAT["columns"])
-        labels = dict(LLMFAO_FORMAT["winner_labels"])
-    if args.columns:
-        columns = {**(columns or {}), **_parse_map(args.columns, "--columns", keys=_COLUMN_KEYS)}
-    if args.winner_labels:
-        labels = {**(labels or {}), **_parse_map(args.winner_labels, "--winner-labels", values=_TARGETS)}
+    columns, labels = vote_maps(args.preset, args.columns, args.winner_labels, column_keys=_COLUMN_KEYS)
     anchor, anchor_rating = _parse_anchor(args.anchor) if args.anchor else (None, None)
 
     with warnings.catch_warnings(record=True) as caught:
