@@ -282,8 +282,9 @@ def win_probabilities(
 
     Args:
         beta: float[..., M] natural-log Bradley–Terry coefficients (one row per prompt).
-        opponent: optional float[M] (or broadcasting with `beta`) non-negative opponent weights `q`,
-            normalised to sum 1; default uniform over the M models.
+        opponent: optional float[M], or float[..., M] with leading axes broadcasting to `beta.shape[:-1]`
+            (one distribution per prompt), non-negative opponent weights `q`, normalised to sum 1;
+            default uniform over the M models.
         ties: `"bt"` (= `"drop"`, no ties), `"bt-tie"` (= `"half"`, predicts no ties either), or any tie
             model of `jaxrank.ratings` (`"rao-kupper"`, `"davidson"`, ...) whose ties count half.
         tie_param: the tie parameter (RK `alpha`, Davidson `nu`; > 0), scalar or one per prompt

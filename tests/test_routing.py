@@ -125,6 +125,11 @@ def test_lp_under_jit_and_vmap():
     assert np.isnan(out[0]).all() and np.isfinite(out[1]).all()
     g = jax.vmap(lambda ww: optimal_policy(ww, costs, 3.0))
     np.testing.assert_allclose(g(w), [[0, 0.5, 0.5], [1, 0, 0]])
+    # Traced costs too: the shift and scale of the LP frame happen in the graph.
+    h = jax.jit(lambda c, b: optimal_policy(w, c, b))
+    out = np.asarray(h(jnp.array([101.0, 102.0, 104.0]), jnp.array([103.0, 100.0])))
+    np.testing.assert_allclose(out[0], [0, 0.5, 0.5])
+    assert np.isnan(out[1]).all()
 
 
 # --------------------------------------------------------------------------------------------------
