@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrank._validation import as_array, check_float, describe, is_concrete
+from jaxrank._validation import as_array, check_elo_scale, check_float, describe, is_concrete
 from jaxrank.ratings import bradley_terry as _bt
 
 __all__ = [
@@ -66,7 +66,7 @@ def _host(x: Any) -> np.ndarray | None:
         return None
 
 
-def _float_array(x: Any, name: str) -> jax.Array:
+def _real_array(x: Any, name: str) -> Any:
     x = as_array(x, name)
     if not hasattr(x, "dtype"):
         raise TypeError(f"{name} must be an array, got {type(x).__name__}")
@@ -74,14 +74,37 @@ def _float_array(x: Any, name: str) -> jax.Array:
         jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)
     ):
         raise TypeError(f"{name} must be a real-valued array, got dtype {x.dtype}")
-    return _to_float(x)
+    return x
+
+
+def _float_array(x: Any, name: str) -> jax.Array:
+    return _to_float(_real_array(x, name))
+
+
+def _float_array_host(x: Any, name: str) -> tuple[Any, np.ndarray | None]:
+    """`(x as float32 (float64 under x64), its values as float64 NumPy taken *before* that cast, or None
+    under a trace)`: a float64 input keeps its precision for the host-side checks and the cost frame."""
+    x = _real_array(x, name)
+    return _to_float(x), _host(x)
+
+
+def _check_batch_shape(x: Any, name: str, shape: tuple[int, ...], batch_shape: tuple[int, ...], want: str) -> None:
+    """`shape` (x's batch part) must broadcast *to* `batch_shape`, not merely with it."""
+    try:
+        ok = np.broadcast_shapes(tuple(shape), tuple(batch_shape)) == tuple(batch_shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must have shape {want}, broadcasting to the batch shape {tuple(batch_shape)}; "
+                         f"got {describe(x)}")
 
 
 def _to_float(x: Any) -> Any:
     """float32 (float64 stays float64 under x64); NumPy stays NumPy, so no eager device op is compiled."""
     dtype = jax.dtypes.canonicalize_dtype(jnp.promote_types(x.dtype, jnp.float32))
     if isinstance(x, np.ndarray):
-        return np.asarray(x, dtype)
+        with np.errstate(over="ignore"):  # a float64 value past float32's range: reported by the value checks
+            return np.asarray(x, dtype)
     return x if x.dtype == dtype else jnp.asarray(x).astype(dtype)
 
 
@@ -116,12 +139,7 @@ def _check_distribution(x: Any, name: str, m: int, batch_shape: tuple[int, ...],
     x = _float_array(x, name)
     if x.ndim < 1 or x.shape[-1] != m:
         raise ValueError(f"{name} must have shape [{m}] (one weight per {what}), got {describe(x)}")
-    try:
-        np.broadcast_shapes(tuple(x.shape[:-1]), batch_shape)
-    except ValueError:
-        raise ValueError(
-            f"{name} must have shape [{m}] or broadcast with the batch shape {batch_shape}, got {describe(x)}"
-        ) from None
+    _check_batch_shape(x, name, x.shape[:-1], batch_shape, f"[{m}] or [..., {m}] (one weight per {what})")
     host = _host(x)
     if host is not None:
         if not np.isfinite(host).all():
@@ -143,58 +161,83 @@ def _check_tie_param(tie_param: Any, ties: str, batch_shape: tuple[int, ...]) ->
     if tie_param is None:
         raise ValueError(f"tie_param is required for ties={ties!r} (the fitted tie parameter, > 0)")
     tp = _float_array(tie_param, "tie_param")
-    try:
-        np.broadcast_shapes(tuple(tp.shape), batch_shape)
-    except ValueError:
-        raise ValueError(
-            f"tie_param must be a scalar or have the batch shape of beta {batch_shape} (one per prompt), "
-            f"got {describe(tp)}"
-        ) from None
+    _check_batch_shape(tp, "tie_param", tp.shape, batch_shape, "[] (a scalar) or beta's batch shape (one per prompt)")
     host = _host(tp)
     if host is not None and not (np.isfinite(host).all() and (host > 0).all()):
         raise ValueError(f"tie_param must be finite and > 0 for ties={ties!r}")
     return tp
 
 
-def _check_costs(costs: Any, m: int | None = None) -> jax.Array:
-    costs = _float_array(costs, "costs")
-    if costs.ndim != 1 or costs.shape[0] == 0 or (m is not None and costs.shape[0] != m):
-        want = "[M]" if m is None else f"[{m}] (one per model)"
-        raise ValueError(f"costs must have shape {want}, got {describe(costs)}")
-    host = _host(costs)
+def _check_costs(costs: Any, m: int, dtype: Any) -> tuple[Any, np.ndarray | None]:
+    """`(costs as a float array, their float64 host values or None under a trace)`; `dtype` is the dtype
+    the kernels compute in (the costs must fit it)."""
+    costs, host = _float_array_host(costs, "costs")
+    if costs.ndim != 1 or costs.shape[0] == 0 or costs.shape[0] != m:
+        raise ValueError(f"costs must have shape [{m}] (one per model), got {describe(costs)}")
     if host is not None:
         if not np.isfinite(host).all():
             raise ValueError("costs must be finite (one cost per model); it holds NaN or inf")
         if (host < 0).any():
             raise ValueError(f"costs must be >= 0, got {host.min()!r} for model {int(host.argmin())}")
-    return costs
+        big = float(np.finfo(dtype).max)
+        if host.max() > big:
+            raise ValueError(
+                f"costs overflows {np.dtype(dtype).name}: the largest cost {host.max():g} is above {big:g}; "
+                "express the costs in larger units (only their ratios and differences matter)"
+            )
+    return costs, host
 
 
-def _check_budget(budget: Any, costs: jax.Array, batch_shape: tuple[int, ...] | None) -> jax.Array:
+def _check_budget(
+    budget: Any, cost_host: np.ndarray | None, batch_shape: tuple[int, ...] | None
+) -> tuple[Any, np.ndarray | None]:
+    """`(budget as a float array, its float64 host values or None)`; feasibility is checked in float64."""
     if isinstance(budget, bool):
         raise TypeError("budget must be a number or a float array, got bool")
-    b = _float_array(budget, "budget")
+    b, host = _float_array_host(budget, "budget")
     if batch_shape is None:
         if b.ndim != 0:
             raise ValueError(f"budget must be a scalar (a budget on the average cost), got {describe(b)}")
     else:
-        try:
-            np.broadcast_shapes(tuple(b.shape), batch_shape)
-        except ValueError:
-            raise ValueError(
-                f"budget must be a scalar or broadcast with the batch shape {batch_shape}, got {describe(b)}"
-            ) from None
-    host = _host(b)
+        _check_batch_shape(b, "budget", b.shape, batch_shape, "[] (a scalar) or the batch shape (one per prompt)")
     if host is not None:
         if np.isnan(host).any():
             raise ValueError("budget must not be NaN")
-        cost_host = _host(costs)
         if cost_host is not None and (host < cost_host.min()).any():
             raise ValueError(
-                f"budget {host.min():g} is below the cheapest model's cost {cost_host.min():g}: "
+                f"budget {host.min():.17g} is below the cheapest model's cost {cost_host.min():.17g}: "
                 "no policy is feasible"
             )
-    return b
+    return b, host
+
+
+def _lp_frame(costs: Any, cost_host: np.ndarray | None, b: Any, b_host: np.ndarray | None, dtype: Any):
+    """Costs and budget as the LP kernels see them: `(c - min c) / s` and `(C - min c) / s`, `s` the power of
+    two at or above the cost range (1 when all costs are equal; a power of two scales exactly), cast to `dtype`.
+
+    Since `sum(pi) = 1`, shifting every cost and the budget by the same amount, or scaling them by the same
+    positive factor, leaves the LP unchanged; this frame keeps the costs in [0, 1], so costs sharing a large
+    offset (1e8 and 1e8 + 10), tiny costs (subnormal in float32) and wide ones keep their differences in
+    float32. Done in float64 on the host when the values are known, in `dtype` under a trace. A budget
+    below the cheapest cost becomes negative (the kernels return NaN); `inf` stays `inf`.
+    """
+    if cost_host is not None:
+        lo = float(cost_host.min())
+        span = float(cost_host.max()) - lo
+        mant, exp = math.frexp(span)  # span = mant * 2**exp, mant in [0.5, 1)
+        scale = math.ldexp(1.0, exp - 1 if mant == 0.5 else exp) if span > 0 else 1.0  # 2**ceil(log2(span))
+        c_lp = np.asarray((cost_host - lo) / scale, dtype)
+        if b_host is not None:
+            with np.errstate(over="ignore"):
+                b_lp = np.asarray((b_host - lo) / scale, dtype)
+        else:
+            b_lp = (jnp.asarray(b).astype(dtype) - lo) / scale
+        return c_lp, b_lp
+    c = jnp.asarray(costs).astype(dtype)
+    lo = jnp.min(c)
+    span = jnp.max(c) - lo
+    scale = jnp.where(span > 0, jnp.exp2(jnp.ceil(jnp.log2(jnp.where(span > 0, span, 1.0)))), 1.0).astype(dtype)
+    return (c - lo) / scale, (jnp.asarray(b).astype(dtype) - lo) / scale
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,8 +282,9 @@ def win_probabilities(
 
     Args:
         beta: float[..., M] natural-log Bradley–Terry coefficients (one row per prompt).
-        opponent: optional float[M] (or broadcasting with `beta`) non-negative opponent weights `q`,
-            normalised to sum 1; default uniform over the M models.
+        opponent: optional float[M], or float[..., M] with leading axes broadcasting to `beta.shape[:-1]`
+            (one distribution per prompt), non-negative opponent weights `q`, normalised to sum 1;
+            default uniform over the M models.
         ties: `"bt"` (= `"drop"`, no ties), `"bt-tie"` (= `"half"`, predicts no ties either), or any tie
             model of `jaxrank.ratings` (`"rao-kupper"`, `"davidson"`, ...) whose ties count half.
         tie_param: the tie parameter (RK `alpha`, Davidson `nu`; > 0), scalar or one per prompt
@@ -336,15 +380,21 @@ def optimal_policy(win_prob: Any, costs: Any, budget: Any) -> jax.Array:
         win_prob: float[..., M] per-prompt expected scores `w` (e.g. from `win_probabilities`).
         costs: float[M] per-model costs, finite and >= 0 (duplicates are fine).
         budget: the budget C, a scalar or float[...] (one per prompt, broadcasting with
-            `win_prob.shape[:-1]`); `inf` means no limit.
+            `win_prob.shape[:-1]`, i.e. its shape broadcasts *to* the batch shape); `inf` means no limit.
 
     Returns:
         float32[..., M] policies. Under `jit` with a traced budget below `min(costs)` (which cannot be
         checked at trace time) the rows are NaN.
 
+    Costs and budget enter the kernel shifted by `min(costs)` and scaled by the cost range (which leaves
+    the LP unchanged, as `sum(pi) = 1`), computed in float64 on the host when their values are known:
+    float64 costs that differ only past float32's precision (1e8 and 1e8 + 10) keep their order and the
+    feasibility check (`budget >= min(costs)`) is exact in float64.
+
     Raises:
-        ValueError: budget below `min(costs)` (infeasible), negative / NaN / inf costs, NaN budget,
-            NaN `win_prob`, shapes that do not match.
+        ValueError: budget below `min(costs)` (infeasible), negative / NaN / inf costs, costs that overflow
+            the compute dtype (float32: above 3.4e38), NaN budget, NaN or +-inf `win_prob`, shapes that
+            do not match.
 
     Example:
         >>> optimal_policy(jnp.array([0.3, 0.5, 0.7]), jnp.array([1.0, 2.0, 4.0]), 3.0)  # [0, .5, .5]
@@ -356,12 +406,13 @@ def optimal_policy(win_prob: Any, costs: Any, budget: Any) -> jax.Array:
     if w.ndim < 1 or w.shape[-1] == 0:
         raise ValueError(f"win_prob must have shape [..., M] with M >= 1, got {describe(w)}")
     host = _host(w)
-    if host is not None and np.isnan(host).any():
-        raise ValueError("win_prob contains NaN")
+    if host is not None and not np.isfinite(host).all():
+        raise ValueError("win_prob must be finite (the objective's coefficients); it contains NaN or +-inf")
     w = _to_float(w)
-    costs = _check_costs(costs, w.shape[-1])
-    b = _check_budget(budget, costs, tuple(w.shape[:-1]))
-    return _policy_batch(w, costs, b)
+    costs, cost_host = _check_costs(costs, w.shape[-1], w.dtype)
+    b, b_host = _check_budget(budget, cost_host, tuple(w.shape[:-1]))
+    c_lp, b_lp = _lp_frame(costs, cost_host, b, b_host, w.dtype)
+    return _policy_batch(w, c_lp, b_lp)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,7 +450,7 @@ def _summarise(policy, w, costs) -> RoutingResult:
 
 
 @functools.partial(jax.jit, static_argnames=("ties", "chunk_size"))
-def _route_jit(beta, costs, budget, q, tp, *, ties, chunk_size):
+def _route_jit(beta, costs, c_lp, budget, q, tp, *, ties, chunk_size):
     p = beta.shape[0]
     budget = jnp.broadcast_to(budget.astype(beta.dtype), (p,))
     tp_rows = None if tp is None else jnp.broadcast_to(tp.astype(beta.dtype), (p,))
@@ -408,7 +459,7 @@ def _route_jit(beta, costs, budget, q, tp, *, ties, chunk_size):
     def one(args):
         b, c_budget, qq, t = args
         w = _win_probabilities(b, qq, t, ties=ties)
-        return _policy(w, costs.astype(w.dtype), c_budget), w
+        return _policy(w, c_lp.astype(w.dtype), c_budget), w
 
     policy, w = jax.lax.map(one, (beta, budget, q_rows, tp_rows), batch_size=chunk_size or p)
     return _summarise(policy, w, costs)
@@ -457,11 +508,13 @@ def route(
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     q = _check_distribution(opponent, "opponent", m, (p,), "model")
     tp = _check_tie_param(tie_param, ties, (p,))
-    costs = _check_costs(costs, m)
-    b = _check_budget(budget, costs, (p,))
+    costs, cost_host = _check_costs(costs, m, beta.dtype)
+    b, b_host = _check_budget(budget, cost_host, (p,))
     if p == 0:
         raise ValueError("beta has no prompts (shape [0, M]); nothing to route")
-    return _route_jit(beta, costs, b, q, tp, ties=ties, chunk_size=None if chunk_size is None else min(chunk_size, p))
+    c_lp, b_lp = _lp_frame(costs, cost_host, b, b_host, beta.dtype)
+    chunk = None if chunk_size is None else min(chunk_size, p)
+    return _route_jit(beta, costs, c_lp, b_lp, q, tp, ties=ties, chunk_size=chunk)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,14 +555,17 @@ def _upper_hull(w: jax.Array, costs: jax.Array, order: jax.Array) -> tuple[jax.A
 
 
 @jax.jit
-def _average_jit(w, costs, budget, weights):
+def _average_jit(w, cost_out, costs, budget, weights):
+    """`costs` / `budget` in the LP frame (`_lp_frame`); `cost_out` the costs reported in `expected_cost`."""
     p, m = w.shape
     dtype = w.dtype
     costs = costs.astype(dtype)
     budget = budget.astype(dtype)
     weights = weights.astype(dtype)
+    # A traced budget below min(costs) (negative in the LP frame) cannot raise: NaN, as `route` does.
+    feasible = budget >= 0
     if m == 1:
-        return _summarise(jnp.ones_like(w), w, costs)
+        return _summarise(jnp.where(feasible, jnp.ones_like(w), jnp.nan), w, cost_out)
     order = jnp.argsort(costs, stable=True).astype(jnp.int32)
     stack, size = jax.vmap(_upper_hull, in_axes=(0, None, None))(w, costs, order)  # [P, M], [P]
     # Edge k of prompt p goes from hull vertex k to k + 1.
@@ -547,7 +603,7 @@ def _average_jit(w, costs, budget, weights):
     lo = jnp.take_along_axis(stack, bought[:, None], 1)[:, 0]
     hi = jnp.take_along_axis(stack, jnp.minimum(bought + 1, m - 1)[:, None], 1)[:, 0]
     policy = jax.nn.one_hot(lo, m, dtype=dtype) * (1 - f)[:, None] + jax.nn.one_hot(hi, m, dtype=dtype) * f[:, None]
-    return _summarise(policy, w, costs)
+    return _summarise(jnp.where(feasible, policy, jnp.nan), w, cost_out)
 
 
 def route_average_budget(
@@ -580,6 +636,8 @@ def route_average_budget(
 
     Returns:
         `RoutingResult` (see `route`); `expected_cost` is per prompt, its `prompt_weights`-average is <= C.
+        Under `jit` with a traced budget below `min(costs)` (which cannot be checked at trace time) the
+        policy (and so the win rates and costs) is NaN, as for `route`.
 
     Raises:
         ValueError: as in `route`; a non-scalar budget.
@@ -595,13 +653,14 @@ def route_average_budget(
         raise ValueError("beta has no prompts (shape [0, M]); nothing to route")
     q = _check_distribution(opponent, "opponent", m, (p,), "model")
     tp = _check_tie_param(tie_param, ties, (p,))
-    costs = _check_costs(costs, m)
-    b = _check_budget(budget, costs, None)
+    costs, cost_host = _check_costs(costs, m, beta.dtype)
+    b, b_host = _check_budget(budget, cost_host, None)
     omega = _check_distribution(prompt_weights, "prompt_weights", p, (), "prompt")
     if omega.ndim != 1:
         raise ValueError(f"prompt_weights must have shape [{p}], got {describe(omega)}")
     w = _win_probabilities(beta, q, tp, ties=ties)
-    return _average_jit(w, costs, b, omega)
+    c_lp, b_lp = _lp_frame(costs, cost_host, b, b_host, beta.dtype)
+    return _average_jit(w, costs, c_lp, b_lp, omega)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -627,6 +686,13 @@ def router_scores(
         policy: float[P, M] the router's policy (rows sum to 1, e.g. `route(...).policy`).
         prompt_weights: optional float[P] prompt weights (default uniform), normalised to sum 1.
         ties, tie_param: as in `win_probabilities`.
+
+    Returns:
+        float32[M] `S_m` in [0, 1] (float64 when `beta` is float64 under x64).
+
+    Raises:
+        ValueError: unknown `ties`, `beta` not [P, M] or not finite, `policy` not [P, M] or rows that are
+            not distributions, negative or all-zero `prompt_weights`, missing or non-positive `tie_param`.
 
     Example:
         >>> router_scores(beta, route(beta, costs, 1.0).policy)   # doctest: +SKIP
@@ -777,13 +843,7 @@ def router_rating(
         >>> res = route(beta, costs, 1.0)                                             # doctest: +SKIP
         >>> router_rating(beta, res.policy, aggregate.ratings)                        # doctest: +SKIP
     """
-    for name, value in (("scale", scale), ("base", base)):
-        if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    if base == 1:
-        raise ValueError("base must not be 1 (the Elo scale divides by ln(base))")
-    if isinstance(init, bool) or not (isinstance(init, (int, float)) and math.isfinite(init)):
-        raise ValueError(f"init must be a finite number, got {init!r}")
+    scale, base, init = check_elo_scale(scale, base, init)
     beta, policy, omega, tp, ties = _router_inputs(beta, policy, prompt_weights, ties, tie_param)
     p, m = beta.shape
     ratings = _float_array(model_ratings, "model_ratings")

@@ -178,3 +178,27 @@ def check_temperature(value: Any, name: str = "temperature") -> float:
     if not (math.isfinite(t) and t > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return 1.0 / t
+
+
+def check_elo_scale(scale: Any, base: Any, init: Any) -> tuple[float, float, float]:
+    """The Elo-scale options `scale`, `base` (finite, > 0, base != 1) and `init` (finite).
+
+    Python and NumPy real scalars are accepted (e.g. `np.float32(400)`); bools, arrays, strings and
+    tracers are not. Returns the three values as Python floats.
+    """
+
+    def number(value: Any, name: str, want: str) -> float:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name} must be a finite number{want}, got {value!r}")
+        return float(value)
+
+    scale_f, base_f = number(scale, "scale", " > 0"), number(base, "base", " > 0")
+    init_f = number(init, "init", "")
+    for name, value, given in (("scale", scale_f, scale), ("base", base_f, base)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {given!r}")
+    if base_f == 1:
+        raise ValueError("base must not be 1 (the Elo scale divides by ln(base))")
+    if not math.isfinite(init_f):
+        raise ValueError(f"init must be a finite number, got {init!r}")
+    return scale_f, base_f, init_f

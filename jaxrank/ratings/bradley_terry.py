@@ -41,6 +41,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from jaxrank._validation import check_elo_scale
 from jaxrank.ratings.battles import (
     A_WINS,
     B_WINS,
@@ -688,15 +689,9 @@ def fit_bradley_terry(
     if not isinstance(battles, Battles):
         raise TypeError(f"battles must be a jaxrank.ratings.Battles (see load_battles), got {type(battles).__name__}")
     _check_ties(ties)
-    for name, value in (("scale", scale), ("base", base)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    if base == 1:
-        raise ValueError("base must not be 1 (the Elo scale divides by ln(base))")
+    scale, base, init = check_elo_scale(scale, base, init)
     if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 >= 0):
         raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
-    if not (isinstance(init, (int, float)) and math.isfinite(init)):
-        raise ValueError(f"init must be a finite number, got {init!r}")
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
     if not (isinstance(tol, (int, float)) and tol > 0):
