@@ -9,7 +9,9 @@ The public API, re-exported name by name:
 - leaderboards (`jaxrank.ratings`): `load_battles`, `Battles`, `fit_bradley_terry`, `BTResult`,
   `outcome_log_probs`, `synthetic_battles`, `online_elo`, `elo_permutations`, `bootstrap_ratings`,
   `sandwich_intervals`, `rank_upper_bound`, `save_leaderboard`, `load_leaderboard`;
-- judge budgets: the `allocation` module (`init`/`select`/`update`, `simulate`, `simulate_sweep`).
+- judge budgets: the `allocation` module (`init`/`select`/`update`, `simulate`, `simulate_sweep`);
+- evaluation: `tie_reduction`, `leaderboard_stability`, `budget_curves`, the rank metrics `kendall_tau`,
+  `spearman`, `pairs_agreement`, and `load_prompt_votes` / `load_scores` / `PromptVotes`.
 
 Language models live in `jaxrank.lm` (imported on demand: it needs the `lm` extra).
 """
@@ -41,6 +43,12 @@ from jaxrank.ratings import (
 # Judge budgets.
 from jaxrank import allocation
 from jaxrank.allocation import AllocatorState, SimulationResult, simulate, simulate_sweep
+
+# evaluation
+from jaxrank.evaluation import DEFAULT_FRACTIONS, PromptVotes, load_prompt_votes, load_scores
+from jaxrank.evaluation import kendall_tau, pairs_agreement, spearman
+from jaxrank.evaluation import StabilityResult, TieReductionResult, leaderboard_stability, tie_reduction
+from jaxrank.evaluation import BudgetCurves, budget_curves
 
 __all__ = [
     "__version__",
@@ -79,4 +87,18 @@ __all__ = [
     "SimulationResult",
     "simulate",
     "simulate_sweep",
+    # evaluation
+    "DEFAULT_FRACTIONS",
+    "PromptVotes",
+    "load_prompt_votes",
+    "load_scores",
+    "kendall_tau",
+    "pairs_agreement",
+    "spearman",
+    "StabilityResult",
+    "TieReductionResult",
+    "leaderboard_stability",
+    "tie_reduction",
+    "BudgetCurves",
+    "budget_curves",
 ]

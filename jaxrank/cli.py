@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "jaxrank.commands.prioritize",
     "jaxrank.commands.budget",
     "jaxrank.commands.leaderboard",
+    "jaxrank.commands.evaluate",
 )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_budget_curves", "plot_leaderboard"]
+__all__ = ["plot_budget_curves", "plot_leaderboard", "plot_stability", "plot_tie_reduction"]
 
 
 def _pyplot() -> Any:
@@ -89,18 +89,22 @@ def plot_leaderboard(
 
 
 def plot_budget_curves(
-    curves: Mapping[str, Mapping[str, Sequence[float]]],
+    curves: Any,
     *,
     path: str | os.PathLike,
     title: str | None = None,
+    metric: str = "wce",
 ) -> pathlib.Path:
-    """Worst-case error vs judge budget, one line per allocator with its interval over runs shaded.
+    """Judge-budget error vs budget, one line per allocator with its interval over runs shaded.
 
     Args:
-      curves: {allocator: {"budget": [C], "wce_mean": [C], "wce_lower": [C], "wce_upper": [C]}}, e.g. from
+      curves: a `jaxrank.evaluation.BudgetCurves` (`budget_curves`), or
+        {allocator: {"budget": [C], "wce_mean": [C], "wce_lower": [C], "wce_upper": [C]}}, e.g. from
         `jaxrank.allocation.error_summary` per allocator.
       path: the image file to write (format from the suffix, e.g. `.png`).
       title: optional figure title.
+      metric: with a `BudgetCurves`, which error to draw: `"wce"` (worst case), `"mae"` or `"rmse"`;
+        with a dict, the key prefix to read (`"<metric>_mean"`, ...).
 
     Returns:
       The path written.
@@ -110,26 +114,158 @@ def plot_budget_curves(
         ...                                 "wce_lower": [0.4, 0.25], "wce_upper": [0.6, 0.4]}},
         ...                    path="budget.png")  # doctest: +SKIP
     """
+    labels = {"wce": "worst-case error  max_i |s_i - ŝ_i|", "mae": "mean absolute error", "rmse": "RMSE"}
+    if metric not in labels:
+        raise ValueError(f"metric must be one of 'wce', 'mae', 'rmse', got {metric!r}")
+    if hasattr(curves, "curves") and callable(curves.curves):
+        curves = curves.curves(metric)
     plt = _pyplot()
     if not curves:
-        raise ValueError("curves is empty: expected {allocator: {budget, wce_mean, wce_lower, wce_upper}}")
+        raise ValueError(f"curves is empty: expected {{allocator: {{budget, {metric}_mean, {metric}_lower, {metric}_upper}}}}")
     path = pathlib.Path(path)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for name, c in curves.items():
-        missing = {"budget", "wce_mean"} - set(c)
-        if missing:
-            raise ValueError(f"curve {name!r} lacks {sorted(missing)}")
-        (line,) = ax.plot(c["budget"], c["wce_mean"], marker="o", markersize=3, label=name)
-        if "wce_lower" in c and "wce_upper" in c:
-            ax.fill_between(c["budget"], c["wce_lower"], c["wce_upper"], color=line.get_color(), alpha=0.18)
-    ax.set_xlabel("judge queries (budget)")
-    ax.set_ylabel("worst-case error  max_i |s_i - ŝ_i|")
-    ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title="allocator")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        for name, c in curves.items():
+            missing = {"budget", f"{metric}_mean"} - set(c)
+            if missing:
+                raise ValueError(f"curve {name!r} lacks {sorted(missing)}")
+            (line,) = ax.plot(c["budget"], c[f"{metric}_mean"], marker="o", markersize=3, label=name)
+            if f"{metric}_lower" in c and f"{metric}_upper" in c:
+                ax.fill_between(c["budget"], c[f"{metric}_lower"], c[f"{metric}_upper"], color=line.get_color(), alpha=0.18)
+        ax.set_xlabel("judge queries (budget)")
+        ax.set_ylabel(labels[metric])
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(title="allocator")
+        if title:
+            ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _result_arrays(result: Any, names: Sequence[str], what: str) -> dict[str, np.ndarray]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = np.asarray(getattr(result, name), np.float64)
+        except AttributeError:
+            raise TypeError(f"result must be a {what} (it has no {name!r})") from None
+    return out
+
+
+def plot_tie_reduction(result: Any, path: str | os.PathLike, *, title: str | None = None) -> pathlib.Path:
+    """Tie rate of the top-q prompts vs random q subsets (left), and the relative reduction with its
+    interval (right), against the fraction q.
+
+    Args:
+        result: a `jaxrank.evaluation.TieReductionResult` (`tie_reduction`).
+        path: output file (`.png`, `.pdf`, `.svg`).
+        title: optional figure title.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> plot_tie_reduction(tie_reduction(scores, votes), "ties.png")  # doctest: +SKIP
+    """
+    cols = ("fraction", "tie_rate_top", "tie_rate_random", "reduction", "lower", "upper")
+    d = _result_arrays(result, cols, "TieReductionResult")
+    q = 100.0 * d["fraction"]
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.0, 4.0), dpi=120)
+    try:
+        ax1.plot(q, d["tie_rate_top"], marker="o", markersize=4, label="top q% by priority score")
+        ax1.plot(q, d["tie_rate_random"], marker="s", markersize=4, linestyle="--", color="tab:gray",
+                 label="random q% (mean)")
+        ax1.set_xlabel("prompts labelled, q (%)")
+        ax1.set_ylabel("tie rate (ties / votes)")
+        ax1.set_ylim(bottom=0)
+        ax1.grid(True, alpha=0.3)
+        ax1.legend()
+        # Infinite interval ends (a resample whose random side has no ties) are clipped to the axes.
+        lo = np.where(np.isfinite(d["lower"]), d["lower"], np.nan)
+        finite = np.concatenate([d["reduction"][np.isfinite(d["reduction"])], lo[np.isfinite(lo)], d["upper"][np.isfinite(d["upper"])]])
+        floor = (finite.min() if finite.size else -1.0) - 0.1
+        lo = np.where(np.isfinite(d["lower"]), d["lower"], floor)
+        ax2.fill_between(q, lo, d["upper"], color="tab:blue", alpha=0.2,
+                         label=f"{int(round(100 * float(getattr(result, 'confidence', 0.95))))}% bootstrap interval")
+        ax2.plot(q, d["reduction"], marker="o", markersize=4, color="tab:blue", label="1 - top / random")
+        ax2.axhline(0.0, color="black", linewidth=0.8)
+        ax2.set_xlabel("prompts labelled, q (%)")
+        ax2.set_ylabel("relative tie reduction")
+        ax2.grid(True, alpha=0.3)
+        ax2.legend()
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        path = pathlib.Path(path)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+_STABILITY_LABELS = {
+    "kendall_tau": "Kendall tau vs gold",
+    "spearman": "Spearman rho vs gold",
+    "pairs_agree": "pairs ordered as in gold",
+    "max_rating_diff": "largest |rating - gold| (Elo points)",
+}
+
+
+def plot_stability(
+    result: Any,
+    path: str | os.PathLike,
+    *,
+    metric: str = "kendall_tau",
+    title: str | None = None,
+) -> pathlib.Path:
+    """Rank correlation (or another stability metric) of the top-q leaderboard with the gold one vs q,
+    with its interval as error bars, and the random-q baseline as a line with its band.
+
+    Args:
+        result: a `jaxrank.evaluation.StabilityResult` (`leaderboard_stability`).
+        path: output file (`.png`, `.pdf`, `.svg`).
+        metric: `"kendall_tau"`, `"spearman"`, `"pairs_agree"` or `"max_rating_diff"`.
+        title: optional figure title.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> plot_stability(leaderboard_stability(scores, votes), "stability.png")  # doctest: +SKIP
+    """
+    if metric not in _STABILITY_LABELS:
+        raise ValueError(f"metric must be one of {', '.join(repr(m) for m in _STABILITY_LABELS)}, got {metric!r}")
+    names = ["fraction", metric, f"{metric}_lower", f"{metric}_upper",
+             f"random_{metric}", f"random_{metric}_lower", f"random_{metric}_upper"]
+    d = _result_arrays(result, names, "StabilityResult")
+    q = 100.0 * d["fraction"]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    try:
+        band = f"random q% (mean, {int(round(100 * float(getattr(result, 'confidence', 0.95))))}% of subsets)"
+        ax.fill_between(q, d[f"random_{metric}_lower"], d[f"random_{metric}_upper"], color="tab:gray", alpha=0.25)
+        ax.plot(q, d[f"random_{metric}"], linestyle="--", marker="s", markersize=3, color="tab:gray", label=band)
+        y = d[metric]
+        lo = np.where(np.isnan(d[f"{metric}_lower"]), y, d[f"{metric}_lower"])
+        hi = np.where(np.isnan(d[f"{metric}_upper"]), y, d[f"{metric}_upper"])
+        ax.errorbar(q, y, yerr=np.stack([np.maximum(y - lo, 0.0), np.maximum(hi - y, 0.0)]), fmt="o-", markersize=4,
+                    capsize=3, color="tab:blue", label="top q% by priority score")
+        ax.set_xlabel("prompts labelled, q (%)")
+        ax.set_ylabel(_STABILITY_LABELS[metric])
+        if metric != "max_rating_diff":
+            ax.axhline(1.0, color="black", linewidth=0.6, alpha=0.5)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        if title:
+            ax.set_title(title)
+        fig.tight_layout()
+        path = pathlib.Path(path)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
     return path

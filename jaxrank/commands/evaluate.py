@@ -1,0 +1,248 @@
+"""`jaxrank evaluate ties|stability`: what labelling the highest-priority prompts first saves, on your data.
+
+- `ties`: tie rate among the top q % prompts vs random q % subsets, and the relative reduction.
+- `stability`: the leaderboard from the top q % prompts' votes vs the leaderboard from all votes.
+
+SCORES: CSV/JSONL/Parquet with `prompt_id, score`. VOTES: Arena-format votes (`model_a, model_b, winner`)
+plus a `prompt_id` column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from typing import Any
+
+from jaxrank.commands._common import CliError, console, err_console, input_path, output_path
+
+_PLOT_FORMATS = (".png", ".pdf", ".svg")
+_TARGETS = ("model_a", "model_b", "tie", "tie (bothbad)")
+_COLUMN_KEYS = ("model_a", "model_b", "winner", "prompt_id")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="tie reduction and leaderboard stability of prompt prioritization on your votes",
+        description=(
+            "Measure what labelling the highest-priority prompts first saves: 'ties' compares the tie rate "
+            "among the top q% of prompts with random q% subsets; 'stability' compares the leaderboard "
+            "from the top q% prompts' votes with the leaderboard from all votes."
+        ),
+    )
+    sub = p.add_subparsers(dest="evaluation", metavar="EVALUATION")
+    sub.required = True
+
+    t = sub.add_parser(
+        "ties",
+        help="tie rate of the top q%% prompts vs random q%% subsets",
+        description=(
+            "Tie rate (ties / votes, 'tie' and 'tie (bothbad)' both count) among the votes of the top q% "
+            "prompts by score vs random q% prompt subsets, and the reduction 1 - top / random with a "
+            "bootstrap-over-prompts interval. --out writes CSV columns fraction, tie_rate_top, "
+            "tie_rate_random, reduction, lower, upper."
+        ),
+    )
+    _common_args(t)
+    t.add_argument("--num-random", type=int, default=1000, metavar="N",
+                   help="random subsets for the baseline and bootstrap replicates for the interval (default 1000)")
+    t.set_defaults(func=run_ties)
+
+    s = sub.add_parser(
+        "stability",
+        help="leaderboard from the top q%% prompts vs the leaderboard from all votes",
+        description=(
+            "Fit the leaderboard on the votes of the top q% prompts (and of random q% subsets) and compare "
+            "it with the leaderboard on all votes: Kendall tau, Spearman rho, fraction of pairs ordered as "
+            "in gold, largest rating difference (Elo points), with intervals. --out writes CSV columns "
+            "fraction, then kendall_tau, spearman, pairs_agree, max_rating_diff each with _lower/_upper, "
+            "then random_<metric> with _lower/_upper, then num_prompts, num_votes."
+        ),
+    )
+    _common_args(s)
+    s.add_argument("--method", choices=("bt", "elo"), default="bt",
+                   help="bt: Bradley-Terry (default); elo: online Elo over random vote orders")
+    s.add_argument("--ties", choices=("half", "rao-kupper", "davidson", "drop"), default="half",
+                   help="Bradley-Terry tie model (default: half)")
+    s.add_argument("--num-random", type=int, default=100, metavar="N",
+                   help="random prompt subsets per fraction (default 100)")
+    s.add_argument("--permutations", type=int, default=100, metavar="N",
+                   help="vote orders for --method elo (default 100)")
+    s.add_argument("--bootstrap", type=int, default=100, metavar="N",
+                   help="bootstrap rounds per fraction for the Bradley-Terry intervals, 0 for none (default 100)")
+    s.add_argument("--l2", type=float, default=0.0, help="Bradley-Terry L2 prior precision (default 0)")
+    s.add_argument("--metric", choices=("kendall_tau", "spearman", "pairs_agree", "max_rating_diff"),
+                   default="kendall_tau", help="metric drawn by --plot (default kendall_tau)")
+    s.set_defaults(func=run_stability)
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scores", required=True, metavar="SCORES",
+                   help="priority scores: .csv/.jsonl/.parquet with columns prompt_id, score")
+    p.add_argument("--votes", required=True, metavar="VOTES",
+                   help="votes: .csv/.jsonl/.parquet with model_a, model_b, winner and prompt_id")
+    p.add_argument("--fractions", metavar="LIST", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0",
+                   help="fractions q of prompts, comma-separated in (0, 1] (default 0.1,0.2,...,1.0)")
+    p.add_argument("--ci", type=float, default=0.95, metavar="C", help="interval coverage in (0, 1) (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--columns", metavar="MAP",
+                   help="vote column names, e.g. model_a=left,model_b=right,winner=winner,prompt_id=prompt")
+    p.add_argument("--prompt-column", default="prompt_id", metavar="NAME",
+                   help="prompt-id column of VOTES (default prompt_id)")
+    p.add_argument("--winner-labels", metavar="MAP", help="winner labels, e.g. left=model_a,right=model_b,tie=tie")
+    p.add_argument("--out", metavar="FILE", help="write the table as CSV")
+    p.add_argument("--plot", metavar="FILE", help="write the figure (.png, .pdf, .svg)")
+    p.add_argument("--force", action="store_true", help="overwrite --out/--plot if they exist")
+
+
+def _parse_map(text: str, arg: str, *, keys: tuple[str, ...] | None = None,
+               values: tuple[str, ...] | None = None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        if "=" not in part or not part.split("=", 1)[0].strip() or not part.split("=", 1)[1].strip():
+            raise CliError(f"{arg}: expected NAME=VALUE pairs separated by commas, got {part!r} in {text!r}")
+        k, v = (x.strip() for x in part.split("=", 1))
+        if keys is not None and k not in keys:
+            raise CliError(f"{arg}: unknown name {k!r}; expected one of {', '.join(keys)}")
+        if values is not None and v not in values:
+            raise CliError(f"{arg}: {k}={v!r} must map to one of {', '.join(repr(x) for x in values)}")
+        out[k] = v
+    return out
+
+
+def _parse_fractions(text: str) -> list[float]:
+    out = []
+    for part in text.split(","):
+        try:
+            q = float(part)
+        except ValueError:
+            raise CliError(f"--fractions: {part.strip()!r} is not a number (expected e.g. 0.1,0.2,0.5,1.0)") from None
+        if not 0.0 < q <= 1.0:
+            raise CliError(f"--fractions: {q:g} is outside (0, 1]")
+        out.append(q)
+    if len(set(out)) != len(out):
+        raise CliError(f"--fractions: duplicate values in {text!r}")
+    return out
+
+
+def _load(args: argparse.Namespace):
+    """Validate the common options, then read SCORES and VOTES; returns (scores, votes, out, plot, fractions)."""
+    from jaxrank.evaluation import load_prompt_votes, load_scores
+
+    scores_path = input_path(args.scores, arg="--scores")
+    votes_path = input_path(args.votes, arg="--votes")
+    for arg, p in (("--scores", scores_path), ("--votes", votes_path)):
+        if p.is_dir():
+            raise CliError(f"{arg} {p} is a directory; expected a .csv, .jsonl or .parquet file")
+    fractions = _parse_fractions(args.fractions)
+    if not 0.0 < args.ci < 1.0:
+        raise CliError(f"--ci must lie strictly between 0 and 1, got {args.ci}")
+    if args.num_random < 2:
+        raise CliError(f"--num-random must be >= 2, got {args.num_random}")
+    out = output_path(args.out, force=args.force, arg="--out")
+    if out is not None and out.suffix.lower() != ".csv":
+        raise CliError(f"--out {out}: expected a .csv file, got {out.suffix or '(no suffix)'!r}")
+    plot = output_path(args.plot, force=args.force, arg="--plot")
+    if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
+        raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
+    columns = _parse_map(args.columns, "--columns", keys=_COLUMN_KEYS) if args.columns else None
+    labels = _parse_map(args.winner_labels, "--winner-labels", values=_TARGETS) if args.winner_labels else None
+    try:
+        scores = load_scores(scores_path)
+    except ValueError as err:
+        raise CliError(f"--scores {scores_path}: {err}") from None
+    try:
+        votes = load_prompt_votes(votes_path, columns=columns, prompt_column=args.prompt_column, winner_labels=labels)
+    except ValueError as err:
+        raise CliError(f"--votes {votes_path}: {err}") from None
+    return scores, votes, out, plot, fractions, votes_path
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "nan" if x != x else f"{x:.{digits}f}"
+
+
+def run_ties(args: argparse.Namespace) -> int:
+    import jax
+
+    from jaxrank.evaluation import tie_reduction
+
+    scores, votes, out, plot, fractions, votes_path = _load(args)
+    res = tie_reduction(scores, votes, fractions=fractions, num_random=args.num_random, confidence=args.ci,
+                        key=jax.random.key(args.seed))
+    frame = res.to_frame()
+    if out is not None:
+        frame.to_csv(out, index=False)
+    if plot is not None:
+        from jaxrank.plots import plot_tie_reduction
+
+        plot_tie_reduction(res, plot, title=f"{votes_path.name}: {votes.num_prompts} prompts, {votes.num_votes} votes")
+
+    from rich.table import Table
+
+    table = Table(title=f"{votes_path.name}: {votes.num_prompts} prompts, {votes.num_votes} votes, "
+                        f"{args.num_random} random subsets; {args.ci:.0%} bootstrap interval")
+    for col in ("q", "prompts", "votes", "tie rate top", "tie rate random", "reduction", "interval"):
+        table.add_column(col, justify="right")
+    for i in range(len(frame)):
+        table.add_row(f"{res.fraction[i]:g}", str(int(res.num_prompts[i])), str(int(res.num_votes[i])),
+                      _fmt(res.tie_rate_top[i]), _fmt(res.tie_rate_random[i]), _fmt(res.reduction[i]),
+                      f"[{_fmt(res.lower[i])}, {_fmt(res.upper[i])}]")
+    console.print(table)
+    written = [str(p) for p in (out, plot) if p is not None]
+    if written:
+        err_console.print(f"wrote {', '.join(written)}", highlight=False)
+    return 0
+
+
+def run_stability(args: argparse.Namespace) -> int:
+    import jax
+
+    from jaxrank.evaluation import leaderboard_stability
+
+    if args.permutations < 2:
+        raise CliError(f"--permutations must be >= 2, got {args.permutations}")
+    if args.bootstrap < 0 or args.bootstrap == 1:
+        raise CliError(f"--bootstrap must be 0 (no interval) or >= 2 rounds, got {args.bootstrap}")
+    if not args.l2 >= 0:
+        raise CliError(f"--l2 must be >= 0, got {args.l2}")
+    scores, votes, out, plot, fractions, votes_path = _load(args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = leaderboard_stability(
+            scores, votes, fractions=fractions, method=args.method, ties=args.ties, num_random=args.num_random,
+            num_permutations=args.permutations, num_bootstrap=args.bootstrap, confidence=args.ci, l2=args.l2,
+            key=jax.random.key(args.seed),
+        )
+    for note in dict.fromkeys(str(w.message) for w in caught):
+        err_console.print(f"jaxrank: warning: {note}", markup=False, highlight=False, soft_wrap=True)
+    frame = res.to_frame()
+    if out is not None:
+        frame.to_csv(out, index=False)
+    if plot is not None:
+        from jaxrank.plots import plot_stability
+
+        plot_stability(res, plot, metric=args.metric,
+                       title=f"{votes_path.name}: {args.method}, {votes.num_models} models")
+
+    from rich.table import Table
+
+    what = "bootstrap over votes" if args.method == "bt" else "vote orders"
+    table = Table(title=f"{votes_path.name}: {votes.num_models} models, {votes.num_prompts} prompts, "
+                        f"{votes.num_votes} votes; {args.method}; top-q intervals over {what}, "
+                        f"random baseline over {args.num_random} subsets")
+    for col in ("q", "prompts", "tau", "tau random", "rho", "pairs agree", "max diff (Elo)", "max diff random"):
+        table.add_column(col, justify="right")
+    for i in range(len(frame)):
+        r = frame.iloc[i]
+        table.add_row(
+            f"{r['fraction']:g}", str(int(r["num_prompts"])),
+            f"{_fmt(r['kendall_tau'])} [{_fmt(r['kendall_tau_lower'])}, {_fmt(r['kendall_tau_upper'])}]",
+            f"{_fmt(r['random_kendall_tau'])} [{_fmt(r['random_kendall_tau_lower'])}, {_fmt(r['random_kendall_tau_upper'])}]",
+            _fmt(r["spearman"]), _fmt(r["pairs_agree"]), _fmt(r["max_rating_diff"], 1), _fmt(r["random_max_rating_diff"], 1),
+        )
+    console.print(table)
+    written = [str(p) for p in (out, plot) if p is not None]
+    if written:
+        err_console.print(f"wrote {', '.join(written)}", highlight=False)
+    return 0

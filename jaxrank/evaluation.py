@@ -1,0 +1,1284 @@
+r"""Evaluation harness: what prompt prioritization and adaptive judging save, on the user's own data.
+
+Three measurements, each one call (and a figure in `jaxrank.plots`, a CSV from `jaxrank evaluate`):
+
+- **Tie reduction** (`tie_reduction`): votes are collected per prompt; a priority score per prompt
+  (e.g. the KL divergence of two models' answers, `jaxrank.score_pairs`) says which prompts to label
+  first. For a grid of fractions q, the tie rate among the votes of the top q % of prompts is compared
+  with the tie rate of random q % subsets: `reduction = 1 - tie_rate_top / tie_rate_random`
+  (Boubdir et al. 2023, "Which Prompts Make The Difference?").
+- **Leaderboard stability** (`leaderboard_stability`): the leaderboard fitted on the top q % prompts'
+  votes (and on random q % subsets) against the leaderboard on all votes ("gold"): Kendall tau-b,
+  Spearman rho, the fraction of model pairs ordered as in gold, and the largest rating difference.
+- **Budget curves** (`budget_curves`): judge-budget error vs budget per allocator, from
+  `jaxrank.allocation.simulate_sweep`.
+
+Rank metrics (`kendall_tau`, `spearman`, `pairs_agreement`) are pure JAX and vmap-safe, with an
+optional mask of the entries that count.
+
+Votes with prompts are a `PromptVotes` (`load_prompt_votes` reads Chatbot-Arena-format files with a
+`prompt_id` column, through `jaxrank.ratings.load_battles`' reading and validation); priority scores
+are a mapping prompt id -> score (`load_scores`) or an array aligned with `PromptVotes.prompt_ids`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrank.ratings.battles import (
+    A_WINS,
+    B_WINS,
+    TIE,
+    TIE_BOTHBAD,
+    Battles,
+    _encode,
+    _preview,
+    _read_table,
+    load_battles,
+)
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "PromptVotes",
+    "load_prompt_votes",
+    "load_scores",
+    "kendall_tau",
+    "spearman",
+    "pairs_agreement",
+    "TieReductionResult",
+    "tie_reduction",
+    "StabilityResult",
+    "leaderboard_stability",
+    "BudgetCurves",
+    "budget_curves",
+]
+
+DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+STABILITY_METRICS = ("kendall_tau", "spearman", "pairs_agree", "max_rating_diff")
+_ELO_POINTS = 400.0 / math.log(10.0)  # natural-log strength -> Elo points
+
+
+# --------------------------------------------------------------------------------------------------
+# Votes with prompts
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptVotes:
+    """Pairwise votes, each on one prompt.
+
+    Attributes:
+        prompt_ids: the P distinct prompt ids (as strings), sorted; prompt `p` is `prompt_ids[p]`.
+        prompt_index: int32[N] the prompt of each vote (index into `prompt_ids`).
+        a: int32[N] index of the first model of each vote (into `models`).
+        b: int32[N] index of the second model.
+        outcome: int32[N] `A_WINS`=0, `B_WINS`=1, `TIE`=2, `TIE_BOTHBAD`=3 (`jaxrank.ratings`).
+        models: the M model names.
+
+    Votes keep their input order (online Elo replays them in it).
+
+    Example:
+        >>> votes = PromptVotes(("p0", "p1"), [0, 0, 1], [0, 1, 0], [1, 2, 2], [0, 2, 1], ("x", "y", "z"))
+        >>> votes.num_votes, votes.num_prompts, votes.num_models
+        (3, 2, 3)
+    """
+
+    prompt_ids: tuple[str, ...]
+    prompt_index: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    outcome: np.ndarray
+    models: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        ids = tuple(str(p) for p in self.prompt_ids)
+        if len(set(ids)) != len(ids):
+            raise ValueError("prompt_ids must be distinct")
+        models = tuple(str(m) for m in self.models)
+        if len(models) < 2:
+            raise ValueError(f"models must name at least 2 models, got {len(models)}")
+        arrays = {}
+        for name in ("prompt_index", "a", "b", "outcome"):
+            x = np.asarray(getattr(self, name))
+            if x.ndim != 1 or not (np.issubdtype(x.dtype, np.integer) or x.size == 0):
+                raise ValueError(f"{name} must be an int array [N], got dtype {x.dtype} and shape {x.shape}")
+            arrays[name] = x.astype(np.int32)
+        n = arrays["a"].shape[0]
+        if any(x.shape[0] != n for x in arrays.values()):
+            raise ValueError(
+                "prompt_index, a, b and outcome must have the same length N, got "
+                + ", ".join(str(x.shape[0]) for x in arrays.values())
+            )
+        if n == 0:
+            raise ValueError("no votes (N = 0)")
+        for name, hi in (("prompt_index", len(ids)), ("a", len(models)), ("b", len(models)), ("outcome", 4)):
+            x = arrays[name]
+            if x.min() < 0 or x.max() >= hi:
+                raise ValueError(f"{name} must hold values in [0, {hi}), got range [{x.min()}, {x.max()}]")
+        if np.any(arrays["a"] == arrays["b"]):
+            raise ValueError(f"{int(np.sum(arrays['a'] == arrays['b']))} vote(s) have a model playing itself (a == b)")
+        object.__setattr__(self, "prompt_ids", ids)
+        object.__setattr__(self, "models", models)
+        for name, x in arrays.items():
+            x.setflags(write=False)
+            object.__setattr__(self, name, x)
+
+    @property
+    def num_votes(self) -> int:
+        return int(self.a.shape[0])
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def num_models(self) -> int:
+        return len(self.models)
+
+    def is_tie(self) -> np.ndarray:
+        """bool[N]: the vote is `tie` or `tie (bothbad)`."""
+        return (self.outcome == TIE) | (self.outcome == TIE_BOTHBAD)
+
+    def votes_per_prompt(self) -> np.ndarray:
+        """int64[P] number of votes on each prompt."""
+        return np.bincount(self.prompt_index, minlength=self.num_prompts)
+
+    def ties_per_prompt(self) -> np.ndarray:
+        """int64[P] number of tie votes (`tie` or `tie (bothbad)`) on each prompt."""
+        return np.bincount(self.prompt_index, weights=self.is_tie(), minlength=self.num_prompts).astype(np.int64)
+
+    def to_battles(self) -> Battles:
+        """The votes as `jaxrank.ratings.Battles` (unique rows + counts; `vote_row` maps each vote to its row)."""
+        return _encode(self.models, self.a.astype(np.int64), self.b.astype(np.int64), self.outcome.astype(np.int64), None)
+
+    def subset(self, prompts: Any) -> "PromptVotes":
+        """The votes on the given prompts (indices into `prompt_ids`), in input order; same prompt and
+        model lists."""
+        keep = np.isin(self.prompt_index, np.asarray(prompts, np.int64))
+        return dataclasses.replace(
+            self, prompt_index=self.prompt_index[keep], a=self.a[keep], b=self.b[keep], outcome=self.outcome[keep]
+        )
+
+
+_VOTE_KEYS = ("model_a", "model_b", "winner", "prompt_id")
+
+
+def load_prompt_votes(
+    source: Any,
+    *,
+    columns: Mapping[str, str] | None = None,
+    prompt_column: str = "prompt_id",
+    winner_labels: Mapping[Any, str] | None = None,
+    models: Sequence[str] | None = None,
+) -> PromptVotes:
+    """Read Arena-format votes with a prompt id per vote.
+
+    The votes are read and validated by `jaxrank.ratings.load_battles` (same file types, column mapping,
+    winner labels and error messages); this adds the prompt column.
+
+    Args:
+        source: a pandas DataFrame or a `.csv`/`.tsv`, `.jsonl`/`.json` or `.parquet` file with columns
+            `model_a, model_b, winner` (winner in `model_a | model_b | tie | tie (bothbad)`) and a prompt id.
+        columns: maps `model_a`, `model_b`, `winner` (and `prompt_id`) to the source's column names.
+        prompt_column: the prompt-id column (default `prompt_id`; `columns["prompt_id"]` overrides it).
+            Ids are compared as strings (`17` and `"17"` are the same prompt).
+        winner_labels: maps the source's winner values to Arena's labels (see `load_battles`).
+        models: optional model list fixing the order (see `load_battles`).
+
+    Returns:
+        `PromptVotes` in input order; `prompt_ids` sorted.
+
+    Raises:
+        ValueError: missing columns (named, with the available ones), missing prompt ids, and every
+            error of `load_battles`.
+
+    Example:
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"prompt_id": [1, 1, 2], "model_a": ["x", "y", "x"],
+        ...                       "model_b": ["y", "z", "z"], "winner": ["model_a", "tie", "model_b"]})
+        >>> votes = load_prompt_votes(frame)
+        >>> votes.prompt_ids, votes.models, votes.outcome.tolist()
+        (('1', '2'), ('x', 'y', 'z'), [0, 2, 1])
+    """
+    frame = _read_table(source)
+    columns = dict(columns or {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in columns.items()):
+        raise TypeError("columns must map names to column names (strings)")
+    unknown = [k for k in columns if k not in _VOTE_KEYS]
+    if unknown:
+        raise ValueError(f"columns: unknown key(s) {_preview(unknown)}; expected keys among {_preview(_VOTE_KEYS)}")
+    prompt_column = columns.pop("prompt_id", prompt_column)
+    if not isinstance(prompt_column, str):
+        raise TypeError(f"prompt_column must be a column name, got {type(prompt_column).__name__}")
+    if prompt_column not in frame.columns:
+        raise ValueError(
+            f"source is missing the prompt column {prompt_column!r}; available columns: "
+            f"{_preview(list(frame.columns), 20)}; name yours with prompt_column=... (command line: --prompt-column)"
+        )
+    raw = frame[prompt_column].to_numpy(dtype=object)
+    missing = [i for i, v in enumerate(raw) if v is None or (isinstance(v, float) and v != v) or str(v) == ""]
+    if missing:
+        raise ValueError(f"column {prompt_column!r} has {len(missing)} missing prompt id(s), e.g. in row(s) {_preview(missing)}")
+    battles = load_battles(frame, columns=columns or None, winner_labels=winner_labels, models=models)
+    ids, prompt_index = np.unique(np.asarray([_id_string(v) for v in raw], dtype=object), return_inverse=True)
+    row = np.asarray(battles.vote_row)
+    return PromptVotes(
+        prompt_ids=tuple(ids.tolist()),
+        prompt_index=prompt_index.reshape(-1),
+        a=np.asarray(battles.a)[row],
+        b=np.asarray(battles.b)[row],
+        outcome=np.asarray(battles.outcome)[row],
+        models=battles.models,
+    )
+
+
+def _id_string(value: Any) -> str:
+    # 17, 17.0 (a CSV column with gaps) and "17" name the same prompt.
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def load_scores(source: Any, *, columns: Mapping[str, str] | None = None) -> "pandas.Series":  # noqa: F821
+    """Read per-prompt priority scores: a CSV/JSONL/Parquet file (or DataFrame) with `prompt_id, score`.
+
+    Args:
+        source: a path or a pandas DataFrame.
+        columns: optional `{"prompt_id": ..., "score": ...}` naming the source's columns.
+
+    Returns:
+        pandas Series `score` (float64) indexed by the prompt id as a string, in file order.
+
+    Raises:
+        ValueError: missing columns, duplicate prompt ids, missing ids, NaN or non-numeric scores.
+
+    Example:
+        >>> import pandas as pd
+        >>> load_scores(pd.DataFrame({"prompt_id": [1, 2], "score": [0.3, 1.5]})).to_dict()
+        {'1': 0.3, '2': 1.5}
+    """
+    import pandas as pd
+
+    frame = _read_table(source)
+    mapping = {"prompt_id": "prompt_id", "score": "score"}
+    if columns:
+        unknown = [k for k in columns if k not in mapping]
+        if unknown:
+            raise ValueError(f"columns: unknown key(s) {_preview(unknown)}; expected 'prompt_id' and/or 'score'")
+        mapping.update(columns)
+    missing = [c for c in mapping.values() if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"scores source is missing column(s) {_preview(missing)}; available columns: "
+            f"{_preview(list(frame.columns), 20)}; expected prompt_id, score"
+        )
+    if len(frame) == 0:
+        raise ValueError("scores source has no rows")
+    raw_ids = frame[mapping["prompt_id"]].to_numpy(dtype=object)
+    bad_ids = [i for i, v in enumerate(raw_ids) if v is None or (isinstance(v, float) and v != v)]
+    if bad_ids:
+        raise ValueError(f"scores: {len(bad_ids)} missing prompt id(s), e.g. in row(s) {_preview(bad_ids)}")
+    ids = [_id_string(v) for v in raw_ids]
+    values = pd.to_numeric(frame[mapping["score"]], errors="coerce").to_numpy(np.float64)
+    non_numeric = [ids[i] for i in np.flatnonzero(np.isnan(values)) if not _is_nan_like(frame[mapping["score"]].iloc[i])]
+    if non_numeric:
+        raise ValueError(f"scores: non-numeric score(s) for {len(non_numeric)} prompt(s), e.g. {_preview(non_numeric)}")
+    nan = [ids[i] for i in np.flatnonzero(np.isnan(values))]
+    if nan:
+        raise ValueError(f"scores: {len(nan)} NaN score(s), e.g. for prompt(s) {_preview(nan)}; drop or fill them first")
+    series = pd.Series(values, index=pd.Index(ids, name="prompt_id"), name="score")
+    dup = series.index[series.index.duplicated()].unique().tolist()
+    if dup:
+        raise ValueError(f"scores: {len(dup)} duplicate prompt id(s), e.g. {_preview(dup)}; one score per prompt")
+    return series
+
+
+def _is_nan_like(value: Any) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and value != value)
+
+
+def _check_votes(votes: Any) -> PromptVotes:
+    if not isinstance(votes, PromptVotes):
+        raise TypeError(f"votes must be a PromptVotes (see load_prompt_votes), got {type(votes).__name__}")
+    return votes
+
+
+def _aligned_scores(scores: Any, votes: PromptVotes) -> np.ndarray:
+    """float64[P] score of each prompt of `votes`, from a mapping/Series (prompt id -> score) or an array [P]."""
+    import pandas as pd
+
+    if isinstance(scores, pd.DataFrame):
+        scores = load_scores(scores)
+    if isinstance(scores, (Mapping, pd.Series)):
+        items = scores.items()
+        lookup: dict[str, Any] = {}
+        for k, v in items:
+            key = _id_string(k)
+            if key in lookup:
+                raise ValueError(f"scores has the prompt id {key!r} twice")
+            lookup[key] = v
+        absent = [p for p in votes.prompt_ids if p not in lookup]
+        if absent:
+            raise ValueError(
+                f"scores: {len(absent)} of the {votes.num_prompts} prompts with votes have no score, e.g. "
+                f"{_preview(absent)}; score every prompt that has votes"
+            )
+        try:
+            values = np.asarray([lookup[p] for p in votes.prompt_ids], dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"scores must be numbers; {err}") from None
+    else:
+        if isinstance(scores, jax.core.Tracer):
+            raise TypeError("scores must be concrete (this runs on the host, outside jit)")
+        try:
+            values = np.asarray(scores, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"scores must be a mapping prompt id -> score, a pandas Series, or an array [P]; {err}"
+            ) from None
+        if values.shape != (votes.num_prompts,):
+            raise ValueError(
+                f"scores as an array must have shape [P] = ({votes.num_prompts},), one per prompt of votes.prompt_ids, "
+                f"got {values.shape}"
+            )
+    nan = np.flatnonzero(np.isnan(values))
+    if nan.size:
+        raise ValueError(
+            f"scores: {nan.size} NaN score(s), e.g. for prompt(s) {_preview([votes.prompt_ids[i] for i in nan])}"
+        )
+    return values
+
+
+# --------------------------------------------------------------------------------------------------
+# Option checks
+
+
+def _check_fractions(fractions: Any) -> np.ndarray:
+    if isinstance(fractions, numbers.Real):
+        fractions = [fractions]
+    try:
+        f = np.asarray(list(fractions), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"fractions must be a sequence of numbers in (0, 1], got {fractions!r}") from None
+    if f.ndim != 1 or f.size == 0:
+        raise ValueError(f"fractions must be a non-empty sequence of numbers in (0, 1], got {fractions!r}")
+    if not np.all((f > 0) & (f <= 1)):
+        raise ValueError(f"fractions must lie in (0, 1], got {f.tolist()}")
+    if np.unique(f).size != f.size:
+        raise ValueError(f"fractions has duplicates: {f.tolist()}")
+    return np.sort(f)
+
+
+def _check_count(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_confidence(confidence: Any) -> float:
+    if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+    return float(confidence)
+
+
+def _check_key(key: Any) -> jax.Array:
+    if key is None:
+        return jax.random.key(0)
+    if not isinstance(key, jax.Array):
+        raise TypeError(f"key must be a jax.random.key, got {type(key).__name__}")
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key) if key.dtype == jnp.uint32 and key.shape == (2,) else key
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        raise TypeError("key must be a jax.random.key (or a legacy uint32[2] PRNGKey)")
+    return key
+
+
+def _subset_sizes(fractions: np.ndarray, num_prompts: int) -> np.ndarray:
+    """ceil(q P), rounded as `jaxrank.prioritize` rounds (float noise first, at least one prompt)."""
+    return np.asarray([max(1, math.ceil(round(float(q) * num_prompts, 6))) for q in fractions], np.int32)
+
+
+def _interval(samples: np.ndarray, confidence: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Central `confidence` percentile interval along `axis`, ignoring NaN; linear interpolation, except
+    where an infinite sample makes it undefined (then the nearest order statistic, which may be inf)."""
+    q = [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0]
+    samples = np.asarray(samples, np.float64)
+    with np.errstate(invalid="ignore"), _quiet_nan():
+        lo, hi = np.nanquantile(samples, q, axis=axis)
+        lo_n, hi_n = np.nanquantile(samples, q[0], axis=axis, method="lower"), np.nanquantile(
+            samples, q[1], axis=axis, method="higher"
+        )
+    lo = np.where(np.isnan(lo) & ~np.isnan(lo_n), lo_n, lo)
+    hi = np.where(np.isnan(hi) & ~np.isnan(hi_n), hi_n, hi)
+    return lo, hi
+
+
+def _quiet_nan():
+    import warnings
+
+    ctx = warnings.catch_warnings()
+
+    class _Ctx:
+        def __enter__(self):
+            ctx.__enter__()
+            warnings.simplefilter("ignore", RuntimeWarning)
+
+        def __exit__(self, *exc):
+            return ctx.__exit__(*exc)
+
+    return _Ctx()
+
+
+def _nanmean(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    with _quiet_nan():
+        return np.nanmean(np.asarray(x, np.float64), axis=axis)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rank metrics (pure JAX, vmap-safe)
+
+
+def _pairs(x: Any, y: Any, mask: Any, name: str):
+    x = jnp.asarray(x)
+    y = jnp.asarray(y)
+    if x.ndim != 1 or y.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"{name}: x and y must have the same shape [n], got {tuple(x.shape)} and {tuple(y.shape)}")
+    dtype = jnp.promote_types(jnp.promote_types(x.dtype, y.dtype), jnp.float32)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{name}: x and y must be real numbers, got {x.dtype} and {y.dtype}")
+    x = x.astype(dtype)
+    y = y.astype(dtype)
+    n = x.shape[0]
+    m = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask)
+    if m.shape != (n,):
+        raise ValueError(f"{name}: mask must have shape [n] = ({n},), got {tuple(m.shape)}")
+    m = m.astype(bool)
+    upper = jnp.arange(n)[:, None] < jnp.arange(n)[None, :]
+    pair = upper & m[:, None] & m[None, :]
+    sx = jnp.sign(x[:, None] - x[None, :])
+    sy = jnp.sign(y[:, None] - y[None, :])
+    return x, y, m, pair, sx, sy, dtype
+
+
+def kendall_tau(x: Any, y: Any, mask: Any = None) -> jax.Array:
+    r"""Kendall's tau-b rank correlation of two score vectors (ties handled), pure JAX.
+
+    `tau_b = (C - D) / sqrt((n0 - n1) (n0 - n2))` over the pairs `i < j` of entries that count, with
+    `C - D = sum sign(x_i - x_j) sign(y_i - y_j)`, `n0` the number of pairs, `n1` (`n2`) the pairs
+    tied in `x` (`y`). NaN when either vector is constant (as `scipy.stats.kendalltau`). O(n^2) memory.
+
+    Args:
+        x, y: float[n] scores (e.g. two leaderboards' ratings).
+        mask: optional bool[n]: only these entries count (e.g. models present in both).
+
+    Returns:
+        float scalar (float32, or float64 under x64 with float64 inputs).
+
+    Example:
+        >>> float(kendall_tau(jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([1.0, 3.0, 2.0, 4.0])))  # (5 - 1) / 6
+        0.666...
+    """
+    x, y, m, pair, sx, sy, dtype = _pairs(x, y, mask, "kendall_tau")
+    p = pair.astype(dtype)
+    s = jnp.sum(p * sx * sy)
+    n0 = jnp.sum(p)
+    n1 = jnp.sum(p * (sx == 0))
+    n2 = jnp.sum(p * (sy == 0))
+    den = jnp.sqrt((n0 - n1) * (n0 - n2))
+    return jnp.where(den > 0, s / jnp.where(den > 0, den, 1.0), jnp.nan)
+
+
+def _average_ranks(x: jax.Array, m: jax.Array, dtype) -> jax.Array:
+    """1-based average ranks among the entries with `m` (ties get the mean of their ranks)."""
+    mf = m.astype(dtype)
+    less = jnp.sum(mf[None, :] * (x[None, :] < x[:, None]), axis=1)
+    equal = jnp.sum(mf[None, :] * (x[None, :] == x[:, None]), axis=1)
+    return less + 0.5 * (equal + 1.0)
+
+
+def spearman(x: Any, y: Any, mask: Any = None) -> jax.Array:
+    r"""Spearman's rank correlation: the Pearson correlation of average ranks (ties handled), pure JAX.
+
+    `rho = cov(rank x, rank y) / (sd(rank x) sd(rank y))` over the entries that count, ranks 1..n with
+    ties given their mean rank (as `scipy.stats.spearmanr`). NaN when either vector is constant.
+
+    Args:
+        x, y: float[n] scores.
+        mask: optional bool[n]: only these entries count (they are ranked among themselves).
+
+    Returns:
+        float scalar.
+
+    Example:
+        >>> float(spearman(jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([1.0, 3.0, 2.0, 4.0])))  # 1 - 6*2/60
+        0.8
+    """
+    x, y, m, _, _, _, dtype = _pairs(x, y, mask, "spearman")
+    mf = m.astype(dtype)
+    count = jnp.sum(mf)
+    rx = _average_ranks(x, m, dtype)
+    ry = _average_ranks(y, m, dtype)
+    cx = (rx - jnp.sum(mf * rx) / jnp.maximum(count, 1.0)) * mf
+    cy = (ry - jnp.sum(mf * ry) / jnp.maximum(count, 1.0)) * mf
+    den = jnp.sqrt(jnp.sum(cx * cx) * jnp.sum(cy * cy))
+    return jnp.where(den > 0, jnp.sum(cx * cy) / jnp.where(den > 0, den, 1.0), jnp.nan)
+
+
+def pairs_agreement(x: Any, y: Any, mask: Any = None) -> jax.Array:
+    r"""Fraction of pairs `i < j` ordered the same way by `x` and `y`, pure JAX.
+
+    `sum [sign(x_i - x_j) == sign(y_i - y_j)] / n0` over the `n0` pairs of entries that count: a pair
+    tied in both agrees, a pair tied in one only does not. NaN with fewer than two entries.
+
+    Args:
+        x, y: float[n] scores (e.g. a leaderboard's ratings and the gold ratings).
+        mask: optional bool[n].
+
+    Returns:
+        float scalar in [0, 1].
+
+    Example:
+        >>> float(pairs_agreement(jnp.array([1.0, 2.0, 3.0]), jnp.array([1.0, 3.0, 2.0])))  # 2 of 3 pairs
+        0.666...
+    """
+    x, y, m, pair, sx, sy, dtype = _pairs(x, y, mask, "pairs_agreement")
+    p = pair.astype(dtype)
+    n0 = jnp.sum(p)
+    agree = jnp.sum(p * (sx == sy))
+    return jnp.where(n0 > 0, agree / jnp.maximum(n0, 1.0), jnp.nan)
+
+
+def _max_diff(ratings: jax.Array, gold: jax.Array, mask: jax.Array) -> jax.Array:
+    """max_i |(r_i - mean r) - (g_i - mean g)| over the masked entries (both centred on them)."""
+    mf = mask.astype(ratings.dtype)
+    count = jnp.maximum(jnp.sum(mf), 1.0)
+    r = ratings - jnp.sum(mf * ratings) / count
+    g = gold - jnp.sum(mf * gold) / count
+    return jnp.where(jnp.any(mask), jnp.max(jnp.where(mask, jnp.abs(r - g), -jnp.inf)), jnp.nan)
+
+
+def _all_metrics(ratings: jax.Array, gold: jax.Array, mask: jax.Array) -> jax.Array:
+    """float[4]: kendall_tau, spearman, pairs_agree, max_rating_diff of one leaderboard against gold."""
+    return jnp.stack(
+        [kendall_tau(ratings, gold, mask), spearman(ratings, gold, mask), pairs_agreement(ratings, gold, mask),
+         _max_diff(ratings, gold, mask)]
+    )
+
+
+_metrics_many = jax.jit(jax.vmap(_all_metrics))
+
+
+# --------------------------------------------------------------------------------------------------
+# Tie reduction
+
+
+@dataclasses.dataclass(frozen=True)
+class TieReductionResult:
+    """Tie rates among the top-q prompts vs random subsets, per fraction q.
+
+    Attributes (NumPy float64 [F], F fractions, ascending, unless said otherwise):
+        fraction: q.
+        num_prompts: int64[F] prompts selected, ceil(q P).
+        num_votes: int64[F] votes on the top-q prompts.
+        tie_rate_top: ties / votes among the top-q prompts' votes.
+        tie_rate_random: mean over `num_random` uniformly random prompt subsets of the same size of their
+            tie rate.
+        reduction: `1 - tie_rate_top / tie_rate_random`.
+        lower, upper: the prompt-bootstrap interval of the reduction (see `tie_reduction`).
+        confidence: the interval's central probability.
+        num_random: random subsets (and bootstrap replicates) used.
+    """
+
+    fraction: np.ndarray
+    num_prompts: np.ndarray
+    num_votes: np.ndarray
+    tie_rate_top: np.ndarray
+    tie_rate_random: np.ndarray
+    reduction: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    confidence: float
+    num_random: int
+
+    COLUMNS = ("fraction", "tie_rate_top", "tie_rate_random", "reduction", "lower", "upper")
+
+    def to_frame(self):
+        """pandas DataFrame with exactly the columns `fraction, tie_rate_top, tie_rate_random, reduction,
+        lower, upper` (what `jaxrank evaluate ties --out` writes)."""
+        import pandas as pd
+
+        return pd.DataFrame({c: np.asarray(getattr(self, c), np.float64) for c in self.COLUMNS})
+
+
+def _key_words(key: jax.Array) -> jax.Array:
+    """uint32[2]: the raw words of a threefry key (two random words drawn from any other key)."""
+    data = jax.random.key_data(key)
+    if data.shape == (2,) and data.dtype == jnp.uint32:
+        return data
+    return jax.random.bits(key, (2,), jnp.uint32)
+
+
+def _random_words(words: jax.Array, num: int, size: int) -> tuple[jax.Array, jax.Array]:
+    """Two uint32[num, size] arrays of random words: Threefry-2x32 of the counters (row, column) under the
+    key words (the counter-based stream `jaxrank.allocation` uses; written out, it compiles in a fraction
+    of the time `jax.random`'s CPU lowering takes)."""
+    from jaxrank._samplers import threefry2x32
+
+    rows = jnp.arange(num, dtype=jnp.uint32)[:, None]
+    cols = jnp.arange(size, dtype=jnp.uint32)[None, :]
+    return threefry2x32(words[0], words[1], rows, cols)
+
+
+def _random_permutations(words: jax.Array, num: int, size: int) -> jax.Array:
+    """int32[num, size]: uniformly random permutations, the argsort of i.i.d. 32-bit random words (equal
+    words, probability ~ size^2 / 2^33 per row, keep index order)."""
+    return jnp.argsort(_random_words(words, num, size)[0], axis=1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("num_random",))
+def _tie_kernel(words, ties, votes, sizes, *, num_random):
+    """Random-subset and prompt-bootstrap tie rates at every subset size, one compiled call per shape.
+
+    `words` uint32[2, 2] are the key words of the two streams (permutations, bootstrap draws); `ties`,
+    `votes` float32[P] are per-prompt counts in priority order (position 0 = highest score);
+    `sizes` int32[F]. Returns `random` [R, F] (tie rate of the first k prompts of a random permutation:
+    a uniformly random k-subset), `boot_top`, `boot_random` [R, F] (in a bootstrap resample of P prompt
+    positions drawn with replacement: the tie rate of its k highest-priority draws, and of its first k
+    draws, which are a random k-subset of the resample because the draws are i.i.d.).
+    """
+    num_prompts = ties.shape[0]
+    w_perm, w_boot = words[0], words[1]
+    last = sizes - 1
+
+    def rates(order):
+        ct = jnp.cumsum(ties[order])
+        cv = jnp.cumsum(votes[order])
+        return ct[last] / cv[last]
+
+    perms = _random_permutations(w_perm, num_random, num_prompts)
+    random = jax.vmap(rates)(perms)
+    # Modulo draws: bias ~ P / 2^32, negligible.
+    draws = (_random_words(w_boot, num_random, num_prompts)[1] % jnp.uint32(num_prompts)).astype(jnp.int32)
+    boot_random = jax.vmap(rates)(draws)
+    boot_top = jax.vmap(rates)(jnp.sort(draws, axis=1))
+    return random, boot_top, boot_random
+
+
+def _reduction(top: np.ndarray, random: np.ndarray) -> np.ndarray:
+    """1 - top / random, with 0/0 = no reduction (0) and x/0 = -inf for x > 0."""
+    top = np.asarray(top, np.float64)
+    random = np.asarray(random, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = 1.0 - top / random
+    out = np.where(random > 0, out, np.where(top > 0, -np.inf, 0.0))
+    return out
+
+
+def tie_reduction(
+    scores: Any,
+    votes: PromptVotes,
+    *,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    num_random: int = 1000,
+    confidence: float = 0.95,
+    key: jax.Array | None = None,
+) -> TieReductionResult:
+    r"""How much labelling the highest-priority prompts first reduces ties, against random prompts.
+
+    For each fraction q, with P prompts, `k = ceil(q P)` (rounded as `jaxrank.prioritize`):
+
+    - top: the k prompts with the highest score (`jaxrank.prioritize`: stable, lower prompt index first
+      on equal scores, prompts ordered as `votes.prompt_ids`); `tie_rate_top` = ties / votes among their
+      votes (`tie` and `tie (bothbad)` both count as ties);
+    - random: `tie_rate_random` = the mean over `num_random` uniformly random k-subsets of the prompts of
+      their tie rate (each subset's ties / votes);
+    - `reduction = 1 - tie_rate_top / tie_rate_random` (> 0: fewer ties among the top prompts);
+    - interval (a bootstrap over prompts, which also carries the random baseline's own spread): replicate
+      j draws P prompts with replacement; in it, `top_j` is the tie rate of the k highest-scored draws and
+      `random_j` that of k draws picked at random; `[lower, upper]` are the `(1 - confidence) / 2` and
+      `(1 + confidence) / 2` quantiles of `1 - top_j / random_j` over `num_random` replicates. At q = 1
+      both sides are the whole resample, so the reduction and its interval are exactly 0. A replicate
+      whose random side has no ties scores 0 if its top side has none either, else `-inf`.
+
+    Under uninformative (random) scores the top-q prompts are a random subset, so the reduction is 0 in
+    expectation; scores that put every prompt with ties last give the largest reduction.
+
+    All fractions, subsets and replicates run in one compiled JAX call (shape `[num_random, P]`).
+
+    Args:
+        scores: priority per prompt: a mapping / pandas Series prompt id -> score (`load_scores`; ids as
+            in `votes.prompt_ids`, extra ids ignored), or a float array [P] aligned with `votes.prompt_ids`.
+        votes: `PromptVotes` (`load_prompt_votes`).
+        fractions: the q grid, values in (0, 1] (sorted in the result).
+        num_random: random subsets for the baseline, and bootstrap replicates for the interval, >= 2.
+        confidence: central probability of the interval, in (0, 1).
+        key: PRNG key (default `jax.random.key(0)`).
+
+    Returns:
+        `TieReductionResult`; `.to_frame()` has the columns `fraction, tie_rate_top, tie_rate_random,
+        reduction, lower, upper`.
+
+    Raises:
+        ValueError: scores missing for prompts with votes, NaN scores, votes without any tie, bad options.
+
+    Example:
+        >>> res = tie_reduction({"p0": 2.0, "p1": 1.0}, votes, fractions=[0.5, 1.0])  # doctest: +SKIP
+        >>> res.to_frame()                                                              # doctest: +SKIP
+    """
+    from jaxrank.scoring import prioritize
+
+    votes = _check_votes(votes)
+    fractions = _check_fractions(fractions)
+    num_random = _check_count(num_random, "num_random", 2)
+    confidence = _check_confidence(confidence)
+    key = _check_key(key)
+    values = _aligned_scores(scores, votes)
+    ties_p = votes.ties_per_prompt().astype(np.float64)
+    votes_p = votes.votes_per_prompt().astype(np.float64)
+    if ties_p.sum() == 0:
+        raise ValueError("votes contain no ties (no 'tie' or 'tie (bothbad)' outcome); the tie reduction is undefined")
+
+    order = prioritize(values)
+    num_prompts = votes.num_prompts
+    sizes = _subset_sizes(fractions, num_prompts)
+    for q, k in zip(fractions, sizes):  # the same rounding as prioritize, by construction; hold it to that
+        assert len(prioritize(values, fraction=float(q))) == k
+    t_ord = ties_p[order]
+    v_ord = votes_p[order]
+    ct = np.cumsum(t_ord)
+    cv = np.cumsum(v_ord)
+    top = ct[sizes - 1] / cv[sizes - 1]
+
+    words = jnp.stack([_key_words(k) for k in jax.random.split(key)])
+    random, boot_top, boot_random = _tie_kernel(
+        words, jnp.asarray(t_ord, jnp.float32), jnp.asarray(v_ord, jnp.float32), jnp.asarray(sizes), num_random=num_random
+    )
+    random = np.asarray(random, np.float64)
+    tie_rate_random = random.mean(axis=0)
+    reduction = _reduction(top, tie_rate_random)
+    boot = _reduction(np.asarray(boot_top), np.asarray(boot_random))
+    full = sizes == num_prompts
+    boot[:, full] = 0.0  # top and random are the same resample: exactly no reduction
+    reduction = np.where(full, 0.0, reduction)
+    lower, upper = _interval(boot, confidence, axis=0)
+    return TieReductionResult(
+        fraction=fractions,
+        num_prompts=sizes.astype(np.int64),
+        num_votes=cv[sizes - 1].astype(np.int64),
+        tie_rate_top=top,
+        tie_rate_random=tie_rate_random,
+        reduction=reduction,
+        lower=lower,
+        upper=upper,
+        confidence=confidence,
+        num_random=num_random,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Leaderboard stability
+
+
+@dataclasses.dataclass(frozen=True)
+class StabilityResult:
+    """Leaderboards from the top-q prompts (and random q subsets) against the all-votes ("gold") one.
+
+    Attributes (NumPy float64 [F] per fraction, ascending, unless said otherwise):
+        fraction, num_prompts (int64), num_votes (int64): q, ceil(q P) prompts and their votes.
+        kendall_tau, spearman, pairs_agree, max_rating_diff: the top-q leaderboard against gold (point
+            estimates; see `leaderboard_stability`), each with `<name>_lower`/`<name>_upper`.
+        random_<name>, random_<name>_lower, random_<name>_upper: mean and central interval over the random
+            q subsets.
+        method, ties, confidence, num_random, num_intervals: the options; `num_intervals` is the number of
+            bootstrap rounds (BT) or vote orderings (Elo) behind the top-q intervals.
+        models: the M model names; gold_ratings: float64[M] gold ratings (Elo scale).
+        top_ratings: float64[F, M] the top-q leaderboards (Elo scale; NaN for models without votes there).
+    """
+
+    fraction: np.ndarray
+    num_prompts: np.ndarray
+    num_votes: np.ndarray
+    values: dict[str, np.ndarray]
+    method: str
+    ties: str
+    confidence: float
+    num_random: int
+    num_intervals: int
+    models: tuple[str, ...]
+    gold_ratings: np.ndarray
+    top_ratings: np.ndarray
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(f"StabilityResult has no attribute {name!r}")
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        """The CSV columns of `to_frame()`, in order."""
+        cols = ["fraction"]
+        for name in STABILITY_METRICS:
+            cols += [name, f"{name}_lower", f"{name}_upper"]
+        for name in STABILITY_METRICS:
+            cols += [f"random_{name}", f"random_{name}_lower", f"random_{name}_upper"]
+        return tuple(cols + ["num_prompts", "num_votes"])
+
+    def to_frame(self):
+        """pandas DataFrame: `fraction`, then per metric (`kendall_tau, spearman, pairs_agree,
+        max_rating_diff`) the value with `_lower`/`_upper`, then `random_<metric>` with `_lower`/`_upper`,
+        then `num_prompts, num_votes` (what `jaxrank evaluate stability --out` writes)."""
+        import pandas as pd
+
+        data = {"fraction": self.fraction}
+        for c in self.columns()[1:]:
+            data[c] = self.num_prompts if c == "num_prompts" else self.num_votes if c == "num_votes" else self.values[c]
+        return pd.DataFrame(data)
+
+
+def _top_weights(mult: np.ndarray, order: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """float64[B, F, P]: given prompt multiplicities `mult` [B, P] (1 = the data, or a bootstrap resample),
+    how many of each prompt's copies are among the `sizes[f]` highest-priority draws (`order`: prompts by
+    priority, highest first). The boundary prompt may contribute only part of its copies."""
+    w_ord = np.asarray(mult, np.float64)[:, order]
+    before = np.cumsum(w_ord, axis=1) - w_ord
+    take = np.clip(sizes[None, :, None] - before[:, None, :], 0.0, w_ord[:, None, :])
+    out = np.empty_like(take)
+    out[..., order] = take
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("num_random", "num_prompts"))
+def _random_masks(words, sizes, *, num_random: int, num_prompts: int):
+    """bool[F, R, P]: R uniformly random k-subsets of the P prompts per size k (first k of a permutation)."""
+    perms = _random_permutations(words, num_random, num_prompts)
+    rank = jnp.argsort(perms, axis=1)  # rank[r, p]: position of prompt p in permutation r
+    return rank[None, :, :] < sizes[:, None, None]
+
+
+def _host_rng(key: jax.Array) -> np.random.Generator:
+    """A NumPy generator seeded by the raw bits of a JAX key (reproducible from the key)."""
+    return np.random.default_rng([int(w) for w in np.asarray(jax.random.key_data(key), np.uint32).reshape(-1)])
+
+
+def _presence(prompt_weights: np.ndarray, votes: PromptVotes, *, decisive_only: bool) -> np.ndarray:
+    """bool[L, M]: models with at least one vote of positive weight in each lane (prompt weights [L, P])."""
+    keep = votes.outcome < TIE if decisive_only else np.ones(votes.num_votes, bool)
+    per_prompt = np.zeros((votes.num_prompts, votes.num_models), np.float64)
+    np.add.at(per_prompt, (votes.prompt_index[keep], votes.a[keep]), 1.0)
+    np.add.at(per_prompt, (votes.prompt_index[keep], votes.b[keep]), 1.0)
+    return (np.asarray(prompt_weights, np.float64) @ per_prompt) > 0
+
+
+@functools.partial(jax.jit, static_argnames=("num_rows", "num_models", "ties", "max_iter", "l2"))
+def _bt_chunk(prompt_weights, prompt_index, vote_row, a, b, outcome, *, num_rows, num_models, ties, l2, max_iter):
+    """Bradley–Terry Elo-scale ratings (theta centred, times 400 / ln 10) of each lane's prompt weights [L, P]."""
+    from jaxrank.ratings.bradley_terry import solve_bradley_terry
+
+    def one(pw):
+        rows = jax.ops.segment_sum(pw[prompt_index], vote_row, num_segments=num_rows)
+        return solve_bradley_terry(rows, a, b, outcome, num_models=num_models, ties=ties, l2=l2, max_iter=max_iter).theta
+
+    return jax.vmap(one)(prompt_weights) * _ELO_POINTS
+
+
+def _bt_lanes(prompt_weights: np.ndarray, votes: PromptVotes, *, ties: str, l2: float, max_iter: int,
+              chunk: int) -> np.ndarray:
+    """float32[L, M] Bradley–Terry ratings of every lane, `chunk` lanes per call (one compiled shape)."""
+    battles = votes.to_battles()
+    total = prompt_weights.shape[0]
+    chunk = min(chunk, total)
+    pad = (-total) % chunk
+    pw = np.concatenate([prompt_weights, np.repeat(prompt_weights[-1:], pad, axis=0)]) if pad else prompt_weights
+    pw = jnp.asarray(pw, jnp.float32)
+    common = dict(num_rows=battles.num_rows, num_models=votes.num_models, ties=ties, l2=float(l2), max_iter=max_iter)
+    pidx = jnp.asarray(votes.prompt_index)
+    outs = [
+        np.asarray(_bt_chunk(pw[s:s + chunk], pidx, battles.vote_row, battles.a, battles.b, battles.outcome, **common))
+        for s in range(0, total + pad, chunk)
+    ]
+    return np.concatenate(outs)[:total]
+
+
+def _restrict(orders: np.ndarray, selected: np.ndarray, n: int) -> np.ndarray:
+    """int32[K, N]: each row of `orders` (orders of all N votes) keeping only the selected votes, in the
+    same relative order, followed by the padding vote index N."""
+    keep = selected[orders]
+    # A stable sort on "not kept" moves the kept entries to the front, keeping their order.
+    pos = np.argsort(~keep, axis=1, kind="stable")
+    out = np.take_along_axis(orders, pos, axis=1)
+    return np.where(np.take_along_axis(keep, pos, axis=1), out, n).astype(np.int32)
+
+
+def _elo_replay(orders: np.ndarray, a, b, outcome, *, num_models: int, k: float, chunk: int) -> np.ndarray:
+    """Online Elo ratings float32[L, M] after replaying, for each lane, the votes `orders[l]` ([L, N]
+    indices; the index N is padding).
+
+    Reuses the online-Elo scan of `jaxrank.ratings.elo` (the kernel behind `elo_permutations`) with one
+    extra vote between two extra models as the padding: it moves only the extra models' ratings, which
+    are dropped. Lanes run `chunk` at a time (one compiled shape).
+    """
+    from jaxrank.ratings.elo import _replay_jit
+
+    n = orders.shape[1]
+    chunk = min(chunk, orders.shape[0])
+    a_ext = jnp.asarray(np.append(a, num_models), jnp.int32)
+    b_ext = jnp.asarray(np.append(b, num_models + 1), jnp.int32)
+    o_ext = jnp.asarray(np.append(outcome, TIE), jnp.int32)
+    outs = []
+    for start in range(0, orders.shape[0], chunk):
+        part = orders[start:start + chunk]
+        lanes = part.shape[0]
+        if lanes < chunk:
+            part = np.concatenate([part, np.full((chunk - lanes, n), n, np.int32)])
+        r = _replay_jit(a_ext, b_ext, o_ext, jnp.asarray(np.ascontiguousarray(part.T)), num_models=num_models + 2,
+                        k=k, scale=400.0, base=10.0, init=1000.0, unroll=4)
+        outs.append(np.asarray(r)[:lanes, :num_models])
+    return np.concatenate(outs)
+
+
+def _summarise(values: dict[str, np.ndarray], prefix: str, samples: np.ndarray, confidence: float,
+               point: np.ndarray | None) -> None:
+    """samples [F, S, 4] -> values[prefix + metric] (point or NaN-ignoring mean over S) and its interval."""
+    lo, hi = _interval(samples, confidence, axis=1)
+    mean = _nanmean(samples, axis=1) if point is None else point
+    for i, name in enumerate(STABILITY_METRICS):
+        values[f"{prefix}{name}"] = np.asarray(mean[:, i], np.float64)
+        values[f"{prefix}{name}_lower"] = np.asarray(lo[:, i], np.float64)
+        values[f"{prefix}{name}_upper"] = np.asarray(hi[:, i], np.float64)
+
+
+def _compare(ratings: np.ndarray, reference: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """float64[L, 4] metrics of each lane's ratings against its reference ratings, on its present models."""
+    return np.asarray(
+        _metrics_many(jnp.asarray(ratings, jnp.float32), jnp.asarray(reference, jnp.float32), jnp.asarray(present)),
+        np.float64,
+    )
+
+
+def leaderboard_stability(
+    scores: Any,
+    votes: PromptVotes,
+    *,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    method: str = "bt",
+    ties: str = "half",
+    num_random: int = 100,
+    num_permutations: int = 100,
+    num_bootstrap: int = 100,
+    confidence: float = 0.95,
+    l2: float = 0.0,
+    max_iter: int = 1000,
+    elo_k: float = 4.0,
+    chunk_size: int = 256,
+    key: jax.Array | None = None,
+) -> StabilityResult:
+    r"""How close the leaderboard from the top-q prompts' votes is to the leaderboard from all votes.
+
+    Gold is the leaderboard on all votes. For each fraction q (k = ceil(q P) prompts, as `tie_reduction`):
+
+    - top-q: the leaderboard fitted on the votes of the k highest-scored prompts;
+    - random: leaderboards fitted on the votes of `num_random` uniformly random k-subsets of prompts.
+
+    Each is compared with gold by `kendall_tau` (tau-b), `spearman`, `pairs_agree` (`pairs_agreement`:
+    the fraction of model pairs ordered as in gold) and `max_rating_diff` (the largest |rating - gold|
+    in Elo points, both centred on the models compared, since ratings are defined up to a shift).
+    A model without votes in a subset (with `ties="drop"`: without decisive votes) is left out of that
+    subset's comparison (its rating in `top_ratings` is NaN).
+
+    Methods and intervals (`[<metric>_lower, <metric>_upper]`, central `confidence` quantiles):
+
+    - `method="bt"`: Bradley–Terry (`jaxrank.ratings.solve_bradley_terry` with `ties`, `l2`) vmapped over
+      lanes of per-prompt vote weights (weight 0 leaves a vote out), `chunk_size` lanes per compiled call.
+      Top-q interval: a bootstrap over prompts. Round j draws P prompts with replacement; its gold is
+      fitted on all resampled votes and its top-q leaderboard on the votes of its k highest-scored draws;
+      the metric compares the two (so at q = 1 every round gives tau = 1, max diff = 0). With
+      `num_bootstrap=0` the intervals are NaN (point estimates only).
+    - `method="elo"`: online Elo (Chatbot Arena's, K = `elo_k`, init 1000). The votes are replayed in
+      `num_permutations` random orders (the orders `jaxrank.elo_permutations` draws from the same key);
+      gold is the per-model median over the orders of all votes, the top-q leaderboard the median over the
+      same orders restricted to the top-q votes. Top-q interval: over the orders, each order's top-q
+      ratings against that order's all-votes ratings.
+    - random baseline: `random_<metric>` is the mean over the random subsets (NaN-ignoring) and
+      `random_<metric>_lower/_upper` the quantiles over them. BT: each subset's fit against gold; Elo:
+      subset j replayed in order j (mod `num_permutations`) against the all-votes ratings of that order.
+
+    At q = 1 the top-q leaderboard is gold (BT: the same compiled batch fits both): tau = rho =
+    pairs_agree = 1 and max_rating_diff = 0, intervals included.
+
+    With `l2 = 0` (maximum likelihood) a model that never lost or never won within a subset has no finite
+    BT rating: its rating is where the optimizer stopped (`max_iter`), which inflates `max_rating_diff` on
+    small subsets; `l2 > 0` (a prior, also on gold) keeps every rating finite.
+
+    Args:
+        scores: priority per prompt, as for `tie_reduction`.
+        votes: `PromptVotes`.
+        fractions: the q grid in (0, 1].
+        method: `"bt"` or `"elo"`.
+        ties: BT tie model (`"half"`, `"rao-kupper"`, `"davidson"`, `"drop"`); Elo scores a tie 1/2.
+        num_random: random subsets per fraction, >= 2.
+        num_permutations: vote orders for `method="elo"` (>= 100 recommended), >= 2.
+        num_bootstrap: bootstrap rounds for the BT top-q intervals, 0 or >= 2.
+        confidence: central probability of the intervals.
+        l2: BT prior precision (natural-log units), >= 0.
+        max_iter: BT L-BFGS iteration cap.
+        elo_k: Elo K-factor.
+        chunk_size: lanes per compiled call (memory ~ chunk_size x votes).
+        key: PRNG key (default `jax.random.key(0)`).
+
+    Returns:
+        `StabilityResult`; `.to_frame()` gives the CSV columns (see `StabilityResult.columns()`).
+
+    Example:
+        >>> res = leaderboard_stability(scores, votes, fractions=[0.25, 0.5, 1.0], method="bt")  # doctest: +SKIP
+        >>> res.to_frame()[["fraction", "kendall_tau", "random_kendall_tau"]]                     # doctest: +SKIP
+    """
+    from jaxrank.ratings.bradley_terry import TIE_MODELS
+    from jaxrank.ratings.elo import _check_elo_options, _random_orders
+    from jaxrank.scoring import prioritize
+
+    votes = _check_votes(votes)
+    fractions = _check_fractions(fractions)
+    if method not in ("bt", "elo"):
+        raise ValueError(f"method must be 'bt' or 'elo', got {method!r}")
+    if ties not in TIE_MODELS:
+        raise ValueError(f"ties must be one of {_preview(TIE_MODELS)}, got {ties!r}")
+    num_random = _check_count(num_random, "num_random", 2)
+    num_permutations = _check_count(num_permutations, "num_permutations", 2)
+    num_bootstrap = _check_count(num_bootstrap, "num_bootstrap", 0)
+    if num_bootstrap == 1:
+        raise ValueError("num_bootstrap must be 0 (no interval) or >= 2")
+    confidence = _check_confidence(confidence)
+    if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or not (math.isfinite(l2) and l2 >= 0):
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    max_iter = _check_count(max_iter, "max_iter", 1)
+    elo_k = _check_elo_options(elo_k, 400.0, 10.0, 1000.0)[0]
+    chunk_size = _check_count(chunk_size, "chunk_size", 1)
+    key = _check_key(key)
+    values = _aligned_scores(scores, votes)
+
+    num_prompts, n, m = votes.num_prompts, votes.num_votes, votes.num_models
+    num_f = fractions.size
+    order = prioritize(values)
+    sizes = _subset_sizes(fractions, num_prompts)
+    top_mask = _top_weights(np.ones((1, num_prompts)), order, sizes)[0] > 0  # [F, P]
+    k_random, k_boot, k_perm = jax.random.split(key, 3)
+    rand_mask = np.asarray(_random_masks(_key_words(k_random), jnp.asarray(sizes), num_random=num_random, num_prompts=num_prompts))
+    rand_mask = rand_mask.reshape(num_f * num_random, num_prompts)
+    decisive_only = method == "bt" and ties == "drop"
+
+    if method == "bt":
+        # Lanes: gold, top-q (F), bootstrap rounds (gold* then F top-q* each), random subsets (F * R).
+        mult = _host_rng(k_boot).multinomial(num_prompts, np.full(num_prompts, 1.0 / num_prompts), size=num_bootstrap)
+        boot = np.concatenate([mult[:, None, :], _top_weights(mult, order, sizes)], axis=1)  # [B, 1 + F, P]
+        lanes = np.concatenate(
+            [np.ones((1, num_prompts)), top_mask, boot.reshape(-1, num_prompts), rand_mask]
+        ).astype(np.float32)
+        ratings = _bt_lanes(lanes, votes, ties=ties, l2=float(l2), max_iter=max_iter, chunk=chunk_size)
+        present = _presence(lanes, votes, decisive_only=decisive_only)
+        nb = num_bootstrap * (1 + num_f)
+        ref = np.zeros(lanes.shape[0], np.int64)  # gold, except bootstrap rounds: their own gold*
+        ref[1 + num_f:1 + num_f + nb] = 1 + num_f + (1 + num_f) * np.arange(num_bootstrap).repeat(1 + num_f)
+        metrics = _compare(ratings, ratings[ref], present)
+        gold = ratings[0]
+        top_r, top_p = ratings[1:1 + num_f], present[1:1 + num_f]
+        top_metrics = metrics[1:1 + num_f]
+        if num_bootstrap:
+            boot_metrics = metrics[1 + num_f:1 + num_f + nb].reshape(num_bootstrap, 1 + num_f, 4)[:, 1:]
+            boot_metrics = boot_metrics.transpose(1, 0, 2)  # [F, B, 4]
+        else:
+            boot_metrics = np.full((num_f, 2, 4), np.nan)
+        rand_metrics = metrics[1 + num_f + nb:].reshape(num_f, num_random, 4)
+        num_intervals, shift = num_bootstrap, 1000.0
+    else:
+        # Lanes: for each order p, all votes then the F top-q sets (each the order restricted to the set);
+        # then random subset j in order j mod num_permutations. One compiled replay.
+        a, b, o = votes.a, votes.b, votes.outcome
+        pidx = votes.prompt_index
+        perm = np.asarray(_random_orders(jax.random.split(k_perm, num_permutations), n)).T  # [Pm, N]
+        sets = np.concatenate([np.ones((1, num_prompts), bool), top_mask])  # [1 + F, P]
+        top_orders = np.stack([_restrict(perm, s[pidx], n) for s in sets], axis=1).reshape(-1, n)  # [Pm (1 + F), N]
+        which = np.arange(rand_mask.shape[0]) % num_permutations
+        rand_orders = np.concatenate(
+            [_restrict(perm[which[j]][None, :], rand_mask[j][pidx], n) for j in range(rand_mask.shape[0])]
+        )
+        ratings = _elo_replay(np.concatenate([top_orders, rand_orders]), a, b, o, num_models=m, k=elo_k,
+                              chunk=chunk_size)
+        num_top = num_permutations * (1 + num_f)
+        per_order = ratings[:num_top].reshape(num_permutations, 1 + num_f, m)
+        medians = np.median(per_order, axis=0)  # [1 + F, M]
+        gold = medians[0]
+        set_present = _presence(sets, votes, decisive_only=False)
+        top_r, top_p = medians[1:], set_present[1:]
+        top_metrics = _compare(top_r, np.broadcast_to(gold, top_r.shape), top_p)
+        boot_metrics = _compare(
+            per_order[:, 1:].reshape(-1, m), np.repeat(per_order[:, 0], num_f, axis=0), np.tile(top_p, (num_permutations, 1))
+        ).reshape(num_permutations, num_f, 4).transpose(1, 0, 2)
+        rand_metrics = _compare(
+            ratings[num_top:], per_order[which, 0], _presence(rand_mask, votes, decisive_only=False)
+        ).reshape(num_f, num_random, 4)
+        num_intervals, shift = num_permutations, 0.0
+
+    out: dict[str, np.ndarray] = {}
+    _summarise(out, "", boot_metrics, confidence, top_metrics)
+    _summarise(out, "random_", rand_metrics, confidence, None)
+    return StabilityResult(
+        fraction=fractions,
+        num_prompts=sizes.astype(np.int64),
+        num_votes=top_mask[:, votes.prompt_index].sum(axis=1).astype(np.int64),
+        values=out,
+        method=method,
+        ties=ties,
+        confidence=confidence,
+        num_random=num_random,
+        num_intervals=num_intervals,
+        models=votes.models,
+        gold_ratings=np.asarray(gold, np.float64) + shift,
+        top_ratings=np.where(top_p, np.asarray(top_r, np.float64) + shift, np.nan),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Budget curves
+
+_ERROR_METRICS = ("wce", "mae", "rmse")
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetCurves:
+    """Judge-budget error vs budget, per allocator, over Monte-Carlo runs.
+
+    Attributes:
+        allocators: the A allocator names.
+        budgets: int64[C] budgets (queries spent), ascending.
+        errors: {"wce" | "mae" | "rmse": float64[A, R, C]} per-run errors (worst-case max_i |s_i - ŝ_i|,
+            mean absolute, root mean square) of R runs.
+        confidence: the central probability of the intervals.
+        num_runs: R.
+
+    `mean(metric)` [A, C] is the mean over runs; `interval(metric)` the central `confidence` quantiles
+    over runs (the spread one real spend of that budget may land in); `stderr(metric)` the standard error
+    of the mean (`std / sqrt(R)`).
+    """
+
+    allocators: tuple[str, ...]
+    budgets: np.ndarray
+    errors: dict[str, np.ndarray]
+    confidence: float
+    num_runs: int
+
+    def mean(self, metric: str = "wce") -> np.ndarray:
+        return self._errors(metric).mean(axis=1)
+
+    def interval(self, metric: str = "wce") -> tuple[np.ndarray, np.ndarray]:
+        return _interval(self._errors(metric), self.confidence, axis=1)
+
+    def stderr(self, metric: str = "wce") -> np.ndarray:
+        e = self._errors(metric)
+        return e.std(axis=1, ddof=1) / math.sqrt(e.shape[1]) if e.shape[1] > 1 else np.full(e.shape[::2], np.nan)
+
+    def _errors(self, metric: str) -> np.ndarray:
+        if metric not in self.errors:
+            raise ValueError(f"metric must be one of {_preview(_ERROR_METRICS)}, got {metric!r}")
+        return self.errors[metric]
+
+    def curves(self, metric: str = "wce") -> dict[str, dict[str, np.ndarray]]:
+        """{allocator: {"budget", "wce_mean", "wce_lower", "wce_upper"}} (keys named after `metric`),
+        the input of `jaxrank.plots.plot_budget_curves`."""
+        mean = self.mean(metric)
+        lo, hi = self.interval(metric)
+        return {
+            name: {"budget": self.budgets, f"{metric}_mean": mean[i], f"{metric}_lower": lo[i], f"{metric}_upper": hi[i]}
+            for i, name in enumerate(self.allocators)
+        }
+
+    def to_frame(self):
+        """pandas DataFrame, one row per (allocator, budget): `allocator, budget`, then for each of `wce,
+        mae, rmse`: `<metric>_mean, <metric>_lower, <metric>_upper, <metric>_stderr`."""
+        import pandas as pd
+
+        frames = []
+        for i, name in enumerate(self.allocators):
+            data: dict[str, Any] = {"allocator": [name] * self.budgets.size, "budget": self.budgets}
+            for metric in _ERROR_METRICS:
+                lo, hi = self.interval(metric)
+                data[f"{metric}_mean"] = self.mean(metric)[i]
+                data[f"{metric}_lower"] = lo[i]
+                data[f"{metric}_upper"] = hi[i]
+                data[f"{metric}_stderr"] = self.stderr(metric)[i]
+            frames.append(pd.DataFrame(data))
+        return pd.concat(frames, ignore_index=True)
+
+
+def budget_curves(
+    key: jax.Array,
+    sampler: Any,
+    *,
+    budgets: Sequence[int],
+    allocators: Sequence[str] = ("uniform", "robin", "robin-hood"),
+    num_runs: int = 50,
+    confidence: float = 0.95,
+    batch_size: int = 1,
+    delta: float | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    true_means: Any = None,
+    variances: Any = None,
+) -> BudgetCurves:
+    r"""Error vs judge budget for each allocator, with intervals over Monte-Carlo runs.
+
+    One `jaxrank.allocation.simulate_sweep` call: every allocator is simulated up to the largest budget with
+    the others as checkpoints (all allocators see the same per-item score streams), `num_runs` runs vmapped.
+    Errors at budget b: worst-case `max_i |s_i - ŝ_i|`, mean absolute and RMSE against the true means.
+
+    Args:
+        key: PRNG key.
+        sampler: a `jaxrank.allocation` sampler (`GaussianSampler`, `EmpiricalSampler`, ...).
+        budgets: the budgets B (each >= the number of items, a multiple of `batch_size`, and >= robin-hood's
+            warm-up when it is among the allocators).
+        allocators: among `"uniform"`, `"robin"`, `"robin-hood"`.
+        num_runs: R >= 2 Monte-Carlo runs.
+        confidence: central probability of the run intervals.
+        batch_size, delta, mesh, true_means, variances: as for `jaxrank.allocation.simulate_sweep` (`delta`
+            default: `jaxrank.allocation.DEFAULT_DELTA`).
+
+    Returns:
+        `BudgetCurves` (`mean`, `interval`, `stderr`, `curves()` for `plot_budget_curves`, `to_frame()`).
+
+    Example:
+        >>> from jaxrank.allocation import GaussianSampler
+        >>> s = GaussianSampler(jnp.zeros(20), jnp.linspace(0.1, 1.0, 20))
+        >>> bc = budget_curves(jax.random.key(0), s, budgets=[500, 1000, 2000], num_runs=8)  # doctest: +SKIP
+        >>> bc.to_frame()[["allocator", "budget", "wce_mean"]]                               # doctest: +SKIP
+    """
+    from jaxrank.allocation import DEFAULT_DELTA, simulate_sweep
+
+    num_runs = _check_count(num_runs, "num_runs", 2)
+    confidence = _check_confidence(confidence)
+    if isinstance(allocators, str):
+        allocators = (allocators,)
+    allocators = tuple(dict.fromkeys(allocators))
+    results = simulate_sweep(
+        key, sampler, budgets, allocators=allocators, num_runs=num_runs, batch_size=batch_size,
+        delta=DEFAULT_DELTA if delta is None else delta, mesh=mesh, true_means=true_means, variances=variances,
+    )
+    first = results[allocators[0]]
+    errors = {
+        metric: np.stack([np.asarray(getattr(results[a], metric), np.float64) for a in allocators])
+        for metric in _ERROR_METRICS
+    }
+    return BudgetCurves(
+        allocators=allocators,
+        budgets=np.asarray(first.budgets, np.int64),
+        errors=errors,
+        confidence=confidence,
+        num_runs=num_runs,
+    )
