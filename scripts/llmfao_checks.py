@@ -120,16 +120,22 @@ def agreement(crowd, gpt4, *, rounds: int, halves: int, confidence: float, seed:
                            f"rho {point['spearman']} vs {rho_sp}")
 
     # Split-half reliability of the crowd: the votes of every pair divided at random into two halves.
+    # Each half is the full battle table reweighted (per-row vote counts of the half), so every fit reuses
+    # one compiled solver.
     rng = np.random.default_rng(seed)
     half_metrics = {k: [] for k in point}
+    vote_row = np.asarray(b_crowd.vote_row)
+    pair_id = crowd["id"].to_numpy()
+    size = crowd.groupby("id")["id"].transform("size").to_numpy()
     for _ in range(halves):
-        u = rng.random(len(crowd))
-        rank_in_pair = pd.Series(u).groupby(crowd["id"].to_numpy()).rank(method="first").to_numpy()
-        size = crowd.groupby("id")["id"].transform("size").to_numpy()
-        first = rank_in_pair <= size / 2 + rng.random(len(crowd)) * (size % 2)  # odd pairs: the middle vote at random
-        r1 = np.asarray(fit_bradley_terry(_battles(crowd[first], models)).ratings, np.float64)
-        r2 = np.asarray(fit_bradley_terry(_battles(crowd[~first], models)).ratings, np.float64)
-        for k, v in _rank_metrics(r1, r2).items():
+        rank_in_pair = pd.Series(rng.random(len(crowd))).groupby(pair_id).rank(method="first").to_numpy()
+        # Half of each pair's votes; an odd pair's middle vote goes to either half with probability 1/2.
+        first = rank_in_pair <= np.floor(size / 2) + (rng.random(len(crowd)) < 0.5) * (size % 2)
+        ratings = []
+        for part in (first, ~first):
+            w = np.bincount(vote_row[part], minlength=b_crowd.num_rows).astype(np.float32)
+            ratings.append(np.asarray(fit_bradley_terry(b_crowd, weights=w).ratings, np.float64))
+        for k, v in _rank_metrics(*ratings).items():
             half_metrics[k].append(float(v))
 
     # Pair-level verdicts: GPT-4's against the crowd majority (pairs with a strict majority).
@@ -149,6 +155,10 @@ def agreement(crowd, gpt4, *, rounds: int, halves: int, confidence: float, seed:
     rows.append({"comparison": "crowd majority vs GPT-4 verdict", "metric": "pair_verdict_agreement",
                  "value": float((verdicts[decided] == majority[decided]).mean()), "lower": np.nan, "upper": np.nan,
                  "interval": f"{int(decided.sum())} of {len(majority)} pairs have a strict crowd majority"})
+    decisive = decided & (majority != "tie")
+    rows.append({"comparison": "crowd majority vs GPT-4 verdict", "metric": "pair_verdict_agreement_decisive",
+                 "value": float((verdicts[decisive] == majority[decisive]).mean()), "lower": np.nan, "upper": np.nan,
+                 "interval": f"{int(decisive.sum())} pairs whose strict crowd majority is left or right"})
     summary = pd.DataFrame(rows)
     summary.insert(0, "scipy_kendall_tau", np.where(summary["metric"] == "kendall_tau", tau_sp, np.nan))
     summary = summary[["comparison", "metric", "value", "lower", "upper", "interval", "scipy_kendall_tau"]]
@@ -186,27 +196,31 @@ def prompt_scores(gpt4: pd.DataFrame, divergence: str | None) -> dict[str, pd.Se
     return scores
 
 
-def stability(crowd, scores, *, fractions, num_random, num_permutations, confidence, seed):
+def stability(crowd, scores, *, fractions, num_random, num_bootstrap, num_permutations, confidence, seed):
     """(b): stability and tie reduction of the crowd leaderboard for each priority score."""
     import jax
 
     from jaxrank.evaluation import leaderboard_stability, load_prompt_votes, tie_reduction
 
     votes = load_prompt_votes(crowd, columns=VOTE_COLUMNS, winner_labels=WINNERS)
-    stab, ties = [], []
+    results = {}
     for i, (name, score) in enumerate(scores.items()):
         key = jax.random.fold_in(jax.random.key(seed), i)
-        s = leaderboard_stability(score.to_dict(), votes, fractions=fractions, method="bt", num_random=num_random,
-                                  confidence=confidence, key=key)
-        t = tie_reduction(score.to_dict(), votes, fractions=fractions, num_random=num_random, confidence=confidence,
-                          key=key)
-        stab.append(s.to_frame().assign(score=name))
-        ties.append(t.to_frame().assign(score=name))
-    stab_elo = leaderboard_stability(scores["gpt4_decisive"].to_dict(), votes, fractions=fractions, method="elo",
-                                     num_random=num_random, num_permutations=num_permutations,
-                                     confidence=confidence, key=jax.random.key(seed + 1))
-    stab.append(stab_elo.to_frame().assign(score="gpt4_decisive (elo)"))
-    return votes, pd.concat(stab, ignore_index=True), pd.concat(ties, ignore_index=True), (stab, ties)
+        results[name] = {
+            "bt": leaderboard_stability(score.to_dict(), votes, fractions=fractions, method="bt", num_random=num_random,
+                                        num_bootstrap=num_bootstrap, confidence=confidence, key=key),
+            "elo": leaderboard_stability(score.to_dict(), votes, fractions=fractions, method="elo",
+                                         num_random=num_random, num_permutations=num_permutations,
+                                         confidence=confidence, key=key),
+            "ties": tie_reduction(score.to_dict(), votes, fractions=fractions, num_random=num_random,
+                                  confidence=confidence, key=key),
+        }
+    stab = pd.concat([r[m].to_frame().assign(score=name, method=m) for name, r in results.items() for m in ("bt", "elo")],
+                     ignore_index=True)
+    ties = pd.concat([r["ties"].to_frame().assign(score=name, num_prompts=r["ties"].num_prompts,
+                                                   num_votes=r["ties"].num_votes) for name, r in results.items()],
+                     ignore_index=True)
+    return votes, stab, ties, results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--halves", type=int, default=50, help="random split-half crowd leaderboards (default 50)")
     parser.add_argument("--random", type=int, default=500, help="random prompt subsets per fraction (default 500)")
     parser.add_argument("--permutations", type=int, default=100, help="Elo vote orderings (default 100)")
+    parser.add_argument("--bootstrap", type=int, default=200,
+                        help="prompt-bootstrap rounds for the top-q BT intervals (default 200)")
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--divergence", default=None, help="`jaxrank prioritize` JSONL for the 13 prompts (optional)")
@@ -255,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
 
     scores = prompt_scores(gpt4, args.divergence)
     per_prompt = pd.DataFrame(scores)
-    votes, stab, ties, _ = stability(crowd, scores, fractions=FRACTIONS, num_random=args.random,
-                                     num_permutations=args.permutations, confidence=args.confidence, seed=args.seed)
+    votes, stab, ties, per_score = stability(crowd, scores, fractions=FRACTIONS, num_random=args.random,
+                                             num_bootstrap=args.bootstrap, num_permutations=args.permutations,
+                                             confidence=args.confidence, seed=args.seed)
     per_prompt["crowd_tie_rate"] = pd.Series(votes.ties_per_prompt() / votes.votes_per_prompt(), index=list(votes.prompt_ids))
     slugs = prompts.set_index(prompts["id"].astype(str))["slug"]
     per_prompt.insert(0, "slug", slugs.reindex(per_prompt.index))
@@ -274,15 +291,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.figures:
         figures = pathlib.Path(args.figures)
         figures.mkdir(parents=True, exist_ok=True)
-        _figures(summary, board, stab, ties, figures)
+        _figures(summary, board, per_score, figures)
     return 0
 
 
-def _figures(summary, board, stab, ties, figures: pathlib.Path) -> None:
+def _figures(summary, board, per_score, figures: pathlib.Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from jaxrank.plots import plot_stability, plot_tie_reduction
 
     # Crowd vs GPT-4 ratings, with both bootstrap intervals.
     fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=100)
@@ -296,39 +315,15 @@ def _figures(summary, board, stab, ties, figures: pathlib.Path) -> None:
     ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=8)
     ax.set_xlabel("crowd Bradley-Terry rating (95% bootstrap CI)")
     ax.set_ylabel("GPT-4-judge rating (95% bootstrap CI)")
-    ax.set_title(f"LLMFAO: {len(board)} models, same 2,139 pairs", fontsize=10)
+    ax.set_title(f"LLMFAO: {len(board)} models, the same 2,139 pairs", fontsize=10)
     fig.tight_layout()
     fig.savefig(figures / "llmfao_agreement.png")
     plt.close(fig)
 
-    from jaxrank.plots import plot_stability, plot_tie_reduction  # noqa: F401  (the library's figures)
-
-    _plot_frames(stab, "kendall_tau", "Kendall tau vs all-prompt leaderboard", figures / "llmfao_stability.png",
-                 top="kendall_tau", random_prefix="random_kendall_tau")
-    _plot_frames(ties, "tie_rate_top", "tie rate", figures / "llmfao_ties.png", top="tie_rate_top",
-                 random_prefix="tie_rate_random")
-
-
-def _plot_frames(frame, metric, ylabel, path, *, top, random_prefix):
-    """One panel, one line per score (top-q) and the random baseline with its interval."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=100)
-    for name, group in frame.groupby("score", sort=False):
-        ax.plot(group["fraction"], group[top], marker="o", ms=3, label=f"top q by {name}")
-    base = frame[frame["score"] == frame["score"].iloc[0]]
-    if random_prefix in base.columns:
-        lo = base.get(f"{random_prefix}_lower", base.get("lower"))
-        hi = base.get(f"{random_prefix}_upper", base.get("upper"))
-        ax.plot(base["fraction"], base[random_prefix], color="grey", ls="--", label="random q (mean)")
-        if lo is not None and hi is not None:
-            ax.fill_between(base["fraction"], lo, hi, color="grey", alpha=0.2, label="random q, 95% interval")
-    ax.set_xlabel("fraction q of the 13 prompts")
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    for name, r in per_score.items():
+        plot_stability(r["bt"], figures / f"llmfao_stability_{name}.png",
+                       title=f"LLMFAO crowd leaderboard (BT), prompts ranked by {name}")
+        plot_tie_reduction(r["ties"], figures / f"llmfao_ties_{name}.png", title=f"LLMFAO crowd ties, prompts ranked by {name}")
 
 
 if __name__ == "__main__":
