@@ -94,3 +94,17 @@ def test_llmfao_prompt_scores_and_prompts(shared_data, tmp_path):
     assert module.main(["--write-prompts", str(out)]) == 0
     read = read_prompts(out)
     assert sorted(p.id for p in read) == sorted(decisive.index)
+
+
+def test_pandalm_votes_as_prompt_votes(pandalm, tmp_path):
+    from jaxrank.evaluation import load_prompt_votes
+
+    module, items, raw = pandalm
+    path = tmp_path / "votes.csv"
+    module.pandalm_votes(items).to_csv(path, index=False)
+    votes = load_prompt_votes(path)
+    assert (votes.num_votes, votes.num_prompts, votes.num_models) == (2997, 999, 5)
+    assert votes.votes_per_prompt().tolist() == [3] * 999
+    ties = dict(zip(votes.prompt_ids, votes.ties_per_prompt().tolist()))
+    for item in raw:
+        assert ties[str(item["idx"])] == sum(item[a] == 0 for a in ("annotator1", "annotator2", "annotator3"))
