@@ -23,11 +23,12 @@ are a mapping prompt id -> score (`load_scores`) or an array aligned with `Promp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import numbers
-import pathlib
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,8 +37,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrank.ratings.battles import (
-    A_WINS,
-    B_WINS,
     TIE,
     TIE_BOTHBAD,
     Battles,
@@ -422,20 +421,12 @@ def _interval(samples: np.ndarray, confidence: float, axis: int = 0) -> tuple[np
     return lo, hi
 
 
+@contextlib.contextmanager
 def _quiet_nan():
-    import warnings
-
-    ctx = warnings.catch_warnings()
-
-    class _Ctx:
-        def __enter__(self):
-            ctx.__enter__()
-            warnings.simplefilter("ignore", RuntimeWarning)
-
-        def __exit__(self, *exc):
-            return ctx.__exit__(*exc)
-
-    return _Ctx()
+    """Silence NumPy's all-NaN-slice warnings (a metric undefined for every subset stays NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def _nanmean(x: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -519,7 +510,7 @@ def spearman(x: Any, y: Any, mask: Any = None) -> jax.Array:
         float scalar.
 
     Example:
-        >>> float(spearman(jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([1.0, 3.0, 2.0, 4.0])))  # 1 - 6*2/60
+        >>> round(float(spearman(jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([1.0, 3.0, 2.0, 4.0]))), 6)  # 1 - 6*2/60
         0.8
     """
     x, y, m, _, _, _, dtype = _pairs(x, y, mask, "spearman")
@@ -750,8 +741,6 @@ def tie_reduction(
     order = prioritize(values)
     num_prompts = votes.num_prompts
     sizes = _subset_sizes(fractions, num_prompts)
-    for q, k in zip(fractions, sizes):  # the same rounding as prioritize, by construction; hold it to that
-        assert len(prioritize(values, fraction=float(q))) == k
     t_ord = ties_p[order]
     v_ord = votes_p[order]
     ct = np.cumsum(t_ord)
@@ -893,56 +882,69 @@ def _bt_chunk(prompt_weights, prompt_index, vote_row, a, b, outcome, *, num_rows
 
 def _bt_lanes(prompt_weights: np.ndarray, votes: PromptVotes, *, ties: str, l2: float, max_iter: int,
               chunk: int) -> np.ndarray:
-    """float32[L, M] Bradley–Terry ratings of every lane, `chunk` lanes per call (one compiled shape)."""
+    """float32[L, M] Bradley–Terry ratings of every lane, `chunk` lanes per call (one compiled shape).
+
+    A vmapped fit iterates until its slowest lane converges, and small subsets take the most iterations;
+    lanes are therefore grouped by their number of votes (sorted, then put back in order)."""
     battles = votes.to_battles()
     total = prompt_weights.shape[0]
+    size = np.asarray(prompt_weights, np.float64) @ votes.votes_per_prompt().astype(np.float64)
+    by_size = np.argsort(size, kind="stable")
+    sorted_weights = np.asarray(prompt_weights)[by_size]
     chunk = min(chunk, total)
     pad = (-total) % chunk
-    pw = np.concatenate([prompt_weights, np.repeat(prompt_weights[-1:], pad, axis=0)]) if pad else prompt_weights
-    pw = jnp.asarray(pw, jnp.float32)
+    if pad:
+        sorted_weights = np.concatenate([sorted_weights, np.repeat(sorted_weights[-1:], pad, axis=0)])
+    pw = jnp.asarray(sorted_weights, jnp.float32)
     common = dict(num_rows=battles.num_rows, num_models=votes.num_models, ties=ties, l2=float(l2), max_iter=max_iter)
     pidx = jnp.asarray(votes.prompt_index)
     outs = [
         np.asarray(_bt_chunk(pw[s:s + chunk], pidx, battles.vote_row, battles.a, battles.b, battles.outcome, **common))
         for s in range(0, total + pad, chunk)
     ]
-    return np.concatenate(outs)[:total]
+    ratings = np.empty((total, votes.num_models), np.float32)
+    ratings[by_size] = np.concatenate(outs)[:total]
+    return ratings
 
 
 def _restrict(orders: np.ndarray, selected: np.ndarray, n: int) -> np.ndarray:
-    """int32[K, N]: each row of `orders` (orders of all N votes) keeping only the selected votes, in the
-    same relative order, followed by the padding vote index N."""
-    keep = selected[orders]
+    """int32[K, N]: each row of `orders` (orders of all N votes) keeping only its selected votes (`selected`
+    bool[N], or bool[K, N] per row), in the same relative order, followed by the padding vote index N."""
+    selected = np.broadcast_to(selected, orders.shape)
+    keep = np.take_along_axis(selected, orders, axis=1)
     # A stable sort on "not kept" moves the kept entries to the front, keeping their order.
     pos = np.argsort(~keep, axis=1, kind="stable")
     out = np.take_along_axis(orders, pos, axis=1)
     return np.where(np.take_along_axis(keep, pos, axis=1), out, n).astype(np.int32)
 
 
-def _elo_replay(orders: np.ndarray, a, b, outcome, *, num_models: int, k: float, chunk: int) -> np.ndarray:
-    """Online Elo ratings float32[L, M] after replaying, for each lane, the votes `orders[l]` ([L, N]
-    indices; the index N is padding).
+def _elo_replay(perms: np.ndarray, lane_perm: np.ndarray, lane_prompts: np.ndarray, votes: PromptVotes, *,
+                k: float, chunk: int) -> np.ndarray:
+    """Online Elo ratings float32[L, M]: lane l replays the votes on its prompts (`lane_prompts[l]`, bool[P])
+    in the order `perms[lane_perm[l]]` (an order of all N votes, restricted to the lane's votes).
 
     Reuses the online-Elo scan of `jaxrank.ratings.elo` (the kernel behind `elo_permutations`) with one
     extra vote between two extra models as the padding: it moves only the extra models' ratings, which
-    are dropped. Lanes run `chunk` at a time (one compiled shape).
+    are dropped. Lanes run `chunk` at a time (one compiled shape); a chunk's orders are built when it
+    runs, so memory is about `(num_permutations + chunk) x N` indices.
     """
     from jaxrank.ratings.elo import _replay_jit
 
-    n = orders.shape[1]
-    chunk = min(chunk, orders.shape[0])
-    a_ext = jnp.asarray(np.append(a, num_models), jnp.int32)
-    b_ext = jnp.asarray(np.append(b, num_models + 1), jnp.int32)
-    o_ext = jnp.asarray(np.append(outcome, TIE), jnp.int32)
+    n, m, total = votes.num_votes, votes.num_models, lane_perm.shape[0]
+    chunk = min(chunk, total)
+    a_ext = jnp.asarray(np.append(votes.a, m), jnp.int32)
+    b_ext = jnp.asarray(np.append(votes.b, m + 1), jnp.int32)
+    o_ext = jnp.asarray(np.append(votes.outcome, TIE), jnp.int32)
     outs = []
-    for start in range(0, orders.shape[0], chunk):
-        part = orders[start:start + chunk]
+    for start in range(0, total, chunk):
+        idx = np.arange(start, min(start + chunk, total))
+        part = _restrict(perms[lane_perm[idx]], lane_prompts[idx][:, votes.prompt_index], n)
         lanes = part.shape[0]
         if lanes < chunk:
             part = np.concatenate([part, np.full((chunk - lanes, n), n, np.int32)])
-        r = _replay_jit(a_ext, b_ext, o_ext, jnp.asarray(np.ascontiguousarray(part.T)), num_models=num_models + 2,
+        r = _replay_jit(a_ext, b_ext, o_ext, jnp.asarray(np.ascontiguousarray(part.T)), num_models=m + 2,
                         k=k, scale=400.0, base=10.0, init=1000.0, unroll=4)
-        outs.append(np.asarray(r)[:lanes, :num_models])
+        outs.append(np.asarray(r)[:lanes, :m])
     return np.concatenate(outs)
 
 
@@ -1004,7 +1006,8 @@ def leaderboard_stability(
       the metric compares the two (so at q = 1 every round gives tau = 1, max diff = 0). With
       `num_bootstrap=0` the intervals are NaN (point estimates only).
     - `method="elo"`: online Elo (Chatbot Arena's, K = `elo_k`, init 1000). The votes are replayed in
-      `num_permutations` random orders (the orders `jaxrank.elo_permutations` draws from the same key);
+      `num_permutations` random orders (the orders `jaxrank.elo_permutations` draws from
+      `jax.random.split(key, 3)[2]`, so gold equals its median);
       gold is the per-model median over the orders of all votes, the top-q leaderboard the median over the
       same orders restricted to the top-q votes. Top-q interval: over the orders, each order's top-q
       ratings against that order's all-votes ratings.
@@ -1102,17 +1105,12 @@ def leaderboard_stability(
     else:
         # Lanes: for each order p, all votes then the F top-q sets (each the order restricted to the set);
         # then random subset j in order j mod num_permutations. One compiled replay.
-        a, b, o = votes.a, votes.b, votes.outcome
-        pidx = votes.prompt_index
         perm = np.asarray(_random_orders(jax.random.split(k_perm, num_permutations), n)).T  # [Pm, N]
         sets = np.concatenate([np.ones((1, num_prompts), bool), top_mask])  # [1 + F, P]
-        top_orders = np.stack([_restrict(perm, s[pidx], n) for s in sets], axis=1).reshape(-1, n)  # [Pm (1 + F), N]
         which = np.arange(rand_mask.shape[0]) % num_permutations
-        rand_orders = np.concatenate(
-            [_restrict(perm[which[j]][None, :], rand_mask[j][pidx], n) for j in range(rand_mask.shape[0])]
-        )
-        ratings = _elo_replay(np.concatenate([top_orders, rand_orders]), a, b, o, num_models=m, k=elo_k,
-                              chunk=chunk_size)
+        lane_perm = np.concatenate([np.repeat(np.arange(num_permutations), 1 + num_f), which])
+        lane_prompts = np.concatenate([np.tile(sets, (num_permutations, 1)), rand_mask])
+        ratings = _elo_replay(perm, lane_perm, lane_prompts, votes, k=elo_k, chunk=chunk_size)
         num_top = num_permutations * (1 + num_f)
         per_order = ratings[:num_top].reshape(num_permutations, 1 + num_f, m)
         medians = np.median(per_order, axis=0)  # [1 + F, M]

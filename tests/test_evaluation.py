@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import scipy.optimize
 import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxrank import evaluation as E
 from jaxrank.cli import main
@@ -100,6 +102,31 @@ def test_load_prompt_votes(frame, votes):
         np.testing.assert_array_equal(getattr(again, name), getattr(votes, name))
 
 
+def test_prompt_votes_checks_and_helpers(votes):
+    with pytest.raises(ValueError, match="same length"):
+        E.PromptVotes(("p",), [0, 0], [0], [1, 0], [0, 1], ("x", "y"))
+    with pytest.raises(ValueError, match=r"prompt_index must hold values in \[0, 1\)"):
+        E.PromptVotes(("p",), [0, 1], [0, 1], [1, 0], [0, 1], ("x", "y"))
+    with pytest.raises(ValueError, match="playing itself"):
+        E.PromptVotes(("p",), [0], [1], [1], [0], ("x", "y"))
+    with pytest.raises(ValueError, match="outcome must hold values"):
+        E.PromptVotes(("p",), [0], [0], [1], [4], ("x", "y"))
+    np.testing.assert_array_equal(votes.votes_per_prompt(), np.full(24, 6))
+    assert votes.ties_per_prompt().sum() == votes.is_tie().sum() == np.isin(votes.outcome, [TIE, TIE_BOTHBAD]).sum()
+    sub = votes.subset([0, 2])
+    assert sub.num_votes == 12 and set(sub.prompt_index.tolist()) == {0, 2} and sub.prompt_ids == votes.prompt_ids
+    battles = votes.to_battles()
+    assert battles.num_votes == votes.num_votes and float(battles.count.sum()) == votes.num_votes
+
+
+def test_subset_sizes_round_as_prioritize():
+    from jaxrank import prioritize
+
+    for p in (1, 7, 10, 13, 999):
+        for q in (0.01, 0.1, 0.2, 0.3, 1 / 3, 0.7, 1.0):
+            assert E._subset_sizes(np.array([q]), p)[0] == len(prioritize(np.zeros(p), fraction=q))
+
+
 def test_load_prompt_votes_errors(frame, tmp_path):
     with pytest.raises(ValueError, match="prompt column 'prompt_id'.*available columns"):
         E.load_prompt_votes(frame.drop(columns="prompt_id"))
@@ -178,6 +205,25 @@ def test_metrics_hand_computed():
         E.kendall_tau(jnp.ones(3), jnp.ones(4))
     with pytest.raises(ValueError, match="mask must have shape"):
         E.spearman(jnp.ones(3), jnp.ones(3), jnp.ones(2, bool))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-3, 3), min_size=2, max_size=6).flatmap(
+    lambda xs: st.tuples(st.just(xs), st.lists(st.integers(-3, 3), min_size=len(xs), max_size=len(xs)))))
+def test_metric_properties(pair):
+    """Symmetric, invariant under strictly increasing maps, and tau/rho flip sign when one side is negated."""
+    x = np.pad(np.asarray(pair[0], np.float32), (0, 6 - len(pair[0])))
+    y = np.pad(np.asarray(pair[1], np.float32), (0, 6 - len(pair[1])))
+    mask = np.arange(6) < len(pair[0])  # one shape for every example: pad and mask
+    for f in (_tau, _rho, _agree):
+        v = float(f(x, y, mask))
+        w = float(f(y, x, mask))
+        assert (math.isnan(v) and math.isnan(w)) or v == pytest.approx(w, abs=1e-6)
+        u = float(f(np.exp(x), 3 * y + 1, mask))
+        assert (math.isnan(v) and math.isnan(u)) or v == pytest.approx(u, abs=1e-6)
+    for f in (_tau, _rho):
+        v, n = float(f(x, y, mask)), float(f(x, -y, mask))
+        assert (math.isnan(v) and math.isnan(n)) or v == pytest.approx(-n, abs=1e-6)
 
 
 def _pairs_agreement_reference(x, y):
@@ -509,6 +555,17 @@ def test_cli_stability_round_trip(tmp_path, files, capsys, stability_bt):
     assert tuple(table.columns) == E.StabilityResult.columns()
     np.testing.assert_allclose(table["kendall_tau"], stability_bt.kendall_tau, atol=1e-6)
     np.testing.assert_allclose(table["random_spearman"], stability_bt.random_spearman, atol=1e-6)
+
+
+def test_cli_stability_elo_with_plot(tmp_path, files, capsys, stability_elo):
+    votes_path, scores_path = files
+    out, plot = tmp_path / "elo.csv", tmp_path / "elo.png"
+    assert main(["evaluate", "stability", "--method", "elo", "--scores", str(scores_path), "--votes", str(votes_path),
+                 "--fractions", "0.25,0.5,1", "--num-random", str(NUM_RANDOM), "--permutations", str(NUM_PERMUTATIONS),
+                 "--metric", "spearman", "--out", str(out), "--plot", str(plot)]) == 0
+    assert "elo" in capsys.readouterr().out
+    np.testing.assert_allclose(pd.read_csv(out)["spearman_lower"], stability_elo.spearman_lower, atol=1e-6)
+    assert plot.stat().st_size > 1000
 
 
 def test_cli_errors(tmp_path, files, frame, capsys):
