@@ -31,7 +31,7 @@ Outputs: benchmarks/results/evaluation_llmfao_{agreement,leaderboards,stability,
 docs/figures/llmfao_{agreement,stability,ties}.png (with --figures).
 
 Usage:
-  PYTHONPATH=$PWD python scripts/llmfao_checks.py [--rounds 500] [--random 500] [--divergence runs/llmfao/divergence.jsonl]
+  PYTHONPATH=$PWD python scripts/llmfao_checks.py [--rounds 500] [--random 200] [--divergence runs/llmfao/divergence.jsonl]
   PYTHONPATH=$PWD python scripts/llmfao_checks.py --write-prompts runs/llmfao/prompts.jsonl  # for jaxrank prioritize
 """
 
@@ -228,10 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--rounds", type=int, default=500, help="bootstrap rounds per leaderboard (default 500)")
     parser.add_argument("--halves", type=int, default=50, help="random split-half crowd leaderboards (default 50)")
-    parser.add_argument("--random", type=int, default=500, help="random prompt subsets per fraction (default 500)")
+    parser.add_argument("--random", type=int, default=200, help="random prompt subsets per fraction (default 200)")
     parser.add_argument("--permutations", type=int, default=100, help="Elo vote orderings (default 100)")
-    parser.add_argument("--bootstrap", type=int, default=200,
-                        help="prompt-bootstrap rounds for the top-q BT intervals (default 200)")
+    parser.add_argument("--bootstrap", type=int, default=100,
+                        help="prompt-bootstrap rounds for the top-q BT intervals (default 100)")
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--divergence", default=None, help="`jaxrank prioritize` JSONL for the 13 prompts (optional)")
