@@ -29,6 +29,7 @@ $PY -m jaxrank.cli evaluate ties --scores runs/pandalm/scores_divergence.csv --v
 $PY scripts/pandalm_evaluation.py --runs runs/pandalm --compare-cli runs/pandalm/cli_ties_divergence.csv --variant divergence
 $PY -m jaxrank.cli evaluate stability --scores runs/pandalm/scores_divergence.csv --votes runs/pandalm/votes.csv \
     --out runs/pandalm/cli_stability_divergence.csv --force
+$PY scripts/pandalm_evaluation.py --runs runs/pandalm --compare-cli runs/pandalm/cli_stability_divergence.csv --variant divergence
 
 echo "== 4. LLMFAO: the papers' divergence score for the 13 crowd prompts (SmolLM2 vs Gemma 3 270M)"
 $PY scripts/llmfao_checks.py --write-prompts runs/llmfao/prompts.jsonl

@@ -133,10 +133,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.compare_cli:
         cli = pd.read_csv(args.compare_cli)
-        lib = tie_reduction(load_scores(runs / f"scores_{args.variant}.csv"), votes, fractions=cli["fraction"].tolist(),
-                            num_random=args.random, key=key).to_frame()
-        diff = float(np.nanmax(np.abs(cli[lib.columns].to_numpy() - lib.to_numpy())))
-        print(f"jaxrank evaluate ties ({args.compare_cli}) vs jaxrank.evaluation.tie_reduction ({args.variant}): "
+        scores = load_scores(runs / f"scores_{args.variant}.csv")
+        if "kendall_tau" in cli.columns:  # a `jaxrank evaluate stability --out` table (default options)
+            what = "stability"
+            lib = leaderboard_stability(scores, votes, fractions=cli["fraction"].tolist(), method="bt",
+                                        num_random=args.stability_random, num_bootstrap=args.bootstrap, key=key).to_frame()
+        else:
+            what = "ties"
+            lib = tie_reduction(scores, votes, fractions=cli["fraction"].tolist(), num_random=args.random, key=key).to_frame()
+        diff = float(np.nanmax(np.abs(cli[lib.columns].to_numpy(np.float64) - lib.to_numpy(np.float64))))
+        print(f"jaxrank evaluate {what} ({args.compare_cli}) vs jaxrank.evaluation ({args.variant}): "
               f"max |difference| over {lib.size} cells = {diff:.2e}")
         return 0 if diff <= 1e-9 else 1
 
