@@ -283,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     t2 = time.perf_counter()
     print(f"\n(b) per-prompt scores and crowd tie rates ({votes.num_prompts} prompts):")
     print(per_prompt.sort_values("gpt4_decisive", ascending=False).to_string(float_format="%.3f"))
+    from scipy import stats
+
+    for name in scores:
+        rho = stats.spearmanr(per_prompt[name], per_prompt["crowd_tie_rate"]).statistic
+        print(f"Spearman over the 13 prompts, {name} vs crowd tie rate: {rho:+.3f}")
     print(f"\nstability of the crowd leaderboard from the top-q prompts vs random q ({t2 - t1:.1f} s):")
     print(stab.to_string(index=False, float_format="%.3f"))
     print("\ntie rate of the top-q prompts vs random q:")
