@@ -9,6 +9,7 @@ import importlib.util
 import json
 import pathlib
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -108,3 +109,20 @@ def test_pandalm_votes_as_prompt_votes(pandalm, tmp_path):
     ties = dict(zip(votes.prompt_ids, votes.ties_per_prompt().tolist()))
     for item in raw:
         assert ties[str(item["idx"])] == sum(item[a] == 0 for a in ("annotator1", "annotator2", "annotator3"))
+
+
+@pytest.mark.slow
+def test_pandalm_scorer_on_two_items(pandalm, smollm2):
+    """The KV-cache scorer on real items: its log-likelihoods equal jaxrank.lm.pipeline's sequence scorer
+    (the script's self-check raises otherwise), identical answers score exactly 0, and the scores are finite."""
+    module, items, _ = pandalm
+    item = dict(items[1])
+    twin = dict(item, response2=item["response1"])  # the same answer twice: no divergence, no gap
+    details, stats = module.score_items([item, twin], smollm2, batch_size=2, max_prompt_tokens=64,
+                                        max_response_tokens=16, self_check=True, log=lambda *_: None)
+    assert stats["batches"] == 1
+    assert details["divergence"][1] == pytest.approx(0.0, abs=1e-6)
+    assert details["jeffreys"][1] == pytest.approx(0.0, abs=1e-5)
+    assert details["loglik_1"][1] == pytest.approx(details["loglik_2"][1], rel=1e-6)
+    assert np.isfinite(details["divergence"][0]) and details["divergence"][0] > 0.0
+    assert details["loglik_1"][0] == pytest.approx(details["loglik_1"][1], rel=1e-6)  # same prompt, same answer 1
