@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     pd.set_option("display.width", 200)
     print(f"(a) crowd vs GPT-4 judge, {len(board)} models, {len(crowd)} crowd votes / {len(gpt4)} GPT-4 votes "
-          f"on the same {crowd['id'].nunique()} pairs ({t1 - t0:.1f} s)")
+          f"on the same {crowd['id'].nunique()} pairs ({t1 - t0:.1f} s); ties: crowd {(crowd['winner'] == 'tie').sum()} "
+          f"({(crowd['winner'] == 'tie').mean():.1%}), GPT-4 {(gpt4['winner'] == 'tie').sum()} ({(gpt4['winner'] == 'tie').mean():.1%})")
     print(summary.drop(columns=["scipy_kendall_tau", "scipy_spearman"]).to_string(index=False, float_format="%.3f"))
     print(f"cross-checks: SciPy tau-b {summary['scipy_kendall_tau'].dropna().iloc[0]:.4f}, rho "
           f"{summary['scipy_spearman'].dropna().iloc[0]:.4f}; Spearman vs evalica's Bradley-Terry on the crowd "
