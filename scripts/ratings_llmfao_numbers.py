@@ -67,7 +67,7 @@ def main() -> int:
     print(f"online Elo over 1,000 vote orders: median 95% spread {np.median(spread):.1f} Elo; "
           f"10 least-played models ({int(played[least].min())}-{int(played[least].max())} votes): median {np.median(spread[least]):.1f}; "
           f"largest {spread.max():.1f} ({models[int(np.argmax(spread))]}, {int(played[np.argmax(spread)])} votes), "
-          f"90th percentile {np.quantile(spread, 0.9):.1f}")
+          f"six widest {np.sort(spread)[-6]:.1f}-{spread.max():.1f}")
     return 0
 
 
