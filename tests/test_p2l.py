@@ -333,3 +333,39 @@ def test_bad_input(small_arena):
         aggregate_leaderboard(np.zeros((3, 2), np.float32), loss="bt", prompt_weights=np.ones(2))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_p2l("/nonexistent/p2l")
+
+
+def test_bad_values_raise_instead_of_silent_nan(small_arena):
+    # Before the fix: alpha <= 0 gave inf/NaN, an index outside [0, M) gathered NaN, an unknown outcome
+    # code scored as a tie, all silently; a validation split the loss cannot score (loss='bt', held-out
+    # prompts all ties) gave val NLL 0 every epoch and returned the first epoch's parameters.
+    z = jnp.zeros((2, 3))
+    i01, i12 = jnp.array([0, 1]), jnp.array([1, 2])
+    ties = jnp.array([2, 2])
+    for bad in ([0.5, 0.0], [0.5, -1.0], [0.5, float("nan")]):
+        with pytest.raises(ValueError, match="tie_param .* must be finite and > 0"):
+            p2l_loss(z, jnp.array(bad), i01, i12, ties, loss="rao-kupper")
+    with pytest.raises(ValueError, match=r"a must hold model indices in \[0, M\) = \[0, 3\), got min 0, max 5"):
+        p2l_loss(z, None, jnp.array([0, 5]), i12, ties, loss="bt")
+    with pytest.raises(ValueError, match=r"b must hold model indices"):
+        p2l_loss(z, None, i01, jnp.array([-1, 2]), ties, loss="bt")
+    with pytest.raises(ValueError, match="outcome must hold codes 0 .* got min 0, max 7"):
+        p2l_loss(z, None, i01, i12, jnp.array([0, 7]), loss="bt-tie")
+    with pytest.raises(ValueError, match="weight must be finite and >= 0"):
+        p2l_loss(z, None, i01, i12, ties, loss="bt-tie", weight=jnp.array([1.0, -1.0]))
+    with pytest.raises(ValueError, match=r"beta must have at least 1 prompt"):
+        aggregate_leaderboard(np.zeros((0, 3), np.float32), loss="bt")
+
+    import dataclasses
+
+    from jaxrank.p2l import _split_by_prompt
+
+    x, _, votes = small_arena
+    key = jax.random.key(4)
+    _, val = _split_by_prompt(jax.random.split(key, 3)[0], votes, 0.2)
+    all_ties = dataclasses.replace(votes, outcome=np.where(val, 2, votes.outcome).astype(np.int32))
+    with pytest.raises(ValueError, match=r"val_fraction=0.2: the 8 validation prompts hold no vote the loss scores"):
+        train_p2l(x, all_ties, loss="bt", val_fraction=0.2, key=key)
+    zero_w = dataclasses.replace(votes, weight=np.where(val, 0.0, votes.weight).astype(np.float32))
+    with pytest.raises(ValueError, match="all weight 0"):
+        train_p2l(x, zero_w, loss="bt-tie", val_fraction=0.2, key=key)
