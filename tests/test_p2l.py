@@ -150,6 +150,14 @@ def test_synthetic_arena_is_recovered(arena):
     h = model.history
     assert len(h["train_loss"]) == len(h["val_nll"]) == h["epochs"] >= 1
     assert h["val_nll"][h["best_epoch"] - 1] == min(h["val_nll"])
+    # ... and returned THAT epoch's parameters: their validation NLL, recomputed, is the minimum.
+    from jaxrank.p2l import _split_by_prompt
+
+    _, val = _split_by_prompt(jax.random.split(jax.random.key(0), 3)[0], train, 0.2)
+    v = train.subset(val)
+    beta_v, _ = model.coefficients(x)
+    nll = p2l_loss(beta_v[v.prompt], None, v.a, v.b, v.outcome, loss="bt", weight=v.weight)
+    assert float(nll) == pytest.approx(min(h["val_nll"]), rel=1e-5)
     assert h["train_loss"][-1] < h["train_loss"][0]
 
 
@@ -184,6 +192,34 @@ def test_aggregate_of_identical_leaderboards_is_that_leaderboard(loss):
     else:
         assert math.isnan(float(lb.tie_param))
     assert [int(r) for r in lb.rank_ub] == [1 + int((row > r).sum()) for r in row]
+    if loss in ("rao-kupper", "grounded-rao-kupper"):
+        # Different leaderboards and tie parameters per prompt (same shapes: the compiled fit above):
+        # theta and alpha minimise the cross-entropy to the averaged probabilities, float64 SciPy.
+        beta = rng.normal(0, 1.5, (7, m))
+        if loss == "rao-kupper":
+            beta -= beta.mean(1, keepdims=True)
+        alpha = rng.uniform(0.2, 1.5, 7)
+        pw = rng.uniform(0.1, 2.0, 7)
+        off = ~np.eye(m, dtype=bool)
+
+        def cell_probs(t, al):  # [M, M, 4] over ordered pairs (a = row, b = column)
+            ti, tj = np.broadcast_arrays(t[..., :, None], t[..., None, :])
+            return ref_probs(ti, tj, np.asarray(al)[..., None, None], loss)
+
+        q = np.einsum("p,pijk->ijk", pw / pw.sum(), cell_probs(beta, alpha))
+
+        def f(z):
+            p = cell_probs(z[:m], np.exp(z[m]))[off]
+            keep = q[off] > 0  # rao-kupper has no both-bad cell
+            return -np.sum(q[off][keep] * np.log(p[keep]))
+
+        ref = minimize(f, np.append(beta.mean(0), 0.0), method="BFGS", options=dict(gtol=1e-11)).x
+        lb = aggregate_leaderboard(beta.astype(np.float32), alpha.astype(np.float32),
+                                   prompt_weights=pw.astype(np.float32), loss=loss)
+        assert bool(lb.converged)
+        want = ref[:m] - ref[:m].mean() if loss == "rao-kupper" else ref[:m]
+        np.testing.assert_allclose(np.asarray(lb.theta), want, atol=2e-4)
+        assert float(lb.tie_param) == pytest.approx(math.exp(ref[m]), rel=1e-3)
 
 
 def test_aggregate_fits_average_probabilities_not_average_coefficients():
