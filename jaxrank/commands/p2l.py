@@ -187,8 +187,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise CliError(f"--lr must be a finite number > 0, got {args.lr}")
     if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
         raise CliError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
-    if args.max_length < 1:
-        raise CliError(f"--max-length must be >= 1, got {args.max_length}")
+    if args.max_length < 2:
+        raise CliError(f"--max-length must be >= 2 tokens, got {args.max_length}")
     if args.checkpoint_dir:
         ckpt = pathlib.Path(args.checkpoint_dir)
         if ckpt.exists() and not ckpt.is_dir():
