@@ -130,39 +130,51 @@ def synthetic_arena(seed, num_prompts=240, dim=3, num_models=4, votes_per_prompt
     return x, beta, votes
 
 
+# ONE training configuration for recovery, checkpoints, resume and sharding: one compiled epoch (the
+# Rao–Kupper loss with its tie head and a hidden layer; the CLI tests train a linear bt-tie head).
+CONFIG = dict(loss="rao-kupper", hidden=(8,), learning_rate=0.05, batch_size=256, max_epochs=30, val_fraction=0.2,
+              patience=4)
+
+
 @pytest.fixture(scope="module")
 def arena():
-    return synthetic_arena(0)
+    x, beta, votes = synthetic_arena(0, loss="rao-kupper")
+    return x, beta, votes, votes.subset(votes.prompt < 200)  # prompts 200.. are never trained on
 
 
-def test_synthetic_arena_is_recovered(arena):
-    x, beta, votes = arena
-    train = votes.subset(votes.prompt < 200)  # prompts 200.. are never seen
-    model = train_p2l(x, train, loss="bt", learning_rate=0.05, batch_size=256, max_epochs=30, val_fraction=0.2,
-                      patience=4, key=jax.random.key(0))
+@pytest.fixture(scope="module")
+def trained(arena):
+    x, _, _, train = arena
+    return train_p2l(x, train, key=jax.random.key(0), encoder="all-minilm-l6-v2", **CONFIG)
+
+
+def test_synthetic_arena_is_recovered(arena, trained):
+    x, beta, _, train = arena
+    model = trained
     got, alpha = model.coefficients(x[200:])
-    assert alpha is None
     got, truth = np.asarray(got, np.float64), beta[200:]
     corr = np.corrcoef(got.ravel(), truth.ravel())[0, 1]
     rmse = np.sqrt(np.mean((got - truth) ** 2))
     assert corr > RECOVERY_CORR and rmse < RECOVERY_RMSE, (corr, rmse)
+    assert float(np.mean(np.asarray(alpha))) == pytest.approx(0.6, abs=0.1)  # the arena's tie threshold
     # Early stopping kept the best validation epoch and the history is complete.
     h = model.history
     assert len(h["train_loss"]) == len(h["val_nll"]) == h["epochs"] >= 1
+    assert h["stopped_early"] and h["epochs"] < CONFIG["max_epochs"] and h["best_epoch"] < h["epochs"]
     assert h["val_nll"][h["best_epoch"] - 1] == min(h["val_nll"])
     # ... and returned THAT epoch's parameters: their validation NLL, recomputed, is the minimum.
     from jaxrank.p2l import _split_by_prompt
 
     _, val = _split_by_prompt(jax.random.split(jax.random.key(0), 3)[0], train, 0.2)
     v = train.subset(val)
-    beta_v, _ = model.coefficients(x)
-    nll = p2l_loss(beta_v[v.prompt], None, v.a, v.b, v.outcome, loss="bt", weight=v.weight)
+    beta_v, alpha_v = model.coefficients(x)
+    nll = p2l_loss(beta_v[v.prompt], alpha_v[v.prompt], v.a, v.b, v.outcome, loss="rao-kupper", weight=v.weight)
     assert float(nll) == pytest.approx(min(h["val_nll"]), rel=1e-5)
     assert h["train_loss"][-1] < h["train_loss"][0]
 
 
 def test_split_is_by_prompt(arena):
-    x, _, votes = arena
+    x, _, votes, _ = arena
     from jaxrank.p2l import _split_by_prompt
 
     train, val = _split_by_prompt(jax.random.key(0), votes, 0.25)
@@ -262,18 +274,14 @@ def _leaves_equal(x, y):
     return len(lx) == len(ly) and all(np.array_equal(np.asarray(p), np.asarray(q)) for p, q in zip(lx, ly))
 
 
-SMALL = dict(loss="rao-kupper", hidden=(8,), learning_rate=0.02, batch_size=64, max_epochs=4, val_fraction=0.2,
-             patience=None)
-
-
 @pytest.fixture(scope="module")
-def small_arena():
+def small_arena():  # for the bad-input tests (no training)
     return synthetic_arena(3, num_prompts=40, votes_per_prompt=10, loss="rao-kupper")
 
 
-def test_checkpoint_round_trip_is_exact(small_arena, tmp_path):
-    x, _, votes = small_arena
-    model = train_p2l(x, votes, key=jax.random.key(1), encoder="all-minilm-l6-v2", **SMALL)
+def test_checkpoint_round_trip_is_exact(arena, trained, tmp_path):
+    x = arena[0]
+    model = trained
     path = save_p2l(model, tmp_path / "p2l")
     loaded = load_p2l(path)
     assert _leaves_equal(loaded.params, model.params) and _leaves_equal(loaded.stats, model.stats)
@@ -288,41 +296,44 @@ def test_checkpoint_round_trip_is_exact(small_arena, tmp_path):
     save_p2l(model, path, force=True)
 
 
-def test_resume_is_exact(small_arena, tmp_path):
+def test_resume_is_exact(arena, trained, tmp_path):
     import orbax.checkpoint as ocp
 
-    x, _, votes = small_arena
-    full = train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "full", **SMALL)
-    first = train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "part", stop_after=2, **SMALL)
+    x, _, _, votes = arena
+    key = jax.random.key(0)
+    full = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "full", **CONFIG)
+    first = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", stop_after=2, **CONFIG)
     assert first.history["epochs"] == 2
     with pytest.raises(ValueError, match="already holds checkpoints"):
-        train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "part", **SMALL)
+        train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", **CONFIG)
     with pytest.raises(ValueError, match="learning_rate differ"):
-        train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "part", resume=True,
-                  **{**SMALL, "learning_rate": 0.1})
-    resumed = train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "part", resume=True, **SMALL)
-    assert resumed.history == full.history
-    assert _leaves_equal(resumed.params, full.params)
+        train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", resume=True,
+                  **{**CONFIG, "learning_rate": 0.1})
+    resumed = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", resume=True, **CONFIG)
+    # Through early stopping (best epoch < last epoch): the resumed run restored the best parameters too.
+    assert resumed.history == full.history == trained.history and full.history["stopped_early"]
+    assert _leaves_equal(resumed.params, full.params) and _leaves_equal(full.params, trained.params)
     # The whole training state (parameters, optimizer state, best parameters) of the last checkpoints.
+    last = full.history["epochs"]
     states = []
     for name in ("full", "part"):
         with ocp.CheckpointManager(tmp_path / name, item_names=("state", "meta")) as mgr:
-            assert mgr.latest_step() == 4
-            states.append(mgr.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                                  meta=ocp.args.JsonRestore()))["state"])
+            assert mgr.latest_step() == last
+            states.append(mgr.restore(last, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                     meta=ocp.args.JsonRestore()))["state"])
     assert sorted(states[0]) == sorted(states[1]) and len(states[0]) > 10
     assert all(np.array_equal(np.asarray(states[0][k]), np.asarray(states[1][k])) for k in states[0])
 
 
-def test_sharded_training_equals_unsharded(small_arena):
+def test_sharded_training_equals_unsharded(arena, trained):
     assert jax.device_count() == 8
-    x, _, votes = small_arena
+    x, _, _, votes = arena
     mesh = jax.make_mesh((8,), ("data",))
-    plain = train_p2l(x, votes, key=jax.random.key(2), **SMALL)  # the compiled epoch of the tests above
-    sharded = train_p2l(x, votes, key=jax.random.key(2), mesh=mesh, **SMALL)
-    for p, q in zip(plain.coefficients(x), sharded.coefficients(x)):
+    sharded = train_p2l(x, votes, key=jax.random.key(0), mesh=mesh, encoder="all-minilm-l6-v2", **CONFIG)
+    for p, q in zip(trained.coefficients(x), sharded.coefficients(x)):
         np.testing.assert_allclose(np.asarray(q), np.asarray(p), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(sharded.history["val_nll"], plain.history["val_nll"], rtol=1e-5)
+    np.testing.assert_allclose(sharded.history["val_nll"], trained.history["val_nll"], rtol=1e-5)
+    assert sharded.history["best_epoch"] == trained.history["best_epoch"]
 
 
 # ------------------------------------------------------------------------------------------------
