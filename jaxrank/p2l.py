@@ -1031,8 +1031,8 @@ def _aggregate_fit(q, x0, a, b, o, cell, *, num_models: int, ties: str, max_iter
         return x if grounded else x.at[:m].add(-jnp.mean(x[:m]))
 
     def body(carry):
-        x, f, _, it = carry
-        g, h = grad_hess(x)
+        # The gradient and Hessian at x are carried: one evaluation (and one trace) per iteration.
+        x, f, g, h, _, it = carry
         ridge = 1e-7 * (jnp.trace(h) / dim + 1e-6)
         step = jnp.linalg.solve(h + proj + ridge * eye, g)
         step = jnp.where(jnp.isfinite(step), step, 0.0)
@@ -1044,14 +1044,15 @@ def _aggregate_fit(q, x0, a, b, o, cell, *, num_models: int, ties: str, max_iter
         t, f_new = jax.lax.while_loop(lambda c: (c[1] > f) & (c[0] > 1e-4), halve, (1.0, value(centre(x - step))))
         ok = f_new <= f
         x_new = jnp.where(ok, centre(x - t * step), x)
-        gmax = jnp.max(jnp.abs(grad_hess(x_new)[0]))
-        done = (gmax < tol) | ~ok
-        return x_new, jnp.where(ok, f_new, f), done, it + 1
+        g_new, h_new = grad_hess(x_new)
+        done = (jnp.max(jnp.abs(g_new)) < tol) | ~ok
+        return x_new, jnp.where(ok, f_new, f), g_new, h_new, done, it + 1
 
     x0 = centre(x0)
-    carry = (x0, value(x0), jnp.bool_(False), jnp.int32(0))
-    x, _, _, _ = jax.lax.while_loop(lambda c: ~c[2] & (c[3] < max_iter), body, carry)
-    converged = jnp.max(jnp.abs(grad_hess(x)[0])) < 10 * tol
+    g0, h0 = grad_hess(x0)
+    carry = (x0, value(x0), g0, h0, jnp.max(jnp.abs(g0)) < tol, jnp.int32(0))
+    x, _, g, _, _, _ = jax.lax.while_loop(lambda c: ~c[4] & (c[5] < max_iter), body, carry)
+    converged = jnp.max(jnp.abs(g)) < 10 * tol
     tie = jnp.exp(x[m]) if fits else jnp.asarray(jnp.nan, jnp.float32)
     return x[:m], tie, converged
 

@@ -301,15 +301,17 @@ def test_resume_is_exact(arena, trained, tmp_path):
 
     x, _, _, votes = arena
     key = jax.random.key(0)
-    full = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "full", **CONFIG)
-    first = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", stop_after=2, **CONFIG)
+    # A checkpoint every 4 epochs, and at the stop (epoch 2) and at the early stop: few orbax writes.
+    full = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "full", checkpoint_every=4, **CONFIG)
+    first = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", stop_after=2, checkpoint_every=4, **CONFIG)
     assert first.history["epochs"] == 2
     with pytest.raises(ValueError, match="already holds checkpoints"):
         train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", **CONFIG)
     with pytest.raises(ValueError, match="learning_rate differ"):
         train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", resume=True,
                   **{**CONFIG, "learning_rate": 0.1})
-    resumed = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", resume=True, **CONFIG)
+    resumed = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", resume=True, checkpoint_every=4,
+                        **CONFIG)
     # Through early stopping (best epoch < last epoch): the resumed run restored the best parameters too.
     assert resumed.history == full.history == trained.history and full.history["stopped_early"]
     assert _leaves_equal(resumed.params, full.params) and _leaves_equal(full.params, trained.params)
