@@ -287,6 +287,7 @@ def p2l_loss(
             raise ValueError(f"weight must have shape [B] = ({n},), got {tuple(w.shape)}")
         w = w.astype(jnp.promote_types(beta.dtype, jnp.float32))
     a, b, outcome = arrays["a"], arrays["b"], arrays["outcome"]
+    _check_loss_values(beta.shape[1], a, b, outcome, tie_param, None if weight is None else w)
     beta_a = jnp.take_along_axis(beta, a[:, None], axis=1)[:, 0]
     beta_b = jnp.take_along_axis(beta, b[:, None], axis=1)[:, 0]
     if loss == "bt":
@@ -295,6 +296,24 @@ def p2l_loss(
                            theta_b=beta_b if loss == _GROUNDED else None)
     total = jnp.sum(w)
     return -jnp.sum(w * lp) / jnp.maximum(total, jnp.finfo(w.dtype).tiny)
+
+
+def _check_loss_values(m: int, a, b, outcome, tie_param, weight) -> None:
+    """Value checks of `p2l_loss`'s concrete inputs (skipped under tracing): an index outside `[0, M)`
+    would gather NaN, an unknown outcome code would silently score as a tie, alpha <= 0 gives inf/NaN."""
+    for name, x in (("a", a), ("b", b)):
+        if _is_concrete(x) and x.size and not bool(jnp.all((x >= 0) & (x < m))):
+            raise ValueError(f"{name} must hold model indices in [0, M) = [0, {m}), got min {int(x.min())}, "
+                             f"max {int(x.max())}")
+    if _is_concrete(outcome) and outcome.size and not bool(jnp.all((outcome >= 0) & (outcome <= 3))):
+        raise ValueError("outcome must hold codes 0 (a wins), 1 (b wins), 2 (tie) or 3 (tie (bothbad)), got "
+                         f"min {int(outcome.min())}, max {int(outcome.max())}")
+    if tie_param is not None and _is_concrete(tie_param) and tie_param.size:
+        if not bool(jnp.all(jnp.isfinite(tie_param) & (tie_param > 0))):
+            raise ValueError("tie_param (the Rao–Kupper threshold alpha) must be finite and > 0 for every vote")
+    if weight is not None and _is_concrete(weight) and weight.size:
+        if not bool(jnp.all(jnp.isfinite(weight) & (weight >= 0))):
+            raise ValueError("weight must be finite and >= 0 for every vote")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -716,6 +735,15 @@ def train_p2l(
             raise ValueError("loss='bt' drops ties, and the training votes hold no decisive vote")
     if not (train.weight > 0).any():
         raise ValueError("no training votes with positive weight")
+    if val.num_votes:
+        val_scored = np.where(val.outcome >= TIE, 0.0, val.weight) if loss == "bt" else val.weight
+        if not (val_scored > 0).any():
+            # Otherwise every epoch's validation NLL is 0 / 0 -> 0: epoch 1 stays "best" and training stops
+            # after `patience` epochs, silently returning the first epoch's parameters.
+            raise ValueError(
+                f"val_fraction={val_fraction}: the {np.unique(val.prompt).size} validation prompts hold no vote the "
+                f"loss scores ({'all ties, which loss=' + repr(loss) + ' drops' if loss == 'bt' else 'all weight 0'}); "
+                "use another key or val_fraction, or val_fraction=0")
     train_prompts = np.unique(train.prompt)
     mean = x_np[train_prompts].mean(axis=0)
     scale = x_np[train_prompts].std(axis=0)
@@ -1003,8 +1031,8 @@ def _aggregate_fit(q, x0, a, b, o, cell, *, num_models: int, ties: str, max_iter
         return x if grounded else x.at[:m].add(-jnp.mean(x[:m]))
 
     def body(carry):
-        x, f, _, it = carry
-        g, h = grad_hess(x)
+        # The gradient and Hessian at x are carried: one evaluation (and one trace) per iteration.
+        x, f, g, h, _, it = carry
         ridge = 1e-7 * (jnp.trace(h) / dim + 1e-6)
         step = jnp.linalg.solve(h + proj + ridge * eye, g)
         step = jnp.where(jnp.isfinite(step), step, 0.0)
@@ -1016,14 +1044,15 @@ def _aggregate_fit(q, x0, a, b, o, cell, *, num_models: int, ties: str, max_iter
         t, f_new = jax.lax.while_loop(lambda c: (c[1] > f) & (c[0] > 1e-4), halve, (1.0, value(centre(x - step))))
         ok = f_new <= f
         x_new = jnp.where(ok, centre(x - t * step), x)
-        gmax = jnp.max(jnp.abs(grad_hess(x_new)[0]))
-        done = (gmax < tol) | ~ok
-        return x_new, jnp.where(ok, f_new, f), done, it + 1
+        g_new, h_new = grad_hess(x_new)
+        done = (jnp.max(jnp.abs(g_new)) < tol) | ~ok
+        return x_new, jnp.where(ok, f_new, f), g_new, h_new, done, it + 1
 
     x0 = centre(x0)
-    carry = (x0, value(x0), jnp.bool_(False), jnp.int32(0))
-    x, _, _, _ = jax.lax.while_loop(lambda c: ~c[2] & (c[3] < max_iter), body, carry)
-    converged = jnp.max(jnp.abs(grad_hess(x)[0])) < 10 * tol
+    g0, h0 = grad_hess(x0)
+    carry = (x0, value(x0), g0, h0, jnp.max(jnp.abs(g0)) < tol, jnp.int32(0))
+    x, _, g, _, _, _ = jax.lax.while_loop(lambda c: ~c[4] & (c[5] < max_iter), body, carry)
+    converged = jnp.max(jnp.abs(g)) < 10 * tol
     tie = jnp.exp(x[m]) if fits else jnp.asarray(jnp.nan, jnp.float32)
     return x[:m], tie, converged
 
@@ -1120,6 +1149,8 @@ def aggregate_leaderboard(
     p, m = beta.shape
     if m < 2:
         raise ValueError(f"beta must have at least 2 models (columns), got {m}")
+    if p < 1:
+        raise ValueError("beta must have at least 1 prompt (row), got shape (0, M)")
     if loss in _FITS_TIE:
         if tie_param is None:
             raise ValueError(f"tie_param [P] is required for loss={loss!r}")

@@ -103,14 +103,34 @@ def test_route_follows_the_prompt(trained, workdir, capsys):
      "is below the cheapest model's cost"),
     (["route", "MODEL", "PROMPTS", "--features", "FEATS5", "--costs", "COSTS", "--budget", "1"],
      "expected shape [P, D] with P = 30"),
+    # JSON true is not a cost (float(True) == 1.0 was taken silently).
+    (["route", "MODEL", "PROMPTS", "--features", "FEATS", "--costs", "BOOLCOSTS", "--budget", "1"],
+     "every cost must be a number, got 'alpha': true"),
+    (["leaderboard", "MODEL", "PROMPTS", "--features", "NANFEATS"], "nan.npy: contains NaN or infinite values"),
+    # Training options are checked, and named by their flags, BEFORE the encoder runs (a missing encoder
+    # here: the option's error must come first).
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--patience", "0"],
+     "--patience must be >= 1"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--val-fraction", "1"],
+     "--val-fraction must lie in [0, 1)"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--checkpoint-dir",
+      "FULLDIR"], "is not empty (checkpoints of an earlier run?); pass --resume"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--checkpoint-dir",
+      "NEWDIR", "--resume"], "holds no checkpoint"),
 ])
 def test_errors_are_one_line(trained, workdir, capsys, args, message):
     (workdir / "badcosts.json").write_text(json.dumps({"alpha": 1.0, "beta": 0.1}))
     np.save(workdir / "feats5.npy", np.zeros((5, 4), np.float32))
     (workdir / "bad.npy").write_text("not numpy")
+    (workdir / "boolcosts.json").write_text(json.dumps({"alpha": True, "beta": 0.1, "gamma": 0.5}))
+    np.save(workdir / "nan.npy", np.full((30, 4), np.nan, np.float32))
+    (workdir / "fulldir").mkdir(exist_ok=True)
+    (workdir / "fulldir" / "0").write_text("an earlier run")
     subst = {"VOTES": workdir / "votes.csv", "NEW": workdir / "new_model", "MODEL": trained,
              "PROMPTS": workdir / "prompts.txt", "FEATS": workdir / "feats.npy", "FEATS5": workdir / "feats5.npy",
-             "COSTS": workdir / "costs.json", "BADCOSTS": workdir / "badcosts.json", "BAD": workdir / "bad.npy"}
+             "COSTS": workdir / "costs.json", "BADCOSTS": workdir / "badcosts.json", "BAD": workdir / "bad.npy",
+             "BOOLCOSTS": workdir / "boolcosts.json", "NANFEATS": workdir / "nan.npy", "NOENC": workdir / "no_encoder",
+             "FULLDIR": workdir / "fulldir", "NEWDIR": workdir / "new_ckpt"}
     code = main(["p2l"] + [str(subst.get(a, a)) for a in args])
     err = capsys.readouterr().err.strip()
     assert code == 2

@@ -130,31 +130,51 @@ def synthetic_arena(seed, num_prompts=240, dim=3, num_models=4, votes_per_prompt
     return x, beta, votes
 
 
+# ONE training configuration for recovery, checkpoints, resume and sharding: one compiled epoch (the
+# Rao–Kupper loss with its tie head and a hidden layer; the CLI tests train a linear bt-tie head).
+CONFIG = dict(loss="rao-kupper", hidden=(8,), learning_rate=0.05, batch_size=256, max_epochs=30, val_fraction=0.2,
+              patience=4)
+
+
 @pytest.fixture(scope="module")
 def arena():
-    return synthetic_arena(0)
+    x, beta, votes = synthetic_arena(0, loss="rao-kupper")
+    return x, beta, votes, votes.subset(votes.prompt < 200)  # prompts 200.. are never trained on
 
 
-def test_synthetic_arena_is_recovered(arena):
-    x, beta, votes = arena
-    train = votes.subset(votes.prompt < 200)  # prompts 200.. are never seen
-    model = train_p2l(x, train, loss="bt", learning_rate=0.05, batch_size=256, max_epochs=30, val_fraction=0.2,
-                      patience=4, key=jax.random.key(0))
+@pytest.fixture(scope="module")
+def trained(arena):
+    x, _, _, train = arena
+    return train_p2l(x, train, key=jax.random.key(0), encoder="all-minilm-l6-v2", **CONFIG)
+
+
+def test_synthetic_arena_is_recovered(arena, trained):
+    x, beta, _, train = arena
+    model = trained
     got, alpha = model.coefficients(x[200:])
-    assert alpha is None
     got, truth = np.asarray(got, np.float64), beta[200:]
     corr = np.corrcoef(got.ravel(), truth.ravel())[0, 1]
     rmse = np.sqrt(np.mean((got - truth) ** 2))
     assert corr > RECOVERY_CORR and rmse < RECOVERY_RMSE, (corr, rmse)
+    assert float(np.mean(np.asarray(alpha))) == pytest.approx(0.6, abs=0.1)  # the arena's tie threshold
     # Early stopping kept the best validation epoch and the history is complete.
     h = model.history
     assert len(h["train_loss"]) == len(h["val_nll"]) == h["epochs"] >= 1
+    assert h["stopped_early"] and h["epochs"] < CONFIG["max_epochs"] and h["best_epoch"] < h["epochs"]
     assert h["val_nll"][h["best_epoch"] - 1] == min(h["val_nll"])
+    # ... and returned THAT epoch's parameters: their validation NLL, recomputed, is the minimum.
+    from jaxrank.p2l import _split_by_prompt
+
+    _, val = _split_by_prompt(jax.random.split(jax.random.key(0), 3)[0], train, 0.2)
+    v = train.subset(val)
+    beta_v, alpha_v = model.coefficients(x)
+    nll = p2l_loss(beta_v[v.prompt], alpha_v[v.prompt], v.a, v.b, v.outcome, loss="rao-kupper", weight=v.weight)
+    assert float(nll) == pytest.approx(min(h["val_nll"]), rel=1e-5)
     assert h["train_loss"][-1] < h["train_loss"][0]
 
 
 def test_split_is_by_prompt(arena):
-    x, _, votes = arena
+    x, _, votes, _ = arena
     from jaxrank.p2l import _split_by_prompt
 
     train, val = _split_by_prompt(jax.random.key(0), votes, 0.25)
@@ -184,6 +204,34 @@ def test_aggregate_of_identical_leaderboards_is_that_leaderboard(loss):
     else:
         assert math.isnan(float(lb.tie_param))
     assert [int(r) for r in lb.rank_ub] == [1 + int((row > r).sum()) for r in row]
+    if loss in ("rao-kupper", "grounded-rao-kupper"):
+        # Different leaderboards and tie parameters per prompt (same shapes: the compiled fit above):
+        # theta and alpha minimise the cross-entropy to the averaged probabilities, float64 SciPy.
+        beta = rng.normal(0, 1.5, (7, m))
+        if loss == "rao-kupper":
+            beta -= beta.mean(1, keepdims=True)
+        alpha = rng.uniform(0.2, 1.5, 7)
+        pw = rng.uniform(0.1, 2.0, 7)
+        off = ~np.eye(m, dtype=bool)
+
+        def cell_probs(t, al):  # [M, M, 4] over ordered pairs (a = row, b = column)
+            ti, tj = np.broadcast_arrays(t[..., :, None], t[..., None, :])
+            return ref_probs(ti, tj, np.asarray(al)[..., None, None], loss)
+
+        q = np.einsum("p,pijk->ijk", pw / pw.sum(), cell_probs(beta, alpha))
+
+        def f(z):
+            p = cell_probs(z[:m], np.exp(z[m]))[off]
+            keep = q[off] > 0  # rao-kupper has no both-bad cell
+            return -np.sum(q[off][keep] * np.log(p[keep]))
+
+        ref = minimize(f, np.append(beta.mean(0), 0.0), method="BFGS", options=dict(gtol=1e-11)).x
+        lb = aggregate_leaderboard(beta.astype(np.float32), alpha.astype(np.float32),
+                                   prompt_weights=pw.astype(np.float32), loss=loss)
+        assert bool(lb.converged)
+        want = ref[:m] - ref[:m].mean() if loss == "rao-kupper" else ref[:m]
+        np.testing.assert_allclose(np.asarray(lb.theta), want, atol=2e-4)
+        assert float(lb.tie_param) == pytest.approx(math.exp(ref[m]), rel=1e-3)
 
 
 def test_aggregate_fits_average_probabilities_not_average_coefficients():
@@ -226,18 +274,14 @@ def _leaves_equal(x, y):
     return len(lx) == len(ly) and all(np.array_equal(np.asarray(p), np.asarray(q)) for p, q in zip(lx, ly))
 
 
-SMALL = dict(loss="rao-kupper", hidden=(8,), learning_rate=0.02, batch_size=64, max_epochs=4, val_fraction=0.2,
-             patience=None)
-
-
 @pytest.fixture(scope="module")
-def small_arena():
+def small_arena():  # for the bad-input tests (no training)
     return synthetic_arena(3, num_prompts=40, votes_per_prompt=10, loss="rao-kupper")
 
 
-def test_checkpoint_round_trip_is_exact(small_arena, tmp_path):
-    x, _, votes = small_arena
-    model = train_p2l(x, votes, key=jax.random.key(1), encoder="all-minilm-l6-v2", **SMALL)
+def test_checkpoint_round_trip_is_exact(arena, trained, tmp_path):
+    x = arena[0]
+    model = trained
     path = save_p2l(model, tmp_path / "p2l")
     loaded = load_p2l(path)
     assert _leaves_equal(loaded.params, model.params) and _leaves_equal(loaded.stats, model.stats)
@@ -252,41 +296,46 @@ def test_checkpoint_round_trip_is_exact(small_arena, tmp_path):
     save_p2l(model, path, force=True)
 
 
-def test_resume_is_exact(small_arena, tmp_path):
+def test_resume_is_exact(arena, trained, tmp_path):
     import orbax.checkpoint as ocp
 
-    x, _, votes = small_arena
-    full = train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "full", **SMALL)
-    first = train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "part", stop_after=2, **SMALL)
+    x, _, _, votes = arena
+    key = jax.random.key(0)
+    # A checkpoint every 4 epochs, and at the stop (epoch 2) and at the early stop: few orbax writes.
+    full = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "full", checkpoint_every=4, **CONFIG)
+    first = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", stop_after=2, checkpoint_every=4, **CONFIG)
     assert first.history["epochs"] == 2
     with pytest.raises(ValueError, match="already holds checkpoints"):
-        train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "part", **SMALL)
+        train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", **CONFIG)
     with pytest.raises(ValueError, match="learning_rate differ"):
-        train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "part", resume=True,
-                  **{**SMALL, "learning_rate": 0.1})
-    resumed = train_p2l(x, votes, key=jax.random.key(1), checkpoint_dir=tmp_path / "part", resume=True, **SMALL)
-    assert resumed.history == full.history
-    assert _leaves_equal(resumed.params, full.params)
+        train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", resume=True,
+                  **{**CONFIG, "learning_rate": 0.1})
+    resumed = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", resume=True, checkpoint_every=4,
+                        **CONFIG)
+    # Through early stopping (best epoch < last epoch): the resumed run restored the best parameters too.
+    assert resumed.history == full.history == trained.history and full.history["stopped_early"]
+    assert _leaves_equal(resumed.params, full.params) and _leaves_equal(full.params, trained.params)
     # The whole training state (parameters, optimizer state, best parameters) of the last checkpoints.
+    last = full.history["epochs"]
     states = []
     for name in ("full", "part"):
         with ocp.CheckpointManager(tmp_path / name, item_names=("state", "meta")) as mgr:
-            assert mgr.latest_step() == 4
-            states.append(mgr.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                                  meta=ocp.args.JsonRestore()))["state"])
+            assert mgr.latest_step() == last
+            states.append(mgr.restore(last, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                     meta=ocp.args.JsonRestore()))["state"])
     assert sorted(states[0]) == sorted(states[1]) and len(states[0]) > 10
     assert all(np.array_equal(np.asarray(states[0][k]), np.asarray(states[1][k])) for k in states[0])
 
 
-def test_sharded_training_equals_unsharded(small_arena):
+def test_sharded_training_equals_unsharded(arena, trained):
     assert jax.device_count() == 8
-    x, _, votes = small_arena
+    x, _, _, votes = arena
     mesh = jax.make_mesh((8,), ("data",))
-    plain = train_p2l(x, votes, key=jax.random.key(2), **SMALL)  # the compiled epoch of the tests above
-    sharded = train_p2l(x, votes, key=jax.random.key(2), mesh=mesh, **SMALL)
-    for p, q in zip(plain.coefficients(x), sharded.coefficients(x)):
+    sharded = train_p2l(x, votes, key=jax.random.key(0), mesh=mesh, encoder="all-minilm-l6-v2", **CONFIG)
+    for p, q in zip(trained.coefficients(x), sharded.coefficients(x)):
         np.testing.assert_allclose(np.asarray(q), np.asarray(p), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(sharded.history["val_nll"], plain.history["val_nll"], rtol=1e-5)
+    np.testing.assert_allclose(sharded.history["val_nll"], trained.history["val_nll"], rtol=1e-5)
+    assert sharded.history["best_epoch"] == trained.history["best_epoch"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -333,3 +382,39 @@ def test_bad_input(small_arena):
         aggregate_leaderboard(np.zeros((3, 2), np.float32), loss="bt", prompt_weights=np.ones(2))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_p2l("/nonexistent/p2l")
+
+
+def test_bad_values_raise_instead_of_silent_nan(small_arena):
+    # Before the fix: alpha <= 0 gave inf/NaN, an index outside [0, M) gathered NaN, an unknown outcome
+    # code scored as a tie, all silently; a validation split the loss cannot score (loss='bt', held-out
+    # prompts all ties) gave val NLL 0 every epoch and returned the first epoch's parameters.
+    z = jnp.zeros((2, 3))
+    i01, i12 = jnp.array([0, 1]), jnp.array([1, 2])
+    ties = jnp.array([2, 2])
+    for bad in ([0.5, 0.0], [0.5, -1.0], [0.5, float("nan")]):
+        with pytest.raises(ValueError, match="tie_param .* must be finite and > 0"):
+            p2l_loss(z, jnp.array(bad), i01, i12, ties, loss="rao-kupper")
+    with pytest.raises(ValueError, match=r"a must hold model indices in \[0, M\) = \[0, 3\), got min 0, max 5"):
+        p2l_loss(z, None, jnp.array([0, 5]), i12, ties, loss="bt")
+    with pytest.raises(ValueError, match=r"b must hold model indices"):
+        p2l_loss(z, None, i01, jnp.array([-1, 2]), ties, loss="bt")
+    with pytest.raises(ValueError, match="outcome must hold codes 0 .* got min 0, max 7"):
+        p2l_loss(z, None, i01, i12, jnp.array([0, 7]), loss="bt-tie")
+    with pytest.raises(ValueError, match="weight must be finite and >= 0"):
+        p2l_loss(z, None, i01, i12, ties, loss="bt-tie", weight=jnp.array([1.0, -1.0]))
+    with pytest.raises(ValueError, match=r"beta must have at least 1 prompt"):
+        aggregate_leaderboard(np.zeros((0, 3), np.float32), loss="bt")
+
+    import dataclasses
+
+    from jaxrank.p2l import _split_by_prompt
+
+    x, _, votes = small_arena
+    key = jax.random.key(4)
+    _, val = _split_by_prompt(jax.random.split(key, 3)[0], votes, 0.2)
+    all_ties = dataclasses.replace(votes, outcome=np.where(val, 2, votes.outcome).astype(np.int32))
+    with pytest.raises(ValueError, match=r"val_fraction=0.2: the 8 validation prompts hold no vote the loss scores"):
+        train_p2l(x, all_ties, loss="bt", val_fraction=0.2, key=key)
+    zero_w = dataclasses.replace(votes, weight=np.where(val, 0.0, votes.weight).astype(np.float32))
+    with pytest.raises(ValueError, match="all weight 0"):
+        train_p2l(x, zero_w, loss="bt-tie", val_fraction=0.2, key=key)

@@ -124,6 +124,8 @@ def _load_features(path: str, num_prompts: int) -> np.ndarray:
         raise CliError(f"--features {p}: expected shape [P, D] with P = {num_prompts} prompts, got {feats.shape}")
     if not np.issubdtype(feats.dtype, np.floating):
         raise CliError(f"--features {p}: expected floating point values, got dtype {feats.dtype}")
+    if not np.isfinite(feats).all():
+        raise CliError(f"--features {p}: contains NaN or infinite values")
     return feats.astype(np.float32)
 
 
@@ -172,8 +174,31 @@ def run_train(args: argparse.Namespace) -> int:
         raise CliError(f"--out {out}: folder {out.absolute().parent} does not exist")
     if args.resume and not args.checkpoint_dir:
         raise CliError("--resume needs --checkpoint-dir (where the training checkpoints are)")
+    # Every option is checked here, before the prompt features (minutes with the default encoder).
     if args.epochs < 1:
         raise CliError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.patience < 1:
+        raise CliError(f"--patience must be >= 1 epoch, got {args.patience}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise CliError(f"--val-fraction must lie in [0, 1), got {args.val_fraction}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise CliError(f"--lr must be a finite number > 0, got {args.lr}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise CliError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
+    if args.max_length < 2:
+        raise CliError(f"--max-length must be >= 2 tokens, got {args.max_length}")
+    if args.checkpoint_dir:
+        ckpt = pathlib.Path(args.checkpoint_dir)
+        if ckpt.exists() and not ckpt.is_dir():
+            raise CliError(f"--checkpoint-dir {ckpt} exists and is not a directory")
+        holds = ckpt.is_dir() and any(ckpt.iterdir())
+        if holds and not args.resume:
+            raise CliError(f"--checkpoint-dir {ckpt} is not empty (checkpoints of an earlier run?); pass --resume to "
+                           "continue it, or use a new directory")
+        if args.resume and not holds:
+            raise CliError(f"--resume: --checkpoint-dir {ckpt} holds no checkpoint")
     hidden = _hidden(args.hidden)
     mapping = {"model_a": "model_a", "model_b": "model_b", "winner": "winner", "prompt": args.prompts_column}
     if args.columns:
@@ -325,10 +350,11 @@ def run_route(args: argparse.Namespace) -> int:
     missing = [m for m in model.models if m not in costs_map]
     if missing:
         raise CliError(f"--costs {costs_path} has no cost for model(s) {', '.join(map(repr, missing[:5]))}")
-    try:
-        cost_list = [float(costs_map[m]) for m in model.models]
-    except (TypeError, ValueError):
-        raise CliError(f"--costs {costs_path}: every cost must be a number") from None
+    not_numbers = [m for m in model.models if isinstance(costs_map[m], bool) or not isinstance(costs_map[m], (int, float))]
+    if not_numbers:  # JSON true/false, strings, lists: float() would take true as 1.0 and "0.5" as 0.5
+        raise CliError(f"--costs {costs_path}: every cost must be a number, got "
+                       f"{', '.join(f'{m!r}: {json.dumps(costs_map[m])}' for m in not_numbers[:3])}")
+    cost_list = [float(costs_map[m]) for m in model.models]
     if not all(math.isfinite(c) and c >= 0 for c in cost_list):
         raise CliError(f"--costs {costs_path}: every cost must be finite and >= 0")
     if args.budget < min(cost_list):
