@@ -359,7 +359,7 @@ def run_route(args: argparse.Namespace) -> int:
         raise CliError(f"--costs {costs_path}: every cost must be finite and >= 0")
     if args.budget < min(cost_list):
         raise CliError(f"--budget {args.budget:g} is below the cheapest model's cost {min(cost_list):g}")
-    costs = np.asarray(cost_list, np.float32)
+    costs = np.asarray(cost_list, np.float64)  # route() shifts and checks in float64
     tie = alpha if model.loss in ("rao-kupper", "grounded-rao-kupper") else None
     if args.average:
         res = route_average_budget(beta, costs, args.budget, ties=model.loss, tie_param=tie)
