@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxrank.lm.loading import CheckpointError, read_safetensors
+from jaxrank.lm.loading import CheckpointError, check_float_dtypes, read_safetensors
+from jaxrank.lm.transformer import install_params
 
 BERT_MODEL_TYPES = ("bert",)
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")
@@ -267,16 +268,7 @@ class BertEncoder(nnx.Module):
                     weights[name] = jnp.zeros(shape)
                 else:
                     weights[name] = 0.02 * jax.random.normal(rngs.params(), shape)
-        missing = sorted(set(shapes) - set(weights))
-        if missing:
-            raise ValueError(f"weights is missing {missing} for a BERT encoder")
-        for name, shape in shapes.items():
-            value = weights[name]
-            if tuple(value.shape) != shape:
-                raise ValueError(f"weight {name!r} has shape {tuple(value.shape)}, expected {shape}")
-            if not (isinstance(value, jax.Array) and value.dtype == self.param_dtype):
-                value = jnp.asarray(value, dtype=self.param_dtype)
-            setattr(self, name, nnx.Param(value))
+        install_params(self, shapes, weights, "a BERT encoder")
         self._layer_names = tuple(n for n in shapes if n not in _EMBED_NAMES)
 
     @property
@@ -611,14 +603,7 @@ def load_encoder(
         >>> enc.encode(["Why is the sky blue?", "Write a haiku."]).shape
         (2, 384)
     """
-    param_dtype = param_dtype or dtype
-    for arg, value in (("dtype", dtype), ("param_dtype", param_dtype)):
-        try:
-            ok = jnp.issubdtype(jnp.dtype(value), jnp.floating)
-        except TypeError:
-            ok = False
-        if not ok:
-            raise TypeError(f"{arg} must be a floating dtype such as jnp.float32 or jnp.bfloat16, got {value!r}")
+    param_dtype = check_float_dtypes(dtype, param_dtype)
     root = resolve_encoder_path(path)
     name = path.lower() if isinstance(path, str) and path.lower() in NAMED_ENCODERS else root.name
     key = (str(root.resolve()), _fingerprint(root), jnp.dtype(dtype).name, jnp.dtype(param_dtype).name)

@@ -443,6 +443,19 @@ def _fingerprint(resolved: pathlib.Path) -> tuple:
     return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
 
 
+def check_float_dtypes(dtype: Any, param_dtype: Any) -> Any:
+    """Check the compute and parameter dtypes of a model load; returns `param_dtype` (default: `dtype`)."""
+    param_dtype = param_dtype or dtype
+    for arg, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+        try:
+            ok = jnp.issubdtype(jnp.dtype(value), jnp.floating)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise TypeError(f"{arg} must be a floating dtype such as jnp.float32 or jnp.bfloat16, got {value!r}")
+    return param_dtype
+
+
 def load_model(
     path: str | pathlib.Path, *, dtype: Any = jnp.float32, param_dtype: Any = None, cache: bool = True
 ) -> LoadedModel:
@@ -471,14 +484,7 @@ def load_model(
         >>> batch = lm.tokenizer(["Hello"], return_tensors="np")
         >>> logits, _ = lm.model(batch["input_ids"], attention_mask=batch["attention_mask"])
     """
-    param_dtype = param_dtype or dtype
-    for arg, value in (("dtype", dtype), ("param_dtype", param_dtype)):
-        try:
-            ok = jnp.issubdtype(jnp.dtype(value), jnp.floating)
-        except TypeError:
-            ok = False
-        if not ok:
-            raise TypeError(f"{arg} must be a floating dtype such as jnp.float32 or jnp.bfloat16, got {value!r}")
+    param_dtype = check_float_dtypes(dtype, param_dtype)
     resolved, name = resolve_model_path(path)
     key = (str(resolved.resolve()), _fingerprint(resolved), jnp.dtype(dtype).name, jnp.dtype(param_dtype).name)
     if cache and key not in _LOAD_CACHE and (live := _live_entry(key)) is not None:

@@ -205,6 +205,23 @@ def _layer(
     return x + mlp, new_kv
 
 
+def install_params(module: nnx.Module, shapes: dict[str, tuple[int, ...]], weights: dict[str, Any], what: str) -> None:
+    """Check `weights` against `shapes` and set each as an `nnx.Param` of `module` in its `param_dtype`.
+
+    Device arrays already in that dtype are shared, not copied (they are immutable).
+    """
+    missing = sorted(set(shapes) - set(weights))
+    if missing:
+        raise ValueError(f"weights is missing {missing} for {what}")
+    for name, shape in shapes.items():
+        value = weights[name]
+        if tuple(value.shape) != shape:
+            raise ValueError(f"weight {name!r} has shape {tuple(value.shape)}, expected {shape}")
+        if not (isinstance(value, jax.Array) and value.dtype == module.param_dtype):
+            value = jnp.asarray(value, dtype=module.param_dtype)
+        setattr(module, name, nnx.Param(value))
+
+
 class CausalLM(nnx.Module):
     """A decoder-only causal language model (Llama, Qwen2 or Gemma 3 switches, see `ModelConfig`).
 
@@ -248,16 +265,7 @@ class CausalLM(nnx.Module):
                     weights[name] = jnp.full(shape, 0.0 if config.norm_offset else 1.0)
                 else:
                     weights[name] = 0.02 * jax.random.normal(rngs.params(), shape)
-        missing = sorted(set(shapes) - set(weights))
-        if missing:
-            raise ValueError(f"weights is missing {missing} for a {config.architecture} model")
-        for name, shape in shapes.items():
-            value = weights[name]
-            if tuple(value.shape) != shape:
-                raise ValueError(f"weight {name!r} has shape {tuple(value.shape)}, expected {shape}")
-            if not (isinstance(value, jax.Array) and value.dtype == self.param_dtype):
-                value = jnp.asarray(value, dtype=self.param_dtype)
-            setattr(self, name, nnx.Param(value))  # device arrays are immutable: safe to share
+        install_params(self, shapes, weights, f"a {config.architecture} model")
         self._layer_names = tuple(n for n in shapes if n not in ("embed", "final_norm", "lm_head"))
         self.logit_softcap = config.final_logit_softcap
 
