@@ -139,8 +139,11 @@ def _compute_features(texts: list[str], encoder: str, cache_dir: str | None, max
     def update(stage, advance, total, tokens):
         bar.update(task, advance=advance, rate=f"{tokens / max(time.perf_counter() - start, 1e-9):.0f} tok/s")
 
-    with bar:
-        return prompt_features(texts, encoder=encoder, cache_dir=cache_dir, max_length=max_length, progress=update)
+    with warnings.catch_warnings(record=True) as caught, bar:
+        warnings.simplefilter("always")
+        feats = prompt_features(texts, encoder=encoder, cache_dir=cache_dir, max_length=max_length, progress=update)
+    _print_warnings(caught)  # e.g. truncated prompts: one `jaxrank: warning:` line, not a source path
+    return feats
 
 
 def _hidden(text: str) -> tuple[int, ...]:
