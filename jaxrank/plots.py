@@ -6,6 +6,7 @@ unless the caller already chose one, so plots work on headless machines.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 from collections.abc import Sequence
@@ -26,6 +27,23 @@ def _pyplot() -> Any:
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("plotting needs matplotlib: pip install 'jaxrank[plot]'") from err
     return plt
+
+
+@contextlib.contextmanager
+def _figure(path: str | os.PathLike, *, title: str | None = None, suptitle: bool = False, dpi: int | None = None,
+            **subplots: Any):
+    """`plt.subplots(**subplots)` as `(fig, axes)`; on success adds the title, lays out and saves to `path`
+    (`dpi` None: the figure's); the figure is closed either way."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(**subplots)
+    try:
+        yield fig, axes
+        if title:
+            fig.suptitle(title) if suptitle else axes.set_title(title)
+        fig.tight_layout()
+        fig.savefig(pathlib.Path(path), dpi=dpi)
+    finally:
+        plt.close(fig)
 
 
 def plot_leaderboard(
@@ -61,13 +79,10 @@ def plot_leaderboard(
     for name, arr in (("ratings", ratings), ("lower", lower), ("upper", upper)):
         if arr.shape != (m,):
             raise ValueError(f"{name} must have shape [M] = ({m},), one value per model, got {arr.shape}")
-    plt = _pyplot()
-
     order = np.argsort(-ratings, kind="stable")
     y = np.arange(m)[::-1]
     height = max(2.5, 0.22 * m + 1.0)
-    fig, ax = plt.subplots(figsize=(7.0, height))
-    try:
+    with _figure(path, title=title, dpi=120, figsize=(7.0, height)) as (fig, ax):
         r = ratings[order]
         ax.errorbar(
             r, y, xerr=np.stack([r - lower[order], upper[order] - r]), fmt="o", color="tab:blue",
@@ -78,14 +93,7 @@ def plot_leaderboard(
         ax.set_xlabel("rating (Elo scale)")
         ax.set_ylim(-1, m)
         ax.grid(axis="x", alpha=0.3)
-        if title:
-            ax.set_title(title)
-        fig.tight_layout()
-        path = pathlib.Path(path)
-        fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return pathlib.Path(path)
 
 
 def plot_budget_curves(
@@ -119,12 +127,9 @@ def plot_budget_curves(
         raise ValueError(f"metric must be one of 'wce', 'mae', 'rmse', got {metric!r}")
     if hasattr(curves, "curves") and callable(curves.curves):
         curves = curves.curves(metric)
-    plt = _pyplot()
     if not curves:
         raise ValueError(f"curves is empty: expected {{allocator: {{budget, {metric}_mean, {metric}_lower, {metric}_upper}}}}")
-    path = pathlib.Path(path)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    try:
+    with _figure(path, title=title, figsize=(6.4, 4.2), dpi=120) as (fig, ax):
         for name, c in curves.items():
             missing = {"budget", f"{metric}_mean"} - set(c)
             if missing:
@@ -137,13 +142,7 @@ def plot_budget_curves(
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(title="allocator")
-        if title:
-            ax.set_title(title)
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
-    return path
+    return pathlib.Path(path)
 
 
 def _result_arrays(result: Any, names: Sequence[str], what: str) -> dict[str, np.ndarray]:
@@ -174,9 +173,7 @@ def plot_tie_reduction(result: Any, path: str | os.PathLike, *, title: str | Non
     cols = ("fraction", "tie_rate_top", "tie_rate_random", "reduction", "lower", "upper")
     d = _result_arrays(result, cols, "TieReductionResult")
     q = 100.0 * d["fraction"]
-    plt = _pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.0, 4.0), dpi=120)
-    try:
+    with _figure(path, title=title, suptitle=True, nrows=1, ncols=2, figsize=(10.0, 4.0), dpi=120) as (fig, (ax1, ax2)):
         ax1.plot(q, d["tie_rate_top"], marker="o", markersize=4, label="top q% by priority score")
         ax1.plot(q, d["tie_rate_random"], marker="s", markersize=4, linestyle="--", color="tab:gray",
                  label="random q% (mean)")
@@ -198,14 +195,7 @@ def plot_tie_reduction(result: Any, path: str | os.PathLike, *, title: str | Non
         ax2.set_ylabel("relative tie reduction")
         ax2.grid(True, alpha=0.3)
         ax2.legend()
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        path = pathlib.Path(path)
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
-    return path
+    return pathlib.Path(path)
 
 
 _STABILITY_LABELS = {
@@ -244,9 +234,7 @@ def plot_stability(
              f"random_{metric}", f"random_{metric}_lower", f"random_{metric}_upper"]
     d = _result_arrays(result, names, "StabilityResult")
     q = 100.0 * d["fraction"]
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    try:
+    with _figure(path, title=title, figsize=(6.4, 4.2), dpi=120) as (fig, ax):
         band = f"random q% (mean, {int(round(100 * float(getattr(result, 'confidence', 0.95))))}% of subsets)"
         ax.fill_between(q, d[f"random_{metric}_lower"], d[f"random_{metric}_upper"], color="tab:gray", alpha=0.25)
         ax.plot(q, d[f"random_{metric}"], linestyle="--", marker="s", markersize=3, color="tab:gray", label=band)
@@ -267,11 +255,4 @@ def plot_stability(
             ax.axhline(1.0, color="black", linewidth=0.6, alpha=0.5)
         ax.grid(True, alpha=0.3)
         ax.legend()
-        if title:
-            ax.set_title(title)
-        fig.tight_layout()
-        path = pathlib.Path(path)
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
-    return path
+    return pathlib.Path(path)
