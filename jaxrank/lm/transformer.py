@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxrank.lm.config import ModelConfig
+from jaxrank.lm.sharding import PARAM_AXES, ModelSharding
 
 def layer_param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Names and shapes `[num_layers, ...]` of the stacked per-layer weights."""
@@ -126,6 +127,11 @@ def positions_from_mask(mask: jax.Array, start: jax.Array | None = None) -> jax.
     return pos
 
 
+def _pin(sharding: ModelSharding | None, x: jax.Array, logical: tuple[str | None, ...]) -> jax.Array:
+    """Constrain an activation to its logical layout on the model's mesh (no-op unsharded)."""
+    return x if sharding is None else sharding.constrain(x, logical)
+
+
 def _linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
     y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype))
     return y if b is None else y + b.astype(x.dtype)
@@ -171,14 +177,16 @@ def _layer(
     qk_distance: jax.Array,
     cache_kv: tuple[jax.Array, jax.Array] | None,
     write_at: jax.Array | None,
+    sharding: ModelSharding | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     c = config
     b, t, _ = x.shape
     eps, off = c.rms_norm_eps, c.norm_offset
+    heads, kv_heads = ("batch", "length", "q_heads", "head_dim"), ("batch", "length", "kv_heads", "head_dim")
     h = rms_norm(x, p["attn_norm"], eps, off)
-    q = _linear(h, p["wq"], p.get("bq")).reshape(b, t, c.num_heads, c.head_dim)
-    k = _linear(h, p["wk"], p.get("bk")).reshape(b, t, c.num_kv_heads, c.head_dim)
-    v = _linear(h, p["wv"], p.get("bv")).reshape(b, t, c.num_kv_heads, c.head_dim)
+    q = _pin(sharding, _linear(h, p["wq"], p.get("bq")).reshape(b, t, c.num_heads, c.head_dim), heads)
+    k = _pin(sharding, _linear(h, p["wk"], p.get("bk")).reshape(b, t, c.num_kv_heads, c.head_dim), kv_heads)
+    v = _pin(sharding, _linear(h, p["wv"], p.get("bv")).reshape(b, t, c.num_kv_heads, c.head_dim), kv_heads)
     if c.qk_norm:
         q = rms_norm(q, p["q_norm"], eps, off)
         k = rms_norm(k, p["k_norm"], eps, off)
@@ -187,28 +195,61 @@ def _layer(
     new_kv = None
     if cache_kv is not None:
         ck, cv = cache_kv
-        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_at, 0, 0))
-        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_at, 0, 0))
+        ck = _pin(sharding, jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_at, 0, 0)), kv_heads)
+        cv = _pin(sharding, jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_at, 0, 0)), kv_heads)
         new_kv = (ck, cv)
         k, v = ck.astype(q.dtype), cv.astype(q.dtype)
     allowed = base_allowed & (qk_distance < window)
-    attn = _attention(q, k, v, allowed, scale=c.scale, softcap=c.attn_logit_softcap)
+    attn = _pin(sharding, _attention(q, k, v, allowed, scale=c.scale, softcap=c.attn_logit_softcap),
+                ("batch", "length", "q_heads"))
     attn = _linear(attn, p["wo"], p.get("bo"))
     if c.sandwich_norm:
         attn = rms_norm(attn, p["post_attn_norm"], eps, off)
-    x = x + attn
+    x = _pin(sharding, x + attn, ("batch", "length", "act_embed"))
     h = rms_norm(x, p["mlp_norm"], eps, off)
     gate = _activation(c.hidden_act, _linear(h, p["w_gate"], p.get("b_gate")))
-    mlp = _linear(gate * _linear(h, p["w_up"], p.get("b_up")), p["w_down"], p.get("b_down"))
+    up = _pin(sharding, gate * _linear(h, p["w_up"], p.get("b_up")), ("batch", "length", "mlp"))
+    mlp = _linear(up, p["w_down"], p.get("b_down"))
     if c.sandwich_norm:
         mlp = rms_norm(mlp, p["post_mlp_norm"], eps, off)
-    return x + mlp, new_kv
+    return _pin(sharding, x + mlp, ("batch", "length", "act_embed")), new_kv
 
 
-def install_params(module: nnx.Module, shapes: dict[str, tuple[int, ...]], weights: dict[str, Any], what: str) -> None:
+def place(value: Any, dtype: Any, sharding: jax.sharding.Sharding | None = None) -> jax.Array:
+    """`value` as a device array of `dtype`, laid out by `sharding` (default: the default device).
+
+    A host array (NumPy, or a read-only memory map of a checkpoint) goes straight to its shards:
+    each device receives only its slice, read and converted there, so no device (and no extra host
+    buffer) ever holds the whole array. A device array already in that dtype and layout is shared.
+    """
+    dtype = jnp.dtype(dtype)
+    if isinstance(value, jax.Array):
+        if value.dtype != dtype:
+            value = value.astype(dtype)
+        if sharding is not None and not value.sharding.is_equivalent_to(sharding, value.ndim):
+            value = jax.device_put(value, sharding)
+        return value
+    if sharding is None:
+        return jnp.asarray(np.asarray(value, dtype=dtype))
+    shape = tuple(value.shape)
+    return jax.make_array_from_callback(
+        shape, sharding, lambda index: np.ascontiguousarray(np.asarray(value[index]), dtype=dtype)
+    )
+
+
+def install_params(
+    module: nnx.Module,
+    shapes: dict[str, tuple[int, ...]],
+    weights: dict[str, Any],
+    what: str,
+    sharding: ModelSharding | None = None,
+) -> None:
     """Check `weights` against `shapes` and set each as an `nnx.Param` of `module` in its `param_dtype`.
 
-    Device arrays already in that dtype are shared, not copied (they are immutable).
+    Device arrays already in that dtype (and layout) are shared, not copied (they are immutable).
+    With `sharding`, each parameter carries its logical axes as `nnx.Param` metadata
+    (`out_sharding`, `sharding_rules`, `mesh`; `nnx.get_partition_spec(nnx.state(module))` reads
+    them back) and lives on the mesh in that layout.
     """
     missing = sorted(set(shapes) - set(weights))
     if missing:
@@ -217,9 +258,14 @@ def install_params(module: nnx.Module, shapes: dict[str, tuple[int, ...]], weigh
         value = weights[name]
         if tuple(value.shape) != shape:
             raise ValueError(f"weight {name!r} has shape {tuple(value.shape)}, expected {shape}")
-        if not (isinstance(value, jax.Array) and value.dtype == module.param_dtype):
-            value = jnp.asarray(value, dtype=module.param_dtype)
-        setattr(module, name, nnx.Param(value))
+        if sharding is None:
+            setattr(module, name, nnx.Param(place(value, module.param_dtype)))
+            continue
+        logical = PARAM_AXES[name]
+        value = place(value, module.param_dtype, sharding.named(logical))
+        # Placed above already (shard by shard): flax's eager sharding would only repeat it.
+        setattr(module, name, nnx.Param(value, out_sharding=logical, sharding_rules=sharding.rules,
+                                        mesh=sharding.mesh, eager_sharding=False))
 
 
 class CausalLM(nnx.Module):
@@ -232,6 +278,10 @@ class CausalLM(nnx.Module):
         dtype: compute dtype (activations, matmuls); attention softmax, norms and logits are float32.
         param_dtype: storage dtype of the weights (defaults to `dtype`).
         rngs: `nnx.Rngs` for random initialisation.
+        mesh: optional `("data", "fsdp", "tensor")` mesh (`jaxrank.lm.sharding.make_model_mesh`):
+            the weights are laid out over it (vocabulary, heads and MLP columns over `tensor`, the
+            model dimension over `fsdp`; see `jaxrank.lm.sharding`) and every jitted call runs
+            partitioned by GSPMD. The numbers are those of the one-device model.
 
     Call: `model(input_ids [B, T], *, attention_mask=None, positions=None, cache=None)` →
     `(logits float32 [B, T, V], cache)`.
@@ -251,10 +301,17 @@ class CausalLM(nnx.Module):
         dtype: Any = jnp.float32,
         param_dtype: Any = None,
         rngs: nnx.Rngs | None = None,
+        mesh: jax.sharding.Mesh | None = None,
     ):
         self.config = config
         self.dtype = jnp.dtype(dtype)
         self.param_dtype = jnp.dtype(param_dtype or dtype)
+        if mesh is not None:
+            from jaxrank.lm.sharding import model_sharding
+
+            self.sharding: ModelSharding | None = model_sharding(config, mesh)
+        else:
+            self.sharding = None
         shapes = param_shapes(config)
         if weights is None:
             rngs = rngs if rngs is not None else nnx.Rngs(0)
@@ -265,7 +322,7 @@ class CausalLM(nnx.Module):
                     weights[name] = jnp.full(shape, 0.0 if config.norm_offset else 1.0)
                 else:
                     weights[name] = 0.02 * jax.random.normal(rngs.params(), shape)
-        install_params(self, shapes, weights, f"a {config.architecture} model")
+        install_params(self, shapes, weights, f"a {config.architecture} model", self.sharding)
         self._layer_names = tuple(n for n in shapes if n not in ("embed", "final_norm", "lm_head"))
         self.logit_softcap = config.final_logit_softcap
 
@@ -279,6 +336,17 @@ class CausalLM(nnx.Module):
         if self.config.tie_word_embeddings:
             return self.embed[...].T
         return self.lm_head[...]
+
+    def weights(self) -> dict[str, jax.Array]:
+        """Every weight by name (the layout of `param_shapes(config)`), as the module holds it."""
+        return {name: getattr(self, name)[...] for name in param_shapes(self.config)}
+
+    def with_mesh(self, mesh: jax.sharding.Mesh | None) -> CausalLM:
+        """The same model with its weights laid out on `mesh` (None: the default device).
+
+        Each device receives only its shard of each weight (`jax.device_put` per parameter).
+        """
+        return type(self)(self.config, weights=self.weights(), dtype=self.dtype, param_dtype=self.param_dtype, mesh=mesh)
 
     def init_cache(self, batch: int, max_length: int, dtype: Any = None) -> KVCache:
         """An empty `KVCache` for `batch` rows and `max_length` tokens in all."""
@@ -299,7 +367,12 @@ class CausalLM(nnx.Module):
         input_ids, attention_mask = _check_inputs(input_ids, attention_mask, positions, cache)
         c = self.config
         layers = {name: getattr(self, name)[...] for name in self._layer_names}
-        x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
+        shard = self.sharding
+        input_ids = _pin(shard, input_ids, ("batch", "length"))
+        attention_mask = _pin(shard, attention_mask, ("batch", "length"))
+        # A vocabulary-sharded table: GSPMD looks each id up on the shard that holds it (masked
+        # local gather + all-reduce over "tensor"), never gathering the table.
+        x = _pin(shard, jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype), ("batch", "length", "act_embed"))
         if c.embed_scale:
             x = x * jnp.asarray(c.hidden_size**0.5, dtype=self.param_dtype).astype(self.dtype)
         b, t = input_ids.shape
@@ -330,10 +403,13 @@ class CausalLM(nnx.Module):
 
         def body(x, scanned):
             p, inv_freq, window, kv = scanned
-            x, new_kv = _layer(c, x, p, inv_freq, window, positions, base_allowed, qk_distance, kv, write_at)
+            x, new_kv = _layer(c, x, p, inv_freq, window, positions, base_allowed, qk_distance, kv, write_at, shard)
             return x, new_kv
 
-        kv_in = None if cache is None else (cache.keys, cache.values)
+        kv_in = None
+        if cache is not None:
+            cache_axes = ("layers", "batch", "length", "kv_heads", "head_dim")
+            kv_in = (_pin(shard, cache.keys, cache_axes), _pin(shard, cache.values, cache_axes))
         x, kv_out = jax.lax.scan(body, x, (layers, inv_freqs, windows, kv_in))
         if cache is not None:
             new_cache = new_cache.replace(keys=kv_out[0], values=kv_out[1])
@@ -348,6 +424,8 @@ class CausalLM(nnx.Module):
         )
         if self.logit_softcap is not None:
             logits = self.logit_softcap * jnp.tanh(logits / self.logit_softcap)
+        if self.sharding is not None and logits.ndim == 3:
+            logits = self.sharding.constrain(logits, ("batch", "length", "vocab"))
         return logits
 
     def __call__(
