@@ -63,10 +63,13 @@ def _compiled(graphdef: Any, max_new_tokens: int, sample: bool, top_k: int | Non
             return _select(logits, k, temperature, top_k, p)
 
         first = pick(model.logits_from_hidden(h_last), 0)
+        # The decode steps read the weights of every layer each step: split them once here, so the
+        # step runs on these arrays (no per-step copies of lax.scan's weight slices).
+        layers = model.split_layers() if max_new_tokens > 1 else None
 
         def step(carry, i):
             token, cache = carry
-            logits, cache = model(token[:, None], cache=cache)
+            logits, cache = model(token[:, None], cache=cache, layers=layers)
             nxt = pick(logits[:, 0], i)
             return (nxt, cache), token
 

@@ -362,13 +362,13 @@ def token_scores(
     """
     metrics = tuple(metrics)
     split = _vocab_split(model_a, model_b)
-    if not fused and split is None:
-        la, _ = model_a(ids_a, attention_mask=mask_a)
-        lb, _ = model_b(ids_b, attention_mask=mask_b)
-        return score_pairs(_gather(la, positions_a), _gather(lb, positions_b), count, metrics=metrics)
+    # Only the compared positions reach the heads (`[B, C, d]` gathered from `[B, T, d]`): the prompt's
+    # positions cost no `d x vocab` work.
     ha, _ = model_a.hidden_states(ids_a, attention_mask=mask_a)
     hb, _ = model_b.hidden_states(ids_b, attention_mask=mask_b)
     ha, hb = _gather(ha, positions_a), _gather(hb, positions_b)  # [B, C, d]
+    if not fused and split is None:
+        return score_pairs(model_a.logits_from_hidden(ha), model_b.logits_from_hidden(hb), count, metrics=metrics)
     b, c = positions_a.shape
     ha, hb = ha.reshape(b * c, -1), hb.reshape(b * c, -1)
 
@@ -404,27 +404,31 @@ def _token_scorer(graph_a: Any, graph_b: Any, metrics: tuple[str, ...], fused: b
 
 @functools.lru_cache(maxsize=64)
 def _logprob_scorer(graph: Any, block_size: int | None):
-    def score(state, ids, mask, count):
+    def score(state, ids, mask, at, targets, count):
+        """Σ log p(targets) over counted positions: position `at[b, c]` predicts `targets[b, c]`.
+
+        Only the scored positions reach the head (`[B, C, d]` gathered from `[B, T, d]`): the prompt's
+        positions cost no `d x vocab` work.
+        """
         model = _merge(graph, state)
         h, _ = model.hidden_states(ids, attention_mask=mask)
-        b, t, d = h.shape
-        # Position t predicts token t + 1; `count [B, T]` marks positions whose next token is scored.
-        targets = jnp.concatenate([ids[:, 1:], jnp.zeros((b, 1), ids.dtype)], axis=1)
+        h = _gather(h, at)  # [B, C, d]
+        b, c, d = h.shape
         softcap = getattr(model, "logit_softcap", None)
 
         def log_probs(h, w, targets, axis_name=None):
             return token_log_probs(h, w, targets, block_size=block_size, softcap=softcap, axis_name=axis_name)
 
         split = _vocab_split(model)
-        h, targets = h.reshape(b * t, d), targets.reshape(b * t)
+        h, flat_targets = h.reshape(b * c, d), targets.reshape(b * c)
         if split is None:
-            lp = log_probs(h, model.unembedding(), targets)
+            lp = log_probs(h, model.unembedding(), flat_targets)
         else:
             lp = _on_vocab_shards(
-                split, b * t, lambda h, w, tg: log_probs(h, w, tg[:, 0], split.tensor_axis),
-                h, model.unembedding(), targets[:, None],
+                split, b * c, lambda h, w, tg: log_probs(h, w, tg[:, 0], split.tensor_axis),
+                h, model.unembedding(), flat_targets[:, None],
             )
-        return jnp.sum(jnp.where(count, lp.reshape(b, t), 0.0), axis=-1)
+        return jnp.sum(jnp.where(count, lp.reshape(b, c), 0.0), axis=-1)
 
     return jax.jit(score)
 
@@ -785,11 +789,17 @@ def _sequence_logprobs(side: _Side, pairs: list[tuple[list[int], list[int]]], ba
         seqs = [pairs[i][0] + pairs[i][1] for i in batch]
         t = bucket_length(max(map(len, seqs)), maximum=context)
         ids, mask = pad_batch(seqs, t, batch_size, side.pad)
-        count = np.zeros_like(mask)
+        width = bucket_length(max(1, max(len(pairs[i][1]) for i in batch)), minimum=8, maximum=t)
+        at = np.zeros((batch_size, width), np.int32)
+        targets = np.zeros((batch_size, width), np.int32)
+        count = np.zeros((batch_size, width), bool)
         for j, i in enumerate(batch):
             p, c = pairs[i]
-            count[j, len(p) - 1 : len(p) - 1 + len(c)] = True
-        lp = np.asarray(scorer(side.state, *_shard_rows(side.mesh, ids, mask, count)))
+            # Position len(p) - 1 + k predicts completion token k.
+            at[j, : len(c)] = len(p) - 1 + np.arange(len(c))
+            targets[j, : len(c)] = c
+            count[j, : len(c)] = True
+        lp = np.asarray(scorer(side.state, *_shard_rows(side.mesh, ids, mask, at, targets, count)))
         out[batch] = lp[: len(batch)]
         _notify(progress, stage, len(batch), len(pairs), int(mask[: len(batch)].sum()))
     return out

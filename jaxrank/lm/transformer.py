@@ -108,11 +108,22 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float, offset: float) -> jax.
     return weight * normed.astype(x.dtype)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """Rotate `x [batch, seq, heads, head_dim]` by `positions [batch, seq]` (the rotate-half layout)."""
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, Dh/2]
-    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+def rope_tables(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos and sin `[..., batch, seq, head_dim]` (float32) of `positions [batch, seq]` for inverse
+    frequencies `inv_freq [..., head_dim // 2]` (the rotate-half layout)."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq[..., None, None, :]  # [..., B, T, Dh/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array, tables=None) -> jax.Array:
+    """Rotate `x [batch, seq, heads, head_dim]` by `positions [batch, seq]` (the rotate-half layout).
+
+    `tables`: precomputed `(cos, sin)` `[batch, seq, head_dim]` from `rope_tables` (then `positions`
+    and `inv_freq` are not used): the model computes them once per forward, not once per layer.
+    """
+    cos, sin = rope_tables(positions, inv_freq) if tables is None else tables
+    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rotated * sin
@@ -170,7 +181,7 @@ def _layer(
     config: ModelConfig,
     x: jax.Array,
     p: dict[str, jax.Array],
-    inv_freq: jax.Array,
+    rope: tuple[jax.Array, jax.Array],
     window: jax.Array,
     positions: jax.Array,
     base_allowed: jax.Array,
@@ -190,8 +201,8 @@ def _layer(
     if c.qk_norm:
         q = rms_norm(q, p["q_norm"], eps, off)
         k = rms_norm(k, p["k_norm"], eps, off)
-    q = apply_rope(q, positions, inv_freq)
-    k = apply_rope(k, positions, inv_freq)
+    q = apply_rope(q, positions, None, rope)
+    k = apply_rope(k, positions, None, rope)
     new_kv = None
     if cache_kv is not None:
         ck, cv = cache_kv
@@ -341,6 +352,11 @@ class CausalLM(nnx.Module):
         """Every weight by name (the layout of `param_shapes(config)`), as the module holds it."""
         return {name: getattr(self, name)[...] for name in param_shapes(self.config)}
 
+    def split_layers(self) -> list[dict[str, jax.Array]]:
+        """The stacked per-layer weights as one dict per layer (copies: call once, outside loops)."""
+        stacked = {name: getattr(self, name)[...] for name in self._layer_names}
+        return [{name: w[i] for name, w in stacked.items()} for i in range(self.config.num_layers)]
+
     def with_mesh(self, mesh: jax.sharding.Mesh | None) -> CausalLM:
         """The same model with its weights laid out on `mesh` (None: the default device).
 
@@ -359,14 +375,20 @@ class CausalLM(nnx.Module):
         attention_mask: jax.Array | None = None,
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
+        layers: list[dict[str, jax.Array]] | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final hidden states `[B, T, hidden]` (float32, final norm applied) and the updated cache.
 
         `logits == softcap(h @ model.unembedding())`.
+
+        `layers`: the per-layer weights from `split_layers()`, split once outside a loop that calls
+        the model many times (the decode loop of `generate`): the layers then run one after the other
+        on those arrays instead of under `lax.scan`, whose per-layer slices of the stacked weights are
+        copies (XLA materialises each dynamic slice), doubling the weight traffic of every decode step.
         """
         input_ids, attention_mask = _check_inputs(input_ids, attention_mask, positions, cache)
         c = self.config
-        layers = {name: getattr(self, name)[...] for name in self._layer_names}
+        stacked = None if layers is not None else {name: getattr(self, name)[...] for name in self._layer_names}
         shard = self.sharding
         input_ids = _pin(shard, input_ids, ("batch", "length"))
         attention_mask = _pin(shard, attention_mask, ("batch", "length"))
@@ -398,19 +420,36 @@ class CausalLM(nnx.Module):
         qk_distance = positions[:, :, None] - k_pos[:, None, :]  # [B, T, S]
         base_allowed = k_valid[:, None, :] & (qk_distance >= 0)
 
-        inv_freqs = jnp.asarray(c.layer_inverse_frequencies())
+        # RoPE tables once per forward for each distinct base (Gemma 3: local and global), not per
+        # layer: the layers pick theirs by index.
+        freqs = c.layer_inverse_frequencies()
+        distinct, which = np.unique(freqs, axis=0, return_inverse=True)
+        cos_all, sin_all = rope_tables(positions, jnp.asarray(distinct))  # [K, B, T, Dh]
+        which = jnp.asarray(np.asarray(which).reshape(-1), jnp.int32)
         windows = jnp.asarray(c.layer_windows())
 
         def body(x, scanned):
-            p, inv_freq, window, kv = scanned
-            x, new_kv = _layer(c, x, p, inv_freq, window, positions, base_allowed, qk_distance, kv, write_at, shard)
+            p, kind, window, kv = scanned
+            rope = (cos_all[0], sin_all[0]) if len(distinct) == 1 else (cos_all[kind], sin_all[kind])
+            x, new_kv = _layer(c, x, p, rope, window, positions, base_allowed, qk_distance, kv, write_at, shard)
             return x, new_kv
 
         kv_in = None
         if cache is not None:
             cache_axes = ("layers", "batch", "length", "kv_heads", "head_dim")
             kv_in = (_pin(shard, cache.keys, cache_axes), _pin(shard, cache.values, cache_axes))
-        x, kv_out = jax.lax.scan(body, x, (layers, inv_freqs, windows, kv_in))
+        if layers is None:
+            x, kv_out = jax.lax.scan(body, x, (stacked, which, windows, kv_in))
+        else:
+            if len(layers) != c.num_layers:
+                raise ValueError(f"layers has {len(layers)} entries for a model of {c.num_layers} layers")
+            keys, values = kv_in if kv_in is not None else (None, None)
+            for i, p in enumerate(layers):
+                kv = None if keys is None else (keys[i], values[i])
+                x, new_kv = body(x, (p, which[i], windows[i], kv))
+                if new_kv is not None:
+                    keys, values = keys.at[i].set(new_kv[0]), values.at[i].set(new_kv[1])
+            kv_out = (keys, values)
         if cache is not None:
             new_cache = new_cache.replace(keys=kv_out[0], values=kv_out[1])
         h = rms_norm(x, self.final_norm[...], c.rms_norm_eps, c.norm_offset)
@@ -435,9 +474,12 @@ class CausalLM(nnx.Module):
         attention_mask: jax.Array | None = None,
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
+        layers: list[dict[str, jax.Array]] | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        """Logits `[B, T, vocab]` (float32) and the updated cache (None when no cache was given)."""
-        h, cache = self.hidden_states(input_ids, attention_mask=attention_mask, positions=positions, cache=cache)
+        """Logits `[B, T, vocab]` (float32) and the updated cache (None when no cache was given);
+        `layers` as in `hidden_states`."""
+        h, cache = self.hidden_states(input_ids, attention_mask=attention_mask, positions=positions, cache=cache,
+                                      layers=layers)
         return self.logits_from_hidden(h), cache
 
 
