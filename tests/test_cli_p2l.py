@@ -90,7 +90,7 @@ def test_route_follows_the_prompt(trained, workdir, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["train", "VOTES", "--out", "NEW", "--prompts-column", "nope"], "has no column(s) 'nope'"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "nope"], "missing column(s) 'nope'"),
     (["train", "VOTES", "--out", "MODEL", "--prompts-column", "question"], "--out"),
     (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--features", "BAD"],
      "--features"),

@@ -9,12 +9,13 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import log_expit
 
-from jaxrank.ratings import Battles, fit_bradley_terry
+from jaxrank import Votes
+from jaxrank.ratings import fit_bradley_terry
 from jaxrank.ratings.uncertainty import (
     BootstrapResult,
     SandwichResult,
-    _resample,
     bootstrap_ratings,
+    resampled_weights,
     load_leaderboard,
     rank_upper_bound,
     sandwich_intervals,
@@ -37,11 +38,7 @@ def arena(rng, theta, votes_per_pair, *, tie_nu=0.0):
     pa, pb, pt = np.exp(d / 2), np.exp(-d / 2), np.full_like(d, tie_nu)
     z = pa + pb + pt
     counts = np.stack([rng.multinomial(votes_per_pair, [x / s, y / s, t / s]) for x, y, t, s in zip(pa, pb, pt, z)])
-    return Battles(
-        models=tuple(f"m{i}" for i in range(M)),
-        a=jnp.asarray(ROW_A), b=jnp.asarray(ROW_B), outcome=jnp.asarray(ROW_O),
-        count=jnp.asarray(counts.reshape(-1), jnp.float32), vote_row=jnp.zeros((0,), jnp.int32),
-    )
+    return Votes(models=tuple(f"m{i}" for i in range(M)), a=ROW_A, b=ROW_B, outcome=ROW_O, count=counts.reshape(-1))
 
 
 def scipy_fit_half(w):
@@ -82,12 +79,10 @@ def test_bootstrap_rounds_are_exact_refits(small):
     key = jax.random.key(7)
     boot = bootstrap_ratings(key, small, num_rounds=8, chunk_size=5, sampler="votes")
     assert boot.samples.shape == (8, M) and bool(boot.converged.all())
-    keys = jax.random.split(key, 8)
-    count = np.asarray(small.count)
-    rows = jnp.asarray(np.repeat(np.arange(count.size), count.astype(np.int64)), jnp.int32)
-    ones = jnp.ones(count.shape, jnp.float32)
+    count = np.asarray(small.rows().count)
+    weights = np.asarray(resampled_weights(key, small, num_rounds=8, sampler="votes"))
     for r in (0, 7):  # the second chunk's last round too
-        w = np.asarray(_resample(keys[r], rows, ones, count.size, int(count.sum()), "votes"))
+        w = weights[r][: count.size]
         assert w.sum() == count.sum()
         ref = 1000.0 + K * scipy_fit_half(w.astype(np.float64))
         np.testing.assert_allclose(np.asarray(boot.samples[r]), ref, atol=0.01)
@@ -128,8 +123,9 @@ def test_bootstrap_coverage_near_nominal():
 
 def numpy_sandwich_se(battles, fit, ties, eps=1e-4):
     """float64 reference: scores and Hessian by central differences of a NumPy log-likelihood."""
-    a, b, o = (np.asarray(x) for x in (battles.a, battles.b, battles.outcome))
-    w = np.asarray(battles.count, np.float64)
+    rows = battles.rows()
+    a, b, o = (np.asarray(x) for x in (rows.a, rows.b, rows.outcome))
+    w = np.asarray(rows.count, np.float64)
     fits_tie = ties == "davidson"
 
     def row_lp(x):
@@ -245,7 +241,7 @@ def test_bad_input(small):
         bootstrap_ratings(key, small, num_rounds=4, ties="draw")
     with pytest.raises(TypeError, match="unexpected keyword"):
         bootstrap_ratings(key, small, num_rounds=4, weights=np.ones(3))
-    with pytest.raises(TypeError, match="battles"):
+    with pytest.raises(TypeError, match="votes"):
         bootstrap_ratings(key, "votes.csv", num_rounds=4)
     with pytest.raises(TypeError, match="progress"):
         bootstrap_ratings(key, small, num_rounds=4, progress=3)
