@@ -252,3 +252,54 @@ def test_bad_input(small):
         sandwich_intervals(small, {"ratings": 1})
     with pytest.raises(TypeError, match="intervals"):
         save_leaderboard("/tmp/never-written", fit, intervals=np.ones(3))
+
+
+def test_rank_by_rating_and_tied_groups():
+    from jaxrank.ratings import rank_by_rating, tied_groups
+
+    np.testing.assert_array_equal(np.asarray(rank_by_rating(jnp.array([1010.0, 1100.0, 1010.0, 900.0]))), [2, 1, 2, 4])
+    ratings = np.array([1200.0, 1190.0, 1100.0, 1095.0, 1000.0])
+    lower = ratings - np.array([20.0, 20.0, 20.0, 30.0, 5.0])
+    upper = ratings + np.array([20.0, 20.0, 20.0, 30.0, 5.0])
+    # 1190's interval reaches the leader's lower bound 1180; 1100 (upper 1120) does not: it leads group 2,
+    # which 1095 (upper 1125 >= 1080) joins; 1000 (upper 1005) leads group 3.
+    np.testing.assert_array_equal(tied_groups(ratings, lower, upper), [1, 1, 2, 2, 3])
+    # Order of the models does not matter, only their ratings and intervals.
+    perm = np.array([3, 0, 4, 2, 1])
+    np.testing.assert_array_equal(tied_groups(ratings[perm], lower[perm], upper[perm]), np.array([1, 1, 2, 2, 3])[perm])
+    with pytest.raises(ValueError, match="same shape"):
+        tied_groups(ratings, lower[:2], upper)
+
+
+def test_prompt_bootstrap_resamples_whole_prompts():
+    """unit='prompts' draws prompts with replacement, each with all its votes: when votes on a prompt share
+    a prompt effect, the cluster bootstrap is wider than the vote bootstrap; its rounds are exact refits."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for p in range(60):
+        effect = rng.normal(0, 1.5, M)  # the prompt moves every model: votes on it are correlated
+        for _ in range(10):
+            i, j = rng.choice(M, 2, replace=False)
+            d = np.linspace(-0.5, 0.5, M)[i] - np.linspace(-0.5, 0.5, M)[j] + effect[i] - effect[j]
+            rows.append((f"m{i}", f"m{j}", "model_a" if rng.random() < 1 / (1 + np.exp(-d)) else "model_b", f"p{p}"))
+    votes = Votes.from_arrays([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                              prompt=[r[3] for r in rows])
+    fit = fit_bradley_terry(votes)
+    by_vote = bootstrap_ratings(jax.random.key(0), votes, num_rounds=300, fit=fit)
+    by_prompt = bootstrap_ratings(jax.random.key(0), votes, num_rounds=300, fit=fit, unit="prompts")
+    assert by_prompt.unit == "prompts"
+    assert np.median(np.asarray(by_prompt.std_error) / np.asarray(by_vote.std_error)) > 1.2
+    w = np.asarray(resampled_weights(jax.random.key(0), votes, num_rounds=300, unit="prompts"))[:2]
+    u = votes.rows().num_rows
+    assert np.all(np.isin(w.sum(axis=1), np.arange(0, 1000, 10)))  # whole prompts of 10 votes
+    for r in range(2):
+        ref = fit_bradley_terry(votes, row_weights=w[r, :u].astype(np.float32))
+        np.testing.assert_allclose(np.asarray(by_prompt.samples[r]), np.asarray(ref.ratings), atol=0.05)
+    with pytest.raises(ValueError, match="unit='prompts' needs prompt ids"):
+        bootstrap_ratings(jax.random.key(0), votes.replace(prompt=None, prompt_ids=None), num_rounds=4, unit="prompts")
+
+
+def test_both_bad_under_a_tie_model_warns():
+    votes = Votes.from_arrays(["x", "y", "x", "y"], ["y", "x", "y", "x"], ["model_a", "model_b", "tie", "tie (bothbad)"])
+    with pytest.warns(UserWarning, match=r"ties='rao-kupper' has no both-bad outcome.*ties='grounded-rao-kupper'"):
+        fit_bradley_terry(votes, ties="rao-kupper")

@@ -973,6 +973,12 @@ def fit_bradley_terry(
             _warn_no_mle(rows, w_graph, ties, stacklevel=3)
         tie_rows = outcome_np == TIE if ties == GROUNDED else outcome_np >= TIE
         decisive = ~(outcome_np >= TIE)
+        bothbad = float(w_graph[outcome_np == TIE_BOTHBAD].sum())
+        if ties in ("rao-kupper", "davidson") and bothbad > 0:
+            warnings.warn(
+                f"ties={ties!r} has no both-bad outcome: the {bothbad:g} (weighted) 'tie (bothbad)' votes count as "
+                "ties; ties='grounded-rao-kupper' models them as their own outcome (a loss of both models)",
+                UserWarning, stacklevel=2)
         if ties in ("rao-kupper", "davidson") and not (w_graph[decisive] > 0).any():
             raise ValueError(
                 f"ties={ties!r} but every vote is a tie: the tie parameter has no finite maximum-likelihood value "
