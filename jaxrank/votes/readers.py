@@ -33,7 +33,16 @@ from typing import Any
 import numpy as np
 
 from jaxrank._validation import preview
-from jaxrank.votes.table import A_WINS, B_WINS, TIE, Votes, id_string, is_missing, outcome_codes
+from jaxrank.votes.table import (
+    A_WINS,
+    B_WINS,
+    TIE,
+    Votes,
+    id_strings,
+    is_missing,
+    missing_mask,
+    outcome_codes,
+)
 
 __all__ = ["FORMATS", "Table", "read_table", "detect_format", "load_votes"]
 
@@ -282,28 +291,28 @@ class _Reader:
         """Model names / ids of a column as strings; missing or empty values are an error."""
         col = self.column(key)
         vals = self.values(col)
-        bad = [i for i, v in enumerate(vals) if is_missing(v)]
-        if bad:
-            raise self.t.error(col, f"{len(bad)} missing or empty value(s)", bad)
-        return np.asarray([id_string(v) for v in vals], dtype=object)
+        bad = np.flatnonzero(missing_mask(vals))
+        if bad.size:
+            raise self.t.error(col, f"{bad.size} missing or empty value(s)", bad)
+        return id_strings(vals, col)
 
     def numbers(self, col: str, what: str, *, allow_missing: bool = False) -> np.ndarray:
+        import pandas as pd
+
         vals = self.values(col)
-        out = np.full(self.n, np.nan)
-        bad = []
-        for i, v in enumerate(vals):
-            if is_missing(v):
-                if not allow_missing:
-                    bad.append(i)
-                continue
-            try:
-                out[i] = float(v)
-            except (TypeError, ValueError):
-                bad.append(i)
-        if bad:
+        missing = missing_mask(vals)
+        parsed = pd.to_numeric(pd.Series(vals, dtype=object).where(~missing, None), errors="coerce")
+        out = parsed.to_numpy(np.float64, na_value=np.nan)
+        unparsed = np.isnan(out) & ~missing
+        if unparsed.any():  # NaN written as "nan" is a NaN value, not a parse failure
+            idx = np.flatnonzero(unparsed)
+            literal = np.asarray([str(vals[i]).strip().lower().lstrip("+-") == "nan" for i in idx])
+            unparsed[idx[literal]] = False
+        bad = np.flatnonzero(unparsed | (missing & (not allow_missing)))
+        if bad.size:
             shown = vals[bad[0]]
-            raise self.t.error(col, f"{len(bad)} value(s) are not numbers ({what}), e.g. {shown!r}", bad)
-        nonfinite = np.flatnonzero(~np.isfinite(out) & ~np.isnan(out)) if allow_missing else np.flatnonzero(~np.isfinite(out))
+            raise self.t.error(col, f"{bad.size} value(s) are not numbers ({what}), e.g. {shown!r}", bad)
+        nonfinite = np.flatnonzero(~np.isfinite(out) & ~missing)
         if nonfinite.size:
             raise self.t.error(col, f"{nonfinite.size} NaN/infinite value(s) ({what})", nonfinite)
         return out

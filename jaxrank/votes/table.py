@@ -52,7 +52,10 @@ __all__ = [
     "VoteRows",
     "outcome_codes",
     "id_string",
+    "id_strings",
     "is_missing",
+    "missing_mask",
+    "factorize_sorted",
     "comparison_components",
     "describe_components",
     "warn_if_disconnected",
@@ -337,25 +340,20 @@ class Votes:
             a = _int_array(names_a.astype(np.int64), "model_a", n)
             b = _int_array(names_b.astype(np.int64), "model_b", n)
         else:
-            for col, arr in (("model_a", names_a), ("model_b", names_b)):
-                bad = [i for i, v in enumerate(arr) if is_missing(v)]
-                if bad:
-                    raise ValueError(f"{col} has {len(bad)} missing or empty model name(s), e.g. in row(s) {preview(bad)}")
-            sa = np.asarray([id_string(v) for v in names_a], dtype=object)
-            sb = np.asarray([id_string(v) for v in names_b], dtype=object)
-            found = np.unique(np.concatenate([sa, sb])) if n else np.zeros(0, object)
+            sa = id_strings(names_a, "model_a", what="model name")
+            sb = id_strings(names_b, "model_b", what="model name")
             if models is None:
-                model_list = tuple(str(x) for x in found)
+                found, codes = factorize_sorted(np.concatenate([sa, sb]))
+                model_list = tuple(found)
+                a, b = codes[:n], codes[n:]
             else:
                 if isinstance(models, str):
                     raise TypeError("models must be a sequence of model names, not a single string")
                 model_list = _id_tuple([str(x) for x in models], "models")
-                absent = sorted(set(found.tolist()) - set(model_list))
+                a, b = _lookup(sa, model_list), _lookup(sb, model_list)
+                absent = sorted(set(sa[a < 0].tolist()) | set(sb[b < 0].tolist()))
                 if absent:
                     raise ValueError(f"models does not list {len(absent)} model(s) found in the votes: {preview(absent)}")
-            index = {name: i for i, name in enumerate(model_list)}
-            a = np.fromiter((index[x] for x in sa), dtype=np.int64, count=n)
-            b = np.fromiter((index[x] for x in sb), dtype=np.int64, count=n)
             same = np.flatnonzero(a == b)
             if same.size:
                 raise ValueError(f"{same.size} vote(s) have a model playing itself (model_a == model_b), e.g. row(s) "
@@ -375,25 +373,22 @@ class Votes:
 
         prompt_idx = prompt_ids = texts = None
         if prompt is not None or prompt_text is not None:
-            raw = prompt if prompt is not None else prompt_text
-            raw = np.asarray(raw, dtype=object)
+            key = "prompt" if prompt is not None else "prompt_text"
+            raw = np.asarray(prompt if prompt is not None else prompt_text, dtype=object)
             if raw.shape != (n,):
-                raise ValueError(f"{'prompt' if prompt is not None else 'prompt_text'} must have shape [N] = ({n},), got {raw.shape}")
-            bad = [i for i, v in enumerate(raw) if is_missing(v)]
-            if bad:
-                raise ValueError(f"{'prompt' if prompt is not None else 'prompt_text'} has {len(bad)} missing or empty "
-                                 f"value(s), e.g. in row(s) {preview(bad)}")
-            ids, prompt_idx = np.unique(np.asarray([id_string(v) for v in raw], dtype=object), return_inverse=True)
-            prompt_ids = tuple(ids.tolist())
+                raise ValueError(f"{key} must have shape [N] = ({n},), got {raw.shape}")
+            ids, prompt_idx = factorize_sorted(id_strings(raw, key, what="value"))
+            prompt_ids = tuple(ids)
             if prompt_text is not None:
                 text_arr = np.asarray(prompt_text, dtype=object)
                 if text_arr.shape != (n,):
                     raise ValueError(f"prompt_text must have shape [N] = ({n},), got {text_arr.shape}")
+                text_arr = id_strings(text_arr, "prompt_text", what="prompt text")
                 first = np.full(len(prompt_ids), -1, np.int64)
                 order = np.arange(n)[::-1]
                 first[prompt_idx[order]] = order
-                texts = tuple(str(text_arr[i]) for i in first)
-                differ = np.flatnonzero(np.asarray([str(t) for t in text_arr], dtype=object) != np.asarray(texts, dtype=object)[prompt_idx])
+                texts = tuple(text_arr[first].tolist())
+                differ = np.flatnonzero(text_arr != text_arr[first][prompt_idx])
                 if differ.size:
                     i = int(differ[0])
                     raise ValueError(f"prompt_text differs between votes of the same prompt id {prompt_ids[prompt_idx[i]]!r} "
@@ -403,11 +398,8 @@ class Votes:
             raw = np.asarray(judge, dtype=object)
             if raw.shape != (n,):
                 raise ValueError(f"judge must have shape [N] = ({n},), got {raw.shape}")
-            bad = [i for i, v in enumerate(raw) if is_missing(v)]
-            if bad:
-                raise ValueError(f"judge has {len(bad)} missing or empty id(s), e.g. in row(s) {preview(bad)}")
-            ids, judge_idx = np.unique(np.asarray([id_string(v) for v in raw], dtype=object), return_inverse=True)
-            judge_ids = tuple(ids.tolist())
+            ids, judge_idx = factorize_sorted(id_strings(raw, "judge", what="id"))
+            judge_ids = tuple(ids)
         names, fa, fb = (), None, None
         if features:
             names = tuple(features)
@@ -647,6 +639,48 @@ def id_string(value: Any) -> str:
     return str(value)
 
 
+def missing_mask(values: np.ndarray) -> np.ndarray:
+    """bool[N]: cells holding no value (None, NaN, an empty or blank string), vectorised for text columns."""
+    import pandas as pd
+
+    arr = np.asarray(values, dtype=object)
+    if arr.size and pd.api.types.infer_dtype(arr, skipna=False) == "string":
+        # All strings: pandas' string dtype strips and measures them without a Python loop (Arrow when installed).
+        return pd.Series(arr, dtype="str").str.strip().str.len().eq(0).to_numpy(bool)
+    return np.fromiter((is_missing(v) for v in arr), bool, count=arr.size)
+
+
+def id_strings(values: Any, column: str, *, what: str = "value", where: Any = None) -> np.ndarray:
+    """object[N] of strings (see `id_string`); a missing or empty cell is a `ValueError` naming `column` and
+    the rows (`where(indices)` names them in the source, default `row(s) i`)."""
+    import pandas as pd
+
+    arr = np.asarray(values, dtype=object)
+    missing = np.flatnonzero(missing_mask(arr))
+    if missing.size:
+        at = where(missing) if where is not None else f"row(s) {preview(missing.tolist())}"
+        raise ValueError(f"{column} has {missing.size} missing or empty {what}(s), e.g. in {at}")
+    if arr.size and pd.api.types.infer_dtype(arr, skipna=False) == "string":
+        return arr
+    return np.asarray([id_string(v) for v in arr], dtype=object)
+
+
+def factorize_sorted(values: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """(sorted distinct strings, int64[N] index of each value): a hash factorisation (fast for millions of
+    strings), then the few distinct values sorted."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object), sort=True)
+    return [str(u) for u in uniques], codes.astype(np.int64)
+
+
+def _lookup(values: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """int64[N] index of each value in `names`, -1 when absent."""
+    import pandas as pd
+
+    return pd.Index(list(names), dtype=object).get_indexer(np.asarray(values, dtype=object)).astype(np.int64)
+
+
 def outcome_codes(winner: Sequence[Any], n: int, *, winner_labels: Mapping[Any, str] | None = None,
                   column: str = "winner", where: Any = None) -> np.ndarray:
     """int64[N] outcome codes of winner labels (or codes 0..3).
@@ -663,20 +697,24 @@ def outcome_codes(winner: Sequence[Any], n: int, *, winner_labels: Mapping[Any, 
         ValueError: missing labels, unknown labels (each with its count and first locations, and the
             accepted labels), bad codes.
     """
+    import pandas as pd
+
     where = where or (lambda idx: f"row(s) {preview([int(i) for i in idx])}")
-    raw = np.asarray(winner, dtype=object)
+    typed = np.asarray(winner)
+    raw = typed.astype(object)
     if raw.shape != (n,):
         raise ValueError(f"{column} must have shape [N] = ({n},), got {raw.shape}")
-    if n and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in raw):
+    if n and (typed.dtype.kind in "iu" or (typed.dtype == object and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in raw))):
         codes = raw.astype(np.int64)
         bad = np.flatnonzero((codes < 0) | (codes >= NUM_OUTCOMES))
         if bad.size:
             raise ValueError(f"{column}: integer outcome codes must be 0 (model_a), 1 (model_b), 2 (tie) or 3 "
                              f"(tie (bothbad)); got {codes[bad[0]]} in {where(bad)}")
         return codes
-    missing = [i for i, v in enumerate(raw) if is_missing(v)]
-    if missing:
-        raise ValueError(f"column {column!r} has {len(missing)} missing winner label(s), in {where(missing)}")
+    missing = np.flatnonzero(missing_mask(raw))
+    if missing.size:
+        raise ValueError(f"column {column!r} has {missing.size} missing winner label(s), in {where(missing)}")
     if winner_labels is None:
         code_of: dict[str, int] = dict(WINNER_LABELS)
         known = list(WINNER_LABELS)
@@ -690,8 +728,9 @@ def outcome_codes(winner: Sequence[Any], n: int, *, winner_labels: Mapping[Any, 
                                  f"{preview(list(WINNER_LABELS))}")
             code_of[id_string(label)] = WINNER_LABELS[target]
         known = list(code_of)
-    labels = np.asarray([id_string(v) for v in raw], dtype=object)
-    uniq, inverse = np.unique(labels, return_inverse=True)
+    labels = raw if pd.api.types.infer_dtype(raw, skipna=False) == "string" else np.asarray(
+        [id_string(v) for v in raw], dtype=object)
+    uniq, inverse = factorize_sorted(labels)
     unknown = [i for i, lab in enumerate(uniq) if lab not in code_of]
     if unknown:
         parts = []
@@ -703,7 +742,7 @@ def outcome_codes(winner: Sequence[Any], n: int, *, winner_labels: Mapping[Any, 
             f"column {column!r} has unknown winner label(s) {'; '.join(parts)}{more}; accepted: {preview(known, 8)}. "
             "Map yours with winner_labels={'your label': 'model_a' | 'model_b' | 'tie' | 'tie (bothbad)'} "
             "(command line: --winner-labels 'your label=model_a,...'); a label is never guessed to be a tie")
-    return np.asarray([code_of[lab] for lab in uniq], dtype=np.int64)[inverse.reshape(-1)]
+    return np.asarray([code_of[lab] for lab in uniq], dtype=np.int64)[inverse]
 
 
 # --------------------------------------------------------------------------------------------------
