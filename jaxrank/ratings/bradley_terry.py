@@ -72,6 +72,7 @@ __all__ = [
     "check_style",
     "FitPlan",
     "plan_fit",
+    "pad_rows",
     "fit_bradley_terry",
 ]
 
@@ -1005,14 +1006,7 @@ def fit_bradley_terry(
     a, b, outcome = rows.a, rows.b, rows.outcome
     features = plan.features
     # Zero-weight padding rows up to a bucket size: data sets of about the same size share one compiled fit.
-    pad = bucket_size(u) - u
-    if pad:
-        a = jnp.concatenate([a, jnp.zeros((pad,), a.dtype)])
-        b = jnp.concatenate([b, jnp.ones((pad,), b.dtype)])
-        outcome = jnp.concatenate([outcome, jnp.zeros((pad,), outcome.dtype)])
-        w = jnp.concatenate([w, jnp.zeros((pad,), w.dtype)])
-        if features is not None:
-            features = jnp.concatenate([features, jnp.zeros((pad, features.shape[1]), features.dtype)])
+    a, b, outcome, w, features = pad_rows(bucket_size(u), a, b, outcome, w, features)
     if mesh is not None:
         a, b, outcome, w, features = _shard_rows(mesh, a, b, outcome, w, features)
         component = jax.device_put(
@@ -1060,6 +1054,22 @@ def _fit_jit(weight, a, b, outcome, component, opts, anchor_index, anchor_rating
     return ratings, theta, sol.tie_param, sol.beta, ll, sol.num_iter, sol.converged
 
 
+def pad_rows(size: int, a, b, outcome, weight, features=None):
+    """The rows `(a, b, outcome, weight[, features])` padded to `size` rows with zero-weight rows (a = 0,
+    b = 1, a-wins, covariates 0): they add nothing to a likelihood, a gradient or a Hessian, and let data
+    sets of nearby sizes share one compiled kernel. Returns `(a, b, outcome, weight, features)`."""
+    pad = int(size) - int(a.shape[0])
+    if pad <= 0:
+        return a, b, outcome, weight, features
+    a = jnp.concatenate([jnp.asarray(a), jnp.zeros((pad,), jnp.asarray(a).dtype)])
+    b = jnp.concatenate([jnp.asarray(b), jnp.ones((pad,), jnp.asarray(b).dtype)])
+    outcome = jnp.concatenate([jnp.asarray(outcome), jnp.zeros((pad,), jnp.asarray(outcome).dtype)])
+    weight = jnp.concatenate([jnp.asarray(weight), jnp.zeros((pad,), jnp.asarray(weight).dtype)])
+    if features is not None:
+        features = jnp.concatenate([jnp.asarray(features), jnp.zeros((pad, features.shape[1]), features.dtype)])
+    return a, b, outcome, weight, features
+
+
 def _shard_rows(mesh: jax.sharding.Mesh, a, b, outcome, w, features=None):
     """Pad the row axis to a multiple of the mesh size (zero-weight rows) and shard it."""
     from jax.sharding import NamedSharding, PartitionSpec
@@ -1070,15 +1080,7 @@ def _shard_rows(mesh: jax.sharding.Mesh, a, b, outcome, w, features=None):
         mesh.devices, mesh.axis_names, axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
     )
     n_dev = int(np.prod(list(mesh.shape.values())))
-    u = a.shape[0]
-    pad = (-u) % n_dev
-    if pad:
-        a = jnp.concatenate([a, jnp.zeros((pad,), a.dtype)])
-        b = jnp.concatenate([b, jnp.zeros((pad,), b.dtype)])
-        outcome = jnp.concatenate([outcome, jnp.zeros((pad,), outcome.dtype)])
-        w = jnp.concatenate([w, jnp.zeros((pad,), w.dtype)])
-        if features is not None:
-            features = jnp.concatenate([features, jnp.zeros((pad, features.shape[1]), features.dtype)])
+    a, b, outcome, w, features = pad_rows(-(-a.shape[0] // n_dev) * n_dev, a, b, outcome, w, features)
     sharding = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
     out = tuple(jax.device_put(x, sharding) for x in (a, b, outcome, w))
     if features is not None:

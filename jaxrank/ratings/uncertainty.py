@@ -33,6 +33,7 @@ from jaxrank.ratings.bradley_terry import (
     check_style,
     fit_bradley_terry,
     outcome_log_probs,
+    pad_rows,
     plan_fit,
     solve_bradley_terry,
 )
@@ -765,12 +766,8 @@ def bootstrap_ratings(
     # One compiled shape for data sets of similar size: rows (and kinds) padded with zero rows.
     u = rows.num_rows
     u_pad = bucket_size(u)
-    a, b, outcome = (np.asarray(x) for x in (rows.a, rows.b, rows.outcome))
-    if u_pad > u:
-        a, b, outcome = (np.concatenate([x, np.full(u_pad - u, fill, x.dtype)]) for x, fill in ((a, 0), (b, 1), (outcome, 0)))
-    features = None
-    if k:
-        features = jnp.asarray(np.concatenate([np.asarray(plan.features), np.zeros((u_pad - u, k), np.float32)]))
+    a, b, outcome, _, features = pad_rows(u_pad, rows.a, rows.b, rows.outcome, rows.count, plan.features)
+    a, b, outcome = (np.asarray(x) for x in (a, b, outcome))
 
     spec, statics = _resampling(votes, rows, sampler=sampler, unit=unit, num_rows=u_pad)
     if ties == _GROUNDED and solver == "newton":
@@ -896,14 +893,8 @@ def sandwich_intervals(
     setup = _setup_from(result, votes, plan.component, k)
     u = rows.num_rows
     u_pad = bucket_size(u)
-    pad = u_pad - u
-    a, b, outcome, count = (np.asarray(x) for x in (rows.a, rows.b, rows.outcome, rows.count))
-    if pad:
-        a, b, outcome = (np.concatenate([x, np.full(pad, fill, x.dtype)]) for x, fill in ((a, 0), (b, 1), (outcome, 0)))
-        count = np.concatenate([count, np.zeros(pad, count.dtype)])
-    features = None
-    if k:
-        features = jnp.asarray(np.concatenate([np.asarray(plan.features), np.zeros((pad, k), np.float32)]))
+    a, b, outcome, count, features = pad_rows(u_pad, rows.a, rows.b, rows.outcome, rows.count, plan.features)
+    a, b, outcome, count = (np.asarray(x) for x in (a, b, outcome, count))
     mm = votes.num_models
     tables = None if k else _tables(a[:u], b[:u], mm, num_pairs=bucket_size(len(np.unique(a[:u] * mm + b[:u]))),
                                     num_rows=u_pad)
