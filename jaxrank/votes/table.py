@@ -28,7 +28,6 @@ which every Bradley–Terry kernel takes; a soft vote adds `weight * p_a` to its
 from __future__ import annotations
 
 import dataclasses
-import types
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -123,6 +122,18 @@ def _id_tuple(ids: Any, name: str) -> tuple[str, ...]:
             seen.add(s)
         raise ValueError(f"{name} has duplicate entries {preview(sorted(set(dup)))}")
     return out
+
+
+class _FrozenDict(dict):
+    """A read-only dict (picklable, unlike `types.MappingProxyType`): `Votes.meta`."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("Votes.meta is read-only; make a new table with votes.replace(meta={...})")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self):
+        return (_FrozenDict, (dict(self),))
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -275,7 +286,7 @@ class Votes:
             if arr.shape != (n,):
                 raise ValueError(f"meta[{name!r}] must have shape [N] = ({n},), got {arr.shape}")
             meta[name] = _readonly(arr)
-        put("meta", types.MappingProxyType(meta))
+        put("meta", _FrozenDict(meta))
         put("_cache", {})
 
     # ---------------------------------------------------------------------------------------------
@@ -439,6 +450,10 @@ class Votes:
     @property
     def num_prompts(self) -> int:
         return 0 if self.prompt_ids is None else len(self.prompt_ids)
+
+    @property
+    def num_judges(self) -> int:
+        return 0 if self.judge_ids is None else len(self.judge_ids)
 
     @property
     def num_features(self) -> int:
