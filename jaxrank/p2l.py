@@ -69,6 +69,10 @@ __all__ = [
     "load_p2l",
     "P2LLeaderboard",
     "aggregate_leaderboard",
+    "VoteNLL",
+    "vote_nll",
+    "HeldoutComparison",
+    "compare_heldout",
     # routing (jaxrank._routing), re-exported
     "RoutingResult",
     "win_probabilities",
@@ -236,8 +240,9 @@ class P2LHead(nnx.Module):
     (initialised at alpha = 0.5).
 
     Residual head (`base` given): `beta = base + Delta(h)` with `base` the prompt-blind (global)
-    coefficients, held fixed (`GlobalCoef`, not trained), and `Delta` the layers above, zero at
-    initialisation. Shrinking `Delta` to 0 gives back the global leaderboard for every prompt.
+    coefficients, held fixed (`GlobalCoef`, not trained), and `Delta` the layers above without an output
+    bias (the base is the intercept; the standardised features have mean 0 over the training prompts), zero
+    at initialisation. Shrinking `Delta` to 0 gives back the global leaderboard for every prompt.
 
     Identifiability: the likelihoods of `"bt"`, `"bt-tie"` and `"rao-kupper"` see only differences
     `beta_a - beta_b`, so with `centre=True` (the default for them) the head outputs
@@ -285,7 +290,8 @@ class P2LHead(nnx.Module):
             width = int(h)
         self.hidden = nnx.List(layers)
         zeros = nnx.initializers.zeros_init()
-        self.out = nnx.Linear(width, num_models, kernel_init=zeros, bias_init=zeros, rngs=rngs)
+        # A residual head's intercept is its base: Delta has none (standardised features: mean 0 on training).
+        self.out = nnx.Linear(width, num_models, use_bias=base is None, kernel_init=zeros, bias_init=zeros, rngs=rngs)
         if tie:
             inv_softplus = math.log(math.expm1(_TIE_INIT - _TIE_FLOOR))
             self.tie = nnx.Linear(width, 1, kernel_init=zeros, bias_init=nnx.initializers.constant(inv_softplus),
@@ -862,6 +868,7 @@ def train_p2l(
     history["train_loss"] = [row[chosen] for row in history["train_loss"]]
     history["val_nll"] = [row[chosen] for row in history["val_nll"]]
     history["best_epoch"] = history["best_epoch"][chosen]
+    history["best_val_nll"] = None if math.isinf(best_val[chosen]) else best_val[chosen]
     if residual:
         history["delta_l2_val_nll"] = [None if math.isinf(v) else v for v in best_val]
     cfg_out = dict(cfg)
@@ -1204,3 +1211,170 @@ def aggregate_leaderboard(
         tie_param=tie if loss in _FITS_TIE else jnp.asarray(jnp.nan, jnp.float32), lower=lower, upper=upper,
         rank_ub=rank_upper_bound(lower, upper), samples=samples, converged=ok,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Held-out evaluation
+
+
+class VoteNLL(NamedTuple):
+    """Negative log-likelihood of each scored vote row (`Votes.rows(merge=False)`: a soft vote is two rows).
+
+    Attributes:
+        nll: float64[R] `-log P(outcome)` of each row.
+        weight: float64[R] its weight (vote weight x count, x p or 1 - p for a soft vote; 0 for ties under
+            `"bt"`).
+        prompt: int64[R] the row's prompt (index into the votes' prompt table).
+    """
+
+    nll: np.ndarray
+    weight: np.ndarray
+    prompt: np.ndarray
+
+    def mean(self) -> float:
+        """The mean NLL per (weighted) vote, `sum(w * nll) / sum(w)`."""
+        total = float(np.sum(self.weight))
+        return float(np.sum(self.weight * self.nll) / total) if total > 0 else math.nan
+
+
+def vote_nll(beta: Any, tie_param: Any, votes: Votes, *, loss: str = "bt-tie") -> VoteNLL:
+    r"""Per-vote negative log-likelihood of `votes` under per-prompt coefficients (the P2L losses' likelihood).
+
+    Each vote is scored with its prompt's row of `beta` (or one leaderboard `[M]` for every prompt: the
+    prompt-blind baseline). A soft vote (`p_a`) scores its cross-entropy `-(p log P(a) + (1 - p) log P(b))`
+    as two weighted rows; `VoteNLL.mean()` is then `p2l_loss` over the votes.
+
+    Args:
+        beta: float[P, M] coefficients per prompt of `votes` (rows indexed by `votes.prompt`), or float[M].
+        tie_param: float[P] or scalar alpha for `"rao-kupper"`/`"grounded-rao-kupper"`; None otherwise.
+        votes: `jaxrank.Votes` with prompts.
+        loss: one of `LOSSES`.
+
+    Returns:
+        `VoteNLL(nll [R], weight [R], prompt [R])`.
+
+    Example:
+        >>> nll = vote_nll(model.coefficients(test_features)[0], None, test_votes, loss="bt-tie")  # doctest: +SKIP
+    """
+    _check_loss(loss)
+    if not isinstance(votes, Votes):
+        raise TypeError(f"votes must be a jaxrank.Votes, got {type(votes).__name__}")
+    if votes.prompt is None:
+        raise ValueError("votes have no prompts: vote_nll scores each vote with its prompt's coefficients")
+    beta_np = np.asarray(beta, np.float32)
+    if beta_np.ndim == 1:
+        beta_np = np.broadcast_to(beta_np, (max(votes.num_prompts, 1), beta_np.shape[0]))
+    beta_j = _check_features(beta_np, "beta")
+    if beta_j.shape[1] != votes.num_models:
+        raise ValueError(f"beta must have M = {votes.num_models} columns (the votes' models), got {beta_j.shape[1]}")
+    rows = _training_rows(votes)
+    if rows.num_rows and int(rows.prompt.max()) >= beta_j.shape[0]:
+        raise ValueError(f"votes.prompt indexes prompt {int(rows.prompt.max())} but beta has {beta_j.shape[0]} rows")
+    alpha = None
+    if loss in _FITS_TIE:
+        if tie_param is None:
+            raise ValueError(f"tie_param is required for loss={loss!r}")
+        alpha = np.broadcast_to(np.asarray(tie_param, np.float32), (beta_j.shape[0],))
+        alpha = jnp.asarray(alpha)[rows.prompt]
+    idx = jnp.asarray(rows.prompt)
+    bt = beta_j[idx]
+    a, b, o = jnp.asarray(rows.a), jnp.asarray(rows.b), jnp.asarray(rows.outcome)
+    _check_loss_values(votes.num_models, a, b, o, alpha, None)
+    beta_a = jnp.take_along_axis(bt, a[:, None], axis=1)[:, 0]
+    beta_b = jnp.take_along_axis(bt, b[:, None], axis=1)[:, 0]
+    lp = outcome_log_probs(beta_a - beta_b, o, ties=LOSS_TIES[loss], tie_param=alpha,
+                           theta_b=beta_b if loss == _GROUNDED else None)
+    weight = rows.weight.astype(np.float64)
+    if loss == "bt":
+        weight = np.where(rows.outcome >= TIE, 0.0, weight)
+    nll = np.where(weight > 0, -np.asarray(lp, np.float64), 0.0)  # a dropped row's -log P may be inf
+    return VoteNLL(nll, weight, rows.prompt.astype(np.int64))
+
+
+class HeldoutComparison(NamedTuple):
+    """Mean held-out NLL per vote of a model and a baseline, and a prompt-bootstrap interval of the difference.
+
+    Attributes:
+        nll, baseline_nll: mean NLL per vote.
+        difference: `nll - baseline_nll` (negative: the model predicts the held-out votes better).
+        lower, upper: the percentile bootstrap interval of `difference` (prompts resampled).
+        confidence: its central probability.
+        num_prompts: distinct prompts scored.
+        num_votes: total weight of the scored votes.
+        rounds: bootstrap rounds.
+    """
+
+    nll: float
+    baseline_nll: float
+    difference: float
+    lower: float
+    upper: float
+    confidence: float
+    num_prompts: int
+    num_votes: float
+    rounds: int
+
+
+@functools.partial(jax.jit, static_argnames=("rounds",))
+def _prompt_bootstrap(key, s, w, *, rounds):
+    """float32[rounds] `sum_p c_p s_p / sum_p c_p w_p`, c ~ Multinomial(P, uniform) per round."""
+    p = s.shape[0]
+
+    def one(k):
+        counts = jnp.zeros((p,), jnp.float32).at[jax.random.randint(k, (p,), 0, p)].add(1.0)
+        return jnp.sum(counts * s) / jnp.maximum(jnp.sum(counts * w), jnp.finfo(jnp.float32).tiny)
+
+    return jax.vmap(one)(jax.random.split(key, rounds))
+
+
+def compare_heldout(
+    key: jax.Array, model: VoteNLL, baseline: VoteNLL, *, rounds: int = 2000, confidence: float = 0.95
+) -> HeldoutComparison:
+    r"""Held-out NLL per vote of a model against a baseline, with a bootstrap over PROMPTS of the difference.
+
+    The statistic is the ratio `sum_r w_r (nll_r - nll0_r) / sum_r w_r` over the scored rows. Votes of one
+    prompt are not independent (they share the prompt's effect), so the bootstrap resamples the distinct
+    prompts with replacement (each with all its votes), `rounds` times, and reports the percentile
+    interval. Coverage tested on simulated prompt effects with a known mean difference.
+
+    Args:
+        key: PRNG key of the bootstrap.
+        model, baseline: `vote_nll` of the same votes (same weights and prompts, row for row).
+        rounds: bootstrap rounds (>= 100).
+        confidence: central probability of the interval.
+
+    Returns:
+        `HeldoutComparison`.
+
+    Example:
+        >>> cmp = compare_heldout(jax.random.key(0), vote_nll(beta, None, test, loss="bt-tie"),
+        ...                       vote_nll(global_theta, None, test, loss="bt-tie"))           # doctest: +SKIP
+    """
+    if not isinstance(model, VoteNLL) or not isinstance(baseline, VoteNLL):
+        raise TypeError("model and baseline must be VoteNLL (from vote_nll)")
+    if model.nll.shape != baseline.nll.shape or not (np.array_equal(model.prompt, baseline.prompt)
+                                                   and np.allclose(model.weight, baseline.weight)):
+        raise ValueError("model and baseline must score the same votes (vote_nll of one Votes, same loss)")
+    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 100:
+        raise ValueError(f"rounds must be an int >= 100, got {rounds!r}")
+    if not (isinstance(confidence, (int, float)) and 0.0 < confidence < 1.0):
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+    w = model.weight
+    if not np.isfinite(model.nll).all() or not np.isfinite(baseline.nll).all():
+        raise ValueError("the NLLs hold NaN or infinite values")
+    if not (w > 0).any():
+        raise ValueError("no scored vote with positive weight")
+    keep = w > 0
+    prompts, inv = np.unique(model.prompt[keep], return_inverse=True)
+    d = model.nll[keep] - baseline.nll[keep]
+    s_p = np.bincount(inv, weights=w[keep] * d, minlength=prompts.size)
+    w_p = np.bincount(inv, weights=w[keep], minlength=prompts.size)
+    # Centre before float32 (the rounds' ratios are then differences from the point estimate).
+    diff = float(s_p.sum() / w_p.sum())
+    scale = w_p.mean()
+    samples = np.asarray(_prompt_bootstrap(key, jnp.asarray((s_p - diff * w_p) / scale, jnp.float32),
+                                           jnp.asarray(w_p / scale, jnp.float32), rounds=int(rounds)), np.float64) + diff
+    lo, hi = np.quantile(samples, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return HeldoutComparison(nll=model.mean(), baseline_nll=baseline.mean(), difference=diff, lower=float(lo),
+                             upper=float(hi), confidence=float(confidence), num_prompts=int(prompts.size),
+                             num_votes=float(w.sum()), rounds=int(rounds))
