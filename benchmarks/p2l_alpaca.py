@@ -165,7 +165,11 @@ def main() -> None:
                 sub = test.subset(cat_test == c)
                 tr = train.subset(cat_train == c)
                 prompts_c = np.unique(sub.prompt)
-                agg = aggregate_leaderboard(beta[prompts_c], loss="bt-tie")
+                # The category's held-out prompts as 0/1 weights over all held-out prompts: one shape, one
+                # compilation for every category and seed.
+                held = np.unique(test.prompt)
+                agg = aggregate_leaderboard(beta[held], prompt_weights=np.isin(held, prompts_c).astype(np.float32),
+                                            loss="bt-tie")
                 plain_train = np.asarray(fit_bradley_terry(tr, ties="half").theta, np.float32)
                 plain_test = np.asarray(fit_bradley_terry(sub, ties="half").theta)
                 nll = {name: vote_nll(b, None, sub, loss="bt-tie").mean() for name, b in
