@@ -110,6 +110,9 @@ __all__ = [
     "fit_active_pairs",
     "SyntheticArena",
     "synthetic_arena",
+    "PLAN_COLUMNS",
+    "plan_frame",
+    "load_plan",
     "ReplayResult",
     "replay_designs",
 ]
@@ -1973,3 +1976,117 @@ def replay_designs(
                             lam_mode=mode)
         outs.append([r[: chunk - pad] for r in res])
     return ReplayResult(*(jnp.concatenate(parts) for parts in zip(*outs)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Plans on disk: the table `jaxrank plan` writes and `jaxrank leaderboard --design` reads
+
+PLAN_COLUMNS = ("prompt_id", "probability", "selected", "weight", "round", "round_weight", "design")
+
+
+def plan_frame(sample: Sample, prompt_ids: Any):
+    """The plan table of a sample (columns `PLAN_COLUMNS`, one row per prompt, ids as strings)."""
+    return sample.to_frame(prompt_ids)
+
+
+def _read_plan_file(source: Any):
+    """A plan file with its prompt ids read verbatim as text (CSV/TSV), or as JSON values (JSONL), or Parquet."""
+    import pathlib
+
+    import pandas as pd
+
+    path = pathlib.Path(source)
+    if not path.is_file():
+        raise ValueError(f"plan {path} is not a file")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, na_values=[""],
+                           dtype={"prompt_id": str})
+    if suffix in (".jsonl", ".ndjson"):
+        return pd.read_json(path, lines=True, dtype={"prompt_id": object})
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    raise ValueError(f"plan {path}: unknown format {suffix or '(none)'!r}; use .csv, .tsv, .jsonl or .parquet")
+
+
+def load_plan(source: Any) -> tuple[list[str], Sample]:
+    """Read a plan (CSV/JSONL/Parquet path or DataFrame with at least `prompt_id, probability, selected,
+    weight`; `round, round_weight, design` when written by jaxrank) back into `(prompt_ids, Sample)`.
+
+    The weights are recomputed from the probabilities and round weights and must agree with the file's
+    `weight` column (a plan edited by hand, or whose probabilities do not describe how prompts were drawn,
+    is refused).
+
+    Raises:
+        ValueError: missing columns, duplicate or missing ids, probabilities outside [0, 1], a selected
+            prompt with probability 0, inconsistent weights, an unknown design.
+    """
+    import pandas as pd
+
+    if isinstance(source, pd.DataFrame):
+        frame = source.copy()
+    else:
+        frame = _read_plan_file(source)
+    missing = [c for c in PLAN_COLUMNS[:4] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"plan is missing column(s) {', '.join(missing)}; expected {', '.join(PLAN_COLUMNS)}")
+    if len(frame) == 0:
+        raise ValueError("plan has no rows")
+    ids = [str(v) for v in frame["prompt_id"].tolist()]
+    if any(v in ("", "nan", "None") for v in ids):
+        raise ValueError("plan: missing prompt ids")
+    dup = pd.Index(ids)[pd.Index(ids).duplicated()].unique().tolist()
+    if dup:
+        raise ValueError(f"plan: {len(dup)} duplicate prompt id(s), e.g. {dup[:3]}")
+    pi = pd.to_numeric(frame["probability"], errors="coerce").to_numpy(np.float64)
+    if np.isnan(pi).any() or (pi < 0).any() or (pi > 1).any():
+        raise ValueError("plan: probability must be a number in [0, 1] for every prompt")
+    sel_raw = frame["selected"]
+    if sel_raw.dtype == bool:
+        sel = sel_raw.to_numpy(bool)
+    else:
+        text = sel_raw.astype(str).str.strip().str.lower()
+        bad = ~text.isin(["true", "false", "1", "0"])
+        if bad.any():
+            raise ValueError(f"plan: selected must be true/false, got {sel_raw[bad].iloc[0]!r}")
+        sel = text.isin(["true", "1"]).to_numpy()
+    zero = np.flatnonzero(sel & (pi <= 0))
+    if zero.size:
+        raise ValueError(f"plan: {zero.size} selected prompt(s) have probability 0 (e.g. {ids[zero[0]]!r}); "
+                         "their weight 1/pi would be infinite")
+    design = "poisson"
+    if "design" in frame.columns:
+        designs = set(frame["design"].astype(str))
+        if len(designs) != 1 or not designs <= set(DESIGNS):
+            raise ValueError(f"plan: design must be one of {', '.join(DESIGNS)} (one value), got {sorted(designs)}")
+        design = designs.pop()
+    if "round" in frame.columns:
+        rnd = pd.to_numeric(frame["round"], errors="coerce").to_numpy(np.float64)
+        alpha_col = pd.to_numeric(frame.get("round_weight", pd.Series(np.ones(len(frame)))), errors="coerce").to_numpy()
+        if np.isnan(rnd).any() or np.isnan(alpha_col).any():
+            raise ValueError("plan: round and round_weight must be numbers")
+        rnd = rnd.astype(np.int64)
+        if (sel & (rnd < 0)).any() or (~sel & (rnd >= 0)).any():
+            raise ValueError("plan: round must be >= 0 exactly for the selected prompts (-1 otherwise)")
+        k = int(rnd.max()) + 1 if sel.any() else 1
+        alpha = np.zeros(k)
+        for r in range(k):
+            vals = alpha_col[rnd == r]
+            if vals.size == 0 or not np.allclose(vals, vals[0], rtol=1e-9, atol=1e-12):
+                raise ValueError(f"plan: round {r} must have one round_weight on all its prompts")
+            alpha[r] = vals[0]
+        if not np.isclose(alpha.sum(), 1.0, atol=1e-9):
+            raise ValueError(f"plan: the round weights sum to {alpha.sum():.6g}, not 1 (an unfinished sequential plan)")
+    else:
+        rnd = np.where(sel, 0, -1)
+        alpha = np.ones(1)
+    sample = Sample(design=design, selected=sel, probability=pi, round=rnd.astype(np.int32), round_weight=alpha,
+                    round_probabilities=pi[None], unassigned=np.zeros(()))
+    weight = pd.to_numeric(frame["weight"], errors="coerce").to_numpy(np.float64)
+    expect = np.asarray(sample.weight, np.float64)
+    bad = np.flatnonzero(~np.isclose(np.nan_to_num(weight, nan=-1.0), expect, rtol=1e-6, atol=1e-9))
+    if bad.size:
+        i = bad[0]
+        raise ValueError(f"plan: weight of prompt {ids[i]!r} is {weight[i]:g} but its probability and round give "
+                         f"{expect[i]:g}; the weights must be the design's (1/probability for one round)")
+    return ids, sample
