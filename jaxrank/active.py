@@ -88,12 +88,12 @@ __all__ = [
     "single_round",
     "empty_sample",
     "add_round",
-    "VoteRows",
-    "VoteCells",
-    "vote_rows",
-    "vote_cells",
+    "UnitRows",
+    "UnitCells",
+    "unit_rows",
+    "unit_cells",
     "estimate",
-    "soft_vote_rows",
+    "soft_unit_rows",
     "restrict_rows",
     "DesignEstimate",
     "fit_design_weighted",
@@ -656,14 +656,14 @@ def add_round(sample: Sample, probabilities: Any, selected: Any, *, future_budge
 # Vote rows (the arrays the kernels take)
 
 
-class VoteRows(NamedTuple):
+class UnitRows(NamedTuple):
     """Vote rows with their sampling unit: the integer arrays the kernels take.
 
     Attributes:
         a, b: int32[U] model indices.
         outcome: int32[U] `A_WINS`=0, `B_WINS`=1, `TIE`=2 (`TIE_BOTHBAD`=3 counts as a tie).
         unit: int32[U] the sampling unit (prompt) of each row, in [0, P).
-        weight: float[U] vote weights (counts; fractional for soft outcomes, see `soft_vote_rows`).
+        weight: float[U] vote weights (counts; fractional for soft outcomes, see `soft_unit_rows`).
     """
 
     a: jax.Array
@@ -673,9 +673,9 @@ class VoteRows(NamedTuple):
     weight: jax.Array
 
 
-def vote_rows(a: Any, b: Any, outcome: Any, unit: Any, weight: Any = None, *, num_models: int | None = None,
-              num_units: int | None = None) -> VoteRows:
-    """Check and pack vote arrays into `VoteRows` (`weight` default 1 per row).
+def unit_rows(a: Any, b: Any, outcome: Any, unit: Any, weight: Any = None, *, num_models: int | None = None,
+              num_units: int | None = None) -> UnitRows:
+    """Check and pack vote arrays into `UnitRows` (`weight` default 1 per row).
 
     Raises:
         ValueError: shapes differ, indices out of range, a == b, unknown outcome codes, negative/NaN weights.
@@ -709,11 +709,11 @@ def vote_rows(a: Any, b: Any, outcome: Any, unit: Any, weight: Any = None, *, nu
         if np.isnan(w).any() or np.isinf(w).any() or (w < 0).any():
             raise ValueError("weight must be finite and >= 0")
     w = w if w.dtype == np.float64 and jax.config.jax_enable_x64 else w.astype(np.float32)
-    return VoteRows(jnp.asarray(a_, jnp.int32), jnp.asarray(b_, jnp.int32), jnp.asarray(np.minimum(o_, TIE), jnp.int32),
+    return UnitRows(jnp.asarray(a_, jnp.int32), jnp.asarray(b_, jnp.int32), jnp.asarray(np.minimum(o_, TIE), jnp.int32),
                     jnp.asarray(u_, jnp.int32), jnp.asarray(w))
 
 
-def soft_vote_rows(a: Any, b: Any, prob_a: Any, unit: Any, *, prob_tie: Any = None, weight: Any = None) -> VoteRows:
+def soft_unit_rows(a: Any, b: Any, prob_a: Any, unit: Any, *, prob_tie: Any = None, weight: Any = None) -> UnitRows:
     """Soft outcomes (a judge's probability that a wins, e.g. a P2L model or AlpacaEval's preference) as
     fractional hard rows: `P(a)` on an a-win row, `P(tie)` on a tie row, the rest on a b-win row, each times
     `weight`. The weighted log-likelihood of those rows is exactly the expected log-likelihood of the soft
@@ -734,7 +734,7 @@ def soft_vote_rows(a: Any, b: Any, prob_a: Any, unit: Any, *, prob_tie: Any = No
     rows = [(A_WINS, pa), (B_WINS, pb), (TIE, pt)]
     keep = [(o, p) for o, p in rows if (p > 0).any()]
     cat = lambda f: np.concatenate([f(o, p) for o, p in keep])  # noqa: E731
-    return vote_rows(cat(lambda o, p: a_), cat(lambda o, p: b_), cat(lambda o, p: np.full(a_.shape, o)),
+    return unit_rows(cat(lambda o, p: a_), cat(lambda o, p: b_), cat(lambda o, p: np.full(a_.shape, o)),
                      cat(lambda o, p: u_), cat(lambda o, p: (w * p).astype(np.float64)))
 
 
@@ -953,11 +953,11 @@ def _newton(x0, w, a, b, outcome, spec: _Spec):
     return st.x, st.moved < spec.tol, st.num_iter
 
 
-class VoteCells(NamedTuple):
+class UnitCells(NamedTuple):
     """The distinct `(a, b, outcome)` rows ("cells") the votes can take: the likelihood, its derivatives and
     the Hessian depend on a row only through its cell, so the Newton solver works on C cell totals (row
     weights summed once per fit) instead of U rows. `lookup`: int32[M * M * 4] the cell of key
-    `(a M + b) 4 + outcome` (any row of the fit must have a cell: see `vote_cells`), so rows may be traced."""
+    `(a M + b) 4 + outcome` (any row of the fit must have a cell: see `unit_cells`), so rows may be traced."""
 
     a: jax.Array
     b: jax.Array
@@ -965,13 +965,13 @@ class VoteCells(NamedTuple):
     lookup: jax.Array
 
 
-def vote_cells(human: VoteRows, judge: VoteRows | None = None, *, num_models: int | None = None) -> VoteCells:
+def unit_cells(human: UnitRows, judge: UnitRows | None = None, *, num_models: int | None = None) -> UnitCells:
     """The cells of the (concrete) human and judge rows, host-side; pass rows covering every `(a, b, outcome)`
     that traced rows may take (e.g. all pairs and outcomes) to `estimate(..., cells=...)`."""
     return _make_cells(human, judge, num_models=num_models)
 
 
-def _make_cells(human: VoteRows, judge: VoteRows | None = None, *, num_models: int | None = None) -> VoteCells:
+def _make_cells(human: UnitRows, judge: UnitRows | None = None, *, num_models: int | None = None) -> UnitCells:
     parts = [human] if judge is None else [human, judge]
     a = np.concatenate([np.asarray(r.a, np.int64) for r in parts])
     b = np.concatenate([np.asarray(r.b, np.int64) for r in parts])
@@ -985,15 +985,15 @@ def _make_cells(human: VoteRows, judge: VoteRows | None = None, *, num_models: i
     lookup = np.zeros(m * m * 4, np.int32)
     lookup[uniq] = np.arange(uniq.size, dtype=np.int32)
     cells = [jnp.asarray(np.concatenate([x, np.full(pad, v)]), jnp.int32) for x, v in ((ca, 0), (cb, 1), (oc, 0))]
-    return VoteCells(*cells, jnp.asarray(lookup))
+    return UnitCells(*cells, jnp.asarray(lookup))
 
 
-def _row_cell(rows: VoteRows, cells: VoteCells) -> jax.Array:
+def _row_cell(rows: UnitRows, cells: UnitCells) -> jax.Array:
     m = jnp.int32(math.isqrt(cells.lookup.shape[0] // 4))
     return cells.lookup[(rows.a * m + rows.b) * 4 + rows.outcome]
 
 
-def _cell_weights(unit_weight, human: VoteRows, judge: VoteRows | None, cells: VoteCells, lam):
+def _cell_weights(unit_weight, human: UnitRows, judge: UnitRows | None, cells: UnitCells, lam):
     """float[C] cell totals of the PPI objective's signed row weights: human rows `w_i * weight`, judge rows
     `lambda * weight * (1 - w_i)` (the all-units term minus the labelled one)."""
     c = cells.a.shape[0]
@@ -1005,7 +1005,7 @@ def _cell_weights(unit_weight, human: VoteRows, judge: VoteRows | None, cells: V
     return total
 
 
-def _unit_scores(terms, rows: VoteRows, row_cell, spec: _Spec) -> jax.Array:
+def _unit_scores(terms, rows: UnitRows, row_cell, spec: _Spec) -> jax.Array:
     """float[P, D]: each unit's score `z_i = sum_{rows of i} weight * d log P / dx` (the cluster sums), from
     the cells' derivatives `terms` (`_row_derivatives` on the cells) gathered to the rows."""
     m = spec.num_models
@@ -1081,7 +1081,7 @@ class _Estimate(NamedTuple):
     num_labelled: jax.Array
 
 
-def _estimate(x0, sample: Sample, human: VoteRows, judge: VoteRows | None, cells: VoteCells, lam_fixed, *, spec: _Spec,
+def _estimate(x0, sample: Sample, human: UnitRows, judge: UnitRows | None, cells: UnitCells, lam_fixed, *, spec: _Spec,
               lam_mode: str) -> _Estimate:
     """One fit: Newton on the (PPI) objective, PPI++ lambda when `lam_mode == "optimal"` (tuned at the
     human-only fit, then the fit redone with it), then the sandwich `A zeta^T zeta A`."""
@@ -1205,9 +1205,9 @@ def _spec(num_models, num_units, ties, l2, design, variance, max_iter, tol) -> _
                  float(tol))
 
 
-def _check_rows(rows: Any, name: str, num_models: int, num_units: int) -> VoteRows:
-    if not isinstance(rows, VoteRows):
-        raise TypeError(f"{name} must be VoteRows (see vote_rows), got {type(rows).__name__}")
+def _check_rows(rows: Any, name: str, num_models: int, num_units: int) -> UnitRows:
+    if not isinstance(rows, UnitRows):
+        raise TypeError(f"{name} must be UnitRows (see unit_rows), got {type(rows).__name__}")
     a, b, u = (np.asarray(x) for x in (rows.a, rows.b, rows.unit))
     if a.size == 0:
         raise ValueError(f"{name} has no vote rows")
@@ -1229,7 +1229,7 @@ def _check_sample(sample: Any) -> Sample:
     return sample
 
 
-def _check_labelled(human: VoteRows, sample: Sample, name: str) -> None:
+def _check_labelled(human: UnitRows, sample: Sample, name: str) -> None:
     """Votes on units the sample did not select are an error: their weight would be 0 (or, silently
     counted, they would bias the estimate: the probabilities no longer describe how votes were collected)."""
     sel = np.asarray(sample.selected, bool)
@@ -1243,7 +1243,7 @@ def _check_labelled(human: VoteRows, sample: Sample, name: str) -> None:
         raise ValueError(f"{name}: no votes with positive weight")
 
 
-def _check_connected(rows: VoteRows, num_models: int, name: str, l2: float) -> None:
+def _check_connected(rows: UnitRows, num_models: int, name: str, l2: float) -> None:
     if l2 > 0:
         return
     a, b, w = np.asarray(rows.a), np.asarray(rows.b), np.asarray(rows.weight)
@@ -1292,10 +1292,10 @@ def _lam_mode(judge, lam) -> tuple[str, float]:
 
 def estimate(
     sample: Sample,
-    human: VoteRows,
+    human: UnitRows,
     *,
     num_models: int,
-    judge: VoteRows | None = None,
+    judge: UnitRows | None = None,
     lam: float | None = None,
     ties: str = "half",
     l2: float = 0.0,
@@ -1313,7 +1313,7 @@ def estimate(
     No value checks: `fit_design_weighted` / `fit_prediction_powered` check the inputs and call this. Votes
     on units the sample did not select simply get weight 0 here (in replays `human` holds every unit's
     votes). The vote rows must be concrete arrays (their distinct `(a, b, outcome)` cells are tabulated on
-    the host) unless `cells` (from `vote_cells(human, judge)`) is passed; options as for
+    the host) unless `cells` (from `unit_cells(human, judge)`) is passed; options as for
     `fit_prediction_powered`.
     """
     spec = _spec(num_models, sample.num_units, ties, l2, sample.design, variance, max_iter, tol)
@@ -1322,7 +1322,7 @@ def estimate(
     if judge is not None:
         judge = judge._replace(weight=judge.weight.astype(dtype))
     x0 = _x0(spec.num_models, ties, dtype, init)
-    cells = vote_cells(human, judge, num_models=num_models) if cells is None else cells
+    cells = unit_cells(human, judge, num_models=num_models) if cells is None else cells
     est = _estimate(x0, _as_device(sample, dtype), human, judge, cells, jnp.asarray(lam_value, dtype), spec=spec,
                     lam_mode=mode)
     return _finish(est, spec, spec.variance, confidence, spec.num_units)
@@ -1338,13 +1338,13 @@ def _bucket(n: int) -> int:
     return max(64, 1 << max(0, int(n) - 1).bit_length())
 
 
-def _pad_rows(rows: VoteRows, size: int) -> VoteRows:
+def _pad_rows(rows: UnitRows, size: int) -> UnitRows:
     """Append zero-weight rows (a model-0-vs-model-1 win in unit 0): they add nothing anywhere."""
     pad = size - rows.a.shape[0]
     if pad <= 0:
         return rows
     fill = (0, 1, A_WINS, 0)
-    return VoteRows(*(jnp.concatenate([x, jnp.full((pad,), v, x.dtype)]) for x, v in zip(rows[:4], fill)),
+    return UnitRows(*(jnp.concatenate([x, jnp.full((pad,), v, x.dtype)]) for x, v in zip(rows[:4], fill)),
                     jnp.concatenate([rows.weight, jnp.zeros((pad,), rows.weight.dtype)]))
 
 
@@ -1366,7 +1366,7 @@ def _run_estimate(sample, human, judge, *, num_models, lam, ties, l2, variance, 
 
 
 def fit_design_weighted(
-    human: VoteRows,
+    human: UnitRows,
     sample: Sample,
     *,
     num_models: int,
@@ -1386,7 +1386,7 @@ def fit_design_weighted(
     the module docstring for the Poisson and Hájek forms and `variance`).
 
     Args:
-        human: the labelled units' votes (`vote_rows`; `unit` indexes the sample's units). Votes on units
+        human: the labelled units' votes (`unit_rows`; `unit` indexes the sample's units). Votes on units
             the sample did not select are an error.
         sample: the realised design (`single_round`, `add_round`).
         num_models: M.
@@ -1418,8 +1418,8 @@ def fit_design_weighted(
 
 
 def fit_prediction_powered(
-    human: VoteRows,
-    judge: VoteRows,
+    human: UnitRows,
+    judge: UnitRows,
     sample: Sample,
     *,
     num_models: int,
@@ -1443,7 +1443,7 @@ def fit_prediction_powered(
 
     Args:
         human: human votes of the labelled units (votes on unselected units are an error).
-        judge: judge votes (hard rows, or soft outcomes via `soft_vote_rows`), on every unit; they must
+        judge: judge votes (hard rows, or soft outcomes via `soft_unit_rows`), on every unit; they must
             cover every human-labelled unit (matched by unit, the sampling unit).
         sample: the design (`single_round`, `add_round`).
         num_models: M.
@@ -1478,18 +1478,18 @@ def _as_device(sample: Sample, dtype) -> Sample:
                   unassigned=jnp.asarray(sample.unassigned, dtype))
 
 
-def restrict_rows(rows: VoteRows, selected: Any) -> VoteRows:
+def restrict_rows(rows: UnitRows, selected: Any) -> UnitRows:
     """The rows whose unit is selected (host-side; e.g. the human votes a plan asked for)."""
     sel = np.asarray(selected, bool)
     keep = sel[np.asarray(rows.unit)]
-    return VoteRows(*(jnp.asarray(np.asarray(x)[keep]) for x in rows))
+    return UnitRows(*(jnp.asarray(np.asarray(x)[keep]) for x in rows))
 
 
 # --------------------------------------------------------------------------------------------------
 # The pieces of the sandwich, public for references and custom estimators
 
 
-def unit_scores(theta: Any, rows: VoteRows, *, num_units: int, ties: str = "half", tie_param: Any = None) -> jax.Array:
+def unit_scores(theta: Any, rows: UnitRows, *, num_units: int, ties: str = "half", tie_param: Any = None) -> jax.Array:
     """Per-unit scores `z_i = sum_{rows of unit i} weight * d log P / d(theta, log tie)`, float[P, M + 1]
     (the last column is the tie parameter's, 0 for `"half"`/`"drop"`): the cluster sums of the sandwich."""
     theta = jnp.asarray(theta)
@@ -1578,11 +1578,11 @@ def _bootstrap_chunk(keys, x_hat, sample, human, judge, cells, lam, *, spec):
 
 def design_bootstrap(
     key: jax.Array,
-    human: VoteRows,
+    human: UnitRows,
     sample: Sample,
     *,
     num_models: int,
-    judge: VoteRows | None = None,
+    judge: UnitRows | None = None,
     lam: float | None = None,
     num_rounds: int = 1000,
     ties: str = "half",
@@ -1652,7 +1652,7 @@ def design_bootstrap(
 # Priority from the current leaderboard's uncertainty; active pair sampling (live arenas)
 
 
-def variance_reduction_scores(theta: Any, covariance: Any, rows: VoteRows, *, num_units: int) -> jax.Array:
+def variance_reduction_scores(theta: Any, covariance: Any, rows: UnitRows, *, num_units: int) -> jax.Array:
     r"""Per-unit priority for the next round: the expected reduction of the ratings' summed variance from the
     unit's votes, `u_i = sum_{rows of i} c (C d)^T (C d) / (1 + c d^T C d)` with `d = e_a - e_b`,
     `c = p (1 - p)` the vote's Fisher information at `p = sigmoid(theta_a - theta_b)` and `C` the current
@@ -1722,7 +1722,7 @@ def importance_weights(probabilities: Any, shown: Any) -> jax.Array:
 
 
 def fit_active_pairs(
-    rows: VoteRows,
+    rows: UnitRows,
     weights: Any,
     *,
     num_models: int,
@@ -1769,16 +1769,16 @@ class SyntheticArena(NamedTuple):
     """A simulated arena: P prompts (units), each comparing `pairs_per_unit` model pairs.
 
     Attributes:
-        human: `VoteRows` of the human votes of every unit (`votes_per_pair` per pair).
-        judge: `VoteRows` of the judge's votes (one per pair), correlated with the humans'.
+        human: `UnitRows` of the human votes of every unit (`votes_per_pair` per pair).
+        judge: `UnitRows` of the judge's votes (one per pair), correlated with the humans'.
         scores: float[P] priority scores (noisy decisiveness of each prompt).
         theta: float[M] the population's log-strengths (before prompt effects).
         decisiveness: float[P] each prompt's scale of the strength differences.
         num_models, num_units: M, P.
     """
 
-    human: VoteRows
-    judge: VoteRows
+    human: UnitRows
+    judge: UnitRows
     scores: jax.Array
     theta: jax.Array
     decisiveness: jax.Array
@@ -1852,8 +1852,8 @@ def _synthetic_arena(key, opts, *, m, p, k, v):
     def flat(x, reps):
         return jnp.repeat(x.reshape(-1), reps).astype(jnp.int32) if reps > 1 else x.reshape(-1).astype(jnp.int32)
 
-    h = VoteRows(flat(a, v), flat(b, v), human.reshape(-1), flat(unit, v), jnp.ones((p * k * v,), jnp.float32))
-    j = VoteRows(flat(a, 1), flat(b, 1), judge.reshape(-1), flat(unit, 1), jnp.ones((p * k,), jnp.float32))
+    h = UnitRows(flat(a, v), flat(b, v), human.reshape(-1), flat(unit, v), jnp.ones((p * k * v,), jnp.float32))
+    j = UnitRows(flat(a, 1), flat(b, 1), judge.reshape(-1), flat(unit, 1), jnp.ones((p * k,), jnp.float32))
     return h, j, scores, theta, s
 
 
@@ -1900,14 +1900,14 @@ def _replay_chunk(keys, x0, probabilities, human, judge, cells, lam, *, sampler,
 
 def replay_designs(
     key: jax.Array,
-    human: VoteRows,
+    human: UnitRows,
     probabilities: Any = None,
     *,
     num_models: int,
     num_replays: int,
     design: str = "poisson",
     sampler: Any = None,
-    judge: VoteRows | None = None,
+    judge: UnitRows | None = None,
     lam: float | None = None,
     ties: str = "half",
     l2: float = 0.0,

@@ -270,7 +270,7 @@ def test_sequential_rounds_weights_and_bookkeeping():
     s = A.add_round(s, np.full(p, 0.3), np.isin(np.arange(p), [0, 3, 6]), future_budget=3)
     assert float(s.unassigned) > 0
     with pytest.raises(ValueError, match="rounds leave weight"):
-        A.fit_design_weighted(A.vote_rows([0], [1], [0], [0]), s, num_models=2)
+        A.fit_design_weighted(A.unit_rows([0], [1], [0], [0]), s, num_models=2)
     pi2 = A.inclusion_probabilities(np.ones(p), 3, uniform_mix=1.0, eligible=~np.asarray(s.selected))
     with pytest.raises(ValueError, match="labelled in an earlier round have probability > 0"):
         A.add_round(s, np.full(p, 0.3), np.zeros(p, bool))
@@ -544,7 +544,7 @@ def _two_round_sampler(arena, n1, n2, cells):
 
 def test_sequential_rounds_using_the_updated_leaderboard_stay_calibrated(calibration):
     arena, theta_full = calibration
-    cells = A.vote_cells(arena.human)
+    cells = A.unit_cells(arena.human)
     res = A.replay_designs(jax.random.key(3), arena.human, num_models=4, num_replays=CAL_REPLAYS,
                            sampler=_two_round_sampler(arena, 1500, 1500, cells), init=theta_full)
     theta, se = np.asarray(res.theta, np.float64), np.asarray(res.std_error, np.float64)
@@ -618,7 +618,7 @@ def _misspecified_pairs(m=4):
     theta = np.linspace(2.5, -2.5, m)  # pairs from even to lopsided: the rule favours the lopsided (uninformative) ones
     p = 1 / (1 + np.exp(-(theta[a] - theta[b]))) + rng.uniform(-0.2, 0.2, a.size)
     p = np.clip(p, 0.03, 0.97)
-    rows = A.soft_vote_rows(a, b, p, np.arange(a.size))
+    rows = A.soft_unit_rows(a, b, p, np.arange(a.size))
     target = A.fit_design_weighted(rows, A.single_round(np.ones(a.size, bool), np.ones(a.size)), num_models=m)
     return a.astype(np.int32), b.astype(np.int32), p, np.asarray(target.theta)
 
@@ -636,7 +636,7 @@ def test_active_pair_sampling_reweighted_fit_targets_uniform_matchmaking():
             rows_a, rows_b, rows_o, weights, counts = carry
             r, rk = inputs
             live = jnp.arange(votes) < r * per_round
-            rows = A.VoteRows(rows_a, rows_b, rows_o, jnp.arange(votes, dtype=jnp.int32), jnp.ones((votes,)))
+            rows = A.UnitRows(rows_a, rows_b, rows_o, jnp.arange(votes, dtype=jnp.int32), jnp.ones((votes,)))
             s = A.Sample(design="importance", selected=live, probability=jnp.where(live, 1.0 / weights, 1.0),
                          round=jnp.where(live, 0, -1), round_weight=jnp.ones((1,)),
                          round_probabilities=jnp.ones((1, votes)), unassigned=jnp.zeros(()))
@@ -657,7 +657,7 @@ def test_active_pair_sampling_reweighted_fit_targets_uniform_matchmaking():
         init = (jnp.zeros(votes, jnp.int32), jnp.ones(votes, jnp.int32), jnp.zeros(votes, jnp.int32), jnp.ones(votes),
                 jnp.zeros(k))
         (ra, rb, ro, w, _), _ = jax.lax.scan(round_, init, (jnp.arange(rounds), jax.random.split(key, rounds)))
-        rows = A.VoteRows(ra, rb, ro, jnp.arange(votes, dtype=jnp.int32), jnp.ones((votes,)))
+        rows = A.UnitRows(ra, rb, ro, jnp.arange(votes, dtype=jnp.int32), jnp.ones((votes,)))
         every = jnp.ones((votes,), bool)
         s = A.Sample(design="importance", selected=every, probability=1.0 / w, round=jnp.zeros((votes,), jnp.int32),
                      round_weight=jnp.ones((1,)), round_probabilities=jnp.ones((1, votes)), unassigned=jnp.zeros(()))
@@ -667,9 +667,9 @@ def test_active_pair_sampling_reweighted_fit_targets_uniform_matchmaking():
         return weighted.theta, weighted.std_error, plain.theta, jnp.std(w) / jnp.mean(w)
 
     # every (a, b, outcome) cell the rows can take, tabulated once (the rows themselves are traced)
-    cell_rows = A.VoteRows(jnp.asarray(np.repeat(a, 2)), jnp.asarray(np.repeat(b, 2)), jnp.asarray(np.tile([0, 1], k)),
+    cell_rows = A.UnitRows(jnp.asarray(np.repeat(a, 2)), jnp.asarray(np.repeat(b, 2)), jnp.asarray(np.tile([0, 1], k)),
                            jnp.zeros(2 * k, jnp.int32), jnp.ones(2 * k))
-    cells = A.vote_cells(cell_rows, num_models=m)
+    cells = A.unit_cells(cell_rows, num_models=m)
     theta, se, plain, spread = jax.vmap(replay)(jax.random.split(jax.random.key(0), replays))
     theta, se, plain = (np.asarray(x, np.float64) for x in (theta, se, plain))
     assert np.asarray(spread).mean() > 0.15  # the rule does favour some pairs (weights vary by > 15%)
@@ -707,7 +707,7 @@ def test_fits_reject_votes_outside_the_sample_and_uncovered_judges(small_arena):
 
 
 def test_fit_rejects_disconnected_labelled_votes():
-    rows = A.vote_rows([0, 1, 2, 3], [1, 0, 3, 2], [0, 0, 0, 1], [0, 1, 2, 3])
+    rows = A.unit_rows([0, 1, 2, 3], [1, 0, 3, 2], [0, 0, 0, 1], [0, 1, 2, 3])
     with pytest.raises(ValueError, match="split the models into 2 groups that were never compared"):
         A.fit_design_weighted(rows, A.single_round(np.ones(4, bool), np.ones(4)), num_models=4)
 
@@ -723,6 +723,6 @@ def test_fit_rejects_disconnected_labelled_votes():
 )
 def test_vote_rows_bad_input(args, match):
     with pytest.raises(ValueError, match=match):
-        A.vote_rows(*args)
+        A.unit_rows(*args)
     with pytest.raises(ValueError, match="weight must be finite and >= 0"):
-        A.vote_rows([0], [1], [0], [0], weight=np.array([-1.0]))
+        A.unit_rows([0], [1], [0], [0], weight=np.array([-1.0]))
