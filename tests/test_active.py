@@ -130,10 +130,44 @@ def ref_design_meat(z, selected, pi, design, variance):
     return meat
 
 
-def ref_covariance(x, a, b, o, w, unit, vote_w, selected, pi, num_units, ties, design, variance):
+def ref_row_curvature(theta, s, a, b, o, ties):
+    """-d2 log P / d delta2 per row (central differences of the complex-step derivative)."""
+    eps, h = 1e-5, 1e-30
+    delta = theta[a] - theta[b]
+
+    def gd(dd):
+        return np.imag(ref_log_prob(dd + 1j * h, s, o, ties)) / h
+
+    return -(gd(delta + eps) - gd(delta - eps)) / (2 * eps)
+
+
+def ref_jackknife_scores(x, bread, a, b, o, unit, vote_w, unit_w, num_units, ties, z, curv_sign=None):
+    """z_i -> (I - w_i H_i A)^{-1} z_i on the theta block, H_i unit i's curvature (full D x D algebra)."""
+    m = x.shape[0] - 1
+    curv = ref_row_curvature(x[:m], x[m], a, b, o, ties) * vote_w * (1.0 if curv_sign is None else curv_sign)
+    out = z.copy()
+    for i in range(num_units):
+        rows = unit == i
+        if unit_w[i] == 0 or not rows.any():
+            continue
+        h = np.zeros((m, m))
+        for r in np.flatnonzero(rows):
+            d = np.zeros(m)
+            d[a[r]] += 1
+            d[b[r]] -= 1
+            h += curv[r] * np.outer(d, d)
+        lev = unit_w[i] * h @ bread[:m, :m]
+        out[i, :m] = np.linalg.solve(np.eye(m) - lev, z[i, :m])
+    return out
+
+
+def ref_covariance(x, a, b, o, w, unit, vote_w, selected, pi, num_units, ties, design, variance, correction="jackknife"):
     m = x.shape[0] - 1
     bread = np.linalg.pinv(ref_hessian(x, a, b, o, w, ties), hermitian=True, rcond=1e-10)
     z = ref_unit_scores(x[:m], x[m], a, b, o, unit, vote_w, num_units, ties)
+    if correction == "jackknife":
+        unit_w = np.where(selected, 1.0 / np.where(selected, pi, 1.0), 0.0)
+        z = ref_jackknife_scores(x, bread, a, b, o, unit, vote_w, unit_w, num_units, ties, z)
     return (bread @ ref_design_meat(z, selected, pi, design, variance) @ bread)[:m, :m]
 
 
@@ -313,18 +347,19 @@ def test_clustered_sandwich_matches_float64_reference(small_arena, ties, design)
     w = vw.astype(np.float64) / pi[u]
     x = ref_fit(a, b, o, w, 4, ties)
     for variance in A.VARIANCES:
-        est = A.fit_design_weighted(human, sample, num_models=4, ties=ties, variance=variance)
-        assert bool(est.converged)
-        np.testing.assert_allclose(np.asarray(est.theta), x[:4], atol=2e-5)
-        if ties == "rao-kupper":
-            assert float(est.tie_param) == pytest.approx(np.exp(x[4]), rel=1e-4)
-        cov = ref_covariance(x, a, b, o, w, u, vw, sel, pi, 60, ties, design, variance)
-        np.testing.assert_allclose(np.asarray(est.covariance), cov, rtol=2e-3, atol=1e-6 * np.abs(cov).max())
+        for correction in A.CORRECTIONS:
+            est = A.fit_design_weighted(human, sample, num_models=4, ties=ties, variance=variance, correction=correction)
+            assert bool(est.converged)
+            np.testing.assert_allclose(np.asarray(est.theta), x[:4], atol=2e-5)
+            if ties == "rao-kupper":
+                assert float(est.tie_param) == pytest.approx(np.exp(x[4]), rel=1e-4)
+            cov = ref_covariance(x, a, b, o, w, u, vw, sel, pi, 60, ties, design, variance, correction)
+            np.testing.assert_allclose(np.asarray(est.covariance), cov, rtol=2e-3, atol=1e-6 * np.abs(cov).max())
 
 
 def test_sandwich_with_every_unit_labelled(small_arena):
-    """pi = 1 everywhere: the design variance is 0 and the superpopulation variance is the plain cluster-robust
-    (CR0) sandwich, here against statsmodels-free NumPy."""
+    """pi = 1 everywhere: the design variance is 0 and the superpopulation variance is the cluster-robust
+    sandwich, CR0 (`correction="none"`) or the delete-one-cluster jackknife's CR3 (default)."""
     arena, _ = small_arena
     p = arena.num_units
     sample = A.single_round(np.ones(p, bool), np.ones(p))
@@ -332,11 +367,16 @@ def test_sandwich_with_every_unit_labelled(small_arena):
     x = ref_fit(a, b, o, vw.astype(np.float64), 4, "half")
     design = A.fit_design_weighted(arena.human, sample, num_models=4, variance="design")
     np.testing.assert_allclose(np.asarray(design.covariance), 0.0, atol=1e-12)
-    sup = A.fit_design_weighted(arena.human, sample, num_models=4, variance="superpopulation")
     bread = np.linalg.pinv(ref_hessian(x, a, b, o, vw.astype(np.float64), "half"), hermitian=True, rcond=1e-10)
     z = ref_unit_scores(x[:4], 0.0, a, b, o, u, vw, p, "half")
     cr0 = (bread @ (z.T @ z) @ bread)[:4, :4]
+    sup = A.fit_design_weighted(arena.human, sample, num_models=4, variance="superpopulation", correction="none")
     np.testing.assert_allclose(np.asarray(sup.covariance), cr0, rtol=2e-3)
+    zj = ref_jackknife_scores(x, bread, a, b, o, u, vw.astype(np.float64), np.ones(p), p, "half", z)
+    cr3 = (bread @ (zj.T @ zj) @ bread)[:4, :4]
+    sup = A.fit_design_weighted(arena.human, sample, num_models=4, variance="superpopulation")
+    np.testing.assert_allclose(np.asarray(sup.covariance), cr3, rtol=2e-3)
+    assert np.all(np.diag(cr3) > np.diag(cr0))
 
 
 def ref_ppi(human, judge, sel, pi, m, num_units, ties="half"):
@@ -373,12 +413,12 @@ def test_ppi_lambda_and_fit_match_float64_reference(small_arena):
     est = A.fit_prediction_powered(human, arena.judge, sample, num_models=4)
     assert float(est.lam) == pytest.approx(lam_ref, abs=2e-4)
     np.testing.assert_allclose(np.asarray(est.theta), x_ref[:4], atol=3e-5)
-    # lambda minimises the estimated summed variance of the ratings over [0, 1]
-    grid = np.linspace(0, 1, 41)
+    # lambda minimises the (plain, CR0) estimated summed variance of the ratings over [0, 1]
+    plain = A.fit_prediction_powered(human, arena.judge, sample, num_models=4, correction="none")
     traces = [float(jnp.trace(A.fit_prediction_powered(human, arena.judge, sample, num_models=4, lam=float(g),
-                                                       init=est.theta).covariance)) for g in grid[::8]]
-    best = float(jnp.trace(est.covariance))
-    assert best <= min(traces) * (1 + 2e-2)
+                                                       init=est.theta, correction="none").covariance))
+              for g in np.linspace(0, 1, 6)]
+    assert float(jnp.trace(plain.covariance)) <= min(traces) * (1 + 2e-2)
 
 
 def test_ppi_with_the_humans_as_judge_gives_the_full_data_fit(small_arena):
