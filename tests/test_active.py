@@ -584,12 +584,12 @@ def _two_round_sampler(arena, n1, n2, cells):
 
 def test_sequential_rounds_using_the_updated_leaderboard_stay_calibrated(calibration):
     arena, theta_full = calibration
-    cells = A.unit_cells(arena.human)
-    res = A.replay_designs(jax.random.key(3), arena.human, num_models=4, num_replays=CAL_REPLAYS,
+    cells = A.unit_cells(arena.human, num_units=arena.num_units)
+    res = A.replay_designs(jax.random.key(3), arena.human, num_models=4, num_replays=600,
                            sampler=_two_round_sampler(arena, 1500, 1500, cells), init=theta_full)
     theta, se = np.asarray(res.theta, np.float64), np.asarray(res.std_error, np.float64)
     assert np.asarray(res.num_labelled).mean() == pytest.approx(3000, rel=0.01)
-    mc = theta.std(0, ddof=1) / np.sqrt(CAL_REPLAYS)
+    mc = theta.std(0, ddof=1) / np.sqrt(theta.shape[0])
     assert np.all(np.abs(theta.mean(0) - theta_full) <= 3.5 * mc), (theta.mean(0) - theta_full) / mc
     covered = np.abs(theta - theta_full) <= Z95 * se
     assert 0.93 <= covered.mean() <= 0.97, covered.mean(0)
@@ -667,7 +667,7 @@ def test_active_pair_sampling_reweighted_fit_targets_uniform_matchmaking():
     m = 4
     a, b, p_win, target = _misspecified_pairs(m)
     k = a.size
-    rounds, per_round, replays = 8, 500, 1000
+    rounds, per_round, replays = 8, 500, 600
     votes = rounds * per_round
 
     @jax.jit
