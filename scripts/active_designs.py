@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             curves = design_curves(jax.random.key(args.seed), data["human"], data["scores"],
                                    num_models=len(data["models"]), judge=judge, budgets=BUDGETS,
-                                   uniform_mix=args.uniform_mix, num_replays=args.replays, sampling=args.sampling)
+                                   uniform_mix=args.uniform_mix, num_replays=args.replays, sampling=args.sampling,
+                                   progress=lambda done, total: print(f"  {name}/{judge_name}: {done}/{total} "
+                                                                      f"({time.perf_counter() - start:.0f} s)", flush=True))
             seconds = time.perf_counter() - start
             frame = curves.to_frame()
             frame.insert(0, "judge", judge_name)
