@@ -60,6 +60,7 @@ Shapes: M models, P units, U vote rows, R replays. All kernels work in float32 (
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import statistics
@@ -70,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxrank.ratings.battles import A_WINS, B_WINS, TIE
+from jaxrank.votes.table import A_WINS, B_WINS, TIE, Votes
 from jaxrank.ratings.bradley_terry import outcome_log_probs
 
 __all__ = [
@@ -116,6 +117,9 @@ __all__ = [
     "load_plan",
     "ReplayResult",
     "replay_designs",
+    "votes_unit_rows",
+    "DesignLeaderboard",
+    "design_leaderboard",
 ]
 
 DESIGNS = ("poisson", "systematic")
@@ -2208,3 +2212,218 @@ def load_plan(source: Any) -> tuple[list[str], Sample]:
         raise ValueError(f"plan: weight of prompt {ids[i]!r} is {weight[i]:g} but its probability and round give "
                          f"{expect[i]:g}; the weights must be the design's (1/probability for one round)")
     return ids, sample
+
+
+# --------------------------------------------------------------------------------------------------
+# The vote table: `Votes` -> unit rows, and leaderboards from a plan and / or a judge
+
+
+def _preview_ids(ids: Any, limit: int = 3) -> str:
+    ids = [str(i) for i in ids]
+    head = ", ".join(repr(i) for i in ids[:limit])
+    return head + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def votes_unit_rows(votes: Votes, prompt_ids: Any = None, *, models: Any = None, name: str = "votes") -> UnitRows:
+    """A vote table's votes as `UnitRows` whose sampling unit is the prompt.
+
+    Uses the table's own encoding (`Votes.rows(merge=False)`: weights, counts and soft outcomes, a soft vote
+    splitting into an a-wins and a b-wins row), then merges rows with the same `(a, b, outcome, prompt)`.
+    `TIE_BOTHBAD` counts as a tie.
+
+    Args:
+        votes: `jaxrank.Votes` with prompt ids (the sampling unit).
+        prompt_ids: the P unit ids (e.g. a plan's `prompt_id`s, as strings); unit i is `prompt_ids[i]`.
+            Default: `votes.prompt_ids`.
+        models: the M model names the rows index (default `votes.models`); every voted model must be one.
+        name: how errors name `votes`.
+
+    Returns:
+        `UnitRows` (a, b, outcome, unit, weight) [U].
+
+    Raises:
+        ValueError: no prompt ids, votes on prompts not in `prompt_ids` (named), models not in `models`.
+    """
+    if not isinstance(votes, Votes):
+        raise TypeError(f"{name} must be a jaxrank.Votes (jaxrank.load_votes), got {type(votes).__name__}")
+    if votes.prompt is None:
+        raise ValueError(f"{name}: the votes have no prompt ids; the prompt is the sampling unit (read a file with a "
+                         "prompt / prompt_id / question_id column, or map one with columns=)")
+    units = list(votes.prompt_ids) if prompt_ids is None else [str(p) for p in prompt_ids]
+    unit_of = {p: i for i, p in enumerate(units)}
+    if len(unit_of) != len(units):
+        raise ValueError("prompt_ids must be distinct")
+    vote_units = np.array([unit_of.get(p, -1) for p in votes.prompt_ids], np.int64)
+    used = np.unique(votes.prompt)
+    absent = [votes.prompt_ids[i] for i in used if vote_units[i] < 0]
+    if absent:
+        raise ValueError(f"{name}: votes on {len(absent)} prompt(s) absent from the plan: {_preview_ids(absent)}")
+    names = list(votes.models) if models is None else [str(m) for m in models]
+    model_of = {m: i for i, m in enumerate(names)}
+    model_map = np.array([model_of.get(m, -1) for m in votes.models], np.int64)
+    voted = np.unique(np.concatenate([votes.a, votes.b]))
+    unknown = [votes.models[i] for i in voted if model_map[i] < 0]
+    if unknown:
+        raise ValueError(f"{name}: {len(unknown)} model(s) not among the {len(names)} models of the human votes: "
+                         f"{_preview_ids(unknown)}")
+    enc = votes.rows(merge=False)
+    a = model_map[np.asarray(enc.a)]
+    b = model_map[np.asarray(enc.b)]
+    o = np.minimum(np.asarray(enc.outcome), TIE)
+    u = vote_units[np.asarray(votes.prompt)[np.asarray(enc.row_vote)]]
+    w = np.asarray(enc.count, np.float64)
+    keep = w > 0
+    key = np.stack([a[keep], b[keep], o[keep], u[keep]], axis=1)
+    if key.shape[0] == 0:
+        raise ValueError(f"{name}: no votes with positive weight")
+    cells, inverse = np.unique(key, axis=0, return_inverse=True)
+    weight = np.bincount(inverse.ravel(), weights=w[keep], minlength=cells.shape[0])
+    return unit_rows(cells[:, 0], cells[:, 1], cells[:, 2], cells[:, 3], weight, num_models=len(names),
+                     num_units=len(units))
+
+
+@dataclasses.dataclass(frozen=True)
+class DesignLeaderboard:
+    """A design-weighted or prediction-powered leaderboard fitted from vote tables.
+
+    Attributes:
+        models: the M model names (those of the human votes).
+        prompt_ids: the P units (prompts) of the design: the plan's, or the judge's without a plan.
+        sample: the `Sample` (the plan's, or a simple random sample of the judge's prompts).
+        estimate: the `DesignEstimate` (theta, covariance, intervals, lam, effective_labels).
+        judge: whether judge votes entered (PPI++).
+    """
+
+    models: tuple[str, ...]
+    prompt_ids: tuple[str, ...]
+    sample: Sample
+    estimate: DesignEstimate
+    judge: bool
+
+    @property
+    def lam(self) -> float:
+        return float(self.estimate.lam)
+
+    @property
+    def effective_labels(self) -> float:
+        return float(self.estimate.effective_labels)
+
+    @property
+    def num_labelled(self) -> int:
+        return int(np.asarray(self.sample.selected).sum())
+
+    def to_frame(self, *, anchor: str | None = None, anchor_rating: float | None = None, scale: float = 400.0,
+                 base: float = 10.0, init: float = 1000.0):
+        """pandas DataFrame `model, rating, lower, upper, std_error` on the Elo scale (in model order);
+        `anchor`/`anchor_rating` shift every rating so that the anchored model has `anchor_rating`."""
+        import pandas as pd
+
+        rating, lower, upper, se = (np.asarray(x, np.float64) for x in self.estimate.ratings(scale=scale, base=base,
+                                                                                             init=init))
+        if anchor is not None:
+            if anchor not in self.models:
+                raise ValueError(f"anchor {anchor!r} is not one of the {len(self.models)} models")
+            shift = float(anchor_rating if anchor_rating is not None else init) - rating[self.models.index(anchor)]
+            rating, lower, upper = rating + shift, lower + shift, upper + shift
+        return pd.DataFrame({"model": list(self.models), "rating": rating, "lower": lower, "upper": upper,
+                             "std_error": se})
+
+
+def _as_plan(plan: Any) -> tuple[list[str], Sample]:
+    if isinstance(plan, tuple) and len(plan) == 2 and isinstance(plan[1], Sample):
+        ids, sample = plan
+        ids = [str(i) for i in ids]
+        if len(ids) != sample.num_units:
+            raise ValueError(f"plan: {len(ids)} prompt ids for a sample of {sample.num_units} units")
+        return ids, sample
+    return load_plan(plan)
+
+
+def design_leaderboard(
+    votes: Votes,
+    plan: Any = None,
+    *,
+    judge: Votes | None = None,
+    lam: float | None = None,
+    ties: str = "half",
+    l2: float = 0.0,
+    variance: str = "design",
+    confidence: float = 0.95,
+) -> DesignLeaderboard:
+    r"""A leaderboard from human votes collected under a sampling plan and / or with judge votes (PPI++).
+
+    - `plan` only: the Horvitz–Thompson fit (`fit_design_weighted`): each prompt's votes weighted by its
+      plan weight, design-based intervals clustered by prompt.
+    - `judge` only: prediction-powered ratings (`fit_prediction_powered`): the judge's votes on its prompts
+      are the population, the prompts with human votes are taken to be a simple random sample of them
+      (probability n / P each, fixed size), and lambda is PPI++'s power tuning unless given.
+    - both: PPI on an actively sampled set (the plan's probabilities, the judge's votes on the plan's prompts).
+
+    Prompts are matched by id (strings as written); the human votes' models are the leaderboard's.
+
+    Args:
+        votes: human votes (`jaxrank.Votes` with prompt ids).
+        plan: a plan (path, DataFrame as written by `jaxrank plan`, or `(prompt_ids, Sample)`), or None.
+        judge: judge votes (hard or soft outcomes) with prompt ids, or None.
+        lam: fixed PPI lambda in [0, 1] (None: tuned); only with `judge`.
+        ties, l2, variance, confidence: as for `fit_design_weighted`.
+
+    Returns:
+        `DesignLeaderboard`.
+
+    Raises:
+        ValueError: neither plan nor judge; votes on prompts absent from the plan or not selected in it
+            (named); judge votes that do not cover the human-labelled prompts (named); judge models the
+            humans never voted on; anything `load_plan` refuses.
+
+    Example:
+        >>> human = jaxrank.load_votes("examples/active/human.csv")
+        >>> board = design_leaderboard(human, "examples/active/plan.csv")
+    """
+    if plan is None and judge is None:
+        raise ValueError("design_leaderboard needs a plan or judge votes (for an ordinary fit use fit_bradley_terry)")
+    if lam is not None and judge is None:
+        raise ValueError("lam is the PPI weight of judge votes; pass judge= as well")
+    rows_of = functools.partial(votes_unit_rows, models=votes.models if isinstance(votes, Votes) else None)
+    if plan is not None:
+        ids, sample = _as_plan(plan)
+        human = rows_of(votes, ids, name="votes")
+        sel = np.asarray(sample.selected, bool)
+        labelled = np.unique(np.asarray(human.unit))
+        skipped = labelled[~sel[labelled]]
+        if skipped.size:
+            raise ValueError(f"votes: votes on {skipped.size} prompt(s) the plan did not select: "
+                             f"{_preview_ids([ids[i] for i in skipped])}; their probability does not describe how "
+                             "they were labelled (label only the selected prompts, or draw a new plan)")
+    else:
+        if not isinstance(judge, Votes):
+            raise TypeError(f"judge must be a jaxrank.Votes, got {type(judge).__name__}")
+        if judge.prompt is None:
+            raise ValueError("judge: the judge votes have no prompt ids; they are matched to the human votes by prompt")
+        ids = [judge.prompt_ids[i] for i in np.unique(judge.prompt)]
+        if votes.prompt is None:
+            raise ValueError("votes: the votes have no prompt ids; they are matched to the judge votes by prompt")
+        have = set(ids)
+        uncovered = [votes.prompt_ids[i] for i in np.unique(votes.prompt) if votes.prompt_ids[i] not in have]
+        if uncovered:
+            raise ValueError(f"judge: the judge votes do not cover {len(uncovered)} human-labelled prompt(s): "
+                             f"{_preview_ids(uncovered)}; PPI needs judge votes on every labelled prompt")
+        human = rows_of(votes, ids, name="votes")
+        sel = np.zeros(len(ids), bool)
+        sel[np.asarray(human.unit)] = True
+        sample = single_round(sel, np.full(len(ids), sel.sum() / len(ids)), design="systematic")
+    common = dict(num_models=votes.num_models, ties=ties, l2=l2, variance=variance, confidence=confidence)
+    if judge is None:
+        est = fit_design_weighted(human, sample, **common)
+    else:
+        judge_rows = rows_of(judge, ids, name="judge")
+        covered = np.zeros(len(ids), bool)
+        covered[np.asarray(judge_rows.unit)] = True
+        labelled = np.unique(np.asarray(human.unit))
+        missing = labelled[~covered[labelled]]
+        if missing.size:
+            raise ValueError(f"judge: the judge votes do not cover {missing.size} human-labelled prompt(s): "
+                             f"{_preview_ids([ids[i] for i in missing])}; PPI needs judge votes on every labelled prompt")
+        est = fit_prediction_powered(human, judge_rows, sample, lam=lam, **common)
+    return DesignLeaderboard(models=tuple(votes.models), prompt_ids=tuple(ids), sample=sample, estimate=est,
+                             judge=judge is not None)
