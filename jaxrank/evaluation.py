@@ -1308,7 +1308,7 @@ class DesignCurves:
 def _crossing(budgets: np.ndarray, widths: np.ndarray, target: float) -> float:
     """The smallest budget at which a (noisy, mostly decreasing) width curve reaches `target`, linearly
     interpolated between grid points; NaN if it never does."""
-    below = np.flatnonzero(widths <= target * (1 + 1e-9))
+    below = np.flatnonzero(widths <= target * (1 + 1e-5))  # float32 fits: equal widths differ in the 7th digit
     if below.size == 0:
         return float("nan")
     j = int(below[0])
@@ -1331,12 +1331,43 @@ def _equivalent_share(budgets: np.ndarray, uniform: np.ndarray, width: float) ->
     return float("nan")
 
 
+def _design_inputs(human: Votes, scores: Any, judge: Any, num_models: Any):
+    """Vote tables -> (human UnitRows, float[P] scores, judge UnitRows or None, M) on the voted prompts."""
+    from jaxrank import active
+
+    votes = _check_votes(human)
+    if num_models is not None and num_models != votes.num_models:
+        raise ValueError(f"num_models = {num_models} but the votes have {votes.num_models} models (leave it out)")
+    values = _aligned_scores(scores, votes)
+    if (values < 0).any():
+        bad = [votes.prompt_ids[i] for i in np.flatnonzero(values < 0)]
+        raise ValueError(f"scores: {len(bad)} negative score(s), e.g. for prompt(s) {preview(bad)}; scores must be >= 0")
+    ids = list(votes.prompt_ids)
+    rows = active.votes_unit_rows(votes, ids)
+    if judge is not None and isinstance(judge, Votes):
+        if judge.prompt is None:
+            raise ValueError("judge: the judge votes have no prompt ids; they are matched to the human votes by prompt")
+        have = set(judge.prompt_ids[i] for i in np.unique(judge.prompt))
+        uncovered = [p for p in ids if p not in have]
+        if uncovered:
+            raise ValueError(f"judge: the judge votes do not cover {len(uncovered)} of the {len(ids)} prompts with human "
+                             f"votes, e.g. {preview(uncovered)}; PPI needs judge votes on every labelled prompt")
+        pos = {p: i for i, p in enumerate(judge.prompt_ids)}
+        keep = np.isin(np.asarray(judge.prompt), [pos[p] for p in ids])
+        if not keep.all():
+            warnings.warn(f"judge: {int((~keep).sum())} judge vote(s) on prompts without human votes are left out of "
+                          "the replay (its population is the prompts with human votes)", stacklevel=3)
+            judge = judge.subset(keep)
+        judge = active.votes_unit_rows(judge, ids, models=votes.models, name="judge")
+    return rows, values, judge, votes.num_models
+
+
 def design_curves(
     key: jax.Array,
     human: Any,
     scores: Any,
     *,
-    num_models: int,
+    num_models: int | None = None,
     judge: Any = None,
     budgets: Sequence[float] = DEFAULT_BUDGETS,
     designs: Sequence[str] | None = None,
@@ -1359,10 +1390,15 @@ def design_curves(
 
     Args:
         key: PRNG key (every design and budget uses the same replay keys: paired comparisons).
-        human: `jaxrank.active.UnitRows`, every prompt's human votes.
-        scores: float[P] priority scores (for the proportional designs).
-        num_models: M.
-        judge: optional `UnitRows` judge votes on every prompt (enables the PPI designs).
+        human: every prompt's human votes: a `jaxrank.Votes` with prompt ids (the prompts with votes are
+            the units), or `jaxrank.active.UnitRows`.
+        scores: priority scores (for the proportional designs): with `Votes`, a mapping / Series prompt id
+            -> score (`load_scores`) covering every voted prompt, or an array aligned with
+            `votes.drop_empty_prompts().prompt_ids`; with `UnitRows`, float[P].
+        num_models: M (only with `UnitRows`).
+        judge: optional judge votes on every prompt (enables the PPI designs): `Votes` (matched by prompt
+            id; they must cover every prompt with human votes; judge prompts without human votes are
+            left out) or `UnitRows`.
         budgets: shares in (0, 1].
         designs: among `DESIGN_NAMES` (default: uniform and proportional, plus both PPI designs with a judge).
         uniform_mix: tau of the proportional designs.
@@ -1376,6 +1412,10 @@ def design_curves(
     """
     from jaxrank import active
 
+    if isinstance(human, Votes):
+        human, scores, judge, num_models = _design_inputs(human, scores, judge, num_models)
+    elif num_models is None:
+        raise ValueError("num_models is needed when human is UnitRows (it is read from a Votes table)")
     num_replays = _check_count(num_replays, "num_replays", 2)
     confidence = _check_confidence(confidence)
     if designs is None:

@@ -93,6 +93,21 @@ def pandalm(runs: pathlib.Path):
             "info": info}
 
 
+def _share_to_reach(curves, d: int, reference: float) -> float:
+    """The share of units design d needs for the design-based width uniform sampling has at `reference`
+    (both curves interpolated linearly between budgets; NaN when not reached before 100 %)."""
+    uni = curves.designs.index("uniform")
+    target = float(np.interp(reference, curves.budgets, curves.width[uni]))
+    w, b = curves.width[d], curves.budgets
+    below = np.flatnonzero(w <= target)
+    if below.size == 0:
+        return float("nan")
+    j = int(below[0])
+    if j == 0:
+        return float(b[0])
+    return float(b[j - 1] + (w[j - 1] - target) / (w[j - 1] - w[j]) * (b[j] - b[j - 1]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="llmfao,pandalm")
@@ -103,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budgets", default=",".join(f"{b:g}" for b in BUDGETS),
+                        help="shares of the units, comma separated (fewer budgets: a cheaper run)")
     args = parser.parse_args(argv)
     results, figures = pathlib.Path(args.results), pathlib.Path(args.figures)
+    budgets = tuple(float(b) for b in args.budgets.split(","))
     headline = []
     for name in args.data.split(","):
         load = os.getloadavg()[0]
@@ -113,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         for judge_name, judge in data["judges"].items():
             start = time.perf_counter()
             curves = design_curves(jax.random.key(args.seed), data["human"], data["scores"],
-                                   num_models=len(data["models"]), judge=judge, budgets=BUDGETS,
+                                   num_models=len(data["models"]), judge=judge, budgets=budgets,
                                    uniform_mix=args.uniform_mix, num_replays=args.replays, sampling=args.sampling,
                                    progress=lambda done, total: print(f"  {name}/{judge_name}: {done}/{total} "
                                                                       f"({time.perf_counter() - start:.0f} s)", flush=True))
@@ -129,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                                      "design": design, "labels_to_match_full_uniform": curves.labels_to_match[d],
                                      "equivalent_uniform_at_30": float(np.interp(0.3, curves.budgets, curves.equivalent_uniform[d])),
                                      "width_at_30": float(np.interp(0.3, curves.budgets, curves.width[d])),
-                                     "lam_at_30": float(np.interp(0.3, curves.budgets, curves.lam[d])), **at})
+                                     "lam_at_30": float(np.interp(0.3, curves.budgets, curves.lam[d])),
+                                     **{f"labels_to_match_uniform_at_{int(ref * 100)}": _share_to_reach(curves, d, ref)
+                                        for ref in (0.5, 0.8)}, **at})
             plot_design_curves(curves, figures / f"active_{name}_{judge_name}.png",
                                title=f"{name}: {data['info']['units']} units ({data['info']['unit']}), "
                                      f"{data['info']['models']} models; judge {judge_name}; {args.replays} replays "
@@ -143,7 +163,13 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_start": load, "load_average_end": os.getloadavg()[0], "machine": platform.platform(),
             "cpus": os.cpu_count(), "jax": jax.__version__, "device": str(jax.devices()[0]),
         }, indent=2))
-    pd.DataFrame(headline).to_csv(results / "active_headline.csv", index=False)
+    head = pd.DataFrame(headline)
+    path = results / "active_headline.csv"
+    if path.exists():  # keep the other data sets' rows (runs of one data set at a time)
+        old = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        head = pd.concat([old[~old["data"].isin(head["data"])], head], ignore_index=True)
+    head.to_csv(path, index=False)
+    headline = head
     print(pd.DataFrame(headline).round(3).to_string(index=False))
     return 0
 

@@ -112,3 +112,50 @@ def test_design_and_judge_bad_input_is_one_line_naming_the_argument(tables, tmp_
         assert err.startswith("jaxrank: error: ") and err.count("\n") == 1 and message in err, (argv, err)
     code, _, err = _run(capsys, EX / "human.csv", "--design", tmp_path / "zero.csv")
     assert "selected prompt(s) have probability 0" in err
+
+
+def test_evaluate_replay_on_vote_tables(tmp_path, capsys):
+    """`jaxrank evaluate replay` = `design_curves` on the vote tables."""
+    import jax
+
+    from jaxrank.evaluation import design_curves, load_scores
+
+    human, judge = load_votes(EX / "human_all.csv"), load_votes(EX / "judge.csv")
+    scores = load_scores(EX / "scores.csv")
+    opts = dict(budgets=(0.3, 1.0), num_replays=8, designs=("uniform", "ppi"))
+    curves = design_curves(jax.random.key(0), human, scores, judge=judge, **opts)
+    assert curves.num_labels.tolist() == [60, 200] and np.isfinite(curves.width).all()
+    assert np.all(curves.lam[1, :-1] > 0.5)  # the judge copies the first human vote 70 % of the time
+    out, plot = tmp_path / "curves.csv", tmp_path / "curves.png"
+    code = cli.main(["evaluate", "replay", "--votes", str(EX / "human_all.csv"), "--judge", str(EX / "judge.csv"),
+                     "--scores", str(EX / "scores.csv"), "--budgets", "0.3,1", "--replays", "8", "--out", str(out),
+                     "--plot", str(plot)])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    frame = pd.read_csv(out)
+    assert frame["design"].tolist() == ["uniform"] * 2 + ["proportional"] * 2 + ["ppi"] * 2 + ["ppi-proportional"] * 2
+    got = frame[frame["design"].isin(["uniform", "ppi"])]["width"].to_numpy().reshape(2, 2)
+    np.testing.assert_allclose(got, curves.width, rtol=1e-6)
+    assert plot.stat().st_size > 10_000
+    # bad input: one line naming the argument
+    neg = load_scores(EX / "scores.csv").rename("score").reset_index()
+    neg.loc[3, "score"] = -1.0
+    neg.to_csv(tmp_path / "neg.csv", index=False)
+    short = neg.iloc[1:].assign(score=1.0)
+    short.to_csv(tmp_path / "short.csv", index=False)
+    judge.subset(judge.prompt != 0).to_frame().to_csv(tmp_path / "judge_gap.csv", index=False)
+    base = ["evaluate", "replay", "--votes", str(EX / "human_all.csv"), "--replays", "8"]
+    cases = [
+        (["--scores", str(tmp_path / "neg.csv")], f"--scores {tmp_path / 'neg.csv'}: "),
+        (["--scores", str(tmp_path / "short.csv")], "prompts with votes have no score"),
+        (["--scores", str(EX / "scores.csv"), "--judge", str(tmp_path / "judge_gap.csv")],
+         f"--judge {tmp_path / 'judge_gap.csv'}: the judge votes do not cover 1 of the 200 prompts"),
+        (["--scores", str(EX / "scores.csv"), "--budgets", "0.5,1.5"], "--budgets: 1.5 is outside (0, 1]"),
+        (["--scores", str(EX / "scores.csv"), "--replays", "1"], "--replays must be >= 2"),
+        (["--scores", str(EX / "scores.csv"), "--out", str(out)], "already exists; pass --force"),
+    ]
+    for argv, message in cases:
+        code = cli.main(base + argv)
+        _, err = capsys.readouterr()
+        assert code == 2, (argv, err)
+        assert err.startswith("jaxrank: error: ") and err.count("\n") == 1 and message in err, (argv, err)
