@@ -155,6 +155,17 @@ def _parse_fractions(text: str, flag: str = "--fractions") -> list[float]:
     return out
 
 
+def _outputs(args: argparse.Namespace):
+    """--out (a .csv) and --plot (.png/.pdf/.svg), checked before any work: (out, plot), None when not asked."""
+    out = output_path(args.out, force=args.force, arg="--out")
+    if out is not None and out.suffix.lower() != ".csv":
+        raise CliError(f"--out {out}: expected a .csv file, got {out.suffix or '(no suffix)'!r}")
+    plot = output_path(args.plot, force=args.force, arg="--plot")
+    if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
+        raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
+    return out, plot
+
+
 def _load(args: argparse.Namespace):
     """Validate the common options, then read SCORES and VOTES; returns (scores, votes, out, plot, fractions)."""
     from jaxrank.evaluation import load_scores
@@ -170,12 +181,7 @@ def _load(args: argparse.Namespace):
         raise CliError(f"--ci must lie strictly between 0 and 1, got {args.ci}")
     if args.num_random < 2:
         raise CliError(f"--num-random must be >= 2, got {args.num_random}")
-    out = output_path(args.out, force=args.force, arg="--out")
-    if out is not None and out.suffix.lower() != ".csv":
-        raise CliError(f"--out {out}: expected a .csv file, got {out.suffix or '(no suffix)'!r}")
-    plot = output_path(args.plot, force=args.force, arg="--plot")
-    if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
-        raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
+    out, plot = _outputs(args)
     read = vote_options(args, columns_extra={"prompt_id": args.prompt_column} if args.prompt_column else None)
     try:
         scores = load_scores(scores_path)
@@ -322,12 +328,7 @@ def run_replay(args: argparse.Namespace) -> int:
         raise CliError(f"--uniform-mix must lie in (0, 1], got {args.uniform_mix:g}")
     if not 0.0 < args.ci < 1.0:
         raise CliError(f"--ci must lie strictly between 0 and 1, got {args.ci}")
-    out = output_path(args.out, force=args.force, arg="--out")
-    if out is not None and out.suffix.lower() != ".csv":
-        raise CliError(f"--out {out}: expected a .csv file, got {out.suffix or '(no suffix)'!r}")
-    plot = output_path(args.plot, force=args.force, arg="--plot")
-    if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
-        raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
+    out, plot = _outputs(args)
     extra = {"prompt_id": args.prompt_column} if args.prompt_column else None
     read = vote_options(args, columns_extra=extra)
     try:
