@@ -296,7 +296,15 @@ def plot_design_curves(curves: Any, path: str | os.PathLike, *, title: str | Non
         ax1.legend(fontsize=8)
         ax2.set_xlabel("prompts labelled (%)")
         ax2.set_ylabel("mean interval width (Elo points)\nsolid: design, dashed: superpopulation")
-        ax2.set_ylim(bottom=0)
+        # At tiny budgets a model with almost no labelled votes has a huge width: it would flatten the rest.
+        ref = d["width_superpopulation"][designs.index("uniform") if "uniform" in designs else 0]
+        ref = ref[np.isfinite(ref)]
+        widths = np.concatenate([d["width"].ravel(), d["width_superpopulation"].ravel()])
+        if ref.size and np.nanmax(widths) > 1.5 * ref.max():
+            ax2.set_ylim(0, 1.5 * ref.max())
+            ax2.text(0.98, 0.98, "some widths off scale", transform=ax2.transAxes, ha="right", va="top", fontsize=8)
+        else:
+            ax2.set_ylim(bottom=0)
         ax2.grid(True, alpha=0.3)
         ax2.legend(fontsize=8)
         ax3.set_xlabel("prompts labelled (%)")
