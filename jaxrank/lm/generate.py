@@ -63,10 +63,13 @@ def _compiled(graphdef: Any, max_new_tokens: int, sample: bool, top_k: int | Non
             return _select(logits, k, temperature, top_k, p)
 
         first = pick(model.logits_from_hidden(h_last), 0)
+        # The decode steps read the weights of every layer each step: split them once here, so the
+        # step runs on these arrays (no per-step copies of lax.scan's weight slices).
+        layers = model.split_layers() if max_new_tokens > 1 else None
 
         def step(carry, i):
             token, cache = carry
-            logits, cache = model(token[:, None], cache=cache)
+            logits, cache = model(token[:, None], cache=cache, layers=layers)
             nxt = pick(logits[:, 0], i)
             return (nxt, cache), token
 
@@ -162,14 +165,19 @@ def generate(
         raise ValueError(f"top_k must be an integer in [1, {model.vocab_size}], got {top_k!r}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    input_ids, attention_mask = jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask).astype(bool)
+    if model.sharding is not None:
+        # Rows over the mesh's batch axes, as the sharded model expects its activations.
+        rows = model.sharding.named(("batch", "length"), input_ids.shape)
+        input_ids, attention_mask = jax.device_put(input_ids, rows), jax.device_put(attention_mask, rows)
     graphdef, state = nnx.split(model)
     fn = _compiled(graphdef, int(max_new_tokens), sample, int(top_k) if (sample and top_k) else None,
                    bool(sample and top_p is not None), eos, int(pad_token_id))
     key = key if sample else jax.random.key(0)
     return fn(
         state,
-        jnp.asarray(input_ids, jnp.int32),
-        jnp.asarray(attention_mask).astype(bool),
+        input_ids,
+        attention_mask,
         key,
         jnp.float32(temperature if sample else 1.0),
         jnp.float32(top_p if top_p is not None else 1.0),

@@ -16,24 +16,27 @@ from __future__ import annotations
 
 import collections
 import copy
-import weakref
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import json
 import math
 import pathlib
 import struct
+import weakref
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxrank.lm import gemma3 as gemma3_family
 from jaxrank.lm import llama as llama_family
 from jaxrank.lm.config import SUPPORTED_ARCHITECTURES, ModelConfig
-from jaxrank.lm.transformer import CausalLM, param_shapes
+from jaxrank.lm.sharding import PARAM_AXES, ModelSharding, check_model_mesh, model_sharding
+from jaxrank.lm.transformer import CausalLM, param_shapes, place
 
 
 class CheckpointError(ValueError):
@@ -301,24 +304,67 @@ class GGUFFile:
 
 
 # --------------------------------------------------------------------------------------------
-# Assembling weights
+# Assembling weights: each tensor straight onto its device shards
+
+
+@functools.lru_cache(maxsize=64)
+def _empty(shape: tuple[int, ...], dtype: Any, sharding: Any):
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=64)
+def _write_layer(sharding: Any):
+    # The stacked buffer is donated: layer i is written in place, so a device holds its shard of the
+    # stacked weight plus one layer's shard at most.
+    return jax.jit(lambda buf, layer, i: jax.lax.dynamic_update_index_in_dim(buf, layer, i, 0),
+                   out_shardings=sharding, donate_argnums=0)
+
+
+def _layout(sharding: ModelSharding | None, name: str, drop_leading: bool = False) -> Any:
+    """Where weight `name` (or one layer of it) lives: a NamedSharding, or None for the default
+    device (uncommitted, as `jnp.asarray` makes it)."""
+    if sharding is None:
+        return None
+    logical = PARAM_AXES[name][1:] if drop_leading else PARAM_AXES[name]
+    return sharding.named(logical)
+
+
+def _placed(value: np.ndarray, shape: tuple[int, ...], dtype: Any, layout: Any, what: str) -> jax.Array:
+    if tuple(value.shape) != tuple(shape):
+        raise CheckpointError(f"weight {what} has shape {tuple(value.shape)}, expected {tuple(shape)} from the config")
+    return place(value, dtype, layout)
 
 
 def _stack_layers(
-    config: ModelConfig, names: dict[str, Any], fetch: Callable[[str, str], np.ndarray], dtype: Any
-) -> dict[str, np.ndarray]:
+    config: ModelConfig,
+    names: dict[str, Any],
+    fetch: Callable[[str, str], np.ndarray],
+    dtype: Any,
+    sharding: ModelSharding | None = None,
+) -> dict[str, jax.Array]:
+    """The stacked `[num_layers, ...]` weights, built layer by layer on their devices.
+
+    `fetch(key, tensor_name)` returns one layer's tensor on the host (a memory-mapped view for
+    safetensors, a dequantized array for GGUF); each device reads only its slice of it
+    (`jaxrank.lm.transformer.place`), so neither the host nor any device ever holds a whole stacked
+    weight more than once.
+    """
     shapes = param_shapes(config)
+    dtype = jnp.dtype(dtype)
     out = {}
     for key, spec in names.items():
         # HF specs are (name, transpose?); GGUF specs are names (`fetch` puts them in [in, out]).
         template, transpose = (spec, False) if isinstance(spec, str) else spec
-        arrays = [fetch(key, template.format(i=i)) for i in range(config.num_layers)]
-        if transpose:
-            arrays = [a.T for a in arrays]
-        stacked = np.stack([np.asarray(a, dtype=np.float32) for a in arrays]).astype(dtype, copy=False)
-        if stacked.shape != shapes[key]:
-            raise CheckpointError(f"weight {key} has shape {stacked.shape}, expected {shapes[key]} from the config")
-        out[key] = stacked
+        full = _layout(sharding, key)
+        layer_layout = _layout(sharding, key, drop_leading=True)
+        buf = _empty(shapes[key], dtype, full)()
+        for i in range(config.num_layers):
+            host = fetch(key, template.format(i=i))
+            if transpose:
+                host = host.T
+            layer = _placed(host, shapes[key][1:], dtype, layer_layout, f"{key} (layer {i})")
+            buf = _write_layer(full)(buf, layer, i)
+        out[key] = buf
     return out
 
 
@@ -334,7 +380,8 @@ def _unsupported(arch: Any, where: str) -> CheckpointError:
     )
 
 
-def _load_hf_directory(directory: pathlib.Path, dtype: Any, param_dtype: Any) -> tuple[CausalLM, ModelConfig]:
+def _hf_checkpoint(directory: pathlib.Path) -> tuple[ModelConfig, Any, dict[str, np.ndarray], str, Any]:
+    """(config, family, memory-mapped tensors, tensor-name prefix, lm_head tensor or None)."""
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{directory} is not a Hugging Face model directory (no config.json)")
@@ -359,6 +406,14 @@ def _load_hf_directory(directory: pathlib.Path, dtype: Any, param_dtype: Any) ->
     if lm_head is not None and config.tie_word_embeddings:
         # Some checkpoints store the tied matrix twice; keep the embedding.
         lm_head = None
+    return config, family, tensors, prefix, lm_head
+
+
+def _load_hf_directory(
+    directory: pathlib.Path, dtype: Any, param_dtype: Any, mesh: Any = None
+) -> tuple[CausalLM, ModelConfig]:
+    config, family, tensors, prefix, lm_head = _hf_checkpoint(directory)
+    sharding = None if mesh is None else model_sharding(config, mesh)
 
     def fetch(key: str, name: str) -> np.ndarray:
         full = prefix + name
@@ -366,31 +421,43 @@ def _load_hf_directory(directory: pathlib.Path, dtype: Any, param_dtype: Any) ->
             raise CheckpointError(f"{directory}: tensor {full!r} is missing")
         return tensors[full]
 
-    store = np.dtype(jnp.dtype(param_dtype))
-    weights = _stack_layers(config, family.hf_tensor_names(config), fetch, store)
-    weights["embed"] = np.asarray(embed, np.float32).astype(store, copy=False)
-    weights["final_norm"] = np.asarray(fetch("final_norm", "norm.weight"), np.float32).astype(store, copy=False)
+    store = jnp.dtype(param_dtype)
+    shapes = param_shapes(config)
+    weights = _stack_layers(config, family.hf_tensor_names(config), fetch, store, sharding)
+    weights["embed"] = _placed(tensors[prefix + "embed_tokens.weight"], shapes["embed"], store,
+                               _layout(sharding, "embed"), "embed")
+    weights["final_norm"] = _placed(fetch("final_norm", "norm.weight"), shapes["final_norm"], store,
+                                    _layout(sharding, "final_norm"), "final_norm")
     if lm_head is not None:
-        weights["lm_head"] = np.asarray(lm_head, np.float32).T.astype(store, copy=False)
+        weights["lm_head"] = _placed(lm_head.T, shapes["lm_head"], store, _layout(sharding, "lm_head"), "lm_head")
     _, cls = _family(config.architecture)
-    return cls(config, weights=weights, dtype=dtype, param_dtype=param_dtype), config
+    return cls(config, weights=weights, dtype=dtype, param_dtype=param_dtype, mesh=mesh), config
 
 
-def _load_gguf(gguf: GGUFFile, dtype: Any, param_dtype: Any) -> tuple[CausalLM, ModelConfig]:
+def _gguf_config(gguf: GGUFFile) -> tuple[ModelConfig, dict[str, str]]:
+    """(config, per-layer tensor names) from the GGUF metadata and tensor table (no tensor is read)."""
     meta = gguf.metadata
     arch = meta.get("general.architecture")
     if arch not in ("llama", "qwen2", "gemma3"):
         raise _unsupported(arch, str(gguf.path))
-    embed = gguf.tensor("token_embd.weight")
+    if not gguf.has("token_embd.weight"):
+        raise CheckpointError(f"{gguf.path}: tensor 'token_embd.weight' is missing")
+    vocab_rows = gguf.tensors["token_embd.weight"][0][0]
     has_output = gguf.has("output.weight")
     if arch == "gemma3":
-        config = gemma3_family.config_from_gguf(meta, embed.shape[0], has_output)
-        names = gemma3_family.gguf_tensor_names(config)
-    else:
-        config = llama_family.config_from_gguf(meta, arch, embed.shape[0], has_output)
-        names = llama_family.gguf_tensor_names(config)
+        config = gemma3_family.config_from_gguf(meta, vocab_rows, has_output)
+        return config, gemma3_family.gguf_tensor_names(config)
+    config = llama_family.config_from_gguf(meta, arch, vocab_rows, has_output)
+    return config, llama_family.gguf_tensor_names(config)
+
+
+def _load_gguf(gguf: GGUFFile, dtype: Any, param_dtype: Any, mesh: Any = None) -> tuple[CausalLM, ModelConfig]:
+    config, names = _gguf_config(gguf)
+    arch = config.architecture
+    sharding = None if mesh is None else model_sharding(config, mesh)
 
     def fetch(key: str, name: str) -> np.ndarray:
+        # One tensor dequantized at a time; it is dropped once its shards are on their devices.
         w = gguf.tensor(name)
         if arch == "llama" and key in ("wq", "wk", "bq", "bk"):
             w = llama_family.unpermute_gguf_qk(w, config.num_heads if key in ("wq", "bq") else config.num_kv_heads)
@@ -400,14 +467,30 @@ def _load_gguf(gguf: GGUFFile, dtype: Any, param_dtype: Any) -> tuple[CausalLM, 
             w = w.T  # [out, in] -> [in, out]
         return w
 
-    store = np.dtype(jnp.dtype(param_dtype))
-    weights = _stack_layers(config, names, fetch, store)
-    weights["embed"] = embed.astype(store, copy=False)
-    weights["final_norm"] = fetch("final_norm", "output_norm.weight").astype(store, copy=False)
-    if has_output:
-        weights["lm_head"] = gguf.tensor("output.weight").T.astype(store, copy=False)
+    store = jnp.dtype(param_dtype)
+    shapes = param_shapes(config)
+    weights = _stack_layers(config, names, fetch, store, sharding)
+    weights["embed"] = _placed(gguf.tensor("token_embd.weight"), shapes["embed"], store, _layout(sharding, "embed"),
+                               "embed")
+    weights["final_norm"] = _placed(fetch("final_norm", "output_norm.weight"), shapes["final_norm"], store,
+                                    _layout(sharding, "final_norm"), "final_norm")
+    if gguf.has("output.weight"):
+        weights["lm_head"] = _placed(gguf.tensor("output.weight").T, shapes["lm_head"], store,
+                                     _layout(sharding, "lm_head"), "lm_head")
     _, cls = _family(config.architecture)
-    return cls(config, weights=weights, dtype=dtype, param_dtype=param_dtype), config
+    return cls(config, weights=weights, dtype=dtype, param_dtype=param_dtype, mesh=mesh), config
+
+
+def read_model_config(path: str | pathlib.Path) -> ModelConfig:
+    """The `ModelConfig` of a checkpoint without reading its weights (for memory plans).
+
+    Reads `config.json` and the safetensors headers of a Hugging Face directory, or the metadata
+    and tensor table of a GGUF file; `path` as in `load_model` (built-in names included).
+    """
+    resolved, _ = resolve_model_path(path)
+    if resolved.is_dir():
+        return _hf_checkpoint(resolved)[0]
+    return _gguf_config(_open_gguf(resolved))[0]
 
 
 #: Converted weights (device arrays, immutable) and tokenizers of the last few loads, in memory only:
@@ -420,9 +503,10 @@ _LIVE_WEIGHTS: dict[tuple, tuple[ModelConfig, dict[str, weakref.ref], Any]] = {}
 
 
 def clear_load_cache() -> None:
-    """Forget the weights that `load_model` keeps for reuse (frees their memory)."""
+    """Forget the weights and tokenizers that `load_model` keeps for reuse (frees their memory)."""
     _LOAD_CACHE.clear()
     _LIVE_WEIGHTS.clear()
+    _TOKENIZERS.clear()
 
 
 def _live_entry(key: tuple) -> tuple[ModelConfig, dict[str, Any], Any] | None:
@@ -456,8 +540,27 @@ def check_float_dtypes(dtype: Any, param_dtype: Any) -> Any:
     return param_dtype
 
 
+def _cached(key: tuple) -> tuple[ModelConfig, dict[str, Any], Any] | None:
+    """A cached load of `key`, or of the same files and dtypes on another mesh (its weights are then
+    laid out anew from memory, without reading the files again)."""
+    if key not in _LOAD_CACHE and (live := _live_entry(key)) is not None:
+        _LOAD_CACHE[key] = live  # back among the last few (evicted below if need be)
+    if key in _LOAD_CACHE:
+        _LOAD_CACHE.move_to_end(key)
+        return _LOAD_CACHE[key]
+    for other in [*_LOAD_CACHE, *_LIVE_WEIGHTS]:
+        if other[:-1] == key[:-1] and (entry := _LOAD_CACHE.get(other) or _live_entry(other)) is not None:
+            return entry
+    return None
+
+
 def load_model(
-    path: str | pathlib.Path, *, dtype: Any = jnp.float32, param_dtype: Any = None, cache: bool = True
+    path: str | pathlib.Path,
+    *,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = None,
+    cache: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer from local files.
 
@@ -470,7 +573,13 @@ def load_model(
         cache: reuse the converted weights of an earlier load of the same unchanged files and
             dtypes in this process (the last two checkpoints are kept in memory, and older ones
             as long as a live model still holds their weights; never on disk).
-            `clear_load_cache()` frees them.
+            `clear_load_cache()` frees them. A checkpoint cached for another mesh is laid out on
+            this one from memory.
+        mesh: optional `("data", "fsdp", "tensor")` mesh (`jaxrank.lm.sharding.make_model_mesh`):
+            the weights are sharded over it (see `jaxrank.lm.sharding`). Each tensor goes straight
+            from the file to its shards: safetensors are memory-mapped and each device reads only
+            its slice; GGUF tensors are dequantized one at a time. No device and no host buffer
+            holds the whole model.
 
     Returns:
         A `LoadedModel`; `loaded.model(ids [B, T], attention_mask=mask)` gives logits `[B, T, vocab]`.
@@ -485,35 +594,25 @@ def load_model(
         >>> logits, _ = lm.model(batch["input_ids"], attention_mask=batch["attention_mask"])
     """
     param_dtype = check_float_dtypes(dtype, param_dtype)
+    if mesh is not None:
+        check_model_mesh(mesh)
     resolved, name = resolve_model_path(path)
-    key = (str(resolved.resolve()), _fingerprint(resolved), jnp.dtype(dtype).name, jnp.dtype(param_dtype).name)
-    if cache and key not in _LOAD_CACHE and (live := _live_entry(key)) is not None:
-        _LOAD_CACHE[key] = live  # back among the last few (evicted below if need be)
-    if cache and key in _LOAD_CACHE:
-        _LOAD_CACHE.move_to_end(key)
-        config, weights, tokenizer = _LOAD_CACHE[key]
+    key = (str(resolved.resolve()), _fingerprint(resolved), jnp.dtype(dtype).name, jnp.dtype(param_dtype).name, mesh)
+    entry = _cached(key) if cache else None
+    if entry is not None:
+        config, weights, tokenizer = entry
         _, cls = _family(config.architecture)
-        model = cls(config, weights=weights, dtype=dtype, param_dtype=param_dtype)
+        model = cls(config, weights=weights, dtype=dtype, param_dtype=param_dtype, mesh=mesh)
         tokenizer = copy.deepcopy(tokenizer)  # callers may change padding_side etc.
     elif resolved.is_dir():
-        model, config = _load_hf_directory(resolved, dtype, param_dtype)
-        from jaxrank.lm.tokenizer import load_hf_tokenizer
-
-        tokenizer = load_hf_tokenizer(resolved)
+        model, config = _load_hf_directory(resolved, dtype, param_dtype, mesh)
+        tokenizer = _tokenizer(resolved, None, cache)
     else:
-        with open(resolved, "rb") as f:
-            magic = f.read(4)
-        if magic != b"GGUF":
-            raise CheckpointError(
-                f"{resolved} is not a model checkpoint (expected a .gguf file or a Hugging Face directory)"
-            )
-        gguf = GGUFFile(resolved)
-        model, config = _load_gguf(gguf, dtype, param_dtype)
-        from jaxrank.lm.tokenizer import tokenizer_from_gguf_metadata
-
-        tokenizer = tokenizer_from_gguf_metadata(gguf.metadata)
+        gguf = _open_gguf(resolved)
+        model, config = _load_gguf(gguf, dtype, param_dtype, mesh)
+        tokenizer = _tokenizer(resolved, gguf, cache)
     if cache and key not in _LOAD_CACHE:
-        weights = {n: getattr(model, n)[...] for n in param_shapes(config)}
+        weights = model.weights()
         _LOAD_CACHE[key] = (config, weights, copy.deepcopy(tokenizer))
         _LIVE_WEIGHTS[key] = (config, {n: weakref.ref(w) for n, w in weights.items()}, _LOAD_CACHE[key][2])
         for k in [k for k in _LIVE_WEIGHTS if k != key]:
@@ -521,6 +620,55 @@ def load_model(
     if cache:
         while len(_LOAD_CACHE) > _LOAD_CACHE_SIZE:
             _LOAD_CACHE.popitem(last=False)
+    return _loaded(model, tokenizer, config, name, resolved)
+
+
+def _open_gguf(resolved: pathlib.Path) -> GGUFFile:
+    with open(resolved, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise CheckpointError(f"{resolved} is not a model checkpoint (expected a .gguf file or a Hugging Face directory)")
+    return GGUFFile(resolved)
+
+
+#: Tokenizers by (path, file fingerprint): `load_tokenizer` (memory plans) and `load_model` share them.
+_TOKENIZERS: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+
+
+def _tokenizer(resolved: pathlib.Path, gguf: GGUFFile | None, cache: bool) -> Any:
+    key = (str(resolved.resolve()), _fingerprint(resolved))
+    if cache and key in _TOKENIZERS:
+        _TOKENIZERS.move_to_end(key)
+        return copy.deepcopy(_TOKENIZERS[key])
+    if resolved.is_dir():
+        from jaxrank.lm.tokenizer import load_hf_tokenizer
+
+        tokenizer = load_hf_tokenizer(resolved)
+    else:
+        from jaxrank.lm.tokenizer import tokenizer_from_gguf_metadata
+
+        tokenizer = tokenizer_from_gguf_metadata((gguf or _open_gguf(resolved)).metadata)
+    if cache:
+        _TOKENIZERS[key] = copy.deepcopy(tokenizer)
+        while len(_TOKENIZERS) > 4:
+            _TOKENIZERS.popitem(last=False)
+    return tokenizer
+
+
+def load_tokenizer(path: str | pathlib.Path, *, cache: bool = True) -> LoadedModel:
+    """The tokenizer, chat template, special ids and config of a checkpoint, without its weights.
+
+    Returns a `LoadedModel` whose `model` is None (for memory plans and prompt lengths:
+    `jaxrank.lm.pipeline.prompt_lengths`); a later `load_model` of the same files reuses the
+    tokenizer.
+    """
+    resolved, name = resolve_model_path(path)
+    config = read_model_config(resolved)
+    gguf = None if resolved.is_dir() else _open_gguf(resolved)
+    return _loaded(None, _tokenizer(resolved, gguf, cache), config, name, resolved)
+
+
+def _loaded(model: Any, tokenizer: Any, config: ModelConfig, name: str, resolved: pathlib.Path) -> LoadedModel:
     eos_ids = list(config.eos_token_ids)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
         eos_ids.append(int(tokenizer.eos_token_id))

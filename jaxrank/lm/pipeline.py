@@ -36,6 +36,7 @@ from flax import nnx
 from jaxrank import _validation as v
 from jaxrank.lm.fused import fused_divergences, token_log_probs
 from jaxrank.lm.prompts import Prompt
+from jaxrank.lm.transformer import CausalLM
 from jaxrank.scoring import score_pairs, sequence_kl_estimate
 
 MODES = ("auto", "token", "sequence")
@@ -193,23 +194,65 @@ class _Side:
         return self.tokenizer.get_vocab() == other.tokenizer.get_vocab()
 
 
-def _replicate(side: _Side, mesh: jax.sharding.Mesh) -> None:
-    """Put `side`'s parameters on every device of `mesh` (replicated) and shard its batches over "data"."""
+def prompt_lengths(loaded: Any, prompts: Sequence[Prompt | str]) -> list[int]:
+    """Tokens of each prompt as the pipeline feeds it to `loaded` (chat template, BOS included).
+
+    `loaded` may come from `jaxrank.lm.loading.load_tokenizer` (no weights): memory plans use this
+    before any model is loaded.
+    """
+    side = _Side(loaded, "model")
+    return [len(side.prompt_ids(p.text if isinstance(p, Prompt) else str(p))) for p in prompts]
+
+
+def _is_model_mesh(mesh: jax.sharding.Mesh) -> bool:
+    from jaxrank.lm.sharding import MESH_AXES
+
+    return set(mesh.axis_names) <= set(MESH_AXES)
+
+
+def _place_side(side: _Side, mesh: jax.sharding.Mesh) -> None:
+    """Lay `side`'s parameters out on `mesh` and shard its batches over the mesh's batch axes.
+
+    A model mesh (`jaxrank.lm.sharding.make_model_mesh`: "data", "fsdp", "tensor") shards the weights
+    (a model already laid out on it is used as is); any other mesh with a "data" axis
+    (`jaxrank.sharding.make_mesh`) replicates them.
+    """
     side.mesh = mesh
-    if side.state is not None:
+    if _is_model_mesh(mesh) and isinstance(side.model, CausalLM):
+        if side.model.sharding is None or side.model.sharding.mesh != mesh:
+            side.model = side.model.with_mesh(mesh)
+            side.graphdef, side.state = nnx.split(side.model)
+    elif side.state is not None:
         side.state = jax.device_put(side.state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
+def _batch_axes(mesh: jax.sharding.Mesh) -> tuple[str, ...]:
+    from jaxrank.lm.sharding import BATCH_AXES
+    from jaxrank.sharding import DATA_AXIS
+
+    if _is_model_mesh(mesh):
+        return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+    return (DATA_AXIS,)
+
+
+def _batch_multiple(mesh: jax.sharding.Mesh) -> int:
+    """Rows per batch must be a multiple of this (the product of the mesh's batch axes)."""
+    if not _is_model_mesh(mesh):
+        from jaxrank.sharding import check_mesh
+
+        return check_mesh(mesh)[0]
+    return math.prod(int(mesh.shape[a]) for a in _batch_axes(mesh))
+
+
 def _shard_rows(mesh: jax.sharding.Mesh | None, *arrays: np.ndarray) -> tuple[Any, ...]:
-    """Host `[batch, ...]` arrays split over the mesh's "data" axis (unchanged without a mesh); the
+    """Host `[batch, ...]` arrays split over the mesh's batch axes (unchanged without a mesh); the
     jitted scorers then run partitioned by GSPMD, one slice of the batch per device."""
     if mesh is None:
         return arrays
-    from jaxrank.sharding import DATA_AXIS
-
+    axes = _batch_axes(mesh)
     spec = jax.sharding.PartitionSpec
     return tuple(
-        jax.device_put(x, jax.sharding.NamedSharding(mesh, spec(DATA_AXIS, *([None] * (x.ndim - 1)))))
+        jax.device_put(x, jax.sharding.NamedSharding(mesh, spec(axes, *([None] * (x.ndim - 1)))))
         for x in arrays
     )
 
@@ -240,49 +283,152 @@ def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(values * m, axis=-1) / jnp.sum(m, axis=-1)  # NaN for a row with no counted token
 
 
+def _vocab_split(*models: Any) -> Any:
+    """The models' common `ModelSharding` when their vocabulary is split over a mesh axis, else None."""
+    shardings = [getattr(m, "sharding", None) for m in models]
+    if any(s is None or s.tensor_axis is None for s in shardings):
+        return None
+    if len({s.mesh for s in shardings}) != 1:
+        raise ValueError("model_a and model_b are sharded over different meshes; lay both out on one mesh")
+    return shardings[0]
+
+
+def _local_logits(h: jax.Array, w: jax.Array, model: Any) -> jax.Array:
+    """This device's logits `[N, V_local]` from its unembedding columns (soft-capped, float32)."""
+    dtype = getattr(model, "dtype", h.dtype)
+    z = jnp.matmul(h.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+    cap = getattr(model, "logit_softcap", None)
+    return z if cap is None else cap * jnp.tanh(z / cap)
+
+
+def _on_vocab_shards(split: Any, rows: int, fn: Callable, *args: jax.Array) -> Any:
+    """Run `fn(*local args)` per device with `[N, ...]` row arrays split over the batch axes and
+    `[d, vocab]` unembeddings split over the vocabulary axis (alternating: rows, unembedding, ...).
+
+    The head's `[N, vocab]` logits never exist anywhere: each device holds `[N_local, vocab_local]`
+    at most (the materialised path) or one vocabulary block (the fused path), and `fn` combines the
+    per-row statistics over the vocabulary axis itself (`pmax`/`psum` in `jaxrank.divergence` /
+    `jaxrank.lm.fused`).
+    """
+    from jax.sharding import PartitionSpec as P
+
+    axes = split.batch_axes(rows)
+    specs = tuple(P(axes, None) if i % 2 == 0 else P(None, split.tensor_axis) for i in range(len(args)))
+    out_spec = P(axes) if axes else P()
+    # check_vma=False: the kernels' loop carries start replicated and become per-shard; the results
+    # are made identical over the vocabulary axis by the kernels' own pmax/psum.
+    return jax.shard_map(fn, mesh=split.mesh, in_specs=specs, out_specs=out_spec, check_vma=False)(*args)
+
+
+def token_scores(
+    model_a: Any,
+    model_b: Any,
+    ids_a: jax.Array,
+    mask_a: jax.Array,
+    positions_a: jax.Array,
+    ids_b: jax.Array,
+    mask_b: jax.Array,
+    positions_b: jax.Array,
+    count: jax.Array,
+    *,
+    metrics: Sequence[str] = ("kl", "cross_entropy"),
+    fused: bool = False,
+    block_size: int | None = None,
+) -> dict[str, jax.Array]:
+    """Teacher-forced divergences of two models at chosen positions, averaged per row (jit-safe).
+
+    Each model reads its own token ids; position `positions_a[b, c]` of A and `positions_b[b, c]`
+    of B predict the same token, and `count [B, C]` marks the pairs that count. The score of each
+    metric is the mean over counted positions of D(P_A ‖ P_B) over the whole vocabulary.
+
+    Models sharded over a mesh (`load_model(..., mesh=)`) with their vocabulary split over
+    `"tensor"` feed the divergence straight from the vocabulary-sharded head, inside
+    `jax.shard_map`: each device computes `softcap(h @ W_local)` for its vocabulary columns only
+    (`fused=False`, then `jaxrank.divergence.divergences(axis_name="tensor")`) or streams them block
+    by block (`fused=True`, `jaxrank.lm.fused.fused_divergences(axis_name="tensor")`); per-row
+    statistics are combined with `pmax`/`psum`. `[tokens, vocab]` logits never exist on any device.
+
+    Args:
+      model_a, model_b: `CausalLM`s with one vocabulary.
+      ids_a, mask_a: `[B, T_a]` token ids and attention mask of A (ids_b, mask_b likewise for B).
+      positions_a, positions_b: `[B, C]` int32 positions whose next-token distributions are compared.
+      count: `[B, C]` bool, the compared pairs that count.
+      metrics: names from `TOKEN_METRICS` ("jensen_shannon" needs `fused=False`).
+      fused: the fused hidden-state path (`jaxrank.lm.fused`) instead of materialised logits.
+      block_size: vocabulary block of the fused kernel.
+
+    Returns:
+      `{metric: float32[B]}`.
+    """
+    metrics = tuple(metrics)
+    split = _vocab_split(model_a, model_b)
+    # Only the compared positions reach the heads (`[B, C, d]` gathered from `[B, T, d]`): the prompt's
+    # positions cost no `d x vocab` work.
+    ha, _ = model_a.hidden_states(ids_a, attention_mask=mask_a)
+    hb, _ = model_b.hidden_states(ids_b, attention_mask=mask_b)
+    ha, hb = _gather(ha, positions_a), _gather(hb, positions_b)  # [B, C, d]
+    if not fused and split is None:
+        return score_pairs(model_a.logits_from_hidden(ha), model_b.logits_from_hidden(hb), count, metrics=metrics)
+    b, c = positions_a.shape
+    ha, hb = ha.reshape(b * c, -1), hb.reshape(b * c, -1)
+
+    def divergence(ha, wa, hb, wb, axis_name=None):
+        if fused:
+            return fused_divergences(
+                ha, wa, hb, wb, metrics=metrics, block_size=block_size, axis_name=axis_name,
+                softcap_a=getattr(model_a, "logit_softcap", None), softcap_b=getattr(model_b, "logit_softcap", None),
+            )
+        from jaxrank.divergence import divergences
+
+        return divergences(_local_logits(ha, wa, model_a), _local_logits(hb, wb, model_b), metrics=metrics,
+                           axis_name=axis_name)
+
+    if split is None:
+        out = divergence(ha, model_a.unembedding(), hb, model_b.unembedding())
+    else:
+        out = _on_vocab_shards(
+            split, b * c, functools.partial(divergence, axis_name=split.tensor_axis),
+            ha, model_a.unembedding(), hb, model_b.unembedding(),
+        )
+    return {k: _masked_mean(val.reshape(b, c), count) for k, val in out.items()}
+
+
 @functools.lru_cache(maxsize=64)
 def _token_scorer(graph_a: Any, graph_b: Any, metrics: tuple[str, ...], fused: bool, block_size: int | None):
-    def score(state_a, state_b, ids_a, mask_a, at_a, ids_b, mask_b, at_b, count):
-        ma, mb = _merge(graph_a, state_a), _merge(graph_b, state_b)
-        if fused:
-            ha, _ = ma.hidden_states(ids_a, attention_mask=mask_a)
-            hb, _ = mb.hidden_states(ids_b, attention_mask=mask_b)
-            ha, hb = _gather(ha, at_a), _gather(hb, at_b)  # [B, C, d]
-            b, c = at_a.shape
-            out = fused_divergences(
-                ha.reshape(b * c, -1),
-                ma.unembedding(),
-                hb.reshape(b * c, -1),
-                mb.unembedding(),
-                metrics=metrics,
-                block_size=block_size,
-                softcap_a=getattr(ma, "logit_softcap", None),
-                softcap_b=getattr(mb, "logit_softcap", None),
-            )
-            return {k: _masked_mean(val.reshape(b, c), count) for k, val in out.items()}
-        la, _ = ma(ids_a, attention_mask=mask_a)
-        lb, _ = mb(ids_b, attention_mask=mask_b)
-        return score_pairs(_gather(la, at_a), _gather(lb, at_b), count, metrics=metrics)
+    def score(state_a, state_b, *arrays):
+        return token_scores(_merge(graph_a, state_a), _merge(graph_b, state_b), *arrays, metrics=metrics,
+                            fused=fused, block_size=block_size)
 
     return jax.jit(score)
 
 
 @functools.lru_cache(maxsize=64)
 def _logprob_scorer(graph: Any, block_size: int | None):
-    def score(state, ids, mask, count):
+    def score(state, ids, mask, at, targets, count):
+        """Σ log p(targets) over counted positions: position `at[b, c]` predicts `targets[b, c]`.
+
+        Only the scored positions reach the head (`[B, C, d]` gathered from `[B, T, d]`): the prompt's
+        positions cost no `d x vocab` work.
+        """
         model = _merge(graph, state)
         h, _ = model.hidden_states(ids, attention_mask=mask)
-        b, t, d = h.shape
-        # Position t predicts token t + 1; `count [B, T]` marks positions whose next token is scored.
-        targets = jnp.concatenate([ids[:, 1:], jnp.zeros((b, 1), ids.dtype)], axis=1)
-        lp = token_log_probs(
-            h.reshape(b * t, d),
-            model.unembedding(),
-            targets.reshape(b * t),
-            block_size=block_size,
-            softcap=getattr(model, "logit_softcap", None),
-        ).reshape(b, t)
-        return jnp.sum(jnp.where(count, lp, 0.0), axis=-1)
+        h = _gather(h, at)  # [B, C, d]
+        b, c, d = h.shape
+        softcap = getattr(model, "logit_softcap", None)
+
+        def log_probs(h, w, targets, axis_name=None):
+            return token_log_probs(h, w, targets, block_size=block_size, softcap=softcap, axis_name=axis_name)
+
+        split = _vocab_split(model)
+        h, flat_targets = h.reshape(b * c, d), targets.reshape(b * c)
+        if split is None:
+            lp = log_probs(h, model.unembedding(), flat_targets)
+        else:
+            lp = _on_vocab_shards(
+                split, b * c, lambda h, w, tg: log_probs(h, w, tg[:, 0], split.tensor_axis),
+                h, model.unembedding(), flat_targets[:, None],
+            )
+        return jnp.sum(jnp.where(count, lp.reshape(b, c), 0.0), axis=-1)
 
     return jax.jit(score)
 
@@ -346,7 +492,7 @@ def _generate(
         length = bucket_length(max(len(rows[i]) for i in batch), maximum=None if context is None else context - max_new_tokens)
         ids, mask = pad_batch([rows[i] for i in batch], length, batch_size, side.pad, side="left")
         tokens, lengths = generate(
-            side.loaded,
+            side.model,
             jnp.asarray(ids),
             jnp.asarray(mask),
             max_new_tokens=max_new_tokens,
@@ -433,11 +579,14 @@ def prioritize_prompts(
       block_size: vocabulary block of the fused kernels.
       progress: optional callback `progress(stage, advance, total, tokens)` after each batch: `advance`
         more of the stage's `total` rows are done, `tokens` real tokens processed.
-      mesh: optional device mesh with a `"data"` axis (`jaxrank.sharding.make_mesh(data=N)`): the
-        teacher-forced scoring splits each padded batch over `"data"` (its size rounded up to a
-        multiple of the axis) with both models' parameters replicated on every device; the scores
-        equal the one-device scores. Generation (A's completions) runs on the default device.
-        Built for `make_mesh`'s `Auto` axes (GSPMD partitions the jitted scorers).
+      mesh: optional device mesh. A model mesh (`jaxrank.lm.sharding.make_model_mesh(fsdp=F,
+        tensor=T)`, axes "data", "fsdp", "tensor") shards both models' weights over it (models already
+        loaded onto it with `load_model(..., mesh=)` are used as they are; others are laid out on it),
+        splits each padded batch over "data" × "fsdp" (its size rounded up to a multiple) and, with the
+        vocabulary split over "tensor", feeds the divergence straight from the sharded head (see
+        `token_scores`). A mesh from `jaxrank.sharding.make_mesh(data=N)` replicates the weights and
+        splits the batch over "data". Generation runs on the same mesh. The scores equal the
+        one-device scores. Without `mesh`, models loaded onto one mesh bring it along.
 
     Returns:
       One dict per prompt, sorted by `score` (NaN last): `rank` (1 = most disagreement), `id`,
@@ -480,16 +629,29 @@ def prioritize_prompts(
         for m in metrics:
             v.check_choice(m, "metrics entry (sequence mode)", SEQUENCE_METRICS)
     key = jax.random.key(0) if key is None else key
+    if mesh is None:
+        # Models loaded onto a mesh (`load_model(..., mesh=)`) bring it along.
+        meshes = {s.mesh for s in (getattr(side_a.model, "sharding", None), getattr(side_b.model, "sharding", None)) if s}
+        if len(meshes) > 1:
+            raise ValueError("model_a and model_b are sharded over different meshes; pass mesh= or load both on one")
+        mesh = meshes.pop() if meshes else None
     if mesh is not None:
-        from jaxrank.sharding import check_mesh
+        if not isinstance(mesh, jax.sharding.Mesh):
+            raise TypeError(
+                f"mesh must be a jax.sharding.Mesh (jaxrank.lm.sharding.make_model_mesh or "
+                f"jaxrank.sharding.make_mesh), got {type(mesh).__name__}"
+            )
+        if not _is_model_mesh(mesh):
+            from jaxrank.sharding import check_mesh
 
-        n_data, _ = check_mesh(mesh)
-        batch_size = -(-batch_size // n_data) * n_data  # padding rows are masked out / sliced off
-        _replicate(side_a, mesh)
+            check_mesh(mesh)
+        n_rows = _batch_multiple(mesh)
+        batch_size = -(-batch_size // n_rows) * n_rows  # padding rows are masked out / sliced off
+        _place_side(side_a, mesh)
         if model_b is model_a:  # one copy of the parameters for a model compared with itself
-            side_b.state, side_b.mesh = side_a.state, mesh
+            side_b.model, side_b.graphdef, side_b.state, side_b.mesh = side_a.model, side_a.graphdef, side_a.state, mesh
         else:
-            _replicate(side_b, mesh)
+            _place_side(side_b, mesh)
 
     contexts = [c for c in (side_a.context, side_b.context, max_length) if c]
     context = min(contexts) if contexts else None
@@ -627,11 +789,17 @@ def _sequence_logprobs(side: _Side, pairs: list[tuple[list[int], list[int]]], ba
         seqs = [pairs[i][0] + pairs[i][1] for i in batch]
         t = bucket_length(max(map(len, seqs)), maximum=context)
         ids, mask = pad_batch(seqs, t, batch_size, side.pad)
-        count = np.zeros_like(mask)
+        width = bucket_length(max(1, max(len(pairs[i][1]) for i in batch)), minimum=8, maximum=t)
+        at = np.zeros((batch_size, width), np.int32)
+        targets = np.zeros((batch_size, width), np.int32)
+        count = np.zeros((batch_size, width), bool)
         for j, i in enumerate(batch):
             p, c = pairs[i]
-            count[j, len(p) - 1 : len(p) - 1 + len(c)] = True
-        lp = np.asarray(scorer(side.state, *_shard_rows(side.mesh, ids, mask, count)))
+            # Position len(p) - 1 + k predicts completion token k.
+            at[j, : len(c)] = len(p) - 1 + np.arange(len(c))
+            targets[j, : len(c)] = c
+            count[j, : len(c)] = True
+        lp = np.asarray(scorer(side.state, *_shard_rows(side.mesh, ids, mask, at, targets, count)))
         out[batch] = lp[: len(batch)]
         _notify(progress, stage, len(batch), len(pairs), int(mask[: len(batch)].sum()))
     return out

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxrank.lm.config import ModelConfig
+from jaxrank.lm.sharding import PARAM_AXES, ModelSharding
 
 def layer_param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Names and shapes `[num_layers, ...]` of the stacked per-layer weights."""
@@ -107,11 +108,22 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float, offset: float) -> jax.
     return weight * normed.astype(x.dtype)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """Rotate `x [batch, seq, heads, head_dim]` by `positions [batch, seq]` (the rotate-half layout)."""
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, Dh/2]
-    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+def rope_tables(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos and sin `[..., batch, seq, head_dim]` (float32) of `positions [batch, seq]` for inverse
+    frequencies `inv_freq [..., head_dim // 2]` (the rotate-half layout)."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq[..., None, None, :]  # [..., B, T, Dh/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array, tables=None) -> jax.Array:
+    """Rotate `x [batch, seq, heads, head_dim]` by `positions [batch, seq]` (the rotate-half layout).
+
+    `tables`: precomputed `(cos, sin)` `[batch, seq, head_dim]` from `rope_tables` (then `positions`
+    and `inv_freq` are not used): the model computes them once per forward, not once per layer.
+    """
+    cos, sin = rope_tables(positions, inv_freq) if tables is None else tables
+    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rotated * sin
@@ -124,6 +136,11 @@ def positions_from_mask(mask: jax.Array, start: jax.Array | None = None) -> jax.
     if start is not None:
         pos = pos + start[:, None]
     return pos
+
+
+def _pin(sharding: ModelSharding | None, x: jax.Array, logical: tuple[str | None, ...]) -> jax.Array:
+    """Constrain an activation to its logical layout on the model's mesh (no-op unsharded)."""
+    return x if sharding is None else sharding.constrain(x, logical)
 
 
 def _linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
@@ -164,51 +181,86 @@ def _layer(
     config: ModelConfig,
     x: jax.Array,
     p: dict[str, jax.Array],
-    inv_freq: jax.Array,
+    rope: tuple[jax.Array, jax.Array],
     window: jax.Array,
     positions: jax.Array,
     base_allowed: jax.Array,
     qk_distance: jax.Array,
     cache_kv: tuple[jax.Array, jax.Array] | None,
     write_at: jax.Array | None,
+    sharding: ModelSharding | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     c = config
     b, t, _ = x.shape
     eps, off = c.rms_norm_eps, c.norm_offset
+    heads, kv_heads = ("batch", "length", "q_heads", "head_dim"), ("batch", "length", "kv_heads", "head_dim")
     h = rms_norm(x, p["attn_norm"], eps, off)
-    q = _linear(h, p["wq"], p.get("bq")).reshape(b, t, c.num_heads, c.head_dim)
-    k = _linear(h, p["wk"], p.get("bk")).reshape(b, t, c.num_kv_heads, c.head_dim)
-    v = _linear(h, p["wv"], p.get("bv")).reshape(b, t, c.num_kv_heads, c.head_dim)
+    q = _pin(sharding, _linear(h, p["wq"], p.get("bq")).reshape(b, t, c.num_heads, c.head_dim), heads)
+    k = _pin(sharding, _linear(h, p["wk"], p.get("bk")).reshape(b, t, c.num_kv_heads, c.head_dim), kv_heads)
+    v = _pin(sharding, _linear(h, p["wv"], p.get("bv")).reshape(b, t, c.num_kv_heads, c.head_dim), kv_heads)
     if c.qk_norm:
         q = rms_norm(q, p["q_norm"], eps, off)
         k = rms_norm(k, p["k_norm"], eps, off)
-    q = apply_rope(q, positions, inv_freq)
-    k = apply_rope(k, positions, inv_freq)
+    q = apply_rope(q, positions, None, rope)
+    k = apply_rope(k, positions, None, rope)
     new_kv = None
     if cache_kv is not None:
         ck, cv = cache_kv
-        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_at, 0, 0))
-        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_at, 0, 0))
+        ck = _pin(sharding, jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, write_at, 0, 0)), kv_heads)
+        cv = _pin(sharding, jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, write_at, 0, 0)), kv_heads)
         new_kv = (ck, cv)
         k, v = ck.astype(q.dtype), cv.astype(q.dtype)
     allowed = base_allowed & (qk_distance < window)
-    attn = _attention(q, k, v, allowed, scale=c.scale, softcap=c.attn_logit_softcap)
+    attn = _pin(sharding, _attention(q, k, v, allowed, scale=c.scale, softcap=c.attn_logit_softcap),
+                ("batch", "length", "q_heads"))
     attn = _linear(attn, p["wo"], p.get("bo"))
     if c.sandwich_norm:
         attn = rms_norm(attn, p["post_attn_norm"], eps, off)
-    x = x + attn
+    x = _pin(sharding, x + attn, ("batch", "length", "act_embed"))
     h = rms_norm(x, p["mlp_norm"], eps, off)
     gate = _activation(c.hidden_act, _linear(h, p["w_gate"], p.get("b_gate")))
-    mlp = _linear(gate * _linear(h, p["w_up"], p.get("b_up")), p["w_down"], p.get("b_down"))
+    up = _pin(sharding, gate * _linear(h, p["w_up"], p.get("b_up")), ("batch", "length", "mlp"))
+    mlp = _linear(up, p["w_down"], p.get("b_down"))
     if c.sandwich_norm:
         mlp = rms_norm(mlp, p["post_mlp_norm"], eps, off)
-    return x + mlp, new_kv
+    return _pin(sharding, x + mlp, ("batch", "length", "act_embed")), new_kv
 
 
-def install_params(module: nnx.Module, shapes: dict[str, tuple[int, ...]], weights: dict[str, Any], what: str) -> None:
+def place(value: Any, dtype: Any, sharding: jax.sharding.Sharding | None = None) -> jax.Array:
+    """`value` as a device array of `dtype`, laid out by `sharding` (default: the default device).
+
+    A host array (NumPy, or a read-only memory map of a checkpoint) goes straight to its shards:
+    each device receives only its slice, read and converted there, so no device (and no extra host
+    buffer) ever holds the whole array. A device array already in that dtype and layout is shared.
+    """
+    dtype = jnp.dtype(dtype)
+    if isinstance(value, jax.Array):
+        if value.dtype != dtype:
+            value = value.astype(dtype)
+        if sharding is not None and not value.sharding.is_equivalent_to(sharding, value.ndim):
+            value = jax.device_put(value, sharding)
+        return value
+    if sharding is None:
+        return jnp.asarray(np.asarray(value, dtype=dtype))
+    shape = tuple(value.shape)
+    return jax.make_array_from_callback(
+        shape, sharding, lambda index: np.ascontiguousarray(np.asarray(value[index]), dtype=dtype)
+    )
+
+
+def install_params(
+    module: nnx.Module,
+    shapes: dict[str, tuple[int, ...]],
+    weights: dict[str, Any],
+    what: str,
+    sharding: ModelSharding | None = None,
+) -> None:
     """Check `weights` against `shapes` and set each as an `nnx.Param` of `module` in its `param_dtype`.
 
-    Device arrays already in that dtype are shared, not copied (they are immutable).
+    Device arrays already in that dtype (and layout) are shared, not copied (they are immutable).
+    With `sharding`, each parameter carries its logical axes as `nnx.Param` metadata
+    (`out_sharding`, `sharding_rules`, `mesh`; `nnx.get_partition_spec(nnx.state(module))` reads
+    them back) and lives on the mesh in that layout.
     """
     missing = sorted(set(shapes) - set(weights))
     if missing:
@@ -217,9 +269,14 @@ def install_params(module: nnx.Module, shapes: dict[str, tuple[int, ...]], weigh
         value = weights[name]
         if tuple(value.shape) != shape:
             raise ValueError(f"weight {name!r} has shape {tuple(value.shape)}, expected {shape}")
-        if not (isinstance(value, jax.Array) and value.dtype == module.param_dtype):
-            value = jnp.asarray(value, dtype=module.param_dtype)
-        setattr(module, name, nnx.Param(value))
+        if sharding is None:
+            setattr(module, name, nnx.Param(place(value, module.param_dtype)))
+            continue
+        logical = PARAM_AXES[name]
+        value = place(value, module.param_dtype, sharding.named(logical))
+        # Placed above already (shard by shard): flax's eager sharding would only repeat it.
+        setattr(module, name, nnx.Param(value, out_sharding=logical, sharding_rules=sharding.rules,
+                                        mesh=sharding.mesh, eager_sharding=False))
 
 
 class CausalLM(nnx.Module):
@@ -232,6 +289,10 @@ class CausalLM(nnx.Module):
         dtype: compute dtype (activations, matmuls); attention softmax, norms and logits are float32.
         param_dtype: storage dtype of the weights (defaults to `dtype`).
         rngs: `nnx.Rngs` for random initialisation.
+        mesh: optional `("data", "fsdp", "tensor")` mesh (`jaxrank.lm.sharding.make_model_mesh`):
+            the weights are laid out over it (vocabulary, heads and MLP columns over `tensor`, the
+            model dimension over `fsdp`; see `jaxrank.lm.sharding`) and every jitted call runs
+            partitioned by GSPMD. The numbers are those of the one-device model.
 
     Call: `model(input_ids [B, T], *, attention_mask=None, positions=None, cache=None)` →
     `(logits float32 [B, T, V], cache)`.
@@ -251,10 +312,17 @@ class CausalLM(nnx.Module):
         dtype: Any = jnp.float32,
         param_dtype: Any = None,
         rngs: nnx.Rngs | None = None,
+        mesh: jax.sharding.Mesh | None = None,
     ):
         self.config = config
         self.dtype = jnp.dtype(dtype)
         self.param_dtype = jnp.dtype(param_dtype or dtype)
+        if mesh is not None:
+            from jaxrank.lm.sharding import model_sharding
+
+            self.sharding: ModelSharding | None = model_sharding(config, mesh)
+        else:
+            self.sharding = None
         shapes = param_shapes(config)
         if weights is None:
             rngs = rngs if rngs is not None else nnx.Rngs(0)
@@ -265,7 +333,7 @@ class CausalLM(nnx.Module):
                     weights[name] = jnp.full(shape, 0.0 if config.norm_offset else 1.0)
                 else:
                     weights[name] = 0.02 * jax.random.normal(rngs.params(), shape)
-        install_params(self, shapes, weights, f"a {config.architecture} model")
+        install_params(self, shapes, weights, f"a {config.architecture} model", self.sharding)
         self._layer_names = tuple(n for n in shapes if n not in ("embed", "final_norm", "lm_head"))
         self.logit_softcap = config.final_logit_softcap
 
@@ -280,6 +348,22 @@ class CausalLM(nnx.Module):
             return self.embed[...].T
         return self.lm_head[...]
 
+    def weights(self) -> dict[str, jax.Array]:
+        """Every weight by name (the layout of `param_shapes(config)`), as the module holds it."""
+        return {name: getattr(self, name)[...] for name in param_shapes(self.config)}
+
+    def split_layers(self) -> list[dict[str, jax.Array]]:
+        """The stacked per-layer weights as one dict per layer (copies: call once, outside loops)."""
+        stacked = {name: getattr(self, name)[...] for name in self._layer_names}
+        return [{name: w[i] for name, w in stacked.items()} for i in range(self.config.num_layers)]
+
+    def with_mesh(self, mesh: jax.sharding.Mesh | None) -> CausalLM:
+        """The same model with its weights laid out on `mesh` (None: the default device).
+
+        Each device receives only its shard of each weight (`jax.device_put` per parameter).
+        """
+        return type(self)(self.config, weights=self.weights(), dtype=self.dtype, param_dtype=self.param_dtype, mesh=mesh)
+
     def init_cache(self, batch: int, max_length: int, dtype: Any = None) -> KVCache:
         """An empty `KVCache` for `batch` rows and `max_length` tokens in all."""
         return KVCache.init(self.config, batch, max_length, dtype or self.dtype)
@@ -291,15 +375,26 @@ class CausalLM(nnx.Module):
         attention_mask: jax.Array | None = None,
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
+        layers: list[dict[str, jax.Array]] | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final hidden states `[B, T, hidden]` (float32, final norm applied) and the updated cache.
 
         `logits == softcap(h @ model.unembedding())`.
+
+        `layers`: the per-layer weights from `split_layers()`, split once outside a loop that calls
+        the model many times (the decode loop of `generate`): the layers then run one after the other
+        on those arrays instead of under `lax.scan`, whose per-layer slices of the stacked weights are
+        copies (XLA materialises each dynamic slice), doubling the weight traffic of every decode step.
         """
         input_ids, attention_mask = _check_inputs(input_ids, attention_mask, positions, cache)
         c = self.config
-        layers = {name: getattr(self, name)[...] for name in self._layer_names}
-        x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
+        stacked = None if layers is not None else {name: getattr(self, name)[...] for name in self._layer_names}
+        shard = self.sharding
+        input_ids = _pin(shard, input_ids, ("batch", "length"))
+        attention_mask = _pin(shard, attention_mask, ("batch", "length"))
+        # A vocabulary-sharded table: GSPMD looks each id up on the shard that holds it (masked
+        # local gather + all-reduce over "tensor"), never gathering the table.
+        x = _pin(shard, jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype), ("batch", "length", "act_embed"))
         if c.embed_scale:
             x = x * jnp.asarray(c.hidden_size**0.5, dtype=self.param_dtype).astype(self.dtype)
         b, t = input_ids.shape
@@ -325,16 +420,36 @@ class CausalLM(nnx.Module):
         qk_distance = positions[:, :, None] - k_pos[:, None, :]  # [B, T, S]
         base_allowed = k_valid[:, None, :] & (qk_distance >= 0)
 
-        inv_freqs = jnp.asarray(c.layer_inverse_frequencies())
+        # RoPE tables once per forward for each distinct base (Gemma 3: local and global), not per
+        # layer: the layers pick theirs by index.
+        freqs = c.layer_inverse_frequencies()
+        distinct, which = np.unique(freqs, axis=0, return_inverse=True)
+        cos_all, sin_all = rope_tables(positions, jnp.asarray(distinct))  # [K, B, T, Dh]
+        which = jnp.asarray(np.asarray(which).reshape(-1), jnp.int32)
         windows = jnp.asarray(c.layer_windows())
 
         def body(x, scanned):
-            p, inv_freq, window, kv = scanned
-            x, new_kv = _layer(c, x, p, inv_freq, window, positions, base_allowed, qk_distance, kv, write_at)
+            p, kind, window, kv = scanned
+            rope = (cos_all[0], sin_all[0]) if len(distinct) == 1 else (cos_all[kind], sin_all[kind])
+            x, new_kv = _layer(c, x, p, rope, window, positions, base_allowed, qk_distance, kv, write_at, shard)
             return x, new_kv
 
-        kv_in = None if cache is None else (cache.keys, cache.values)
-        x, kv_out = jax.lax.scan(body, x, (layers, inv_freqs, windows, kv_in))
+        kv_in = None
+        if cache is not None:
+            cache_axes = ("layers", "batch", "length", "kv_heads", "head_dim")
+            kv_in = (_pin(shard, cache.keys, cache_axes), _pin(shard, cache.values, cache_axes))
+        if layers is None:
+            x, kv_out = jax.lax.scan(body, x, (stacked, which, windows, kv_in))
+        else:
+            if len(layers) != c.num_layers:
+                raise ValueError(f"layers has {len(layers)} entries for a model of {c.num_layers} layers")
+            keys, values = kv_in if kv_in is not None else (None, None)
+            for i, p in enumerate(layers):
+                kv = None if keys is None else (keys[i], values[i])
+                x, new_kv = body(x, (p, which[i], windows[i], kv))
+                if new_kv is not None:
+                    keys, values = keys.at[i].set(new_kv[0]), values.at[i].set(new_kv[1])
+            kv_out = (keys, values)
         if cache is not None:
             new_cache = new_cache.replace(keys=kv_out[0], values=kv_out[1])
         h = rms_norm(x, self.final_norm[...], c.rms_norm_eps, c.norm_offset)
@@ -348,6 +463,8 @@ class CausalLM(nnx.Module):
         )
         if self.logit_softcap is not None:
             logits = self.logit_softcap * jnp.tanh(logits / self.logit_softcap)
+        if self.sharding is not None and logits.ndim == 3:
+            logits = self.sharding.constrain(logits, ("batch", "length", "vocab"))
         return logits
 
     def __call__(
@@ -357,9 +474,12 @@ class CausalLM(nnx.Module):
         attention_mask: jax.Array | None = None,
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
+        layers: list[dict[str, jax.Array]] | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        """Logits `[B, T, vocab]` (float32) and the updated cache (None when no cache was given)."""
-        h, cache = self.hidden_states(input_ids, attention_mask=attention_mask, positions=positions, cache=cache)
+        """Logits `[B, T, vocab]` (float32) and the updated cache (None when no cache was given);
+        `layers` as in `hidden_states`."""
+        h, cache = self.hidden_states(input_ids, attention_mask=attention_mask, positions=positions, cache=cache,
+                                      layers=layers)
         return self.logits_from_hidden(h), cache
 
 
