@@ -21,45 +21,73 @@ Language models live in `jaxrank.lm`; loading real checkpoints and tokenizers ne
 
 __version__ = "0.1.0"
 
-# Prompt prioritization: per-position kernels and per-sequence scores.
-from jaxrank.divergence import METRICS, cross_entropy, divergences, entropy, jensen_shannon, kl_divergence
-from jaxrank.scoring import EmptySequenceWarning, prioritize, score_pairs, sequence_kl_estimate
-from jaxrank.sharding import initialize_distributed, make_mesh, score_pairs_global
+# Every public name and the module that defines it. They are imported on first use (PEP 562), so
+# `import jaxrank` and `jaxrank --help` do not pay for JAX, pandas, flax or transformers up front.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    # Prompt prioritization: per-position kernels and per-sequence scores.
+    "jaxrank.divergence": ("METRICS", "cross_entropy", "divergences", "entropy", "jensen_shannon", "kl_divergence"),
+    "jaxrank.scoring": ("EmptySequenceWarning", "prioritize", "score_pairs", "sequence_kl_estimate"),
+    "jaxrank.sharding": ("initialize_distributed", "make_mesh", "score_pairs_global"),
+    # Leaderboards.
+    "jaxrank.ratings": (
+        "Battles",
+        "BTResult",
+        "bootstrap_ratings",
+        "elo_permutations",
+        "fit_bradley_terry",
+        "load_battles",
+        "load_leaderboard",
+        "online_elo",
+        "outcome_log_probs",
+        "rank_upper_bound",
+        "sandwich_intervals",
+        "save_leaderboard",
+        "synthetic_battles",
+    ),
+    # Judge budgets.
+    "jaxrank.allocation": ("AllocatorState", "SimulationResult", "simulate", "simulate_sweep"),
+    # p2l routing
+    "jaxrank._routing": (
+        "RoutingResult", "optimal_policy", "route", "route_average_budget", "router_rating", "router_scores",
+        "win_probabilities",
+    ),
+    # Prompt features (P2L): last-token hidden states of a causal LM or pooled sentence embeddings.
+    "jaxrank.lm.features": ("prompt_features",),
+    # evaluation
+    "jaxrank.evaluation": (
+        "DEFAULT_FRACTIONS", "PromptVotes", "load_prompt_votes", "load_scores", "kendall_tau", "pairs_agreement",
+        "spearman", "StabilityResult", "TieReductionResult", "leaderboard_stability", "tie_reduction",
+        "BudgetCurves", "budget_curves",
+    ),
+    # p2l heads, training, aggregation
+    "jaxrank.p2l": (
+        "P2LHead", "P2LLeaderboard", "P2LModel", "P2LVotes", "aggregate_leaderboard", "load_p2l", "make_p2l_votes",
+        "p2l_loss", "save_p2l", "train_p2l",
+    ),
+    # The persistent XLA compilation cache.
+    "jaxrank.cache": ("enable_compilation_cache",),
+}
+# Sub-modules that are public names themselves.
+_MODULES = ("allocation",)
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
-# Leaderboards.
-from jaxrank.ratings import (
-    Battles,
-    BTResult,
-    bootstrap_ratings,
-    elo_permutations,
-    fit_bradley_terry,
-    load_battles,
-    load_leaderboard,
-    online_elo,
-    outcome_log_probs,
-    rank_upper_bound,
-    sandwich_intervals,
-    save_leaderboard,
-    synthetic_battles,
-)
 
-# Judge budgets.
-from jaxrank import allocation
-from jaxrank.allocation import AllocatorState, SimulationResult, simulate, simulate_sweep
+def __getattr__(name: str):
+    import importlib
 
-# p2l routing
-from jaxrank._routing import RoutingResult, optimal_policy, route, route_average_budget, router_rating
-from jaxrank._routing import router_scores, win_probabilities
-# Prompt features (P2L): last-token hidden states of a causal LM or pooled sentence embeddings.
-from jaxrank.lm.features import prompt_features
-# evaluation
-from jaxrank.evaluation import DEFAULT_FRACTIONS, PromptVotes, load_prompt_votes, load_scores
-from jaxrank.evaluation import kendall_tau, pairs_agreement, spearman
-from jaxrank.evaluation import StabilityResult, TieReductionResult, leaderboard_stability, tie_reduction
-from jaxrank.evaluation import BudgetCurves, budget_curves
-# p2l heads, training, aggregation
-from jaxrank.p2l import P2LHead, P2LLeaderboard, P2LModel, P2LVotes, aggregate_leaderboard, load_p2l
-from jaxrank.p2l import make_p2l_votes, p2l_loss, save_p2l, train_p2l
+    if name in _MODULES:
+        return importlib.import_module(f"jaxrank.{name}")
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jaxrank' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "__version__",
@@ -133,4 +161,6 @@ __all__ = [
     "p2l_loss",
     "save_p2l",
     "train_p2l",
+    # compilation cache
+    "enable_compilation_cache",
 ]
