@@ -16,14 +16,21 @@ gradients there are finite (zero). Where p_v > 0 but q_v = 0, KL(P ‖ Q) and H(
 (the support of P is not inside the support of Q) and their gradients are not finite. A row whose
 logits are all `-inf` is not a distribution: its results are NaN. `+inf` and NaN logits are rejected.
 
+Values are checked without a pass of their own: the kernels return per-position FLAG_* bits from
+the statistics they compute anyway (a NaN makes its block's Σ exp NaN, `+inf` the running max
+`+inf`, an all `-inf` row leaves it at `-inf`), and concrete inputs raise from them (`check_flags`).
+Under `jit`/`vmap`/`grad` nothing is raised unless `checked=True`, which turns the same checks into
+`jax.experimental.checkify` checks (and checks that log-probabilities are normalised).
+
 Implementations (the `implementation=` keyword; all give the same numbers and gradients):
 
 - `"reference"`: `jax.nn.log_softmax` and plain sums; the definition, kept readable.
 - `"blockwise"`: one streaming pass over vocabulary blocks that keeps only per-row running
   statistics (running max m, Σ exp(x − m), and Σ exp(x_p − m) · f for the few linear terms f the
   metrics need), so no `[tokens, vocab]` float32 temporary is created; a block size that does not
-  divide the vocabulary is handled by a separate static tail block (no padding copy). Rows go
-  `ROW_BLOCK` at a time so that a `[ROW_BLOCK, block_size]` block stays in cache. With
+  divide the vocabulary is handled by a separate static tail block (no padding copy). Rows go a
+  chunk at a time so that each block stays in cache (`block_plan`: on CPU `ROW_BLOCK` rows over the
+  whole vocabulary up to `CPU_FULL_VOCAB` entries, else `DEFAULT_BLOCK_SIZE`-wide blocks). With
   lse = m + log Σ exp(x − m) and E_p[f] = Σ p f:
   KL = E_p[x_p − x_q] − lse_p + lse_q,  H(P, Q) = lse_q − E_p[x_q],  H(P) = lse_p − E_p[x_p].
   Jensen–Shannon needs the normalisers first, so it takes a second pass. A `jax.custom_vjp` saves
@@ -57,21 +64,20 @@ from jaxrank import _validation as V
 METRICS: tuple[str, ...] = ("kl", "cross_entropy", "entropy", "entropy_q", "jensen_shannon")
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "reference", "blockwise", "vocab_sharded")
 
-# Block plan of the blockwise kernel (`block_plan`). On CPU every kernel launched inside the
-# streaming loop costs a few microseconds whatever its size, so steps are few and large: a chunk of
-# ROW_BLOCK rows over the whole vocabulary when it has at most CPU_FULL_VOCAB entries ([8, 32000]
-# float32 is 1 MiB a model, in L2/L3), else DEFAULT_BLOCK_SIZE entries a step. [8, 2048] steps were
-# 2x slower at vocabulary 32,000; docs/divergence.md has the sweep. GPU_ROW_BLOCK (other backends,
-# not measured here) bounds the float32 temporaries to [GPU_ROW_BLOCK, vocab].
+# Block plan of the blockwise kernel (`block_plan`). On CPU a step's dozen small kernels each cost
+# a few microseconds whatever their size, and XLA:CPU only splits a kernel over its threads when it
+# is large: so steps are few and large, a chunk of ROW_BLOCK rows over the whole vocabulary when it
+# has at most CPU_FULL_VOCAB entries ([8, 32000] float32 is 1 MiB a model, in L2/L3), else
+# DEFAULT_BLOCK_SIZE entries a step. On the idle 2-core CPU [8, 32000] steps were 1.6-2x faster than
+# [8, 2048] ones (they run on both cores; under load, with one core to spare, they were 1.1-1.2x
+# slower); docs/divergence.md has the sweep. GPU_ROW_BLOCK (other backends, not measured here)
+# bounds the float32 temporaries to [GPU_ROW_BLOCK, vocab].
 DEFAULT_BLOCK_SIZE = 32768
 CPU_FULL_VOCAB = 65536
 ROW_BLOCK = 8
 GPU_ROW_BLOCK = 128
 # From this vocabulary size on, "auto" picks the blockwise kernel.
 AUTO_BLOCKWISE_MIN_VOCAB = 2048
-# The blockwise kernel reads logits at or below this as -inf (probability 0): no real logit is
-# anywhere near it, and a finite stand-in keeps its inner loop free of selects (see `_clamp`).
-NEG_INF_BELOW = -1e38
 
 # Per-position validity flags (`divergences(..., return_flags=True)`), int32 bits: FLAG_* for
 # logits_p, the same shifted left by FLAG_Q_SHIFT for logits_q.
@@ -212,12 +218,11 @@ def _reference(xp: jax.Array | None, xq: jax.Array | None, cfg: _Config) -> dict
 
 
 class _Acc(NamedTuple):
-    """Per-row running statistics of the streaming pass (float32 `[rows]`, flags bool `[rows]`).
+    """Per-row running statistics of the streaming pass (float32 `[rows]`; nan_* bool `[rows]`).
 
-    m_*: running max of the (clamped) logits, from `NEG_INF_BELOW`; s_*: Σ e with e = exp(x − m)
-    (exp(x) for log-probabilities); a_pp: Σ e_p x_p; a_pd: Σ e_p (x_p − x_q); a_pq: Σ e_p x_q;
-    a_qq: Σ e_q x_q, all rescaled whenever m grows; z: running max of x_p over positions where
-    x_q is -inf (p > 0 there means KL and H(P, Q) are +inf); nan_*: a NaN was seen.
+    m_*: running max; s_*: Σ exp(x − m); a_pp: Σ e_p x_p; a_pd: Σ e_p (x_p − x_q);
+    a_pq: Σ e_p x_q; a_qq: Σ e_q x_q, with e = exp(x − m) rescaled whenever m grows; nan_*: a NaN
+    logit was seen (the value flags come from these statistics, not from a pass of their own).
     """
 
     m_p: jax.Array
@@ -228,7 +233,6 @@ class _Acc(NamedTuple):
     m_q: jax.Array
     s_q: jax.Array
     a_qq: jax.Array
-    z: jax.Array
     nan_p: jax.Array
     nan_q: jax.Array
 
@@ -248,83 +252,66 @@ class _Stats(NamedTuple):
 
 
 def _rescale(a: jax.Array, factor: jax.Array) -> jax.Array:
-    # factor = exp(m_old − m_new) may underflow to 0 while a is ±inf: those entries have p = 0 at
-    # the new scale, so they vanish.
+    # factor = exp(m_old − m_new) may underflow to 0 while a is ±inf (p > 0 where q = 0 in a
+    # block far below the new max): those entries have p = 0 at the new scale, so they vanish.
     return jnp.where(factor > 0, a * factor, jnp.float32(0.0))
 
 
-def _block_stats(xc: jax.Array):
-    """(block max, e = exp(x − block max), Σ e) of a clamped float32 block `[rows, block]`.
-
-    Shifting by the block's own max (rather than the running one) keeps the max reduction inside
-    the exp's kernel: XLA:CPU hands such reduce-rooted chains to its fast fused (YNNPACK) kernels,
-    while an exp of a loop-carried value alone goes to the slower loop emitter."""
-    # The same max twice, spelled differently so that XLA keeps both: one feeds the running
-    # statistics, the other stays inside the exp's kernel (a shared max would split it out).
-    mb = -jnp.min(-xc, axis=-1)
-    e = jnp.exp(xc - jnp.max(xc, axis=-1, keepdims=True))
-    return mb, e, jnp.sum(e, axis=-1)
+def _weighted_sum(e: jax.Array, f: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.where(e > 0, e * f, jnp.float32(0.0)), axis=-1)
 
 
-def _merge(m_old: jax.Array, mb: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """New running max and the factors that bring old sums (relative to m_old) and the block's
-    (relative to mb) to it; both maxima are ≥ NEG_INF_BELOW, so the factors are finite."""
-    m_new = jnp.maximum(m_old, mb)
-    return m_new, jnp.exp(m_old - m_new), jnp.exp(mb - m_new)
+def _shift(x: jax.Array, m_old: jax.Array, log_probs: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """New running max, rescale factor for old sums, exp(x − m_new) for the block.
+
+    With log-probabilities (≤ 0) nothing is shifted or normalised; the running max then only
+    feeds the value flags."""
+    m_new = jnp.maximum(m_old, jnp.max(x, axis=-1))
+    if log_probs:
+        return m_new, jnp.ones_like(m_old), jnp.exp(x)
+    m_safe = _finite_or_zero(m_new)
+    factor = jnp.where(jnp.isneginf(m_new), jnp.float32(0.0), jnp.exp(m_old - m_safe))
+    return m_new, factor, jnp.exp(x - m_safe[:, None])
 
 
-def _saw_nan(s_block: jax.Array, mb: jax.Array) -> jax.Array:
-    # NaN logits make their block's Σ e NaN (+inf ones too, through inf − inf: those are told
-    # apart by the block max, which is +inf exactly then).
-    return jnp.isnan(s_block) & ~jnp.isposinf(mb)
+def _saw_nan(s_block: jax.Array, m_new: jax.Array) -> jax.Array:
+    # A NaN logit makes its block's Σ exp NaN; so does +inf (through inf − inf), which is told apart
+    # by the running max, +inf exactly then. (XLA:CPU's max reduction may skip NaN: not relied on.)
+    return jnp.isnan(s_block) & ~jnp.isposinf(m_new)
 
 
-def _clamp(x: jax.Array) -> jax.Array:
-    # Finite stand-in for -inf (`maximum` propagates NaN): every product in `_update` stays finite
-    # (0 · (-inf) would be NaN), so the block needs no select, which XLA:CPU would take out of its
-    # fast fused kernels.
-    return jnp.maximum(x, jnp.float32(NEG_INF_BELOW))
-
-
-def _update(acc: _Acc, xpc: jax.Array | None, xqc: jax.Array | None, cfg: _Config) -> _Acc:
-    """Fold one block of clamped float32 logits (`_take`) into the running statistics."""
-    metrics = cfg.metrics
+def _update(acc: _Acc, bp: jax.Array | None, bq: jax.Array | None, cfg: _Config) -> _Acc:
+    metrics, inv_t, lp = cfg.metrics, cfg.inv_temperature, cfg.log_probs
+    xp = None if bp is None else _scaled(bp, inv_t)
+    xq = None if bq is None else _scaled(bq, inv_t)
     m_p, s_p, a_pp, a_pd, a_pq = acc.m_p, acc.s_p, acc.a_pp, acc.a_pd, acc.a_pq
-    m_q, s_q, a_qq, z, nan_p, nan_q = acc.m_q, acc.s_q, acc.a_qq, acc.z, acc.nan_p, acc.nan_q
-
-    def fold(old, f_old, new, f_new):
-        return _rescale(old, f_old) + _rescale(new, f_new)
-
-    if xpc is not None:
-        mb, ep, sb = _block_stats(xpc)
-        m_p, f_old, f_new = _merge(acc.m_p, mb)
-        s_p = fold(acc.s_p, f_old, sb, f_new)
-        nan_p = nan_p | _saw_nan(sb, mb)
+    m_q, s_q, a_qq, nan_p, nan_q = acc.m_q, acc.s_q, acc.a_qq, acc.nan_p, acc.nan_q
+    if xp is not None:
+        m_p, f, ep = _shift(xp, acc.m_p, lp)
+        sp = jnp.sum(ep, axis=-1)
+        s_p = _rescale(acc.s_p, f) + sp
+        nan_p = nan_p | _saw_nan(sp, m_p)
         if "entropy" in metrics:
-            a_pp = fold(acc.a_pp, f_old, jnp.sum(ep * xpc, axis=-1), f_new)
+            a_pp = _rescale(acc.a_pp, f) + _weighted_sum(ep, xp)
         if "kl" in metrics:
-            a_pd = fold(acc.a_pd, f_old, jnp.sum(ep * (xpc - xqc), axis=-1), f_new)
+            a_pd = _rescale(acc.a_pd, f) + _weighted_sum(ep, xp - xq)
         if "cross_entropy" in metrics:
-            a_pq = fold(acc.a_pq, f_old, jnp.sum(ep * xqc, axis=-1), f_new)
-        if "kl" in metrics or "cross_entropy" in metrics:
-            # x_p where x_q is -inf, about NEG_INF_BELOW elsewhere (x_q − NEG_INF_BELOW ≈ 1e38).
-            z = jnp.maximum(z, jnp.max(xpc - (xqc - jnp.float32(NEG_INF_BELOW)), axis=-1))
-    if xqc is not None:
-        mb, eq, sb = _block_stats(xqc)
-        m_q, f_old, f_new = _merge(acc.m_q, mb)
-        s_q = fold(acc.s_q, f_old, sb, f_new)
-        nan_q = nan_q | _saw_nan(sb, mb)
+            a_pq = _rescale(acc.a_pq, f) + _weighted_sum(ep, xq)
+    if xq is not None:
+        m_q, f, eq = _shift(xq, acc.m_q, lp)
+        sq = jnp.sum(eq, axis=-1)
+        s_q = _rescale(acc.s_q, f) + sq
+        nan_q = nan_q | _saw_nan(sq, m_q)
         if "entropy_q" in metrics:
-            a_qq = fold(acc.a_qq, f_old, jnp.sum(eq * xqc, axis=-1), f_new)
-    return _Acc(m_p, s_p, a_pp, a_pd, a_pq, m_q, s_q, a_qq, z, nan_p, nan_q)
+            a_qq = _rescale(acc.a_qq, f) + _weighted_sum(eq, xq)
+    return _Acc(m_p, s_p, a_pp, a_pd, a_pq, m_q, s_q, a_qq, nan_p, nan_q)
 
 
-def _stream(xp: jax.Array | None, xq: jax.Array | None, cfg: _Config, step, init, row0, n_rows: int,
-            block: int, prepare=lambda b: b):
-    """Fold `step(carry, prepare(block_p), prepare(block_q))` over vocabulary blocks of rows
-    [row0, row0 + n_rows): a loop over the full blocks, then one static tail block when `block`
-    does not divide the vocabulary. Blocks are sliced straight from the inputs (slicing a row chunk
-    first would materialise it); `prepare` runs in the slice's own kernel."""
+def _stream(xp: jax.Array | None, xq: jax.Array | None, cfg: _Config, step, init, row0, n_rows: int, block: int):
+    """Fold `step(carry, block_p, block_q)` over vocabulary blocks of rows [row0, row0 + n_rows):
+    a loop over the full blocks, then one static tail block when `block` does not divide the
+    vocabulary. Blocks are sliced straight from the inputs (slicing a row chunk first would
+    materialise it)."""
     vocab = (xp if xp is not None else xq).shape[1]
     n_full, tail = divmod(vocab, block)
 
@@ -332,10 +319,8 @@ def _stream(xp: jax.Array | None, xq: jax.Array | None, cfg: _Config, step, init
         if x is None:
             return None
         if isinstance(start, int) and isinstance(row0, int):
-            b = lax.slice(x, (row0, start), (row0 + n_rows, start + size))
-        else:
-            b = lax.dynamic_slice(x, (row0, start), (n_rows, size))
-        return prepare(b)
+            return lax.slice(x, (row0, start), (row0 + n_rows, start + size))
+        return lax.dynamic_slice(x, (row0, start), (n_rows, size))
 
     carry = init
     if n_full == 1:
@@ -343,8 +328,8 @@ def _stream(xp: jax.Array | None, xq: jax.Array | None, cfg: _Config, step, init
     elif n_full > 1:
 
         def body(i, c):
-            # No whole-input convert hoisted out of the loop (XLA:CPU widens a bf16 dynamic-slice
-            # operand): each block is widened alone.
+            # The barrier keeps XLA from hoisting a whole-input convert (bfloat16 -> float32, as
+            # XLA:CPU widens the bf16 dynamic-slice) out of the loop: each block is widened alone.
             bp, bq, _ = lax.optimization_barrier((xp, xq, i))  # i: loop-variant
             return step(c, take(bp, i * block, block), take(bq, i * block, block))
 
@@ -359,9 +344,9 @@ def _combine_max(m: jax.Array, sums: list[jax.Array], axis_name: Any, log_probs:
     if axis_name is None:
         return m, sums
     m_g = lax.pmax(m, axis_name)
-    if log_probs:
+    if log_probs:  # nothing was shifted; the max only feeds the flags
         return m_g, [lax.psum(s, axis_name) for s in sums]
-    factor = jnp.exp(m - m_g)  # both ≥ NEG_INF_BELOW: finite
+    factor = jnp.where(jnp.isneginf(m_g), jnp.float32(0.0), jnp.exp(m - _finite_or_zero(m_g)))
     return m_g, [lax.psum(_rescale(s, factor), axis_name) for s in sums]
 
 
@@ -425,55 +410,45 @@ def _blockwise_stats(xp: jax.Array | None, xq: jax.Array | None, cfg: _Config) -
 
 def _row_block_stats(xp, xq, cfg: _Config, row0, n_rows: int, block: int) -> _Stats:
     """Statistics of rows [row0, row0 + n_rows): the streaming pass, the cross-shard combination,
-    and the Jensen–Shannon pass."""
+    the Jensen–Shannon pass, and the value flags."""
     metrics, ax, log_probs = cfg.metrics, cfg.axis_name, cfg.log_probs
     zeros = _row_zeros(xp, xq, n_rows)
-    m0 = jnp.full_like(zeros, NEG_INF_BELOW)
+    m0 = jnp.full_like(zeros, _NEG_INF)
     no = _row_zeros(xp, xq, n_rows, bool)
-    init = _Acc(m0, zeros, zeros, zeros, zeros, m0, zeros, zeros, jnp.full_like(zeros, _NEG_INF), no, no)
-    acc = _stream(xp, xq, cfg, lambda c, bp, bq: _update(c, bp, bq, cfg), init, row0, n_rows, block,
-                  prepare=lambda b: _clamp(_scaled(b, cfg.inv_temperature)))
+    acc = _stream(xp, xq, cfg, lambda c, bp, bq: _update(c, bp, bq, cfg),
+                  _Acc(m0, zeros, zeros, zeros, zeros, m0, zeros, zeros, no, no), row0, n_rows, block)
 
     m_p, (s_p, a_pp, a_pd, a_pq) = _combine_max(acc.m_p, [acc.s_p, acc.a_pp, acc.a_pd, acc.a_pq], ax, log_probs)
     m_q, (s_q, a_qq) = _combine_max(acc.m_q, [acc.s_q, acc.a_qq], ax, log_probs)
-    z = acc.z if ax is None else lax.pmax(acc.z, ax)
     nan_p, nan_q = _any(acc.nan_p, ax), _any(acc.nan_q, ax)
     out_zeros = _psum(zeros, ax)  # zeros that vary over the mesh axes like the combined statistics
-    # A row whose logits are all -inf (max still NEG_INF_BELOW) is no distribution.
-    empty_p, empty_q = m_p <= NEG_INF_BELOW, m_q <= NEG_INF_BELOW
     if log_probs:
-        # No normalisation: Σ exp(x) f = exp(m) Σ exp(x − m) f (the sums are relative to m); rows
-        # of only -inf carry no mass, so they add nothing (as in the reference).
         lse_p = lse_q = out_zeros
-        norm_p, norm_q = jnp.exp(-m_p), jnp.exp(-m_q)
-        a_pp, a_pd, a_pq = (jnp.where(empty_p, 0.0, a) for a in (a_pp, a_pd, a_pq))
-        a_qq = jnp.where(empty_q, 0.0, a_qq)
-        violation = jnp.exp(z) > 0
+        norm_p = norm_q = jnp.ones_like(out_zeros)
     else:
-        lse_p = jnp.where(empty_p, _NEG_INF, m_p + jnp.log(s_p))
-        lse_q = jnp.where(empty_q, _NEG_INF, m_q + jnp.log(s_q))
+        lse_p, lse_q = m_p + jnp.log(s_p), m_q + jnp.log(s_q)
         norm_p, norm_q = s_p, s_q
-        violation = jnp.exp(z - m_p) > 0
-    inf = jnp.float32(jnp.inf)
-    # p > 0 where q = 0: KL and H(P, Q) are +inf (the clamped sums above are finite there).
-    kl = jnp.where(violation, inf, a_pd / norm_p - lse_p + lse_q)
-    ce = jnp.where(violation, inf, lse_q - a_pq / norm_p)
+    kl = a_pd / norm_p - lse_p + lse_q
+    ce = lse_q - a_pq / norm_p
     h_p = lse_p - a_pp / norm_p
     h_q = lse_q - a_qq / norm_q
     js_p = js_q = out_zeros
     if "jensen_shannon" in metrics:
         js_p, js_q = _jensen_shannon_pass(xp, xq, lse_p, lse_q, cfg, row0, n_rows, block)
+    empty_p, empty_q = jnp.isneginf(m_p), jnp.isneginf(m_q)  # every logit -inf: no distribution
     if not log_probs:
-        # A row of only -inf logits is no distribution: NaN, as in the reference.
+        # A row of only -inf logits is no distribution: NaN, as in the reference (lse = -inf).
         nan = jnp.float32(jnp.nan)
-        kl, ce = (jnp.where(empty_p | empty_q, nan, v) for v in (kl, ce))
-        h_p = jnp.where(empty_p, nan, h_p)
-        h_q = jnp.where(empty_q, nan, h_q)
-        js_p, js_q = (jnp.where(empty_p | empty_q, nan, v) for v in (js_p, js_q))
+        bad_p, bad_q = jnp.isneginf(lse_p), jnp.isneginf(lse_q)
+        kl, ce = (jnp.where(bad_p | bad_q, nan, v) for v in (kl, ce))
+        h_p = jnp.where(bad_p, nan, h_p)
+        h_q = jnp.where(bad_q, nan, h_q)
+        js_p, js_q = (jnp.where(bad_p | bad_q, nan, v) for v in (js_p, js_q))
     tol = normalised_tol((xp if xp is not None else xq).dtype)
-    flags = _flag_bits(nan_p, m_p, empty_p, m_p + jnp.log(s_p), log_probs, tol) if xp is not None else None
+    # With log_probs the sums are unshifted: log Σ exp(x) is log s, 0 for log-probabilities.
+    flags = None if xp is None else _flag_bits(nan_p, m_p, empty_p, jnp.log(s_p), log_probs, tol)
     if xq is not None:
-        bits_q = _flag_bits(nan_q, m_q, empty_q, m_q + jnp.log(s_q), log_probs, tol) << FLAG_Q_SHIFT
+        bits_q = _flag_bits(nan_q, m_q, empty_q, jnp.log(s_q), log_probs, tol) << FLAG_Q_SHIFT
         flags = bits_q if flags is None else flags | bits_q
     return _Stats(lse_p, lse_q, kl, ce, h_p, h_q, js_p, js_q, flags)
 
@@ -488,8 +463,8 @@ def _flag_bits(nan, m, empty, log_mass, log_probs: bool, tol: float) -> jax.Arra
     bits = (jnp.where(nan, FLAG_NAN, 0) | jnp.where(jnp.isposinf(m), FLAG_POSINF, 0)
             | jnp.where(empty, FLAG_EMPTY, 0))
     if log_probs:
-        # log Σ exp(x) of log-probabilities is 0; an empty row (-inf) is flagged here too.
-        bits = bits | jnp.where(empty | ~(jnp.abs(log_mass) <= tol), FLAG_UNNORMALISED, 0)
+        # log Σ exp(x) of log-probabilities is 0; an empty row (log 0 = -inf) is flagged here too.
+        bits = bits | jnp.where(~(jnp.abs(log_mass) <= tol), FLAG_UNNORMALISED, 0)
     return bits.astype(jnp.int32)
 
 
