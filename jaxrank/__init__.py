@@ -30,7 +30,6 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "jaxrank.divergence": ("METRICS", "cross_entropy", "divergences", "entropy", "jensen_shannon", "kl_divergence"),
     "jaxrank.scoring": ("EmptySequenceWarning", "prioritize", "score_pairs", "sequence_kl_estimate"),
     "jaxrank.sharding": ("initialize_distributed", "make_mesh", "score_pairs_global"),
-    # Leaderboards.
     # The vote table.
     "jaxrank.votes": ("VoteRows", "Votes", "load_votes"),
     # Leaderboards.
@@ -63,8 +62,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "jaxrank.evaluation": (
         "DEFAULT_FRACTIONS", "load_scores", "kendall_tau", "pairs_agreement",
         "spearman", "StabilityResult", "TieReductionResult", "leaderboard_stability", "tie_reduction",
-        "BudgetCurves", "budget_curves",
+        "BudgetCurves", "budget_curves", "DesignCurves", "design_curves",
     ),
+    # Active sampling: designs, design-weighted and prediction-powered leaderboards.
+    "jaxrank.active": ("DesignLeaderboard", "design_leaderboard", "load_plan"),
     # p2l heads, training, aggregation
     "jaxrank.p2l": (
         "P2LHead", "P2LLeaderboard", "P2LModel", "aggregate_leaderboard", "load_p2l", "p2l_loss", "save_p2l",
@@ -74,7 +75,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "jaxrank.cache": ("enable_compilation_cache",),
 }
 # Sub-modules that are public names themselves.
-_MODULES = ("allocation",)
+_MODULES = ("allocation", "active")
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
