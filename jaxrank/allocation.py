@@ -535,7 +535,15 @@ def _run(
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(allocators: tuple[str, ...], num_items, m, steps, num_ckpt, delta, mesh):
+def _compiled(allocators: tuple[str, ...], num_items, m, steps, checkpoints: tuple[int, ...], delta, mesh,
+              num_runs):
+    """The whole simulation as one jitted function of (key, sampler, true_means, variances, is_ckpt, slot).
+
+    Everything from the run keys to the split error curves happens inside it: each eager jax operation outside
+    would be traced, lowered and compiled (or loaded from the compilation cache) on its own, which cost more
+    than the simulation itself in a short CLI run."""
+    num_ckpt = len(checkpoints)
+
     def one(words, sampler, true_means, variances, is_ckpt, slot):
         out = {}
         for a in allocators:
@@ -547,13 +555,29 @@ def _compiled(allocators: tuple[str, ...], num_items, m, steps, num_ckpt, delta,
             )
         return out
 
-    if mesh is None:
-        return jax.jit(one)
-    axes = tuple(mesh.axis_names)
-    sharded = jax.shard_map(
-        one, mesh=mesh, in_specs=(P(axes), P(), P(), P(), P(), P()), out_specs=P(axes), check_vma=False
-    )
-    return jax.jit(sharded)
+    if mesh is not None:
+        axes = tuple(mesh.axis_names)
+        one = jax.shard_map(
+            one, mesh=mesh, in_specs=(P(axes), P(), P(), P(), P(), P()), out_specs=P(axes), check_vma=False
+        )
+
+    def simulation(key, sampler, true_means, variances, is_ckpt, slot):
+        words = run_key_words(key, num_runs)
+        if mesh is not None:
+            runs = NamedSharding(mesh, P(axes))
+            explicit = all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+            words = jax.reshard(words, runs) if explicit else lax.with_sharding_constraint(words, runs)
+        true_means = sampler.means if true_means is None else true_means
+        variances = sampler.variances if variances is None else variances
+        raw = one(words, sampler, true_means.astype(jnp.float32), variances.astype(jnp.float32), is_ckpt, slot)
+        budgets = jnp.asarray(checkpoints, jnp.int32)
+        results = {}
+        for a, (counts, mean, errs) in raw.items():
+            res = SimulationResult(budgets, errs[..., 0], errs[..., 1], errs[..., 2], counts, mean)
+            results[a] = res if num_runs is not None else SimulationResult(budgets, *(x[0] for x in res[1:]))
+        return results
+
+    return jax.jit(simulation)
 
 
 def _default_checkpoints(budget: int, num_items: int, m: int) -> list[int]:
@@ -599,13 +623,10 @@ def _prepare(sampler, allocators, budget, checkpoints, batch_size, delta, num_ru
     if mesh is not None:
         if num_runs is None or num_runs % mesh.size:
             raise ValueError(f"num_runs {num_runs} must be a multiple of the mesh size {mesh.size} to shard runs")
-    tm = sampler.means if true_means is None else jnp.asarray(V.as_array(true_means, "true_means"), jnp.float32)
-    if tuple(tm.shape) != (K,):
-        raise ValueError(f"true_means must have shape [num_items] = ({K},), got {V.describe(tm)}")
-    var = sampler.variances if variances is None else jnp.asarray(V.as_array(variances, "variances"), jnp.float32)
-    if tuple(var.shape) != (K,):
-        raise ValueError(f"variances must have shape [num_items] = ({K},), got {V.describe(var)}")
-    if V.is_concrete(var) and not bool(jnp.all(jnp.isfinite(var) & (var >= 0))):
+    # Host-side checks in NumPy: an eager jnp operation here would be one more program to compile per run.
+    tm = None if true_means is None else _host_vector(true_means, "true_means", K)
+    var = None if variances is None else _host_vector(variances, "variances", K)
+    if var is not None and V.is_concrete(var) and not np.all(np.isfinite(var) & (np.asarray(var) >= 0)):
         raise ValueError("variances must be finite and >= 0")
     steps = budget // m
     is_ckpt = np.zeros(steps, bool)
@@ -613,31 +634,28 @@ def _prepare(sampler, allocators, budget, checkpoints, batch_size, delta, num_ru
     for c_i, c in enumerate(ck):
         is_ckpt[c // m - 1] = True
         slot[c // m - 1] = c_i
-    return K, m, delta, steps, ck, num_runs, jnp.asarray(tm, jnp.float32), jnp.asarray(var, jnp.float32), is_ckpt, slot
+    return K, m, delta, steps, ck, num_runs, tm, var, is_ckpt, slot
+
+
+def _host_vector(x: Any, name: str, num_items: int) -> Any:
+    """float32 `[K]` as NumPy when concrete (a tracer is passed through), shape checked."""
+    x = V.as_array(x, name)
+    x = np.asarray(x, np.float32) if V.is_concrete(x) else x.astype(jnp.float32)
+    if tuple(x.shape) != (num_items,):
+        raise ValueError(f"{name} must have shape [num_items] = ({num_items},), got {V.describe(x)}")
+    return x
 
 
 def _execute(key, sampler, allocators, budget, checkpoints, batch_size, delta, num_runs, mesh, true_means, variances):
     K, m, delta, steps, ck, num_runs, tm, var, is_ckpt, slot = _prepare(
         sampler, allocators, budget, checkpoints, batch_size, delta, num_runs, mesh, true_means, variances
     )
-    words = run_key_words(key, num_runs)
-    args = [words, sampler, tm, var, jnp.asarray(is_ckpt), jnp.asarray(slot)]
+    args = [key, sampler, tm, var, is_ckpt, slot]
     if mesh is not None:
-        axes = tuple(mesh.axis_names)
-        args[0] = jax.device_put(words, NamedSharding(mesh, P(axes)))
         rep = NamedSharding(mesh, P())
-        args[1:] = [jax.device_put(a, rep) for a in args[1:]]
-    fn = _compiled(tuple(allocators), K, m, steps, len(ck), delta, mesh)
-    raw = fn(*args)
-    budgets = jnp.asarray(ck, jnp.int32)
-    out = {}
-    for a in allocators:
-        counts, mean, errs = raw[a]
-        res = SimulationResult(budgets, errs[..., 0], errs[..., 1], errs[..., 2], counts, mean)
-        if num_runs is None:
-            res = SimulationResult(budgets, *(x[0] for x in res[1:]))
-        out[a] = res
-    return out
+        args[1:] = [None if a is None else jax.device_put(a, rep) for a in args[1:]]
+    fn = _compiled(tuple(allocators), K, m, steps, tuple(ck), delta, mesh, num_runs)
+    return fn(*args)
 
 
 def simulate(

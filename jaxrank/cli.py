@@ -1,6 +1,10 @@
 """The `jaxrank` command line: `jaxrank --help`; every sub-command has `--help`.
 
 Bad input exits with status 2 and one line, `jaxrank: error: ...`, naming the argument.
+
+Start-up is kept short: building the parser imports no JAX (each command imports what it needs when
+it runs), and compiled XLA programs are kept in JAX's persistent compilation cache between runs
+(`jaxrank.cache`: `~/.cache/jaxrank/xla` by default; `--no-cache` or `JAXRANK_NO_CACHE=1` turn it off).
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from jaxrank.commands._common import CliError, err_console
 
@@ -23,6 +27,19 @@ COMMAND_MODULES = (
     "jaxrank.commands.p2l",
 )
 
+_NO_CACHE_HELP = ("do not use the persistent compilation cache (default: on, in $JAXRANK_CACHE_DIR or "
+                  "$XDG_CACHE_HOME/jaxrank/xla or ~/.cache/jaxrank/xla; JAXRANK_NO_CACHE=1 turns it off too)")
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every parser below `parser` that has no sub-commands of its own."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+            yield from _leaf_parsers(child)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from jaxrank import __version__
@@ -32,10 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Label-efficient LLM evaluation on accelerators (JAX).",
     )
     parser.add_argument("--version", action="version", version=f"jaxrank {__version__}")
+    parser.add_argument("--no-cache", action="store_true", help=_NO_CACHE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    # Also accepted after the sub-command (`jaxrank leaderboard v.csv --no-cache`); SUPPRESS keeps a
+    # sub-command's default from overwriting the top-level flag.
+    for leaf in _leaf_parsers(parser):
+        leaf.add_argument("--no-cache", action="store_true", default=argparse.SUPPRESS, help=_NO_CACHE_HELP)
     return parser
 
 
@@ -43,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if not args.no_cache:
+            from jaxrank.cache import enable_compilation_cache
+
+            enable_compilation_cache()
         return int(args.func(args) or 0)
     except CliError as err:
         err_console.print(f"jaxrank: error: {err}", markup=False, highlight=False, soft_wrap=True)

@@ -8,6 +8,10 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLI turns JAX's persistent compilation cache on in ~/.cache/jaxrank; tests that call it in-process
+# must not write there (tests of the cache itself run subprocesses with a temporary folder).
+os.environ["JAXRANK_NO_CACHE"] = "1"
+os.environ.pop("JAXRANK_CACHE_DIR", None)
 
 import pytest  # noqa: E402
 
