@@ -13,9 +13,21 @@ import argparse
 import warnings
 from typing import Any
 
-from jaxrank.commands._common import VOTE_PRESETS, CliError, console, err_console, input_path, output_path, vote_maps
+from jaxrank.commands._common import (
+    FIGURE_FORMATS,
+    TABLE_FORMATS,
+    VOTE_PRESETS,
+    CliError,
+    check_distinct,
+    console,
+    err_console,
+    input_path,
+    output_path,
+    resource_flags,
+    vote_maps,
+)
 
-_PLOT_FORMATS = (".png", ".pdf", ".svg")
+_FLAGS = {"num_random": "--num-random", "num_bootstrap": "--bootstrap", "num_permutations": "--permutations"}
 _COLUMN_KEYS = ("model_a", "model_b", "winner", "prompt_id")
 
 
@@ -93,9 +105,9 @@ def _common_args(p: argparse.ArgumentParser) -> None:
                    help="known vote layouts, as for 'jaxrank leaderboard': arena (the default columns and labels), "
                         "llmfao (left/right/winner, prompt ids in column prompt)")
     p.add_argument("--winner-labels", metavar="MAP", help="winner labels, e.g. left=model_a,right=model_b,tie=tie")
-    p.add_argument("--out", metavar="FILE", help="write the table as CSV")
+    p.add_argument("--out", metavar="FILE", help="write the table (.csv, .tsv, .jsonl or .parquet)")
     p.add_argument("--plot", metavar="FILE", help="write the figure (.png, .pdf, .svg)")
-    p.add_argument("--force", action="store_true", help="overwrite --out/--plot if they exist")
+    p.add_argument("--force", action="store_true", help="replace --out/--plot if they exist (files only)")
 
 
 def _parse_fractions(text: str) -> list[float]:
@@ -127,12 +139,10 @@ def _load(args: argparse.Namespace):
         raise CliError(f"--ci must lie strictly between 0 and 1, got {args.ci}")
     if args.num_random < 2:
         raise CliError(f"--num-random must be >= 2, got {args.num_random}")
-    out = output_path(args.out, force=args.force, arg="--out")
-    if out is not None and out.suffix.lower() != ".csv":
-        raise CliError(f"--out {out}: expected a .csv file, got {out.suffix or '(no suffix)'!r}")
-    plot = output_path(args.plot, force=args.force, arg="--plot")
-    if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
-        raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
+    inputs = [scores_path, votes_path]
+    out = output_path(args.out, force=args.force, arg="--out", inputs=inputs, suffixes=TABLE_FORMATS)
+    plot = output_path(args.plot, force=args.force, arg="--plot", inputs=inputs, suffixes=FIGURE_FORMATS)
+    check_distinct(out, plot)
     columns, labels = vote_maps(args.preset, args.columns, args.winner_labels, column_keys=_COLUMN_KEYS)
     prompt_column = args.prompt_column or ("prompt" if args.preset == "llmfao" else "prompt_id")
     try:
@@ -152,7 +162,8 @@ def _evaluate(fn, args: argparse.Namespace, scores_path, votes_path, **kwargs):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            res = fn(**kwargs)
+            with resource_flags(**_FLAGS):
+                res = fn(**kwargs)
         except ValueError as err:
             text = str(err)
             if text.startswith("scores"):
@@ -174,13 +185,14 @@ def run_ties(args: argparse.Namespace) -> int:
     import jax
 
     from jaxrank.evaluation import tie_reduction
+    from jaxrank.outputs import write_table
 
     scores, votes, out, plot, fractions, votes_path, scores_path = _load(args)
     res = _evaluate(tie_reduction, args, scores_path, votes_path, scores=scores, votes=votes, fractions=fractions,
                     num_random=args.num_random, confidence=args.ci, key=jax.random.key(args.seed))
     frame = res.to_frame()
     if out is not None:
-        frame.to_csv(out, index=False)
+        write_table(frame, out)
     if plot is not None:
         from jaxrank.plots import plot_tie_reduction
 
@@ -197,7 +209,7 @@ def run_ties(args: argparse.Namespace) -> int:
                       _fmt(res.tie_rate_top[i]), _fmt(res.tie_rate_random[i]), _fmt(res.reduction[i]),
                       f"[{_fmt(res.lower[i])}, {_fmt(res.upper[i])}]")
     console.print(table)
-    written = [str(p) for p in (out, plot) if p is not None]
+    written = [p.named for p in (out, plot) if p is not None]
     if written:
         err_console.print(f"wrote {', '.join(written)}", highlight=False)
     return 0
@@ -207,6 +219,7 @@ def run_stability(args: argparse.Namespace) -> int:
     import jax
 
     from jaxrank.evaluation import leaderboard_stability
+    from jaxrank.outputs import write_table
 
     if args.permutations < 2:
         raise CliError(f"--permutations must be >= 2, got {args.permutations}")
@@ -222,7 +235,7 @@ def run_stability(args: argparse.Namespace) -> int:
     )
     frame = res.to_frame()
     if out is not None:
-        frame.to_csv(out, index=False)
+        write_table(frame, out)
     if plot is not None:
         from jaxrank.plots import plot_stability
 
@@ -249,7 +262,7 @@ def run_stability(args: argparse.Namespace) -> int:
             _fmt(r["spearman"]), _fmt(r["pairs_agree"]), _fmt(r["max_rating_diff"], 1), _fmt(r["random_max_rating_diff"], 1),
         )
     console.print(table)
-    written = [str(p) for p in (out, plot) if p is not None]
+    written = [p.named for p in (out, plot) if p is not None]
     if written:
         err_console.print(f"wrote {', '.join(written)}", highlight=False)
     return 0

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import pathlib
-import time
 import warnings
 from typing import Any
 
 from jaxrank.commands._common import (
+    FIGURE_FORMATS,
+    TABLE_FORMATS,
     VOTE_PRESETS,
+    ChunkProgress,
     CliError,
+    check_distinct,
     console,
     err_console,
     input_path,
     output_path,
-    progress,
+    resource_flags,
     vote_maps,
 )
 
-_OUT_FORMATS = (".csv", ".jsonl", ".parquet")
-_PLOT_FORMATS = (".png", ".pdf", ".svg")
 _COLUMN_KEYS = ("model_a", "model_b", "winner", "weight")
 
 
@@ -70,46 +70,20 @@ def _parse_anchor(text: str) -> tuple[str, float]:
     return model, value
 
 
-class _Progress:
-    """Bootstrap progress: a rich bar, shown only once the run has taken more than a second."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.bar = None
-        self.task = None
-
-    def __call__(self, done: int, total: int) -> None:
-        elapsed = time.perf_counter() - self.start
-        if self.bar is None and elapsed > 1.0 and done < total:
-            self.bar = progress("bootstrap", total)
-            self.bar.start()
-            self.task = self.bar.add_task("bootstrap", total=total, rate="")
-        if self.bar is not None:
-            rate = f"{done / max(elapsed, 1e-9):.0f} rounds/s"
-            self.bar.update(self.task, completed=done, rate=rate)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
-def _write_table(frame, path: pathlib.Path) -> None:
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        frame.to_csv(path, index=False)
-    elif suffix == ".jsonl":
-        frame.to_json(path, orient="records", lines=True)
-    else:
-        frame.to_parquet(path, index=False)
-
-
 def run(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
     import pandas as pd
 
+    from jaxrank.outputs import write_table
     from jaxrank.ratings import fit_bradley_terry, load_battles
-    from jaxrank.ratings.uncertainty import bootstrap_ratings, rank_upper_bound, sandwich_intervals, save_leaderboard
+    from jaxrank.ratings.uncertainty import (
+        bootstrap_plan,
+        bootstrap_ratings,
+        rank_upper_bound,
+        sandwich_intervals,
+        save_leaderboard,
+    )
 
     # Validate everything cheap before reading or fitting.
     votes = input_path(args.votes, arg="VOTES")
@@ -124,17 +98,11 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--ci must lie strictly between 0 and 1, got {args.ci}")
     if args.l2 < 0:
         raise CliError(f"--l2 must be >= 0, got {args.l2}")
-    out = output_path(args.out, force=args.force, arg="--out")
-    if out is not None and out.suffix.lower() not in _OUT_FORMATS:
-        raise CliError(f"--out {out}: unknown format {out.suffix or '(none)'!r}; use .csv, .jsonl or .parquet")
-    plot = output_path(args.plot, force=args.force, arg="--plot")
-    if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
-        raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
-    save = pathlib.Path(args.save) if args.save else None
-    if save is not None and save.exists() and not args.force:
-        raise CliError(f"--save {save} already exists; pass --force to overwrite it")
-    if save is not None and not save.absolute().parent.exists():
-        raise CliError(f"--save {save}: folder {save.absolute().parent} does not exist")
+    # Every target, before any work: folder exists and is writable, not the input, --force rules.
+    out = output_path(args.out, force=args.force, arg="--out", inputs=[votes], suffixes=TABLE_FORMATS)
+    plot = output_path(args.plot, force=args.force, arg="--plot", inputs=[votes], suffixes=FIGURE_FORMATS)
+    save = output_path(args.save, force=args.force, arg="--save", kind="dir", inputs=[votes])
+    check_distinct(out, plot, save)
 
     columns, labels = vote_maps(args.preset, args.columns, args.winner_labels, column_keys=_COLUMN_KEYS)
     anchor, anchor_rating = _parse_anchor(args.anchor) if args.anchor else (None, None)
@@ -145,15 +113,19 @@ def run(args: argparse.Namespace) -> int:
         if anchor is not None and anchor not in battles.models:
             raise CliError(f"--anchor: {anchor!r} is not one of the {battles.num_models} models in {votes}")
         fit_opts = {"l2": args.l2, "anchor": anchor, "anchor_rating": anchor_rating}
+        if args.bootstrap >= 2:
+            with resource_flags(num_rounds="--bootstrap"):  # the plan, before the fit
+                plan = bootstrap_plan(battles, num_rounds=args.bootstrap, ties=args.ties)
         fit = fit_bradley_terry(battles, ties=args.ties, **fit_opts)
         if args.bootstrap >= 2:
-            bar = _Progress()
+            bar = ChunkProgress("bootstrap", "rounds")
             try:
-                # ~20 chunks (same compiled shape), so the bar moves; rounds do not depend on chunking.
+                # At least ~20 chunks (same compiled shape), so the bar moves and Ctrl-C stops the run between
+                # two of them; never more per chunk than the memory plan allows. Rounds do not depend on chunking.
                 intervals = bootstrap_ratings(
                     jax.random.key(args.seed), battles, num_rounds=args.bootstrap, ties=args.ties,
-                    confidence=args.ci, progress=bar, fit=fit, chunk_size=max(1, -(-args.bootstrap // 20)),
-                    **fit_opts,
+                    confidence=args.ci, progress=bar, fit=fit,
+                    chunk_size=max(1, min(plan.chunk_size, -(-args.bootstrap // 20))), **fit_opts,
                 )
             finally:
                 bar.close()
@@ -193,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     frame = frame.sort_values(["rating", "model"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
     if out is not None:
-        _write_table(frame, out)
+        write_table(frame, out)
     if plot is not None:
         from jaxrank.plots import plot_leaderboard
 
@@ -214,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(str(row.rank_ub), str(row.model), f"{row.rating:.1f}", f"{row.lower:.1f}", f"{row.upper:.1f}",
                       f"{row.battles:g}")
     console.print(table)
-    written = [str(p) for p in (out, plot, save) if p is not None]
+    written = [p.named for p in (out, plot, save) if p is not None]
     if written:
         err_console.print(f"wrote {', '.join(written)}", highlight=False)
     return 0
