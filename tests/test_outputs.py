@@ -282,3 +282,16 @@ def test_new_file_never_overwrites(tmp_path):
     assert (a.name, b.name) == ("demo.jsonl", "demo-1.jsonl") and a.read_text() == "a" and b.read_text() == "b"
     with pytest.raises(OutputError, match="exists and is not a folder"):
         new_file(a, "demo", ".jsonl", lambda p: p.write_text("c"))
+
+
+def test_prioritize_rows_by_suffix(tmp_path):
+    from jaxrank.commands.prioritize import write_rows
+
+    rows = [{"rank": 1, "id": "q1", "score": 0.5, "stderr": float("nan"), "selected": True},
+            {"rank": 2, "id": "q2", "score": 0.25, "stderr": 0.1, "selected": False}]
+    for suffix in (".jsonl", ".csv", ".parquet"):
+        write_rows(rows, check_output(tmp_path / f"ranked{suffix}"))
+    assert [line for line in (tmp_path / "ranked.jsonl").read_text().splitlines()][0].startswith('{"rank": 1')
+    frame = pd.read_parquet(tmp_path / "ranked.parquet")
+    assert list(frame["id"]) == ["q1", "q2"] and frame["stderr"].isna().tolist() == [True, False]
+    assert list(pd.read_csv(tmp_path / "ranked.csv")["rank"]) == [1, 2]
