@@ -41,7 +41,7 @@ import scipy.optimize
 import scipy.stats
 
 from jaxrank import evaluation as E
-from jaxrank.ratings import LLMFAO_FORMAT
+from jaxrank import load_votes
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llmfao" / "crowd-comparisons.csv"
@@ -120,15 +120,15 @@ def stability_scipy(values, votes, fractions, num_random, num_bootstrap, seed):
     """The same lanes as jaxrank's (top-q, bootstrap over prompts with paired gold, random subsets), each a
     SciPy fit in a Python loop."""
     rng = np.random.default_rng(seed)
-    battles = votes.to_battles()
+    battles = votes.rows()
     a, b, o = (np.asarray(x) for x in (battles.a, battles.b, battles.outcome))
-    row = np.asarray(battles.vote_row)
+    row = np.asarray(battles.vote_row)[:, 0]
     u, m, p = battles.num_rows, votes.num_models, votes.num_prompts
     order = np.argsort(-values, kind="stable")
     sizes = E._subset_sizes(np.asarray(fractions), p)
 
     def fit(prompt_weights):
-        return bt_scipy(a, b, o, np.bincount(row, prompt_weights[votes.prompt_index], u), m)
+        return bt_scipy(a, b, o, np.bincount(row, prompt_weights[votes.prompt], u), m)
 
     # At q = 1 every lane is gold (or the round's gold*): not refitted, as jaxrank does.
     gold = fit(np.ones(p))
@@ -174,7 +174,7 @@ def stability_elo_python(votes, values, fractions, num_random, num_permutations,
     for perm in perms:
         lane = [elo_python(a, b, o, perm, m)]
         for k, t in zip(sizes, tops):
-            sel = t[votes.prompt_index]
+            sel = t[votes.prompt]
             lane.append(elo_python(a, b, o, perm[sel[perm]], m) if k < p else lane[0])
         per.append(lane)
     for k in sizes[sizes < p]:
@@ -182,7 +182,7 @@ def stability_elo_python(votes, values, fractions, num_random, num_permutations,
             s = np.zeros(p, bool)
             s[rng.choice(p, k, replace=False)] = True
             perm = perms[j % num_permutations]
-            elo_python(a, b, o, perm[s[votes.prompt_index][perm]], m)
+            elo_python(a, b, o, perm[s[votes.prompt][perm]], m)
     return np.median(np.asarray(per)[:, 0], axis=0)
 
 
@@ -201,8 +201,7 @@ def main() -> None:
     if not DATA.exists():
         raise SystemExit(f"{DATA} is absent (see shared/data/README.md)")
     df = pd.read_csv(DATA)
-    votes = E.load_prompt_votes(df, columns={**LLMFAO_FORMAT["columns"], "prompt_id": "prompt"},
-                                winner_labels=LLMFAO_FORMAT["winner_labels"])
+    votes = load_votes(df, format="llmfao")
     values = np.random.default_rng(args.seed).random(votes.num_prompts)
     fractions = [round((i + 1) / args.fractions, 6) for i in range(args.fractions)]
     rows = []

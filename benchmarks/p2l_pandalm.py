@@ -86,11 +86,13 @@ def main() -> None:
     import pandas as pd
 
     from jaxrank.lm.features import prompt_features
-    from jaxrank.p2l import _LOSS_TIES, make_p2l_votes, train_p2l
-    from jaxrank.ratings import battles_from_arrays, fit_bradley_terry
+    from jaxrank import Votes
+    from jaxrank.p2l import LOSS_TIES, train_p2l
+    from jaxrank.ratings import fit_bradley_terry
 
     prompts, a, b, winner, prompt = load_pandalm(DATA)
-    votes = make_p2l_votes(a, b, winner, prompt, num_prompts=len(prompts))
+    # Prompt p is prompts[p] (the rows of the features): the prompt table in that order.
+    votes = Votes.from_arrays(a, b, winner).replace(prompt=prompt, prompt_ids=tuple(str(i) for i in range(len(prompts))))
     print(f"PandaLM: {votes.num_votes} votes on {len(prompts)} distinct prompts, {votes.num_models} models "
           f"({', '.join(votes.models)}); ties {np.mean(votes.outcome == 2):.1%}")
     rows = []
@@ -115,12 +117,7 @@ def main() -> None:
                 beta, alpha = model.coefficients(feats)
                 p2l = per_vote_nll(beta, alpha, test, loss)
                 # The prompt-blind baseline: one Bradley–Terry fit of the training votes, same likelihood.
-                names = np.asarray(train.models)
-                bt = fit_bradley_terry(
-                    battles_from_arrays(names[train.a], names[train.b],
-                                        np.asarray(["model_a", "model_b", "tie", "tie (bothbad)"])[train.outcome],
-                                        models=train.models),
-                    ties=_LOSS_TIES[loss])
+                bt = fit_bradley_terry(train, ties=LOSS_TIES[loss])
                 theta = np.broadcast_to(np.asarray(bt.theta), beta.shape)
                 tie = None if alpha is None else np.full(beta.shape[0], float(bt.tie_param), np.float32)
                 glob = per_vote_nll(jax.numpy.asarray(theta), None if tie is None else jax.numpy.asarray(tie), test,

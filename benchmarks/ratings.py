@@ -45,15 +45,9 @@ sys.path.insert(0, str(REPO))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jaxrank.ratings import (  # noqa: E402
-    LLMFAO_FORMAT,
-    OUTCOME_NAMES,
-    bootstrap_ratings,
-    elo_permutations,
-    fit_bradley_terry,
-    load_battles,
-    synthetic_battles,
-)
+from jaxrank import load_votes  # noqa: E402
+from jaxrank.ratings import bootstrap_ratings, elo_permutations, fit_bradley_terry, synthetic_votes  # noqa: E402
+from jaxrank.votes import OUTCOME_NAMES  # noqa: E402
 
 K = 400.0 / math.log(10.0)
 ARENA_VENV = REPO / ".venv-arena"
@@ -152,9 +146,10 @@ def fastchat_compute_elo(battles, K=4, SCALE=400, BASE=10, INIT_RATING=1000):
     return rating
 
 
-def choix_fit(battles):
+def choix_fit(votes):
     import choix
 
+    battles = votes.rows()
     m = battles.num_models
     a, b, o = (np.asarray(x) for x in (battles.a, battles.b, battles.outcome))
     c = np.asarray(battles.count, np.float64)
@@ -231,12 +226,12 @@ def extrapolate(seconds: float, timed_rounds: int, target: int) -> float:
 
 def votes_frame(battles, order=None) -> pd.DataFrame:
     names = np.asarray(battles.models, dtype=object)
-    if battles.has_vote_order:
-        row = np.asarray(battles.vote_row)
+    if battles.count is None:
+        row = np.arange(len(battles))
     else:
-        row = np.repeat(np.arange(battles.num_rows), np.rint(np.asarray(battles.count)).astype(np.int64))
+        row = np.repeat(np.arange(len(battles)), battles.count)
         row = row[np.random.default_rng(0).permutation(row.size)]  # a random vote order
-    a, b, o = np.asarray(battles.a)[row], np.asarray(battles.b)[row], np.asarray(battles.outcome)[row]
+    a, b, o = battles.a[row], battles.b[row], battles.outcome[row]
     return pd.DataFrame({"model_a": names[a], "model_b": names[b], "winner": np.asarray(OUTCOME_NAMES, dtype=object)[o]}), (a, b, o)
 
 
@@ -262,8 +257,8 @@ def main() -> None:
 
     arena_python = None if args.skip_arena else ensure_arena_venv(args.arena_python)
     key = jax.random.key(0)
-    synth, _ = synthetic_battles(key, args.synthetic_models, args.synthetic_votes, ties="davidson", tie_param=0.8)
-    datasets = [("llmfao", load_battles(LLMFAO, **LLMFAO_FORMAT)), (f"synth{args.synthetic_votes // 1000}k", synth)]
+    synth, _ = synthetic_votes(key, args.synthetic_models, args.synthetic_votes, ties="davidson", tie_param=0.8)
+    datasets = [("llmfao", load_votes(LLMFAO)), (f"synth{args.synthetic_votes // 1000}k", synth)]
 
     for name, battles in datasets:
         df, (va, vb, vo) = votes_frame(battles)

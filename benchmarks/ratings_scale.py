@@ -1,7 +1,7 @@
 """Scale check: a Bradley–Terry fit over >= 10 million synthetic votes and >= 1,000 models in bounded memory.
 
-The votes are synthesised directly as counts of unique (a, b, outcome) rows (`synthetic_battles`), never as
-one row per vote, so memory grows with the number of model pairs, not with the number of votes. The script
+The votes are synthesised directly as counts of unique (a, b, outcome) rows (`synthetic_votes`: `Votes` whose
+entries carry counts), never as one row per vote, so memory grows with the number of model pairs, not with the number of votes. The script
 fits them with `fit_bradley_terry`, reports wall time (compile + run, and a second, compiled run), peak
 RSS, and the recovery error against the true strengths; with `--devices D` it also shards the unique-row
 axis over D fake CPU devices and reports the largest rating difference to the unsharded fit.
@@ -46,18 +46,18 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
 
-    from jaxrank.ratings import fit_bradley_terry, synthetic_battles
+    from jaxrank.ratings import fit_bradley_terry, synthetic_votes
 
     num_votes = int(args.votes)
     rss0 = peak_rss_mib()
     t = time.perf_counter()
-    battles, theta_true = synthetic_battles(
+    battles, theta_true = synthetic_votes(
         jax.random.key(args.seed), args.models, num_votes, ties=args.ties, theta_scale=1.0
     )
     t_synth = time.perf_counter() - t
     rss_synth = peak_rss_mib()
     print(f"synthesised {battles.num_votes:,} votes among {battles.num_models:,} models as "
-          f"{battles.num_rows:,} unique rows in {t_synth:.1f} s (peak RSS {rss_synth:.0f} MiB)", flush=True)
+          f"{battles.rows().num_rows:,} unique rows in {t_synth:.1f} s (peak RSS {rss_synth:.0f} MiB)", flush=True)
 
     t = time.perf_counter()
     result = fit_bradley_terry(battles, ties=args.ties)
@@ -81,10 +81,11 @@ def main(argv=None) -> int:
         from scipy.optimize import minimize
         from scipy.special import expit, log_expit
 
-        a = np.asarray(battles.a, np.int64)
-        b = np.asarray(battles.b, np.int64)
-        o = np.asarray(battles.outcome)
-        w = np.asarray(battles.count, np.float64)
+        rows = battles.rows()
+        a = np.asarray(rows.a, np.int64)
+        b = np.asarray(rows.b, np.int64)
+        o = np.asarray(rows.outcome)
+        w = np.asarray(rows.count, np.float64)
         m = battles.num_models
         target = np.where(o == 0, 1.0, np.where(o == 1, 0.0, 0.5))  # a tie is half a win each way
 
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
                              "iterations", "converged", "peak_rss_mib", "rms_error_elo", "devices", "sharded_fit_s",
                              "sharded_max_diff_elo", "scipy_fit_s", "scipy_over_jaxrank", "scipy_max_diff_elo"])
         writer.writerow([f"{platform.machine()} {os.cpu_count()}-core CPU container (shared, loaded)", args.models,
-                         battles.num_votes, battles.num_rows, args.ties, f"{t_synth:.2f}", f"{t_first:.2f}",
+                         battles.num_votes, battles.rows().num_rows, args.ties, f"{t_synth:.2f}", f"{t_first:.2f}",
                          f"{t_fit:.2f}", int(result.num_iter), bool(result.converged), f"{rss_fit:.0f}",
                          f"{elo * np.sqrt(np.mean(err ** 2)):.3f}", args.devices or 1, f"{t_sharded:.2f}",
                          f"{sharded_diff:.3g}", f"{t_scipy:.2f}", f"{t_scipy / t_fit:.2f}", f"{scipy_diff:.3g}"])

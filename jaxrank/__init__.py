@@ -6,15 +6,17 @@ The public API, re-exported name by name:
   and the per-position kernels `kl_divergence`, `cross_entropy`, `entropy`, `jensen_shannon`,
   `divergences`;
 - sharding: `make_mesh`, `initialize_distributed`, `score_pairs_global`;
-- leaderboards (`jaxrank.ratings`): `load_battles`, `Battles`, `fit_bradley_terry`, `BTResult`,
-  `outcome_log_probs`, `synthetic_battles`, `online_elo`, `elo_permutations`, `bootstrap_ratings`,
-  `sandwich_intervals`, `rank_upper_bound`, `save_leaderboard`, `load_leaderboard`;
+- the one vote table (`jaxrank.votes`): `Votes`, `load_votes` (Chatbot Arena, Kaggle 55k, FastChat,
+  MT-Bench, AlpacaEval, LLMFAO, PandaLM layouts, auto-detected), `VoteRows` (the kernels' encoding);
+- leaderboards (`jaxrank.ratings`): `fit_bradley_terry`, `BTResult`, `outcome_log_probs`, `style_design`,
+  `synthetic_votes`, `online_elo`, `elo_permutations`, `bootstrap_ratings`, `sandwich_intervals`,
+  `rank_upper_bound`, `rank_by_rating`, `tied_groups`, `save_leaderboard`, `load_leaderboard`;
 - judge budgets: the `allocation` module (`init`/`select`/`update`, `simulate`, `simulate_sweep`);
 - Prompt-to-Leaderboard (`jaxrank.p2l`): `prompt_features` (model files load only when called),
   `train_p2l`, `P2LModel`, `save_p2l` / `load_p2l`, `aggregate_leaderboard`, `p2l_loss`, and routing
   under a cost budget: `route`, `route_average_budget`, `router_rating`, `win_probabilities`;
 - evaluation: `tie_reduction`, `leaderboard_stability`, `budget_curves`, the rank metrics `kendall_tau`,
-  `spearman`, `pairs_agreement`, and `load_prompt_votes` / `load_scores` / `PromptVotes`.
+  `spearman`, `pairs_agreement`, and `load_scores`.
 
 Language models live in `jaxrank.lm`; loading real checkpoints and tokenizers needs the `lm` extra.
 """
@@ -26,21 +28,25 @@ from jaxrank.divergence import METRICS, cross_entropy, divergences, entropy, jen
 from jaxrank.scoring import EmptySequenceWarning, prioritize, score_pairs, sequence_kl_estimate
 from jaxrank.sharding import initialize_distributed, make_mesh, score_pairs_global
 
+# The vote table.
+from jaxrank.votes import VoteRows, Votes, load_votes
+
 # Leaderboards.
 from jaxrank.ratings import (
-    Battles,
     BTResult,
     bootstrap_ratings,
     elo_permutations,
     fit_bradley_terry,
-    load_battles,
     load_leaderboard,
     online_elo,
     outcome_log_probs,
+    rank_by_rating,
     rank_upper_bound,
     sandwich_intervals,
     save_leaderboard,
-    synthetic_battles,
+    style_design,
+    synthetic_votes,
+    tied_groups,
 )
 
 # Judge budgets.
@@ -53,13 +59,13 @@ from jaxrank._routing import router_scores, win_probabilities
 # Prompt features (P2L): last-token hidden states of a causal LM or pooled sentence embeddings.
 from jaxrank.lm.features import prompt_features
 # evaluation
-from jaxrank.evaluation import DEFAULT_FRACTIONS, PromptVotes, load_prompt_votes, load_scores
+from jaxrank.evaluation import DEFAULT_FRACTIONS, load_scores
 from jaxrank.evaluation import kendall_tau, pairs_agreement, spearman
 from jaxrank.evaluation import StabilityResult, TieReductionResult, leaderboard_stability, tie_reduction
 from jaxrank.evaluation import BudgetCurves, budget_curves
 # p2l heads, training, aggregation
-from jaxrank.p2l import P2LHead, P2LLeaderboard, P2LModel, P2LVotes, aggregate_leaderboard, load_p2l
-from jaxrank.p2l import make_p2l_votes, p2l_loss, save_p2l, train_p2l
+from jaxrank.p2l import P2LHead, P2LLeaderboard, P2LModel, aggregate_leaderboard, load_p2l
+from jaxrank.p2l import p2l_loss, save_p2l, train_p2l
 
 __all__ = [
     "__version__",
@@ -78,20 +84,25 @@ __all__ = [
     "initialize_distributed",
     "make_mesh",
     "score_pairs_global",
+    # the vote table
+    "Votes",
+    "VoteRows",
+    "load_votes",
     # leaderboards
-    "Battles",
     "BTResult",
     "bootstrap_ratings",
     "elo_permutations",
     "fit_bradley_terry",
-    "load_battles",
     "load_leaderboard",
     "online_elo",
     "outcome_log_probs",
+    "rank_by_rating",
     "rank_upper_bound",
     "sandwich_intervals",
     "save_leaderboard",
-    "synthetic_battles",
+    "style_design",
+    "synthetic_votes",
+    "tied_groups",
     # judge budgets
     "allocation",
     "AllocatorState",
@@ -110,8 +121,6 @@ __all__ = [
     "prompt_features",
     # evaluation
     "DEFAULT_FRACTIONS",
-    "PromptVotes",
-    "load_prompt_votes",
     "load_scores",
     "kendall_tau",
     "pairs_agreement",
@@ -126,10 +135,8 @@ __all__ = [
     "P2LHead",
     "P2LLeaderboard",
     "P2LModel",
-    "P2LVotes",
     "aggregate_leaderboard",
     "load_p2l",
-    "make_p2l_votes",
     "p2l_loss",
     "save_p2l",
     "train_p2l",

@@ -202,3 +202,11 @@ def check_elo_scale(scale: Any, base: Any, init: Any) -> tuple[float, float, flo
     if not math.isfinite(init_f):
         raise ValueError(f"init must be a finite number, got {init!r}")
     return scale_f, base_f, init_f
+
+
+def preview(values: Sequence[Any], limit: int = 5) -> str:
+    """`'a', 'b', 'c', ... (7 more)`: the first `limit` values of a list, for error messages."""
+    values = list(values)
+    shown = ", ".join(repr(v) for v in values[:limit])
+    more = len(values) - limit
+    return shown + (f", ... ({more} more)" if more > 0 else "")

@@ -16,9 +16,10 @@ Three measurements, each one call (and a figure in `jaxrank.plots`, a CSV from `
 Rank metrics (`kendall_tau`, `spearman`, `pairs_agreement`) are pure JAX and vmap-safe, with an
 optional mask of the entries that count.
 
-Votes with prompts are a `PromptVotes` (`load_prompt_votes` reads Chatbot-Arena-format files with a
-`prompt_id` column, through `jaxrank.ratings.load_battles`' reading and validation); priority scores
-are a mapping prompt id -> score (`load_scores`) or an array aligned with `PromptVotes.prompt_ids`.
+Votes are the one vote table, `jaxrank.Votes` (`jaxrank.load_votes`), with prompt ids; priority scores
+are a mapping prompt id -> score (`load_scores`) or an array aligned with `votes.prompt_ids` (the
+prompts that have votes, see `Votes.drop_empty_prompts`). Votes count once each (`Votes.count` times for
+aggregated entries); vote weights do not enter tie rates.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import dataclasses
 import functools
 import math
 import numbers
-import pathlib
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,22 +37,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrank.ratings.battles import (
-    TIE,
-    TIE_BOTHBAD,
-    Battles,
-    _encode,
-    _preview,
-    _read_table,
-    load_battles,
-)
+from jaxrank._validation import preview
+from jaxrank.votes.readers import read_table
+from jaxrank.votes.table import TIE, Votes, id_string
 
 __all__ = [
     "DEFAULT_FRACTIONS",
     "RATING_TIE_ATOL",
     "BOOTSTRAP_BASELINE_WINDOWS",
-    "PromptVotes",
-    "load_prompt_votes",
     "load_scores",
     "kendall_tau",
     "spearman",
@@ -74,216 +66,7 @@ RATING_TIE_ATOL = 1e-3
 
 
 # --------------------------------------------------------------------------------------------------
-# Votes with prompts
-
-
-@dataclasses.dataclass(frozen=True)
-class PromptVotes:
-    """Pairwise votes, each on one prompt.
-
-    Attributes:
-        prompt_ids: the P distinct prompt ids (as strings), sorted; prompt `p` is `prompt_ids[p]`.
-        prompt_index: int32[N] the prompt of each vote (index into `prompt_ids`).
-        a: int32[N] index of the first model of each vote (into `models`).
-        b: int32[N] index of the second model.
-        outcome: int32[N] `A_WINS`=0, `B_WINS`=1, `TIE`=2, `TIE_BOTHBAD`=3 (`jaxrank.ratings`).
-        models: the M model names.
-
-    Votes keep their input order (online Elo replays them in it).
-
-    Example:
-        >>> votes = PromptVotes(("p0", "p1"), [0, 0, 1], [0, 1, 0], [1, 2, 2], [0, 2, 1], ("x", "y", "z"))
-        >>> votes.num_votes, votes.num_prompts, votes.num_models
-        (3, 2, 3)
-    """
-
-    prompt_ids: tuple[str, ...]
-    prompt_index: np.ndarray
-    a: np.ndarray
-    b: np.ndarray
-    outcome: np.ndarray
-    models: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        ids = tuple(str(p) for p in self.prompt_ids)
-        if len(set(ids)) != len(ids):
-            raise ValueError("prompt_ids must be distinct")
-        models = tuple(str(m) for m in self.models)
-        if len(models) < 2:
-            raise ValueError(f"models must name at least 2 models, got {len(models)}")
-        arrays = {}
-        for name in ("prompt_index", "a", "b", "outcome"):
-            x = np.asarray(getattr(self, name))
-            if x.ndim != 1 or not (np.issubdtype(x.dtype, np.integer) or x.size == 0):
-                raise ValueError(f"{name} must be an int array [N], got dtype {x.dtype} and shape {x.shape}")
-            arrays[name] = x.astype(np.int32)
-        n = arrays["a"].shape[0]
-        if any(x.shape[0] != n for x in arrays.values()):
-            raise ValueError(
-                "prompt_index, a, b and outcome must have the same length N, got "
-                + ", ".join(str(x.shape[0]) for x in arrays.values())
-            )
-        if n == 0:
-            raise ValueError("no votes (N = 0)")
-        for name, hi in (("prompt_index", len(ids)), ("a", len(models)), ("b", len(models)), ("outcome", 4)):
-            x = arrays[name]
-            if x.min() < 0 or x.max() >= hi:
-                raise ValueError(f"{name} must hold values in [0, {hi}), got range [{x.min()}, {x.max()}]")
-        empty = np.flatnonzero(np.bincount(arrays["prompt_index"], minlength=len(ids)) == 0)
-        if empty.size:
-            raise ValueError(
-                f"prompt_ids: {empty.size} of the {len(ids)} prompt ids have no votes, e.g. "
-                f"{_preview([ids[i] for i in empty])}; list only prompts with votes (prompt_index)"
-            )
-        if np.any(arrays["a"] == arrays["b"]):
-            raise ValueError(f"{int(np.sum(arrays['a'] == arrays['b']))} vote(s) have a model playing itself (a == b)")
-        object.__setattr__(self, "prompt_ids", ids)
-        object.__setattr__(self, "models", models)
-        for name, x in arrays.items():
-            x.setflags(write=False)
-            object.__setattr__(self, name, x)
-
-    @property
-    def num_votes(self) -> int:
-        return int(self.a.shape[0])
-
-    @property
-    def num_prompts(self) -> int:
-        return len(self.prompt_ids)
-
-    @property
-    def num_models(self) -> int:
-        return len(self.models)
-
-    def is_tie(self) -> np.ndarray:
-        """bool[N]: the vote is `tie` or `tie (bothbad)`."""
-        return (self.outcome == TIE) | (self.outcome == TIE_BOTHBAD)
-
-    def votes_per_prompt(self) -> np.ndarray:
-        """int64[P] number of votes on each prompt."""
-        return np.bincount(self.prompt_index, minlength=self.num_prompts)
-
-    def ties_per_prompt(self) -> np.ndarray:
-        """int64[P] number of tie votes (`tie` or `tie (bothbad)`) on each prompt."""
-        return np.bincount(self.prompt_index, weights=self.is_tie(), minlength=self.num_prompts).astype(np.int64)
-
-    def to_battles(self) -> Battles:
-        """The votes as `jaxrank.ratings.Battles` (unique rows + counts; `vote_row` maps each vote to its row)."""
-        return _encode(self.models, self.a.astype(np.int64), self.b.astype(np.int64), self.outcome.astype(np.int64), None)
-
-    def subset(self, prompts: Any) -> "PromptVotes":
-        """The votes on the given prompts (indices into `prompt_ids`), in input order; the same model list,
-        `prompt_ids` restricted to the given prompts that have votes (sorted, re-indexed)."""
-        keep = np.isin(self.prompt_index, np.asarray(prompts, np.int64))
-        kept, index = np.unique(self.prompt_index[keep], return_inverse=True)
-        return dataclasses.replace(
-            self, prompt_ids=tuple(self.prompt_ids[i] for i in kept), prompt_index=index.reshape(-1),
-            a=self.a[keep], b=self.b[keep], outcome=self.outcome[keep],
-        )
-
-
-_VOTE_KEYS = ("model_a", "model_b", "winner", "prompt_id")
-
-
-def load_prompt_votes(
-    source: Any,
-    *,
-    columns: Mapping[str, str] | None = None,
-    prompt_column: str = "prompt_id",
-    winner_labels: Mapping[Any, str] | None = None,
-    models: Sequence[str] | None = None,
-) -> PromptVotes:
-    """Read Arena-format votes with a prompt id per vote.
-
-    The votes are read and validated by `jaxrank.ratings.load_battles` (same file types, column mapping,
-    winner labels and error messages); this adds the prompt column.
-
-    Args:
-        source: a pandas DataFrame or a `.csv`/`.tsv`, `.jsonl`/`.json` or `.parquet` file with columns
-            `model_a, model_b, winner` (winner in `model_a | model_b | tie | tie (bothbad)`) and a prompt id.
-        columns: maps `model_a`, `model_b`, `winner` (and `prompt_id`) to the source's column names.
-        prompt_column: the prompt-id column (default `prompt_id`; `columns["prompt_id"]` overrides it).
-            Ids are compared as strings: a CSV/TSV id column is read as text, verbatim (`8`, `08`,
-            `8.0` and `1e3` are four prompts); a number (JSON, Parquet, a DataFrame) becomes its decimal
-            string (`17`, `17.0` and `"17"` are the same prompt). `load_scores` reads ids the same way.
-        winner_labels: maps the source's winner values to Arena's labels (see `load_battles`).
-        models: optional model list fixing the order (see `load_battles`).
-
-    Returns:
-        `PromptVotes` in input order; `prompt_ids` sorted.
-
-    Raises:
-        ValueError: missing columns (named, with the available ones), missing prompt ids, and every
-            error of `load_battles`.
-
-    Example:
-        >>> import pandas as pd
-        >>> frame = pd.DataFrame({"prompt_id": [1, 1, 2], "model_a": ["x", "y", "x"],
-        ...                       "model_b": ["y", "z", "z"], "winner": ["model_a", "tie", "model_b"]})
-        >>> votes = load_prompt_votes(frame)
-        >>> votes.prompt_ids, votes.models, votes.outcome.tolist()
-        (('1', '2'), ('x', 'y', 'z'), [0, 2, 1])
-    """
-    columns = dict(columns or {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in columns.items()):
-        raise TypeError("columns must map names to column names (strings)")
-    unknown = [k for k in columns if k not in _VOTE_KEYS]
-    if unknown:
-        raise ValueError(f"columns: unknown key(s) {_preview(unknown)}; expected keys among {_preview(_VOTE_KEYS)}")
-    prompt_column = columns.pop("prompt_id", prompt_column)
-    if not isinstance(prompt_column, str):
-        raise TypeError(f"prompt_column must be a column name, got {type(prompt_column).__name__}")
-    frame = _read_ids_as_text(source, prompt_column)
-    if prompt_column not in frame.columns:
-        raise ValueError(
-            f"source is missing the prompt column {prompt_column!r}; available columns: "
-            f"{_preview(list(frame.columns), 20)}; name yours with prompt_column=... (command line: --prompt-column)"
-        )
-    raw = frame[prompt_column].to_numpy(dtype=object)
-    missing = [i for i, v in enumerate(raw) if v is None or (isinstance(v, float) and v != v) or str(v) == ""]
-    if missing:
-        raise ValueError(f"column {prompt_column!r} has {len(missing)} missing prompt id(s), e.g. in row(s) {_preview(missing)}")
-    battles = load_battles(frame, columns=columns or None, winner_labels=winner_labels, models=models)
-    ids, prompt_index = np.unique(np.asarray([_id_string(v) for v in raw], dtype=object), return_inverse=True)
-    row = np.asarray(battles.vote_row)
-    return PromptVotes(
-        prompt_ids=tuple(ids.tolist()),
-        prompt_index=prompt_index.reshape(-1),
-        a=np.asarray(battles.a)[row],
-        b=np.asarray(battles.b)[row],
-        outcome=np.asarray(battles.outcome)[row],
-        models=battles.models,
-    )
-
-
-def _id_string(value: Any) -> str:
-    # A number is compared as its decimal string (17, 17.0 and "17" name the same prompt); a string is
-    # kept verbatim ("08", "8.0" and "1e3" stay distinct: files are read with the id column as text).
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _read_ids_as_text(source: Any, id_column: str):
-    """`_read_table`, but the id column of a CSV/TSV file is read as text (no type guessing: "8", "08",
-    "8.0" and "1e3" stay four ids) and that of a JSON file keeps each value's JSON type (strings stay
-    strings, numbers stay numbers)."""
-    import pandas as pd
-
-    if isinstance(source, (str, pathlib.Path)):
-        path = pathlib.Path(source)
-        suffix = "".join(path.suffixes[-1:]).lower()
-        if path.exists() and suffix in (".csv", ".tsv"):
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, na_values=[""],
-                               dtype={id_column: str})
-        if path.exists() and suffix in (".jsonl", ".ndjson", ".json"):
-            try:
-                return pd.read_json(path, lines=True, dtype={id_column: object})
-            except ValueError:
-                if suffix != ".json":
-                    raise
-                return pd.read_json(path, dtype={id_column: object})
-    return _read_table(source)
+# Scores
 
 
 def load_scores(source: Any, *, columns: Mapping[str, str] | None = None) -> "pandas.Series":  # noqa: F821
@@ -294,8 +77,8 @@ def load_scores(source: Any, *, columns: Mapping[str, str] | None = None) -> "pa
         columns: optional `{"prompt_id": ..., "score": ...}` naming the source's columns.
 
     Returns:
-        pandas Series `score` (float64) indexed by the prompt id as a string (read as
-        `load_prompt_votes` reads them: CSV ids verbatim, numbers as decimal strings), in file order.
+        pandas Series `score` (float64) indexed by the prompt id as a string (read as `jaxrank.load_votes`
+        reads ids: CSV text verbatim, JSON numbers as written, typed numbers as decimal strings), in file order.
 
     Raises:
         ValueError: missing columns, duplicate prompt ids, missing ids, NaN or non-numeric scores.
@@ -311,33 +94,35 @@ def load_scores(source: Any, *, columns: Mapping[str, str] | None = None) -> "pa
     if columns:
         unknown = [k for k in columns if k not in mapping]
         if unknown:
-            raise ValueError(f"columns: unknown key(s) {_preview(unknown)}; expected 'prompt_id' and/or 'score'")
+            raise ValueError(f"columns: unknown key(s) {preview(unknown)}; expected 'prompt_id' and/or 'score'")
         mapping.update(columns)
-    frame = _read_ids_as_text(source, mapping["prompt_id"])
+    frame = read_table(source).frame
     missing = [c for c in mapping.values() if c not in frame.columns]
     if missing:
         raise ValueError(
-            f"scores source is missing column(s) {_preview(missing)}; available columns: "
-            f"{_preview(list(frame.columns), 20)}; expected prompt_id, score"
+            f"scores source is missing column(s) {preview(missing)}; available columns: "
+            f"{preview(list(frame.columns), 20)}; expected prompt_id, score"
         )
     if len(frame) == 0:
         raise ValueError("scores source has no rows")
     raw_ids = frame[mapping["prompt_id"]].to_numpy(dtype=object)
-    bad_ids = [i for i, v in enumerate(raw_ids) if _is_nan_like(v) or str(v) == ""]
+    bad_ids = [i for i, v in enumerate(raw_ids) if _is_nan_like(v) or str(v).strip() == ""]
     if bad_ids:
-        raise ValueError(f"scores: {len(bad_ids)} missing prompt id(s), e.g. in row(s) {_preview(bad_ids)}")
-    ids = [_id_string(v) for v in raw_ids]
-    values = pd.to_numeric(frame[mapping["score"]], errors="coerce").to_numpy(np.float64)
-    non_numeric = [ids[i] for i in np.flatnonzero(np.isnan(values)) if not _is_nan_like(frame[mapping["score"]].iloc[i])]
+        raise ValueError(f"scores: {len(bad_ids)} missing prompt id(s), e.g. in row(s) {preview(bad_ids)}")
+    ids = [id_string(v) for v in raw_ids]
+    raw_scores = frame[mapping["score"]].to_numpy(dtype=object)
+    values = pd.to_numeric(pd.Series(raw_scores), errors="coerce").to_numpy(np.float64)
+    non_numeric = [ids[i] for i in np.flatnonzero(np.isnan(values))
+                   if not (_is_nan_like(raw_scores[i]) or str(raw_scores[i]).strip().lower() in ("", "nan"))]
     if non_numeric:
-        raise ValueError(f"scores: non-numeric score(s) for {len(non_numeric)} prompt(s), e.g. {_preview(non_numeric)}")
+        raise ValueError(f"scores: non-numeric score(s) for {len(non_numeric)} prompt(s), e.g. {preview(non_numeric)}")
     nan = [ids[i] for i in np.flatnonzero(np.isnan(values))]
     if nan:
-        raise ValueError(f"scores: {len(nan)} NaN score(s), e.g. for prompt(s) {_preview(nan)}; drop or fill them first")
+        raise ValueError(f"scores: {len(nan)} NaN score(s), e.g. for prompt(s) {preview(nan)}; drop or fill them first")
     series = pd.Series(values, index=pd.Index(ids, name="prompt_id"), name="score")
     dup = series.index[series.index.duplicated()].unique().tolist()
     if dup:
-        raise ValueError(f"scores: {len(dup)} duplicate prompt id(s), e.g. {_preview(dup)}; one score per prompt")
+        raise ValueError(f"scores: {len(dup)} duplicate prompt id(s), e.g. {preview(dup)}; one score per prompt")
     return series
 
 
@@ -345,13 +130,20 @@ def _is_nan_like(value: Any) -> bool:
     return value is None or (isinstance(value, (float, np.floating)) and value != value)
 
 
-def _check_votes(votes: Any) -> PromptVotes:
-    if not isinstance(votes, PromptVotes):
-        raise TypeError(f"votes must be a PromptVotes (see load_prompt_votes), got {type(votes).__name__}")
+def _check_votes(votes: Any) -> Votes:
+    """The votes with prompt ids, their prompt table restricted to prompts that have votes."""
+    if not isinstance(votes, Votes):
+        raise TypeError(f"votes must be a jaxrank.Votes with prompt ids (see jaxrank.load_votes), got {type(votes).__name__}")
+    if votes.prompt is None:
+        raise ValueError("votes have no prompt ids; load them with a prompt column (e.g. prompt_id / question_id: "
+                         "jaxrank.load_votes(..., columns={'prompt_id': ...}))")
+    if votes.num_votes == 0:
+        raise ValueError("votes is empty (0 votes)")
+    votes = votes.drop_empty_prompts()
     return votes
 
 
-def _aligned_scores(scores: Any, votes: PromptVotes) -> np.ndarray:
+def _aligned_scores(scores: Any, votes: Votes) -> np.ndarray:
     """float64[P] score of each prompt of `votes`, from a mapping/Series (prompt id -> score) or an array [P]."""
     import pandas as pd
 
@@ -361,7 +153,7 @@ def _aligned_scores(scores: Any, votes: PromptVotes) -> np.ndarray:
         items = scores.items()
         lookup: dict[str, Any] = {}
         for k, v in items:
-            key = _id_string(k)
+            key = id_string(k)
             if key in lookup:
                 raise ValueError(f"scores has the prompt id {key!r} twice")
             lookup[key] = v
@@ -369,7 +161,7 @@ def _aligned_scores(scores: Any, votes: PromptVotes) -> np.ndarray:
         if absent:
             raise ValueError(
                 f"scores: {len(absent)} of the {votes.num_prompts} prompts with votes have no score, e.g. "
-                f"{_preview(absent)}; score every prompt that has votes"
+                f"{preview(absent)}; score every prompt that has votes"
             )
         try:
             values = np.asarray([lookup[p] for p in votes.prompt_ids], dtype=np.float64)
@@ -392,7 +184,7 @@ def _aligned_scores(scores: Any, votes: PromptVotes) -> np.ndarray:
     nan = np.flatnonzero(np.isnan(values))
     if nan.size:
         raise ValueError(
-            f"scores: {nan.size} NaN score(s), e.g. for prompt(s) {_preview([votes.prompt_ids[i] for i in nan])}"
+            f"scores: {nan.size} NaN score(s), e.g. for prompt(s) {preview([votes.prompt_ids[i] for i in nan])}"
         )
     _warn_tied_scores(values, votes.prompt_ids)
     return values
@@ -416,7 +208,7 @@ def _warn_tied_scores(values: np.ndarray, prompt_ids: Sequence[str]) -> None:
         return
     ties_at = [prompt_ids[i] for i in np.flatnonzero(shared)]
     warnings.warn(
-        f"{what}; equal scores are ordered by prompt id in string order (e.g. {_preview(sorted(ties_at)[:3])}; "
+        f"{what}; equal scores are ordered by prompt id in string order (e.g. {preview(sorted(ties_at)[:3])}; "
         "'10' before '2'), so that order, not the score, decides which of them are in the top q",
         UserWarning,
         stacklevel=4,  # the caller of tie_reduction / leaderboard_stability
@@ -810,7 +602,7 @@ def _reduction(top: np.ndarray, random: np.ndarray) -> np.ndarray:
 
 def tie_reduction(
     scores: Any,
-    votes: PromptVotes,
+    votes: Votes,
     *,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     num_random: int = 1000,
@@ -851,7 +643,7 @@ def tie_reduction(
     Args:
         scores: priority per prompt: a mapping / pandas Series prompt id -> score (`load_scores`; ids as
             in `votes.prompt_ids`, extra ids ignored), or a float array [P] aligned with `votes.prompt_ids`.
-        votes: `PromptVotes` (`load_prompt_votes`).
+        votes: `jaxrank.Votes` with prompt ids (`jaxrank.load_votes`).
         fractions: the q grid, values in (0, 1] (sorted in the result).
         num_random: random subsets for the baseline, and bootstrap replicates for the interval, >= 2.
         confidence: central probability of the interval, in (0, 1).
@@ -1009,34 +801,39 @@ def _host_rng(key: jax.Array) -> np.random.Generator:
     return np.random.default_rng([int(w) for w in np.asarray(jax.random.key_data(key), np.uint32).reshape(-1)])
 
 
-def _presence(prompt_weights: np.ndarray, votes: PromptVotes, *, decisive_only: bool) -> np.ndarray:
+def _presence(prompt_weights: np.ndarray, votes: Votes, *, decisive_only: bool) -> np.ndarray:
     """bool[L, M]: models with at least one vote of positive weight in each lane (prompt weights [L, P])."""
-    keep = votes.outcome < TIE if decisive_only else np.ones(votes.num_votes, bool)
+    keep = (votes.outcome < TIE) if decisive_only else np.ones(len(votes), bool)
+    keep = keep & (votes.multiplicity() * votes.vote_weight() > 0)
     per_prompt = np.zeros((votes.num_prompts, votes.num_models), np.float64)
-    np.add.at(per_prompt, (votes.prompt_index[keep], votes.a[keep]), 1.0)
-    np.add.at(per_prompt, (votes.prompt_index[keep], votes.b[keep]), 1.0)
+    np.add.at(per_prompt, (votes.prompt[keep], votes.a[keep]), 1.0)
+    np.add.at(per_prompt, (votes.prompt[keep], votes.b[keep]), 1.0)
     return (np.asarray(prompt_weights, np.float64) @ per_prompt) > 0
 
 
 @functools.partial(jax.jit, static_argnames=("num_rows", "num_models", "ties", "max_iter", "l2"))
-def _bt_chunk(prompt_weights, prompt_index, vote_row, a, b, outcome, *, num_rows, num_models, ties, l2, max_iter):
-    """Bradley–Terry Elo-scale ratings (theta centred, times 400 / ln 10) of each lane's prompt weights [L, P]."""
+def _bt_chunk(prompt_weights, prompt_index, vote_row, vote_amount, a, b, outcome, *, num_rows, num_models, ties, l2,
+              max_iter):
+    """Bradley–Terry Elo-scale ratings (theta centred, times 400 / ln 10) of each lane's prompt weights [L, P].
+
+    Each vote adds `lane weight of its prompt * vote_amount` to its row(s) (`VoteRows.vote_row`)."""
     from jaxrank.ratings.bradley_terry import solve_bradley_terry
 
     def one(pw):
-        rows = jax.ops.segment_sum(pw[prompt_index], vote_row, num_segments=num_rows)
+        added = (pw[prompt_index][:, None] * vote_amount).reshape(-1)
+        rows = jax.ops.segment_sum(added, vote_row.reshape(-1), num_segments=num_rows)
         return solve_bradley_terry(rows, a, b, outcome, num_models=num_models, ties=ties, l2=l2, max_iter=max_iter).theta
 
     return jax.vmap(one)(prompt_weights) * _ELO_POINTS
 
 
-def _bt_lanes(prompt_weights: np.ndarray, votes: PromptVotes, *, ties: str, l2: float, max_iter: int,
+def _bt_lanes(prompt_weights: np.ndarray, votes: Votes, *, ties: str, l2: float, max_iter: int,
               chunk: int) -> np.ndarray:
     """float32[L, M] Bradley–Terry ratings of every lane, `chunk` lanes per call (one compiled shape).
 
     A vmapped fit iterates until its slowest lane converges, and small subsets take the most iterations;
     lanes are therefore grouped by their number of votes (sorted, then put back in order)."""
-    battles = votes.to_battles()
+    rows = votes.rows()
     total = prompt_weights.shape[0]
     size = np.asarray(prompt_weights, np.float64) @ votes.votes_per_prompt().astype(np.float64)
     by_size = np.argsort(size, kind="stable")
@@ -1046,10 +843,11 @@ def _bt_lanes(prompt_weights: np.ndarray, votes: PromptVotes, *, ties: str, l2: 
     if pad:
         sorted_weights = np.concatenate([sorted_weights, np.repeat(sorted_weights[-1:], pad, axis=0)])
     pw = jnp.asarray(sorted_weights, jnp.float32)
-    common = dict(num_rows=battles.num_rows, num_models=votes.num_models, ties=ties, l2=float(l2), max_iter=max_iter)
-    pidx = jnp.asarray(votes.prompt_index)
+    common = dict(num_rows=rows.num_rows, num_models=votes.num_models, ties=ties, l2=float(l2), max_iter=max_iter)
+    pidx = jnp.asarray(votes.prompt)
+    amount = rows.vote_amount * rows.vote_count[:, None]
     outs = [
-        np.asarray(_bt_chunk(pw[s:s + chunk], pidx, battles.vote_row, battles.a, battles.b, battles.outcome, **common))
+        np.asarray(_bt_chunk(pw[s:s + chunk], pidx, rows.vote_row, amount, rows.a, rows.b, rows.outcome, **common))
         for s in range(0, total + pad, chunk)
     ]
     ratings = np.empty((total, votes.num_models), np.float32)
@@ -1068,7 +866,7 @@ def _restrict(orders: np.ndarray, selected: np.ndarray, n: int) -> np.ndarray:
     return np.where(np.take_along_axis(keep, pos, axis=1), out, n).astype(np.int32)
 
 
-def _elo_replay(perms: np.ndarray, lane_perm: np.ndarray, lane_prompts: np.ndarray, votes: PromptVotes, *,
+def _elo_replay(perms: np.ndarray, lane_perm: np.ndarray, lane_prompts: np.ndarray, votes: Votes, *,
                 k: float, chunk: int) -> np.ndarray:
     """Online Elo ratings float32[L, M]: lane l replays the votes on its prompts (`lane_prompts[l]`, bool[P])
     in the order `perms[lane_perm[l]]` (an order of all N votes, restricted to the lane's votes).
@@ -1078,21 +876,21 @@ def _elo_replay(perms: np.ndarray, lane_perm: np.ndarray, lane_prompts: np.ndarr
     are dropped. Lanes run `chunk` at a time (one compiled shape); a chunk's orders are built when it
     runs, so memory is about `(num_permutations + chunk) x N` indices.
     """
-    from jaxrank.ratings.elo import _replay_jit
+    from jaxrank.ratings.elo import replay_elo
 
-    n, m, total = votes.num_votes, votes.num_models, lane_perm.shape[0]
+    n, m, total = len(votes), votes.num_models, lane_perm.shape[0]
     chunk = min(chunk, total)
     a_ext = jnp.asarray(np.append(votes.a, m), jnp.int32)
     b_ext = jnp.asarray(np.append(votes.b, m + 1), jnp.int32)
-    o_ext = jnp.asarray(np.append(votes.outcome, TIE), jnp.int32)
+    s_ext = jnp.asarray(np.append(votes.score_a(), 0.5), jnp.float32)
     outs = []
     for start in range(0, total, chunk):
         idx = np.arange(start, min(start + chunk, total))
-        part = _restrict(perms[lane_perm[idx]], lane_prompts[idx][:, votes.prompt_index], n)
+        part = _restrict(perms[lane_perm[idx]], lane_prompts[idx][:, votes.prompt], n)
         lanes = part.shape[0]
         if lanes < chunk:
             part = np.concatenate([part, np.full((chunk - lanes, n), n, np.int32)])
-        r = _replay_jit(a_ext, b_ext, o_ext, jnp.asarray(np.ascontiguousarray(part.T)), num_models=m + 2,
+        r = replay_elo(a_ext, b_ext, s_ext, jnp.asarray(np.ascontiguousarray(part.T)), num_models=m + 2,
                         k=k, scale=400.0, base=10.0, init=1000.0, unroll=4)
         outs.append(np.asarray(r)[:lanes, :m])
     return np.concatenate(outs)
@@ -1142,7 +940,7 @@ def _stability_plan(method: str, num_f: int, num_prompts: int, num_votes: int, n
 
 def leaderboard_stability(
     scores: Any,
-    votes: PromptVotes,
+    votes: Votes,
     *,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     method: str = "bt",
@@ -1204,7 +1002,7 @@ def leaderboard_stability(
 
     Args:
         scores: priority per prompt, as for `tie_reduction`.
-        votes: `PromptVotes`.
+        votes: `jaxrank.Votes` with prompt ids.
         fractions: the q grid in (0, 1].
         method: `"bt"` or `"elo"`.
         ties: BT tie model (`"half"`, `"rao-kupper"`, `"davidson"`, `"drop"`); Elo scores a tie 1/2.
@@ -1226,7 +1024,7 @@ def leaderboard_stability(
         >>> res.to_frame()[["fraction", "kendall_tau", "random_kendall_tau"]]                     # doctest: +SKIP
     """
     from jaxrank.ratings.bradley_terry import TIE_MODELS
-    from jaxrank.ratings.elo import _check_elo_options, _random_orders
+    from jaxrank.ratings.elo import check_elo_options, random_vote_orders
     from jaxrank.scoring import prioritize
 
     votes = _check_votes(votes)
@@ -1234,7 +1032,7 @@ def leaderboard_stability(
     if method not in ("bt", "elo"):
         raise ValueError(f"method must be 'bt' or 'elo', got {method!r}")
     if ties not in TIE_MODELS:
-        raise ValueError(f"ties must be one of {_preview(TIE_MODELS)}, got {ties!r}")
+        raise ValueError(f"ties must be one of {preview(TIE_MODELS)}, got {ties!r}")
     num_random = _check_count(num_random, "num_random", 2)
     num_permutations = _check_count(num_permutations, "num_permutations", 2)
     num_bootstrap = _check_count(num_bootstrap, "num_bootstrap", 0)
@@ -1244,12 +1042,15 @@ def leaderboard_stability(
     if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or not (math.isfinite(l2) and l2 >= 0):
         raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
     max_iter = _check_count(max_iter, "max_iter", 1)
-    elo_k = _check_elo_options(elo_k, 400.0, 10.0, 1000.0)[0]
+    elo_k = check_elo_options(elo_k, 400.0, 10.0, 1000.0)[0]
     chunk_size = _check_count(chunk_size, "chunk_size", 1)
     key = _check_key(key)
     values = _aligned_scores(scores, votes)
 
-    num_prompts, n, m = votes.num_prompts, votes.num_votes, votes.num_models
+    if method == "elo" and votes.count is not None and np.any(votes.count != 1):
+        raise ValueError("method='elo' replays votes one by one and needs one entry per vote; these votes carry "
+                         "counts (expand them with votes.subset(np.repeat(np.arange(len(votes)), votes.count)))")
+    num_prompts, n, m = votes.num_prompts, len(votes), votes.num_models
     num_f = fractions.size
     order = prioritize(values)
     sizes = _subset_sizes(fractions, num_prompts)
@@ -1295,7 +1096,7 @@ def leaderboard_stability(
     else:
         # Lanes: for each order p, all votes then the F top-q sets (each the order restricted to the set);
         # then random subset j in order j mod num_permutations. One compiled replay.
-        perm = np.asarray(_random_orders(jax.random.split(k_perm, num_permutations), n)).T  # [Pm, N]
+        perm = np.asarray(random_vote_orders(jax.random.split(k_perm, num_permutations), n)).T  # [Pm, N]
         sets = np.concatenate([np.ones((1, num_prompts), bool), top_mask])  # [1 + F, P]
         which = np.arange(rand_mask.shape[0]) % num_permutations
         lane_perm = np.concatenate([np.repeat(np.arange(num_permutations), 1 + num_f), which])
@@ -1331,7 +1132,7 @@ def leaderboard_stability(
     return StabilityResult(
         fraction=fractions,
         num_prompts=sizes.astype(np.int64),
-        num_votes=top_mask[:, votes.prompt_index].sum(axis=1).astype(np.int64),
+        num_votes=(top_mask[:, votes.prompt] * votes.multiplicity()[None, :]).sum(axis=1).astype(np.int64),
         values=out,
         method=method,
         ties=ties,
@@ -1385,7 +1186,7 @@ class BudgetCurves:
 
     def _errors(self, metric: str) -> np.ndarray:
         if metric not in self.errors:
-            raise ValueError(f"metric must be one of {_preview(_ERROR_METRICS)}, got {metric!r}")
+            raise ValueError(f"metric must be one of {preview(_ERROR_METRICS)}, got {metric!r}")
         return self.errors[metric]
 
     def curves(self, metric: str = "wce") -> dict[str, dict[str, np.ndarray]]:

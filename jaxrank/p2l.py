@@ -37,7 +37,7 @@ import math
 import os
 import pathlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,14 +54,13 @@ from jaxrank._routing import (
     router_scores,
     win_probabilities,
 )
-from jaxrank.ratings.battles import OUTCOME_NAMES, TIE
 from jaxrank.ratings.bradley_terry import outcome_log_probs, outcome_probabilities, solve_bradley_terry
 from jaxrank.ratings.uncertainty import rank_upper_bound
+from jaxrank.votes.table import TIE, Votes
 
 __all__ = [
     "LOSSES",
-    "P2LVotes",
-    "make_p2l_votes",
+    "LOSS_TIES",
     "p2l_loss",
     "P2LHead",
     "P2LModel",
@@ -83,7 +82,7 @@ __all__ = [
 
 LOSSES = ("bt", "bt-tie", "rao-kupper", "grounded-rao-kupper")
 # Each loss is one tie model of jaxrank.ratings (the likelihood lives there, once).
-_LOSS_TIES = {"bt": "drop", "bt-tie": "half", "rao-kupper": "rao-kupper", "grounded-rao-kupper": "grounded-rao-kupper"}
+LOSS_TIES = {"bt": "drop", "bt-tie": "half", "rao-kupper": "rao-kupper", "grounded-rao-kupper": "grounded-rao-kupper"}
 _FITS_TIE = ("rao-kupper", "grounded-rao-kupper")
 _GROUNDED = "grounded-rao-kupper"
 _TIE_INIT = 0.5  # initial alpha of the tie head (the ratings' Rao–Kupper default)
@@ -101,22 +100,13 @@ def _is_concrete(x: Any) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Votes with their prompts
+# Votes with their prompts, as training rows
 
 
-@dataclasses.dataclass(frozen=True)
-class P2LVotes:
-    """Pairwise votes, each with the index of its prompt (host NumPy arrays, validated).
+class _Rows(NamedTuple):
+    """Training rows: one per vote and outcome (`Votes.rows(merge=False)`), host arrays [R]; a soft vote is
+    two rows (a wins with weight `w p`, b wins with weight `w (1 - p)`), so the loss is its cross-entropy."""
 
-    Attributes:
-        models: the M model names; model `i` is `models[i]`.
-        a, b: int32[N] model indices of each vote.
-        outcome: int32[N] `A_WINS`=0, `B_WINS`=1, `TIE`=2, `TIE_BOTHBAD`=3.
-        prompt: int32[N] row of the vote's prompt in the feature matrix `[P, D]`.
-        weight: float32[N] vote weights (ones by default).
-    """
-
-    models: tuple[str, ...]
     a: np.ndarray
     b: np.ndarray
     outcome: np.ndarray
@@ -124,106 +114,15 @@ class P2LVotes:
     weight: np.ndarray
 
     @property
-    def num_votes(self) -> int:
+    def num_rows(self) -> int:
         return int(self.a.shape[0])
 
-    @property
-    def num_models(self) -> int:
-        return len(self.models)
 
-    def subset(self, mask: np.ndarray) -> "P2LVotes":
-        """The votes where `mask` (bool[N]) is true."""
-        return P2LVotes(self.models, self.a[mask], self.b[mask], self.outcome[mask], self.prompt[mask],
-                           self.weight[mask])
-
-
-def make_p2l_votes(
-    model_a: Sequence[Any],
-    model_b: Sequence[Any],
-    winner: Sequence[Any],
-    prompt: Sequence[int],
-    *,
-    models: Sequence[str] | None = None,
-    weight: Sequence[float] | None = None,
-    num_prompts: int | None = None,
-) -> P2LVotes:
-    """Encode votes with their prompt indices.
-
-    Args:
-        model_a, model_b: [N] model names (str) or indices into `models`.
-        winner: [N] outcome codes 0..3 or Chatbot Arena labels `model_a | model_b | tie | tie (bothbad)`.
-        prompt: [N] int prompt index of each vote (a row of the features `[P, D]`).
-        models: the model names (required for integer `model_a`/`model_b`; default: the sorted names seen).
-        weight: optional [N] non-negative vote weights.
-        num_prompts: P, to check that every prompt index is < P.
-
-    Returns:
-        `P2LVotes`.
-
-    Example:
-        >>> votes = make_p2l_votes(["x", "y"], ["y", "z"], ["model_a", "tie"], [0, 1])
-        >>> votes.models, votes.outcome.tolist()
-        (('x', 'y', 'z'), [0, 2])
-    """
-    a_in, b_in = np.asarray(model_a), np.asarray(model_b)
-    w_in, p_in = np.asarray(winner), np.asarray(prompt)
-    n = a_in.shape[0] if a_in.ndim == 1 else -1
-    for name, arr in (("model_a", a_in), ("model_b", b_in), ("winner", w_in), ("prompt", p_in)):
-        if arr.ndim != 1 or arr.shape[0] != n:
-            raise ValueError(f"{name} must be a 1-D sequence of length N = {max(n, 0)} (one per vote), got shape "
-                             f"{arr.shape}")
-    if n == 0:
-        raise ValueError("no votes: model_a, model_b, winner and prompt are empty")
-    if np.issubdtype(a_in.dtype, np.integer) and np.issubdtype(b_in.dtype, np.integer):
-        if models is None:
-            raise ValueError("models (the model names) is required when model_a/model_b are integer indices")
-        names = tuple(str(m) for m in models)
-        a, b = a_in.astype(np.int64), b_in.astype(np.int64)
-        bad = (a < 0) | (a >= len(names)) | (b < 0) | (b >= len(names))
-        if bad.any():
-            raise ValueError(f"model_a/model_b indices must lie in [0, {len(names)}), got e.g. "
-                             f"{int(np.where(bad, np.maximum(a, b), 0).max())}")
-    else:
-        sa, sb = a_in.astype(str), b_in.astype(str)
-        names = tuple(str(m) for m in models) if models is not None else tuple(sorted(set(sa) | set(sb)))
-        index = {m: i for i, m in enumerate(names)}
-        unknown = sorted((set(sa) | set(sb)) - set(index))
-        if unknown:
-            raise ValueError(f"model names not in models: {', '.join(map(repr, unknown[:5]))}")
-        a = np.asarray([index[m] for m in sa], np.int64)
-        b = np.asarray([index[m] for m in sb], np.int64)
-    if len(names) < 2:
-        raise ValueError(f"need at least 2 models, got {len(names)}")
-    if (a == b).any():
-        raise ValueError(f"model_a equals model_b in {int((a == b).sum())} vote(s) (first at row {int(np.argmax(a == b))})")
-    if np.issubdtype(w_in.dtype, np.integer):
-        outcome = w_in.astype(np.int64)
-        if ((outcome < 0) | (outcome > 3)).any():
-            raise ValueError("winner codes must be 0 (model_a), 1 (model_b), 2 (tie) or 3 (tie (bothbad))")
-    else:
-        labels = {name: i for i, name in enumerate(OUTCOME_NAMES)}
-        sw = w_in.astype(str)
-        unknown = sorted(set(sw) - set(labels))
-        if unknown:
-            raise ValueError(f"winner labels must be one of {', '.join(map(repr, OUTCOME_NAMES))}; got "
-                             f"{', '.join(map(repr, unknown[:5]))}")
-        outcome = np.asarray([labels[x] for x in sw], np.int64)
-    if not np.issubdtype(p_in.dtype, np.integer):
-        raise TypeError(f"prompt must hold integer prompt indices, got dtype {p_in.dtype}")
-    if (p_in < 0).any() or (num_prompts is not None and (p_in >= num_prompts).any()):
-        raise ValueError(f"prompt indices must lie in [0, {num_prompts if num_prompts is not None else 'P'}), got "
-                         f"min {int(p_in.min())}, max {int(p_in.max())}")
-    if weight is None:
-        w = np.ones((n,), np.float32)
-    else:
-        w = np.asarray(weight, np.float64)
-        if w.shape != (n,):
-            raise ValueError(f"weight must have shape [N] = ({n},), got {w.shape}")
-        if not np.isfinite(w).all() or (w < 0).any():
-            raise ValueError("weight must be finite and >= 0")
-        w = w.astype(np.float32)
-    return P2LVotes(names, a.astype(np.int32), b.astype(np.int32), outcome.astype(np.int32),
-                       p_in.astype(np.int32), w)
+def _training_rows(votes: Votes) -> _Rows:
+    rows = votes.rows(merge=False)
+    prompt = np.asarray(votes.prompt)[np.asarray(rows.row_vote)] if rows.num_rows else np.zeros(0, np.int32)
+    return _Rows(np.asarray(rows.a), np.asarray(rows.b), np.asarray(rows.outcome), prompt.astype(np.int32),
+                 np.asarray(rows.count, np.float32))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,7 +170,7 @@ def p2l_loss(
         if not jnp.issubdtype(x.dtype, jnp.integer):
             raise TypeError(f"{name} must be integer, got dtype {x.dtype}")
         arrays[name] = x
-    ties = _LOSS_TIES[loss]
+    ties = LOSS_TIES[loss]
     if loss in _FITS_TIE:
         if tie_param is None:
             raise ValueError(f"tie_param [B] is required for loss={loss!r} (the Rao–Kupper threshold alpha > 0)")
@@ -565,8 +464,8 @@ _train_epoch_jit = jax.jit(_train_epoch, static_argnames=("graphdef", "tx", "los
 _eval_sum_jit = jax.jit(_eval_sum, static_argnames=("graphdef", "loss"))
 
 
-def _batches(votes: P2LVotes, order: np.ndarray, batch_size: int, mesh) -> tuple[jax.Array, ...]:
-    """Fields int32/float32[S, B] of the votes in `order`, the last batch padded with weight 0."""
+def _batches(votes: _Rows, order: np.ndarray, batch_size: int, mesh) -> tuple[jax.Array, ...]:
+    """Fields int32/float32[S, B] of the rows in `order`, the last batch padded with weight 0."""
     n = order.shape[0]
     steps = max(1, -(-n // batch_size))
     pad = steps * batch_size - n
@@ -582,11 +481,11 @@ def _batches(votes: P2LVotes, order: np.ndarray, batch_size: int, mesh) -> tuple
     return tuple(jax.device_put(f, sharding) for f in fields)
 
 
-def _split_by_prompt(key, votes: P2LVotes, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def _split_by_prompt(key, votes: Votes, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """bool[N] train / validation masks: a random `val_fraction` of the distinct prompts is held out."""
     prompts = np.unique(votes.prompt)
     if val_fraction == 0:
-        return np.ones(votes.num_votes, bool), np.zeros(votes.num_votes, bool)
+        return np.ones(len(votes), bool), np.zeros(len(votes), bool)
     n_val = int(round(val_fraction * prompts.size))
     if n_val < 1 or n_val >= prompts.size:
         raise ValueError(f"val_fraction={val_fraction} of {prompts.size} prompts leaves no "
@@ -625,7 +524,7 @@ def _check_divergence(epoch: int, value: float, start: float | None, learning_ra
 
 def train_p2l(
     features: Any,
-    votes: P2LVotes,
+    votes: Votes,
     *,
     loss: str = "bt-tie",
     hidden: Sequence[int] = (),
@@ -678,7 +577,9 @@ def train_p2l(
 
     Args:
         features: float[P, D] prompt features (e.g. `prompt_features(prompts)`).
-        votes: `P2LVotes` whose `prompt` indexes rows of `features`.
+        votes: `jaxrank.Votes` whose `prompt` indexes rows of `features` (`prompt_features(votes.prompt_text)`
+            is aligned with `votes.prompt_ids`). Vote weights and counts weight the loss; a soft vote
+            (`p_a`) contributes its cross-entropy `-(p log P(a) + (1 - p) log P(b))`.
         loss: one of `LOSSES`.
         hidden: hidden layer widths of the head (empty: linear).
         learning_rate, weight_decay, warmup_fraction, end_lr_factor, clip_norm: optimiser options.
@@ -706,11 +607,14 @@ def train_p2l(
         >>> beta, _ = model.coefficients(feats)                                        # doctest: +SKIP
     """
     _check_loss(loss)
-    if not isinstance(votes, P2LVotes):
-        raise TypeError(f"votes must be a P2LVotes (see make_p2l_votes), got {type(votes).__name__}")
+    if not isinstance(votes, Votes):
+        raise TypeError(f"votes must be a jaxrank.Votes with prompts (see jaxrank.load_votes), got {type(votes).__name__}")
+    if votes.prompt is None:
+        raise ValueError("votes have no prompts; P2L needs each vote's prompt (load_votes reads a prompt column, or "
+                         "pass prompt= to Votes.from_arrays)")
     x_np = np.asarray(_check_features(features, "features"))
     num_prompts, in_features = x_np.shape
-    if votes.prompt.size and int(votes.prompt.max()) >= num_prompts:
+    if len(votes) and int(votes.prompt.max()) >= num_prompts:
         raise ValueError(f"votes.prompt indexes prompt {int(votes.prompt.max())} but features has only "
                          f"P = {num_prompts} rows")
     for name, value, lo in (("batch_size", batch_size, 1), ("max_epochs", max_epochs, 1),
@@ -750,13 +654,13 @@ def train_p2l(
     seed = int(np.asarray(jax.random.randint(k_init, (), 0, 2**31 - 1)))
 
     train_mask, val_mask = _split_by_prompt(k_split, votes, float(val_fraction))
-    train, val = votes.subset(train_mask), votes.subset(val_mask)
+    train, val = _training_rows(votes.subset(train_mask)), _training_rows(votes.subset(val_mask))
     if loss == "bt":
         if not (train.weight[train.outcome < TIE] > 0).any():
             raise ValueError("loss='bt' drops ties, and the training votes hold no decisive vote")
     if not (train.weight > 0).any():
         raise ValueError("no training votes with positive weight")
-    if val.num_votes:
+    if val.num_rows:
         val_scored = np.where(val.outcome >= TIE, 0.0, val.weight) if loss == "bt" else val.weight
         if not (val_scored > 0).any():
             # Otherwise every epoch's validation NLL is 0 / 0 -> 0: epoch 1 stays "best" and training stops
@@ -781,7 +685,7 @@ def train_p2l(
     head.feature_mean[...] = jnp.asarray(mean, jnp.float32)
     head.feature_scale[...] = jnp.asarray(scale, jnp.float32)
     if init_global:
-        ties = _LOSS_TIES[loss]
+        ties = LOSS_TIES[loss]
         w_init = np.where(train.outcome >= TIE, 0.0, train.weight) if loss == "bt" else train.weight
         sol = solve_bradley_terry(jnp.asarray(w_init, jnp.float32), train.a, train.b, train.outcome,
                                   num_models=votes.num_models, ties=ties, l2=1e-3)
@@ -794,9 +698,9 @@ def train_p2l(
     # the data (rounded up to the mesh), so that memory does not grow with `batch_size` (the schedule, which
     # counts steps, and the numbers are the same).
     devices = 1 if mesh is None else mesh.size
-    train_batch = min(int(batch_size), -(-max(train.num_votes, 1) // devices) * devices)
-    val_batch = min(int(batch_size), -(-max(val.num_votes, 1) // devices) * devices)
-    steps_per_epoch = max(1, -(-train.num_votes // batch_size))
+    train_batch = min(int(batch_size), -(-max(train.num_rows, 1) // devices) * devices)
+    val_batch = min(int(batch_size), -(-max(val.num_rows, 1) // devices) * devices)
+    steps_per_epoch = max(1, -(-train.num_rows // batch_size))
     tx, schedule = _make_optimizer(cfg["learning_rate"], cfg["weight_decay"], cfg["warmup_fraction"],
                                    cfg["end_lr_factor"], cfg["clip_norm"], steps_per_epoch * max_epochs)
     opt_state = tx.init(params)
@@ -805,7 +709,7 @@ def train_p2l(
     feats = jnp.asarray(x_np) if mesh is None else jax.device_put(x_np, replicated)
     if mesh is not None:
         params, opt_state, stats = jax.device_put((params, opt_state, stats), replicated)
-    val_batches = _batches(val, np.arange(val.num_votes), val_batch, mesh) if val.num_votes else None
+    val_batches = _batches(val, np.arange(val.num_rows), val_batch, mesh) if val.num_rows else None
 
     history: dict[str, Any] = {"train_loss": [], "val_nll": [], "learning_rate": [], "best_epoch": 0}
     best_params = params
@@ -866,14 +770,14 @@ def train_p2l(
                                                          meta=ocp.args.JsonSave(meta)), force=True)
 
     # The loss of the starting point: a training loss far above it means the optimiser diverged.
-    s0, n0 = _eval_sum_jit(params, feats, _batches(train, np.arange(train.num_votes), train_batch, mesh),
+    s0, n0 = _eval_sum_jit(params, feats, _batches(train, np.arange(train.num_rows), train_batch, mesh),
                            graphdef=graphdef, stats=stats, loss=loss)
     start_loss = float(s0) / max(float(n0), 1e-30)
     last = max_epochs if stop_after is None else min(max_epochs, int(stop_after))
     stopped = patience is not None and bad_epochs >= patience
     try:
         while epoch < last and not stopped:
-            order = np.asarray(jax.random.permutation(jax.random.fold_in(k_shuffle, epoch), train.num_votes))
+            order = np.asarray(jax.random.permutation(jax.random.fold_in(k_shuffle, epoch), train.num_rows))
             batches = _batches(train, order, train_batch, mesh)
             params, opt_state, train_loss = _train_epoch_jit(
                 params, opt_state, feats, batches, graphdef=graphdef, stats=stats, tx=tx, loss=loss)
@@ -1019,7 +923,7 @@ def _pair_rows(m: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 def _prompt_probabilities(beta, alpha, loss: str):
     """float32[P, M, M, K] per-prompt outcome probabilities of every ordered pair (K = 3, or 4 grounded)."""
     delta = beta[:, :, None] - beta[:, None, :]
-    ties = _LOSS_TIES[loss]
+    ties = LOSS_TIES[loss]
     if loss in ("bt", "bt-tie"):
         return outcome_probabilities(delta, ties="drop")
     tp = alpha[:, None, None]
@@ -1103,7 +1007,7 @@ def _aggregate_fit(q, x0, a, b, o, cell, *, num_models: int, ties: str, max_iter
 
 def _aggregate_start(beta, alpha, pw, loss, num_models):
     probs = _prompt_probabilities(beta, alpha, loss)  # [P, M, M, K]
-    ties = "drop" if loss in ("bt", "bt-tie") else _LOSS_TIES[loss]
+    ties = "drop" if loss in ("bt", "bt-tie") else LOSS_TIES[loss]
     pw = pw / jnp.sum(pw)
     # Start at the weighted mean coefficients (and mean log alpha): close to the optimum.
     x0 = jnp.concatenate([pw @ beta, (pw @ jnp.log(alpha))[None]])

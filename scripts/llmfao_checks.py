@@ -71,9 +71,9 @@ def read_llmfao(data: pathlib.Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
 
 
 def _battles(frame: pd.DataFrame, models):
-    from jaxrank.ratings import LLMFAO_FORMAT, load_battles
+    from jaxrank import load_votes
 
-    return load_battles(frame, models=models, **LLMFAO_FORMAT)
+    return load_votes(frame, format="llmfao", models=models)
 
 
 def _rank_metrics(x, y):
@@ -124,7 +124,7 @@ def agreement(crowd, gpt4, *, rounds: int, halves: int, confidence: float, seed:
     # one compiled solver.
     rng = np.random.default_rng(seed)
     half_metrics = {k: [] for k in point}
-    vote_row = np.asarray(b_crowd.vote_row)
+    vote_row = np.asarray(b_crowd.rows().vote_row)[:, 0]
     pair_id = crowd["id"].to_numpy()
     size = crowd.groupby("id")["id"].transform("size").to_numpy()
     for _ in range(halves):
@@ -133,8 +133,8 @@ def agreement(crowd, gpt4, *, rounds: int, halves: int, confidence: float, seed:
         first = rank_in_pair <= np.floor(size / 2) + (rng.random(len(crowd)) < 0.5) * (size % 2)
         ratings = []
         for part in (first, ~first):
-            w = np.bincount(vote_row[part], minlength=b_crowd.num_rows).astype(np.float32)
-            ratings.append(np.asarray(fit_bradley_terry(b_crowd, weights=w).ratings, np.float64))
+            w = np.bincount(vote_row[part], minlength=b_crowd.rows().num_rows).astype(np.float32)
+            ratings.append(np.asarray(fit_bradley_terry(b_crowd, row_weights=w).ratings, np.float64))
         for k, v in _rank_metrics(*ratings).items():
             half_metrics[k].append(float(v))
 
@@ -200,9 +200,10 @@ def stability(crowd, scores, *, fractions, num_random, num_bootstrap, num_permut
     """(b): stability and tie reduction of the crowd leaderboard for each priority score."""
     import jax
 
-    from jaxrank.evaluation import leaderboard_stability, load_prompt_votes, tie_reduction
+    from jaxrank import load_votes
+    from jaxrank.evaluation import leaderboard_stability, tie_reduction
 
-    votes = load_prompt_votes(crowd, columns=VOTE_COLUMNS, winner_labels=WINNERS)
+    votes = load_votes(crowd, columns=VOTE_COLUMNS, winner_labels=WINNERS)
     results = {}
     for i, (name, score) in enumerate(scores.items()):
         key = jax.random.fold_in(jax.random.key(seed), i)

@@ -125,10 +125,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from jaxrank.evaluation import leaderboard_stability, load_prompt_votes, load_scores, tie_reduction
+    from jaxrank import load_votes
+    from jaxrank.evaluation import leaderboard_stability, load_scores, tie_reduction
 
     runs = pathlib.Path(args.runs)
-    votes = load_prompt_votes(runs / "votes.csv")
+    votes = load_votes(runs / "votes.csv")
     key = jax.random.key(args.seed)
 
     if args.compare_cli:

@@ -24,10 +24,11 @@ DATA = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / 
 def main() -> int:
     import jax
 
-    from jaxrank.ratings import (LLMFAO_FORMAT, bootstrap_ratings, elo_permutations, fit_bradley_terry, load_battles,
-                                 sandwich_intervals)
+    from jaxrank import load_votes
+    from jaxrank.ratings import bootstrap_ratings, elo_permutations, fit_bradley_terry, sandwich_intervals
 
-    battles = load_battles(DATA / "crowd-comparisons.csv", **LLMFAO_FORMAT)
+    battles = load_votes(DATA / "crowd-comparisons.csv")
+    rows = battles.rows()
     models = list(battles.models)
     fit = fit_bradley_terry(battles, ties="half")
     rk = fit_bradley_terry(battles, ties="rao-kupper")
@@ -47,11 +48,11 @@ def main() -> int:
     print(f"P(GPT 4 beats Claude v2) = {float(p[models.index('GPT 4'), models.index('Claude v2')]):.3f}")
 
     gpt4 = models.index("GPT 4")
-    grad = np.asarray(jax.grad(lambda w: fit_bradley_terry(battles, weights=w).ratings[gpt4])(battles.count))
+    grad = np.asarray(jax.grad(lambda w: fit_bradley_terry(battles, row_weights=w).ratings[gpt4])(rows.count))
     u = int(np.argmax(np.abs(grad)))
-    a, b, o = models[int(battles.a[u])], models[int(battles.b[u])], int(battles.outcome[u])
+    a, b, o = models[int(rows.a[u])], models[int(rows.b[u])], int(rows.outcome[u])
     what = {0: f"{a} beat {b}", 1: f"{b} beat {a}", 2: f"{a} tied {b}", 3: f"{a} tied {b} (both bad)"}[o]
-    print(f"most influential row for GPT 4: '{what}' ({int(battles.count[u])} vote(s)), {grad[u]:.2f} Elo per vote")
+    print(f"most influential row for GPT 4: '{what}' ({int(rows.count[u])} vote(s)), {grad[u]:.2f} Elo per vote")
 
     boot = bootstrap_ratings(jax.random.key(0), battles, num_rounds=1000, fit=fit)
     sw = sandwich_intervals(battles, fit)
@@ -61,8 +62,7 @@ def main() -> int:
 
     elo = elo_permutations(jax.random.key(0), battles, num_permutations=1000)
     spread = np.asarray(elo.spread, np.float64)
-    played = np.bincount(np.asarray(battles.a), weights=np.asarray(battles.count), minlength=len(models)) + np.bincount(
-        np.asarray(battles.b), weights=np.asarray(battles.count), minlength=len(models))
+    played = battles.battles_per_model()
     least = np.argsort(played)[:10]
     print(f"online Elo over 1,000 vote orders: median 95% spread {np.median(spread):.1f} Elo; "
           f"10 least-played models ({int(played[least].min())}-{int(played[least].max())} votes): median {np.median(spread[least]):.1f}; "

@@ -12,18 +12,16 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 
+from jaxrank import Votes, load_votes
 from jaxrank.ratings import (
-    LLMFAO_FORMAT,
     TIE_MODELS,
     BTResult,
-    battles_from_arrays,
     bt_negative_log_likelihood,
     fit_bradley_terry,
-    load_battles,
     outcome_log_probs,
     outcome_probabilities,
     solve_bradley_terry,
-    synthetic_battles,
+    synthetic_votes,
 )
 
 ELO = 400.0 / math.log(10.0)  # Elo points per unit of theta
@@ -87,8 +85,9 @@ def ref_half_grad(theta, a, b, o, w, m):
     return -(np.bincount(a, w * g_d, m) - np.bincount(b, w * g_d, m))
 
 
-def scipy_fit(battles, ties):
+def scipy_fit(votes, ties):
     """SciPy L-BFGS-B fit in float64 (analytic gradient for 'half', 3-point differences otherwise)."""
+    battles = votes.rows()
     m = battles.num_models
     a, b, o = (np.asarray(x, np.int64) for x in (battles.a, battles.b, battles.outcome))
     w = np.asarray(battles.count, np.float64)
@@ -111,7 +110,7 @@ def scipy_fit(battles, ties):
 
 @pytest.fixture(scope="module")
 def llmfao(shared_data):
-    return load_battles(shared_data / "llmfao" / "crowd-comparisons.csv", **LLMFAO_FORMAT)
+    return load_votes(shared_data / "llmfao" / "crowd-comparisons.csv")
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +122,7 @@ def llmfao_fits(llmfao):
 
 @pytest.fixture(scope="module")
 def grounded_arena():
-    battles, theta = synthetic_battles(jax.random.key(11), 6, 40_000, ties=GROUNDED, tie_param=0.6, theta_scale=0.8)
+    battles, theta = synthetic_votes(jax.random.key(11), 6, 40_000, ties=GROUNDED, tie_param=0.6, theta_scale=0.8)
     return battles, theta
 
 
@@ -180,11 +179,11 @@ def test_negative_log_likelihood_matches_numpy(llmfao):
     theta = rng.normal(size=llmfao.num_models)
     nll = jax.jit(bt_negative_log_likelihood, static_argnames="ties")
     for ties, tie in (("half", None), ("drop", None), ("rao-kupper", 0.4), ("davidson", 2.0), (GROUNDED, 0.4)):
-        got = float(nll(jnp.asarray(theta, jnp.float32), tie, llmfao.a, llmfao.b,
-                        llmfao.outcome, llmfao.count, ties=ties, l2=0.3))
+        got = float(nll(jnp.asarray(theta, jnp.float32), tie, llmfao.rows().a, llmfao.rows().b,
+                        llmfao.rows().outcome, llmfao.rows().count, ties=ties, l2=0.3))
         params = np.append(theta, math.log(tie) if tie else 0.0)
-        a, b, o = (np.asarray(x) for x in (llmfao.a, llmfao.b, llmfao.outcome))
-        ref = ref_nll(params, a, b, o, np.asarray(llmfao.count, np.float64), ties, llmfao.num_models)
+        a, b, o = (np.asarray(x) for x in (llmfao.rows().a, llmfao.rows().b, llmfao.rows().outcome))
+        ref = ref_nll(params, a, b, o, np.asarray(llmfao.rows().count, np.float64), ties, llmfao.num_models)
         ref += 0.15 * np.sum(theta**2)
         np.testing.assert_allclose(got, ref, rtol=2e-6)
 
@@ -221,9 +220,9 @@ def test_llmfao_matches_scipy_float64(llmfao, llmfao_fits, ties):
     else:
         assert math.isnan(float(result.tie_param))
     # log_likelihood is the reference log-likelihood at the fitted parameters.
-    a, b, o = (np.asarray(x) for x in (llmfao.a, llmfao.b, llmfao.outcome))
+    a, b, o = (np.asarray(x) for x in (llmfao.rows().a, llmfao.rows().b, llmfao.rows().outcome))
     params = np.append(np.asarray(result.theta, np.float64), math.log(tie_ref) if tie_ref == tie_ref else 0.0)
-    ref_ll = -ref_nll(params, a, b, o, np.asarray(llmfao.count, np.float64), ties, llmfao.num_models)
+    ref_ll = -ref_nll(params, a, b, o, np.asarray(llmfao.rows().count, np.float64), ties, llmfao.num_models)
     np.testing.assert_allclose(float(result.log_likelihood), ref_ll, rtol=1e-5)
 
 
@@ -279,8 +278,8 @@ def test_anchor_and_l2(llmfao, llmfao_fits):
     prior = fit_bradley_terry(llmfao, l2=20.0)
     assert abs(float(np.asarray(prior.theta).mean())) < 1e-5
     assert np.asarray(prior.theta).std() < np.asarray(base.theta).std()
-    a, b, o = (np.asarray(x) for x in (llmfao.a, llmfao.b, llmfao.outcome))
-    w = np.asarray(llmfao.count, np.float64)
+    a, b, o = (np.asarray(x) for x in (llmfao.rows().a, llmfao.rows().b, llmfao.rows().outcome))
+    w = np.asarray(llmfao.rows().count, np.float64)
     m = llmfao.num_models
     fun = lambda t: (ref_nll(np.append(t, 0), a, b, o, w, "half", m) + 10.0 * t @ t,  # noqa: E731
                      ref_half_grad(t, a, b, o, w, m) + 20.0 * t)
@@ -296,21 +295,22 @@ def test_sharded_fit_equals_unsharded(llmfao, llmfao_fits):
     assert int(sharded.num_iter) > 0 and bool(sharded.converged)
     from jaxrank.ratings.bradley_terry import _shard_rows
 
-    a, *_ = _shard_rows(mesh, llmfao.a, llmfao.b, llmfao.outcome, llmfao.count)
+    rows = llmfao.rows()
+    a, *_ = _shard_rows(mesh, rows.a, rows.b, rows.outcome, rows.count)
     assert a.shape[0] % 8 == 0 and len(a.sharding.device_set) == 8
     assert a.addressable_shards[0].data.shape[0] == a.shape[0] // 8
 
 
 def test_vmapped_solver_matches_fits(llmfao, llmfao_fits):
     # The pure solver vmaps over weights (how bootstrap rounds run): round 0 = the data, round 1 = reweighted.
-    w0 = llmfao.count
+    w0 = llmfao.rows().count
     w1 = w0 * jnp.asarray(np.random.default_rng(2).integers(0, 3, w0.shape), jnp.float32)
-    sols = jax.vmap(lambda w: solve_bradley_terry(w, llmfao.a, llmfao.b, llmfao.outcome,
+    sols = jax.vmap(lambda w: solve_bradley_terry(w, llmfao.rows().a, llmfao.rows().b, llmfao.rows().outcome,
                                                   num_models=llmfao.num_models))(jnp.stack([w0, w1]))
     np.testing.assert_allclose(np.asarray(sols.theta[0]), np.asarray(llmfao_fits["half"].theta), atol=ELO_TOL / ELO)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the resample may leave a model unbeaten
-        single = fit_bradley_terry(llmfao, weights=w1)
+        single = fit_bradley_terry(llmfao, row_weights=w1)
     np.testing.assert_allclose(np.asarray(sols.theta[1]), np.asarray(single.theta), atol=1e-4)
 
 
@@ -335,7 +335,7 @@ def test_tie_models_recover_parameters(ties, tie_true, request):
         battles, theta_true = request.getfixturevalue("grounded_arena")
         result = request.getfixturevalue("grounded_fit")
     else:
-        battles, theta_true = synthetic_battles(jax.random.key(11), m, n, ties=ties, tie_param=tie_true,
+        battles, theta_true = synthetic_votes(jax.random.key(11), m, n, ties=ties, tie_param=tie_true,
                                                 theta_scale=0.8)
         result = fit_bradley_terry(battles, ties=ties)
     assert bool(result.converged)
@@ -344,8 +344,8 @@ def test_tie_models_recover_parameters(ties, tie_true, request):
     truth = np.append(theta_true if ties == GROUNDED else theta_true - theta_true.mean(), tie_true)
     # Observed information at the truth, parameters (theta, tie_param); theta only up to a shift, so the
     # covariance of the centred estimate is the pseudo-inverse.
-    a, b, o = (np.asarray(x) for x in (battles.a, battles.b, battles.outcome))
-    w = np.asarray(battles.count, np.float64)
+    a, b, o = (np.asarray(x) for x in (battles.rows().a, battles.rows().b, battles.rows().outcome))
+    w = np.asarray(battles.rows().count, np.float64)
     if ties == GROUNDED:
         assert w[o == 3].sum() > 1000  # the model draws its own both-bad outcomes
         f = lambda x: -np.sum(w * ref_log_probs(x[a] - x[b], o, ties, x[m], x[b]))  # noqa: E731
@@ -376,13 +376,13 @@ def test_tie_models_recover_parameters(ties, tie_true, request):
 @pytest.mark.parametrize("ties,l2", [("rao-kupper", 0.0), ("rao-kupper", 0.5), (GROUNDED, 0.0)])
 def test_implicit_gradient_matches_finite_differences(ties, l2):
     # The grounded model needs both-bad votes for a finite optimum: draw them from the model itself.
-    battles, _ = synthetic_battles(jax.random.key(5), 5, 600, ties=GROUNDED if ties == GROUNDED else "rao-kupper",
+    battles, _ = synthetic_votes(jax.random.key(5), 5, 600, ties=GROUNDED if ties == GROUNDED else "rao-kupper",
                                    tie_param=0.5)
     c = np.linspace(-1.0, 1.5, battles.num_models)
     with jax.enable_x64(True):
 
         def objective(w):
-            r = fit_bradley_terry(battles, ties=ties, l2=l2, weights=w, tol=1e-13, max_iter=3000)
+            r = fit_bradley_terry(battles, ties=ties, l2=l2, row_weights=w, tol=1e-13, max_iter=3000)
             out = jnp.sum(jnp.asarray(c) * r.ratings)
             if ties in ("rao-kupper", GROUNDED):
                 out = out + 100.0 * r.tie_param
@@ -395,7 +395,7 @@ def test_implicit_gradient_matches_finite_differences(ties, l2):
         def value(w):
             return float(value_and_grad(w)[0])
 
-        w0 = jnp.asarray(np.asarray(battles.count), jnp.float64)
+        w0 = jnp.asarray(np.asarray(battles.rows().count), jnp.float64)
         grad = np.asarray(value_and_grad(w0)[1])
         assert grad.dtype == np.float64
         # Central differences along a random direction (each costs two float64 fits).
@@ -404,7 +404,7 @@ def test_implicit_gradient_matches_finite_differences(ties, l2):
         fd = (value(w0 + eps * d) - value(w0 - eps * d)) / (2 * eps)
         np.testing.assert_allclose(grad @ d, fd, rtol=1e-6)
         # And along single rows: the largest-gradient row and a tie row.
-        for u in (int(np.argmax(np.abs(grad))), int(np.flatnonzero(np.asarray(battles.outcome) == 2)[0])):
+        for u in (int(np.argmax(np.abs(grad))), int(np.flatnonzero(np.asarray(battles.rows().outcome) == 2)[0])):
             e = np.zeros(w0.shape[0])
             e[u] = eps
             fd = (value(w0 + e) - value(w0 - e)) / (2 * eps)
@@ -417,67 +417,67 @@ def test_implicit_gradient_matches_finite_differences(ties, l2):
 
 
 def _small(a, b, w, models=None):
-    return battles_from_arrays(a, b, w, models=models)
+    return Votes.from_arrays(a, b, w, models=models)
 
 
 @pytest.fixture(scope="module")
 def rk_arena():
     # The arena of test_tie_models_recover_parameters[rao-kupper]: same shapes, so no new compilation.
-    battles, _ = synthetic_battles(jax.random.key(11), 6, 40_000, ties="rao-kupper", tie_param=0.6, theta_scale=0.8)
+    battles, _ = synthetic_votes(jax.random.key(11), 6, 40_000, ties="rao-kupper", tie_param=0.6, theta_scale=0.8)
     return battles
 
 
 def test_disconnected_graph_warns_and_centres_each_component(rk_arena):
     battles = rk_arena
-    a, b = np.asarray(battles.a), np.asarray(battles.b)
+    a, b = np.asarray(battles.rows().a), np.asarray(battles.rows().b)
     cross = (a < 3) != (b < 3)
-    w = np.where(cross, 0.0, np.asarray(battles.count)).astype(np.float32)
+    w = np.where(cross, 0.0, np.asarray(battles.rows().count)).astype(np.float32)
     pattern = r"2 disconnected components: \{model_0, model_1, model_2\}; \{model_3, model_4, model_5\}"
     with pytest.warns(UserWarning, match=pattern + ".*centred on its own"):
-        result = fit_bradley_terry(battles, ties="rao-kupper", weights=w)
+        result = fit_bradley_terry(battles, ties="rao-kupper", row_weights=w)
     r = np.asarray(result.ratings)
     assert r[:3].mean() == pytest.approx(1000.0, abs=1e-3) and r[3:].mean() == pytest.approx(1000.0, abs=1e-3)
     # Within a component the fit is the connected fit of that component's votes alone: compare with the
     # float64 reference on the first component.
     keep = ~cross & (a < 3)
-    ref = minimize(lambda x: ref_nll(np.append(x[:6], x[6]), a[keep], b[keep], np.asarray(battles.outcome)[keep],
+    ref = minimize(lambda x: ref_nll(np.append(x[:6], x[6]), a[keep], b[keep], np.asarray(battles.rows().outcome)[keep],
                                      w[keep].astype(np.float64), "rao-kupper", 6) +
                    ref_nll(np.append(x[:6], x[6]), a[~cross & (a >= 3)], b[~cross & (a >= 3)],
-                           np.asarray(battles.outcome)[~cross & (a >= 3)], w[~cross & (a >= 3)].astype(np.float64),
+                           np.asarray(battles.rows().outcome)[~cross & (a >= 3)], w[~cross & (a >= 3)].astype(np.float64),
                            "rao-kupper", 6),
                    np.zeros(7), method="BFGS", options=dict(gtol=1e-8)).x
     theta_ref = np.concatenate([ref[:3] - ref[:3].mean(), ref[3:6] - ref[3:6].mean()])
     np.testing.assert_allclose(r, 1000 + ELO * theta_ref, atol=ELO_TOL)
     with pytest.warns(UserWarning, match=r"anchor 'model_4' pins only its own component"):
-        anchored = fit_bradley_terry(battles, ties="rao-kupper", weights=w, anchor="model_4", anchor_rating=1500.0)
+        anchored = fit_bradley_terry(battles, ties="rao-kupper", row_weights=w, anchor="model_4", anchor_rating=1500.0)
     ra = np.asarray(anchored.ratings)
     assert ra[4] == pytest.approx(1500.0, abs=1e-3) and ra[:3].mean() == pytest.approx(1000.0, abs=1e-3)
     np.testing.assert_allclose(ra[3:] - ra[4], r[3:] - r[4], atol=1e-3)
     with pytest.warns(UserWarning, match="L2 prior pins each component"):
-        fit_bradley_terry(battles, ties="rao-kupper", weights=w, l2=1.0)
+        fit_bradley_terry(battles, ties="rao-kupper", row_weights=w, l2=1.0)
 
 
 def test_model_that_never_lost_warns(rk_arena):
     battles = rk_arena
-    a, b, o = (np.asarray(x) for x in (battles.a, battles.b, battles.outcome))
+    a, b, o = (np.asarray(x) for x in (battles.rows().a, battles.rows().b, battles.rows().outcome))
     lost = ((a == 0) & (o == 1)) | ((b == 0) & (o == 0)) | ((a == 0) | (b == 0)) & (o >= 2)
-    w = np.where(lost, 0.0, np.asarray(battles.count)).astype(np.float32)
+    w = np.where(lost, 0.0, np.asarray(battles.rows().count)).astype(np.float32)
     with pytest.warns(UserWarning, match="never lost: model_0.*Pass l2 > 0"):
-        result = fit_bradley_terry(battles, ties="rao-kupper", weights=w, max_iter=50)
+        result = fit_bradley_terry(battles, ties="rao-kupper", row_weights=w, max_iter=50)
     # The likelihood keeps rising as model_0 runs away; the gradient vanishes far out, so the fit stops there.
     theta = np.asarray(result.theta)
     assert theta[0] - theta[1:].max() > 5.0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        prior = fit_bradley_terry(battles, ties="rao-kupper", weights=w, l2=1.0)
+        prior = fit_bradley_terry(battles, ties="rao-kupper", row_weights=w, l2=1.0)
     assert bool(prior.converged) and int(np.argmax(np.asarray(prior.ratings))) == 0
     assert np.asarray(prior.theta)[0] - np.asarray(prior.theta)[1:].max() < theta[0] - theta[1:].max() - 1.0
 
 
 def test_tie_model_without_ties_warns(rk_arena):
-    w = np.where(np.asarray(rk_arena.outcome) >= 2, 0.0, np.asarray(rk_arena.count)).astype(np.float32)
+    w = np.where(np.asarray(rk_arena.rows().outcome) >= 2, 0.0, np.asarray(rk_arena.rows().count)).astype(np.float32)
     with pytest.warns(UserWarning, match="no tie votes: the tie parameter's maximum-likelihood value is 0"):
-        result = fit_bradley_terry(rk_arena, ties="rao-kupper", weights=w, max_iter=30)
+        result = fit_bradley_terry(rk_arena, ties="rao-kupper", row_weights=w, max_iter=30)
     assert float(result.tie_param) < 0.6  # heads for the boundary, below the true 0.6
 
 
@@ -487,17 +487,17 @@ def test_fit_bad_input(llmfao):
         fit_bradley_terry(llmfao, ties="bt")
     with pytest.raises(ValueError, match=r"anchor 'gpt 3.5' is not one of the 59 models; similar: GPT 3.5 Turbo"):
         fit_bradley_terry(llmfao, anchor="gpt 3.5")
-    u = llmfao.num_rows
-    with pytest.raises(ValueError, match=rf"weights must have shape \[U\] = \({u},\)"):
-        fit_bradley_terry(llmfao, weights=np.ones(u + 1, np.float32))
-    with pytest.raises(ValueError, match="weights must be >= 0"):
-        fit_bradley_terry(llmfao, weights=-np.ones(u, np.float32))
-    with pytest.raises(ValueError, match="weights contains NaN"):
-        fit_bradley_terry(llmfao, weights=np.full(u, np.nan, np.float32))
-    with pytest.raises(TypeError, match="weights must be floating point"):
-        fit_bradley_terry(llmfao, weights=np.ones(u, np.int32))
+    u = llmfao.rows().num_rows
+    with pytest.raises(ValueError, match=rf"row_weights must have shape \[U\] = \({u},\)"):
+        fit_bradley_terry(llmfao, row_weights=np.ones(u + 1, np.float32))
+    with pytest.raises(ValueError, match="row_weights must be >= 0"):
+        fit_bradley_terry(llmfao, row_weights=-np.ones(u, np.float32))
+    with pytest.raises(ValueError, match="row_weights contains NaN"):
+        fit_bradley_terry(llmfao, row_weights=np.full(u, np.nan, np.float32))
+    with pytest.raises(TypeError, match="row_weights must be floating point"):
+        fit_bradley_terry(llmfao, row_weights=np.ones(u, np.int32))
     with pytest.raises(ValueError, match="no votes with positive weight"):
-        fit_bradley_terry(llmfao, weights=np.zeros(u, np.float32))
+        fit_bradley_terry(llmfao, row_weights=np.zeros(u, np.float32))
     with pytest.raises(ValueError, match="l2 must be a finite number >= 0"):
         fit_bradley_terry(llmfao, l2=-1.0)
     with pytest.raises(ValueError, match="scale must be a finite number > 0"):
@@ -506,7 +506,7 @@ def test_fit_bad_input(llmfao):
         fit_bradley_terry(llmfao, base=1.0)
     with pytest.raises(ValueError, match="max_iter must be an int >= 1"):
         fit_bradley_terry(llmfao, max_iter=0)
-    with pytest.raises(TypeError, match="battles must be a jaxrank.ratings.Battles"):
+    with pytest.raises(TypeError, match="votes must be a jaxrank.Votes"):
         fit_bradley_terry(pd.DataFrame())
     with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
         fit_bradley_terry(llmfao, mesh="data")
@@ -521,9 +521,9 @@ def test_grounded_matches_scipy_float64(grounded_arena, grounded_fit):
     theta_ref, tie_ref = scipy_fit(battles, GROUNDED)
     np.testing.assert_allclose(np.asarray(grounded_fit.ratings), 1000.0 + ELO * theta_ref, rtol=0, atol=ELO_TOL)
     np.testing.assert_allclose(float(grounded_fit.tie_param), tie_ref, rtol=1e-4)
-    a, b, o = (np.asarray(x) for x in (battles.a, battles.b, battles.outcome))
+    a, b, o = (np.asarray(x) for x in (battles.rows().a, battles.rows().b, battles.rows().outcome))
     params = np.append(np.asarray(grounded_fit.theta, np.float64), math.log(tie_ref))
-    ref_ll = -ref_nll(params, a, b, o, np.asarray(battles.count, np.float64), GROUNDED, battles.num_models)
+    ref_ll = -ref_nll(params, a, b, o, np.asarray(battles.rows().count, np.float64), GROUNDED, battles.num_models)
     np.testing.assert_allclose(float(grounded_fit.log_likelihood), ref_ll, rtol=1e-5)
 
 
@@ -541,9 +541,9 @@ def test_grounded_anchor_moves_ratings_only(grounded_arena, grounded_fit):
 def test_grounded_without_bothbad_warns(grounded_arena, grounded_fit):
     # The both-bad rows weighted 0: the arena's shapes, so grounded_fit's compiled solver serves it.
     battles, _ = grounded_arena
-    w = np.where(np.asarray(battles.outcome) == 3, 0.0, np.asarray(battles.count)).astype(np.float32)
+    w = np.where(np.asarray(battles.rows().outcome) == 3, 0.0, np.asarray(battles.rows().count)).astype(np.float32)
     with pytest.warns(UserWarning, match=r"no 'tie \(bothbad\)' votes"):
-        drift = fit_bradley_terry(battles, ties=GROUNDED, weights=w, max_iter=20)
+        drift = fit_bradley_terry(battles, ties=GROUNDED, row_weights=w, max_iter=20)
     # Without the both-bad competitor's wins the level runs upwards (the warning's claim).
     assert float(np.mean(np.asarray(drift.theta))) > float(np.mean(np.asarray(grounded_fit.theta))) + 0.5
 

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from jaxrank import cli
-from jaxrank.ratings import LLMFAO_FORMAT, fit_bradley_terry, load_battles, load_leaderboard
+from jaxrank import load_votes
+from jaxrank.ratings import fit_bradley_terry, load_leaderboard
 
-COLUMNS = ["model", "rating", "lower", "upper", "rank_ub", "battles"]
+COLUMNS = ["model", "rating", "lower", "upper", "rank_ub", "battles", "rank", "tied_group"]
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +39,12 @@ def run(argv, capsys):
 
 def test_llmfao_sandwich_csv(shared_data, tmp_path, capsys):
     votes = shared_data / "llmfao" / "crowd-comparisons.csv"
-    code, out, err = run(["leaderboard", votes, "--preset", "llmfao", "--out", tmp_path / "lb.csv"], capsys)
+    code, out, err = run(["leaderboard", votes, "--format", "llmfao", "--out", tmp_path / "lb.csv"], capsys)
     assert code == 0, err
     frame = pd.read_csv(tmp_path / "lb.csv")
     assert list(frame.columns) == COLUMNS
     assert frame["rating"].is_monotonic_decreasing
-    fit = fit_bradley_terry(load_battles(votes, **LLMFAO_FORMAT))
+    fit = fit_bradley_terry(load_votes(votes))
     ref = dict(zip(fit.models, np.asarray(fit.ratings, np.float64)))
     np.testing.assert_allclose(frame["rating"], [ref[m] for m in frame["model"]], atol=1e-3)
     assert (frame["lower"] < frame["rating"]).all() and (frame["rating"] < frame["upper"]).all()
@@ -116,7 +117,7 @@ def test_bad_inputs_exit_2(arena_csv, tmp_path, capsys):
     code, _, err = run(["leaderboard", bad], capsys)
     assert code == 2 and "unknown winner label" in err and "'draw'" in err and err.count("\n") == 1
     nocol = tmp_path / "nocol.csv"
-    pd.DataFrame({"left": ["a"], "right": ["b"], "winner": ["model_a"]}).to_csv(nocol, index=False)
+    pd.DataFrame({"model_x": ["a"], "model_b": ["b"], "winner": ["model_a"]}).to_csv(nocol, index=False)
     code, _, err = run(["leaderboard", nocol], capsys)
     assert code == 2 and "missing column" in err and "model_a" in err
     existing = tmp_path / "exists.csv"

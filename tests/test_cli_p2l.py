@@ -90,7 +90,7 @@ def test_route_follows_the_prompt(trained, workdir, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["train", "VOTES", "--out", "NEW", "--prompts-column", "nope"], "has no column(s) 'nope'"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "nope"], "missing column(s) 'nope'"),
     (["train", "VOTES", "--out", "MODEL", "--prompts-column", "question"], "--out"),
     (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--features", "BAD"],
      "--features"),
@@ -164,3 +164,23 @@ def test_end_to_end_with_the_real_sentence_encoder(minilm, workdir, tmp_path, ca
     ref, _ = model.coefficients(prompt_features(texts, encoder="all-minilm-l6-v2"))
     assert beta.shape == (2, 3) and alpha is None
     np.testing.assert_array_equal(np.asarray(beta), np.asarray(ref))
+
+
+def test_train_with_columns_and_winner_labels(workdir, capsys):
+    """`p2l train --columns ... --winner-labels ...` (an ImportError of `_parse_map` before) reads other layouts."""
+    frame = pd.read_csv(workdir / "votes.csv").rename(columns={"model_a": "first", "model_b": "second",
+                                                               "winner": "verdict"})
+    frame["verdict"] = frame["verdict"].map({"model_a": "1", "model_b": "2", "tie": "0"})
+    frame.to_csv(workdir / "renamed.csv", index=False)
+    out = workdir / "renamed_model"
+    code = main(["p2l", "train", str(workdir / "renamed.csv"), "--columns", "model_a=first,model_b=second,winner=verdict",
+                 "--winner-labels", "1=model_a,2=model_b,0=tie", "--prompts-column", "question",
+                 "--features", str(workdir / "feats.npy"), "--out", str(out), "--epochs", "2"])
+    assert code == 0, capsys.readouterr().err
+    assert load_p2l(out).models == tuple(MODELS)
+    capsys.readouterr()
+    code = main(["p2l", "train", str(workdir / "renamed.csv"), "--columns", "model_a=first,model_b=second,winner=verdict",
+                 "--prompts-column", "question", "--features", str(workdir / "feats.npy"), "--out",
+                 str(workdir / "never")])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown winner label(s) '0'" in err and err.count("\n") == 1

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrank.ratings import LLMFAO_FORMAT, load_battles, synthetic_battles
-from jaxrank.ratings.elo import _random_orders, elo_permutations, online_elo
+from jaxrank import load_votes
+from jaxrank.ratings import synthetic_votes
+from jaxrank.ratings.elo import elo_permutations, online_elo, random_vote_orders
 
 # float32 ratings (~1000, ulp 6e-5) after thousands of updates of size <= K: a random walk of
 # rounding errors; 0.02 Elo is far below any meaningful difference and far above float32 noise.
@@ -56,9 +57,8 @@ def test_online_elo_order_and_zero_sum(votes):
 
 
 def test_online_elo_llmfao_file_order(shared_data):
-    battles = load_battles(shared_data / "llmfao" / "crowd-comparisons.csv", **LLMFAO_FORMAT)
-    row = np.asarray(battles.vote_row)
-    a, b, o = (np.asarray(x)[row] for x in (battles.a, battles.b, battles.outcome))
+    battles = load_votes(shared_data / "llmfao" / "crowd-comparisons.csv")
+    a, b, o = battles.a, battles.b, battles.outcome
     got = np.asarray(online_elo(battles))
     np.testing.assert_allclose(got, python_elo(a, b, o, battles.num_models), atol=ATOL, rtol=0)
 
@@ -68,7 +68,7 @@ def test_permutations_replay_their_orders(votes):
     key = jax.random.key(3)
     res = elo_permutations(key, (a, b, o), num_permutations=6, chunk_size=4)
     assert res.ratings.shape == (6, m)
-    orders = np.asarray(_random_orders(jax.random.split(key, 6), len(a)))  # [N, P]
+    orders = np.asarray(random_vote_orders(jax.random.split(key, 6), len(a)))  # [N, P]
     for p in (0, 5):
         assert sorted(orders[:, p].tolist()) == list(range(len(a)))  # a permutation
         ref = python_elo(a[orders[:, p]], b[orders[:, p]], o[orders[:, p]], m)
@@ -103,12 +103,12 @@ def test_bad_input(votes):
         online_elo((a, b, o), k=0.0)
     with pytest.raises(ValueError, match="order"):
         online_elo((a, b, o), order=np.array([len(a)]))
-    with pytest.raises(TypeError, match="battles_or_arrays"):
+    with pytest.raises(TypeError, match="votes must be a jaxrank.Votes"):
         online_elo("votes.csv")
     with pytest.raises(ValueError, match="num_permutations"):
         elo_permutations(jax.random.key(0), (a, b, o), num_permutations=0)
     with pytest.raises(ValueError, match="confidence"):
         elo_permutations(jax.random.key(0), (a, b, o), num_permutations=2, confidence=1.0)
-    synth, _ = synthetic_battles(jax.random.key(0), 4, 100)
-    with pytest.raises(ValueError, match="no vote order"):
+    synth, _ = synthetic_votes(jax.random.key(0), 4, 100)
+    with pytest.raises(ValueError, match="needs one entry per vote"):
         online_elo(synth)

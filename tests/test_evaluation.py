@@ -13,9 +13,11 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jaxrank import Votes, load_votes
 from jaxrank import evaluation as E
 from jaxrank.cli import main
-from jaxrank.ratings import A_WINS, B_WINS, TIE, TIE_BOTHBAD, elo_permutations
+from jaxrank.ratings import elo_permutations
+from jaxrank.votes import A_WINS, B_WINS, TIE, TIE_BOTHBAD
 
 FRACTIONS = (0.25, 0.5, 1.0)
 NUM_RANDOM = 8
@@ -57,8 +59,8 @@ def frame() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def votes(frame) -> E.PromptVotes:
-    return E.load_prompt_votes(frame)
+def votes(frame) -> Votes:
+    return load_votes(frame)
 
 
 @pytest.fixture(scope="module")
@@ -89,38 +91,45 @@ def test_load_prompt_votes(frame, votes):
     codes = {name: code for code, name in enumerate(LABELS)}
     np.testing.assert_array_equal(votes.outcome, [codes[w] for w in frame["winner"]])
     np.testing.assert_array_equal(np.asarray(votes.models)[votes.a], frame["model_a"])
-    np.testing.assert_array_equal(np.asarray(votes.prompt_ids)[votes.prompt_index], frame["prompt_id"])
+    np.testing.assert_array_equal(np.asarray(votes.prompt_ids)[votes.prompt], frame["prompt_id"])
     assert (A_WINS, B_WINS, TIE, TIE_BOTHBAD) == (0, 1, 2, 3)
     # Other column names through the mapping (prompt column included) and other winner labels.
     other = frame.rename(columns={"prompt_id": "prompt", "model_a": "left"}).replace(
         {"winner": {"model_a": "L", "model_b": "R"}})
-    again = E.load_prompt_votes(
+    again = load_votes(
         other, columns={"model_a": "left", "prompt_id": "prompt"},
         winner_labels={"L": "model_a", "R": "model_b", "tie": "tie", "tie (bothbad)": "tie (bothbad)"},
     )
-    for name in ("prompt_index", "a", "b", "outcome"):
+    for name in ("prompt", "a", "b", "outcome"):
         np.testing.assert_array_equal(getattr(again, name), getattr(votes, name))
 
 
 def test_prompt_votes_checks_and_helpers(votes):
-    with pytest.raises(ValueError, match="same length"):
-        E.PromptVotes(("p",), [0, 0], [0], [1, 0], [0, 1], ("x", "y"))
-    with pytest.raises(ValueError, match=r"prompt_index must hold values in \[0, 1\)"):
-        E.PromptVotes(("p",), [0, 1], [0, 1], [1, 0], [0, 1], ("x", "y"))
+    def make(prompt_ids, prompt, a, b, outcome, models):
+        return Votes(models=models, a=a, b=b, outcome=outcome, prompt=prompt, prompt_ids=prompt_ids)
+
+    with pytest.raises(ValueError, match=r"b must have shape \[N\] = \(2,\)"):
+        make(("p",), [0, 0], [0, 1], [1], [0, 1], ("x", "y"))
+    with pytest.raises(ValueError, match=r"prompt must hold indices in \[0, 1\)"):
+        make(("p",), [0, 1], [0, 1], [1, 0], [0, 1], ("x", "y"))
     with pytest.raises(ValueError, match="playing itself"):
-        E.PromptVotes(("p",), [0], [1], [1], [0], ("x", "y"))
-    with pytest.raises(ValueError, match="outcome must hold values"):
-        E.PromptVotes(("p",), [0], [0], [1], [4], ("x", "y"))
+        make(("p",), [0], [1], [1], [0], ("x", "y"))
+    with pytest.raises(ValueError, match=r"outcome must hold values in \[0, 4\)"):
+        make(("p",), [0], [0], [1], [4], ("x", "y"))
     np.testing.assert_array_equal(votes.votes_per_prompt(), np.full(24, 6))
     assert votes.ties_per_prompt().sum() == votes.is_tie().sum() == np.isin(votes.outcome, [TIE, TIE_BOTHBAD]).sum()
-    sub = votes.subset([0, 2])
-    assert sub.num_votes == 12 and set(sub.prompt_index.tolist()) == {0, 1}
+    sub = votes.subset_prompts([0, 2]).drop_empty_prompts()
+    assert sub.num_votes == 12 and set(sub.prompt.tolist()) == {0, 1}
     assert sub.prompt_ids == (votes.prompt_ids[0], votes.prompt_ids[2]) and sub.models == votes.models
-    # Prompt ids without votes are refused (they would enter the tie rates with 0 / 0), named.
-    with pytest.raises(ValueError, match=r"prompt_ids: 1 of the 3 prompt ids have no votes, e.g. 'p2'"):
-        E.PromptVotes(("p0", "p1", "p2"), [0, 1], [0, 1], [1, 0], [0, 2], ("x", "y"))
-    battles = votes.to_battles()
-    assert battles.num_votes == votes.num_votes and float(battles.count.sum()) == votes.num_votes
+    assert votes.subset_prompts([votes.prompt_ids[0], votes.prompt_ids[2]]).num_votes == 12
+    # Prompt ids without votes never enter the tie rates (they would give 0 / 0): the evaluation drops them.
+    padded = votes.replace(prompt_ids=votes.prompt_ids + ("unvoted",))
+    assert padded.num_prompts == 25 and padded.drop_empty_prompts().prompt_ids == votes.prompt_ids
+    scores = {p: float(i) for i, p in enumerate(padded.prompt_ids)}
+    np.testing.assert_array_equal(E.tie_reduction(scores, padded, fractions=[0.5, 1.0], num_random=4).reduction,
+                                  E.tie_reduction(scores, votes, fractions=[0.5, 1.0], num_random=4).reduction)
+    rows = votes.rows()
+    assert votes.num_votes == 144 and float(rows.count.sum()) == votes.num_votes
 
 
 def test_subset_sizes_round_as_prioritize():
@@ -132,19 +141,20 @@ def test_subset_sizes_round_as_prioritize():
 
 
 def test_load_prompt_votes_errors(frame, tmp_path):
-    with pytest.raises(ValueError, match="prompt column 'prompt_id'.*available columns"):
-        E.load_prompt_votes(frame.drop(columns="prompt_id"))
+    no_prompts = load_votes(frame.drop(columns="prompt_id"))
+    with pytest.raises(ValueError, match="votes have no prompt ids"):
+        E.tie_reduction({"q00": 1.0}, no_prompts)
     with pytest.raises(ValueError, match="missing column.*'model_b'"):
-        E.load_prompt_votes(frame.drop(columns="model_b"))
+        load_votes(frame.drop(columns="model_b"))
     bad = frame.copy()
     bad.loc[3, "prompt_id"] = None
-    with pytest.raises(ValueError, match="1 missing prompt id"):
-        E.load_prompt_votes(bad)
+    with pytest.raises(ValueError, match="column 'prompt_id', row 3: 1 missing"):
+        load_votes(bad)
     with pytest.raises(ValueError, match="unknown key"):
-        E.load_prompt_votes(frame, columns={"prompt": "x"})
+        load_votes(frame, columns={"player": "x"})
     path = tmp_path / "votes.jsonl"
     frame.to_json(path, orient="records", lines=True)
-    assert E.load_prompt_votes(path).num_votes == len(frame)
+    assert load_votes(path).num_votes == len(frame)
 
 
 def test_prompt_ids_read_verbatim(tmp_path):
@@ -154,9 +164,9 @@ def test_prompt_ids_read_verbatim(tmp_path):
     frame = pd.DataFrame({"prompt_id": ids, "model_a": ["x"] * 4, "model_b": ["y"] * 4,
                           "winner": ["tie", "model_a", "model_b", "tie"]})
     frame.to_csv(tmp_path / "v.csv", index=False)
-    votes = E.load_prompt_votes(tmp_path / "v.csv")
+    votes = load_votes(tmp_path / "v.csv")
     assert votes.prompt_ids == ("08", "1e3", "8", "8.0") and votes.num_prompts == 4
-    np.testing.assert_array_equal(np.asarray(votes.prompt_ids)[votes.prompt_index], ids)
+    np.testing.assert_array_equal(np.asarray(votes.prompt_ids)[votes.prompt], ids)
     pd.DataFrame({"prompt_id": ids, "score": [1.0, 2.0, 3.0, 4.0]}).to_csv(tmp_path / "s.csv", index=False)
     scores = E.load_scores(tmp_path / "s.csv")
     assert scores.to_dict() == {"8": 1.0, "08": 2.0, "8.0": 3.0, "1e3": 4.0}
@@ -165,7 +175,7 @@ def test_prompt_ids_read_verbatim(tmp_path):
     with open(tmp_path / "v.jsonl", "w") as f:
         for pid, w in ((17, "tie"), ("08", "model_a"), (17, "model_b"), ("1e3", "tie")):
             f.write(pd.Series({"prompt_id": pid, "model_a": "x", "model_b": "y", "winner": w}).to_json() + "\n")
-    jl = E.load_prompt_votes(tmp_path / "v.jsonl")
+    jl = load_votes(tmp_path / "v.jsonl")
     assert jl.prompt_ids == ("08", "17", "1e3")
     # Integer ids in JSONL votes match the same ids in a CSV of scores, and the other way round.
     pd.DataFrame({"prompt_id": ["17", "08", "1e3"], "score": [1.0, 2.0, 3.0]}).to_csv(tmp_path / "s2.csv", index=False)
@@ -322,7 +332,7 @@ def _hand_votes():
     for p, t in enumerate(ties):
         for v in range(3):
             rows.append((p, "x", "y", "tie" if v < t else ("model_a" if v % 2 else "model_b")))
-    return E.load_prompt_votes(pd.DataFrame(rows, columns=["prompt_id", "model_a", "model_b", "winner"])), np.array(ties)
+    return load_votes(pd.DataFrame(rows, columns=["prompt_id", "model_a", "model_b", "winner"])), np.array(ties)
 
 
 def test_tie_reduction_perfect_scores_hand_computed():
@@ -439,11 +449,11 @@ def test_tie_reduction_validation(votes, scores):
         E.tie_reduction(scores, votes, num_random=1)
     with pytest.raises(ValueError, match="confidence"):
         E.tie_reduction(scores, votes, confidence=1.5)
-    with pytest.raises(TypeError, match="PromptVotes"):
+    with pytest.raises(TypeError, match="jaxrank.Votes"):
         E.tie_reduction(scores, "votes.csv")
     with pytest.raises(ValueError, match="NaN"):
         E.tie_reduction({**scores, "q03": float("nan")}, votes)
-    no_ties = E.PromptVotes(("p",), [0, 0], [0, 1], [1, 0], [0, 1], ("x", "y"))
+    no_ties = Votes(models=("x", "y"), a=[0, 1], b=[1, 0], outcome=[0, 1], prompt=[0, 0], prompt_ids=("p",))
     with pytest.raises(ValueError, match="no ties"):
         E.tie_reduction([1.0], no_ties)
 
@@ -452,7 +462,7 @@ def test_tie_reduction_validation(votes, scores):
 # Leaderboard stability
 
 
-def _bt_reference(votes: E.PromptVotes, keep: np.ndarray) -> np.ndarray:
+def _bt_reference(votes: Votes, keep: np.ndarray) -> np.ndarray:
     """Float64 Bradley-Terry ('half' ties) by scipy on the kept votes: Elo-scale ratings centred on the
     models that play, NaN for the others."""
     a, b, o = votes.a[keep], votes.b[keep], votes.outcome[keep]
@@ -497,7 +507,7 @@ def test_stability_bt(votes, stability_bt):
             assert getattr(res, col)[-1] == pytest.approx(value, abs=1e-6), col
     assert res.max_rating_diff[-1] < 1e-3 and res.max_rating_diff_upper[-1] < 1e-3
     # Top 25 %: prompts q00..q05, where m4 never plays: it is left out, the rest checked against scipy.
-    top_prompts = np.isin(votes.prompt_index, np.arange(6))
+    top_prompts = np.isin(votes.prompt, np.arange(6))
     ref = _bt_reference(votes, top_prompts)
     assert np.isnan(res.top_ratings[0, 4]) and np.isnan(ref[4])
     np.testing.assert_allclose(res.top_ratings[0, :4] - res.top_ratings[0, :4].mean(), ref[:4], atol=0.1)
@@ -663,7 +673,7 @@ def test_cli_ties_round_trip(tmp_path, files, capsys):
     assert "reduction" in text and "24 prompts, 144 votes" in text
     table = pd.read_csv(out)
     assert list(table.columns) == ["fraction", "tie_rate_top", "tie_rate_random", "reduction", "lower", "upper"]
-    lib = E.tie_reduction(E.load_scores(scores_path), E.load_prompt_votes(votes_path), fractions=FRACTIONS,
+    lib = E.tie_reduction(E.load_scores(scores_path), load_votes(votes_path), fractions=FRACTIONS,
                           num_random=256, key=jax.random.key(1)).to_frame()
     np.testing.assert_allclose(table.to_numpy(), lib.to_numpy(), rtol=1e-9)
     assert plot.stat().st_size > 1000
@@ -704,7 +714,7 @@ def test_cli_errors(tmp_path, files, frame, capsys):
     cases = [
         (["--columns", "model_a=nope"], "missing column(s) 'nope'"),
         (["--columns", "players=x"], "--columns: unknown name 'players'"),
-        (["--prompt-column", "prompt"], "prompt column 'prompt'"),
+        (["--prompt-column", "prompt"], "missing column(s) 'prompt'"),
         (["--fractions", "0.5,2"], "--fractions: 2 is outside (0, 1]"),
         (["--out", str(tmp_path / "x.txt")], "unknown format '.txt'; use .csv, .tsv, .jsonl or .parquet"),
     ]
@@ -741,8 +751,8 @@ def test_cli_errors(tmp_path, files, frame, capsys):
 
 
 def test_cli_preset_llmfao(tmp_path, files, frame, capsys):
-    """--preset llmfao reads LLMFAO's layout (left/right/winner, prompt ids in `prompt`) through the same preset
-    table as `jaxrank leaderboard --preset llmfao`, with the same result as the Arena-format file."""
+    """--format llmfao (or auto-detection) reads LLMFAO's layout (left/right/winner, prompt ids in `prompt`) through
+    the same reader as `jaxrank leaderboard`, with the same result as the Arena-format file."""
     from jaxrank.commands import _common, evaluate, leaderboard
 
     assert not hasattr(evaluate, "_parse_map") and not hasattr(leaderboard, "_parse_map")
@@ -753,13 +763,15 @@ def test_cli_preset_llmfao(tmp_path, files, frame, capsys):
     llmfao.to_csv(tmp_path / "llmfao.csv", index=False)
     arena.to_csv(tmp_path / "arena.csv", index=False)
     outs = []
-    for name, extra in (("llmfao", ["--preset", "llmfao"]), ("arena", [])):
+    for name, extra in (("llmfao", ["--format", "llmfao"]), ("arena", [])):
         out = tmp_path / f"{name}_ties.csv"
         assert main(["evaluate", "ties", "--scores", str(scores_path), "--votes", str(tmp_path / f"{name}.csv"),
                      "--fractions", "0.25,0.5,1", "--num-random", "256", "--out", str(out)] + extra) == 0
         outs.append(pd.read_csv(out))
     capsys.readouterr()
     pd.testing.assert_frame_equal(outs[0], outs[1])
+    import argparse
+
     with pytest.raises(_common.CliError, match="--winner-labels: left='x'"):
-        _common.vote_maps("llmfao", None, "left=x", column_keys=("model_a",))
+        _common.vote_options(argparse.Namespace(format="llmfao", columns=None, winner_labels="left=x"))
 

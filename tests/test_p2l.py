@@ -10,12 +10,12 @@ import pytest
 from flax import nnx
 from scipy.optimize import minimize
 
+from jaxrank import Votes
 from jaxrank.p2l import (
     LOSSES,
     P2LHead,
     aggregate_leaderboard,
     load_p2l,
-    make_p2l_votes,
     p2l_loss,
     save_p2l,
     train_p2l,
@@ -126,7 +126,8 @@ def synthetic_arena(seed, num_prompts=240, dim=3, num_models=4, votes_per_prompt
     p = ref_probs(beta[prompt, a], beta[prompt, b], np.full(n, 0.6), loss)
     cum = np.cumsum(p, axis=1)
     o = (rng.random(n)[:, None] > cum).sum(1).clip(0, 3)
-    votes = make_p2l_votes(a, b, o, prompt, models=[f"m{i}" for i in range(num_models)])
+    votes = Votes(models=tuple(f"m{i}" for i in range(num_models)), a=a, b=b, outcome=o, prompt=prompt,
+                  prompt_ids=tuple(str(i) for i in range(num_prompts)))
     return x, beta, votes
 
 
@@ -356,17 +357,17 @@ def test_bad_input(small_arena):
         p2l_loss(z, None, i2, i2, jnp.zeros(2), loss="bt")
     with pytest.raises(ValueError, match=r"tie_param \[B\] is required"):
         p2l_loss(z, None, i2, i2, i2, loss="rao-kupper")
-    with pytest.raises(ValueError, match="winner labels must be one of"):
-        make_p2l_votes(["a"], ["b"], ["left"], [0])
-    with pytest.raises(ValueError, match="model_a equals model_b"):
-        make_p2l_votes(["a", "b"], ["a", "a"], ["tie", "tie"], [0, 0])
-    with pytest.raises(ValueError, match=r"prompt must be a 1-D sequence of length N = 1"):
-        make_p2l_votes(["a"], ["b"], ["tie"], [0, 1])
+    with pytest.raises(ValueError, match=r"unknown winner label\(s\) 'left'"):
+        Votes.from_arrays(["a"], ["b"], ["left"], prompt=[0])
+    with pytest.raises(ValueError, match="model playing itself"):
+        Votes.from_arrays(["a", "b"], ["a", "a"], ["tie", "tie"], prompt=[0, 0])
+    with pytest.raises(ValueError, match=r"prompt must have shape \[N\] = \(1,\)"):
+        Votes.from_arrays(["a"], ["b"], ["tie"], prompt=[0, 1])
     with pytest.raises(ValueError, match="votes.prompt indexes prompt 39 but features has only P = 10 rows"):
         train_p2l(x[:10], votes)
     with pytest.raises(ValueError, match=r"features must have shape \[P, D\]"):
         train_p2l(x[0], votes)
-    with pytest.raises(TypeError, match="votes must be a P2LVotes"):
+    with pytest.raises(TypeError, match="votes must be a jaxrank.Votes"):
         train_p2l(x, {"a": 1})
     with pytest.raises(ValueError, match="val_fraction must be in"):
         train_p2l(x, votes, val_fraction=1.0)
@@ -415,7 +416,7 @@ def test_bad_values_raise_instead_of_silent_nan(small_arena):
     all_ties = dataclasses.replace(votes, outcome=np.where(val, 2, votes.outcome).astype(np.int32))
     with pytest.raises(ValueError, match=r"val_fraction=0.2: the 8 validation prompts hold no vote the loss scores"):
         train_p2l(x, all_ties, loss="bt", val_fraction=0.2, key=key)
-    zero_w = dataclasses.replace(votes, weight=np.where(val, 0.0, votes.weight).astype(np.float32))
+    zero_w = dataclasses.replace(votes, weight=np.where(val, 0.0, votes.vote_weight()).astype(np.float32))
     with pytest.raises(ValueError, match="all weight 0"):
         train_p2l(x, zero_w, loss="bt-tie", val_fraction=0.2, key=key)
 

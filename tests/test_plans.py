@@ -17,14 +17,14 @@ from jaxrank import resources as R
 from jaxrank.lm.config import ModelConfig
 from jaxrank.lm.memory import check_forward, forward_bytes
 from jaxrank.p2l import aggregate_leaderboard
-from jaxrank.ratings import synthetic_battles
+from jaxrank.ratings import synthetic_votes
 from jaxrank.ratings.uncertainty import bootstrap_plan, bootstrap_ratings
 from jaxrank.resources import ResourceError
 
 
 @pytest.fixture(scope="module")
 def battles():
-    return synthetic_battles(jax.random.key(0), 5, 300)[0]
+    return synthetic_votes(jax.random.key(0), 5, 300)[0]
 
 
 def test_memory_limit_and_budget(monkeypatch):

@@ -54,12 +54,12 @@ def test_pandalm_votes_counts(pandalm):
 
 
 def test_pandalm_votes_load_as_arena_votes(pandalm, tmp_path):
-    from jaxrank.ratings import load_battles
+    from jaxrank import load_votes
 
     module, items, _ = pandalm
     path = tmp_path / "votes.csv"
     module.pandalm_votes(items).to_csv(path, index=False)
-    battles = load_battles(path)
+    battles = load_votes(path)
     assert battles.num_votes == 2997
     assert len(battles.models) == 5
 
@@ -98,12 +98,12 @@ def test_llmfao_prompt_scores_and_prompts(shared_data, tmp_path):
 
 
 def test_pandalm_votes_as_prompt_votes(pandalm, tmp_path):
-    from jaxrank.evaluation import load_prompt_votes
+    from jaxrank import load_votes
 
     module, items, raw = pandalm
     path = tmp_path / "votes.csv"
     module.pandalm_votes(items).to_csv(path, index=False)
-    votes = load_prompt_votes(path)
+    votes = load_votes(path)
     assert (votes.num_votes, votes.num_prompts, votes.num_models) == (2997, 999, 5)
     assert votes.votes_per_prompt().tolist() == [3] * 999
     ties = dict(zip(votes.prompt_ids, votes.ties_per_prompt().tolist()))

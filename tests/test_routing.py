@@ -563,7 +563,8 @@ def test_route_tie_model_with_per_prompt_tie_param_and_opponent():
 
 def test_elo_scale_accepts_numpy_scalars():
     from jaxrank._validation import check_elo_scale
-    from jaxrank.ratings import battles_from_arrays, fit_bradley_terry
+    from jaxrank import Votes
+    from jaxrank.ratings import fit_bradley_terry
 
     assert check_elo_scale(np.float32(400), np.int64(10), np.float64(1000)) == (400.0, 10.0, 1000.0)
     for bad in (True, "400", np.array([400.0])):
@@ -576,6 +577,6 @@ def test_elo_scale_accepts_numpy_scalars():
                                   router_rating(beta, policy, ratings))
     # fit_bradley_terry uses the same checker: a NumPy scale passes it (the error is then max_iter's, before
     # any fitting).
-    battles = battles_from_arrays(np.array(["x", "y"]), np.array(["y", "x"]), np.array(["model_a", "tie"]))
+    battles = Votes.from_arrays(np.array(["x", "y"]), np.array(["y", "x"]), np.array(["model_a", "tie"]))
     with pytest.raises(ValueError, match="max_iter"):
         fit_bradley_terry(battles, scale=np.float32(400), init=np.float64(1000), max_iter=0)

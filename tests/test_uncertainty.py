@@ -9,12 +9,13 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import log_expit
 
-from jaxrank.ratings import Battles, fit_bradley_terry
+from jaxrank import Votes
+from jaxrank.ratings import fit_bradley_terry
 from jaxrank.ratings.uncertainty import (
     BootstrapResult,
     SandwichResult,
-    _resample,
     bootstrap_ratings,
+    resampled_weights,
     load_leaderboard,
     rank_upper_bound,
     sandwich_intervals,
@@ -37,11 +38,7 @@ def arena(rng, theta, votes_per_pair, *, tie_nu=0.0):
     pa, pb, pt = np.exp(d / 2), np.exp(-d / 2), np.full_like(d, tie_nu)
     z = pa + pb + pt
     counts = np.stack([rng.multinomial(votes_per_pair, [x / s, y / s, t / s]) for x, y, t, s in zip(pa, pb, pt, z)])
-    return Battles(
-        models=tuple(f"m{i}" for i in range(M)),
-        a=jnp.asarray(ROW_A), b=jnp.asarray(ROW_B), outcome=jnp.asarray(ROW_O),
-        count=jnp.asarray(counts.reshape(-1), jnp.float32), vote_row=jnp.zeros((0,), jnp.int32),
-    )
+    return Votes(models=tuple(f"m{i}" for i in range(M)), a=ROW_A, b=ROW_B, outcome=ROW_O, count=counts.reshape(-1))
 
 
 def scipy_fit_half(w):
@@ -82,12 +79,10 @@ def test_bootstrap_rounds_are_exact_refits(small):
     key = jax.random.key(7)
     boot = bootstrap_ratings(key, small, num_rounds=8, chunk_size=5, sampler="votes")
     assert boot.samples.shape == (8, M) and bool(boot.converged.all())
-    keys = jax.random.split(key, 8)
-    count = np.asarray(small.count)
-    rows = jnp.asarray(np.repeat(np.arange(count.size), count.astype(np.int64)), jnp.int32)
-    ones = jnp.ones(count.shape, jnp.float32)
+    count = np.asarray(small.rows().count)
+    weights = np.asarray(resampled_weights(key, small, num_rounds=8, sampler="votes"))
     for r in (0, 7):  # the second chunk's last round too
-        w = np.asarray(_resample(keys[r], rows, ones, count.size, int(count.sum()), "votes"))
+        w = weights[r][: count.size]
         assert w.sum() == count.sum()
         ref = 1000.0 + K * scipy_fit_half(w.astype(np.float64))
         np.testing.assert_allclose(np.asarray(boot.samples[r]), ref, atol=0.01)
@@ -128,8 +123,9 @@ def test_bootstrap_coverage_near_nominal():
 
 def numpy_sandwich_se(battles, fit, ties, eps=1e-4):
     """float64 reference: scores and Hessian by central differences of a NumPy log-likelihood."""
-    a, b, o = (np.asarray(x) for x in (battles.a, battles.b, battles.outcome))
-    w = np.asarray(battles.count, np.float64)
+    rows = battles.rows()
+    a, b, o = (np.asarray(x) for x in (rows.a, rows.b, rows.outcome))
+    w = np.asarray(rows.count, np.float64)
     fits_tie = ties == "davidson"
 
     def row_lp(x):
@@ -245,7 +241,7 @@ def test_bad_input(small):
         bootstrap_ratings(key, small, num_rounds=4, ties="draw")
     with pytest.raises(TypeError, match="unexpected keyword"):
         bootstrap_ratings(key, small, num_rounds=4, weights=np.ones(3))
-    with pytest.raises(TypeError, match="battles"):
+    with pytest.raises(TypeError, match="votes"):
         bootstrap_ratings(key, "votes.csv", num_rounds=4)
     with pytest.raises(TypeError, match="progress"):
         bootstrap_ratings(key, small, num_rounds=4, progress=3)
@@ -256,3 +252,54 @@ def test_bad_input(small):
         sandwich_intervals(small, {"ratings": 1})
     with pytest.raises(TypeError, match="intervals"):
         save_leaderboard("/tmp/never-written", fit, intervals=np.ones(3))
+
+
+def test_rank_by_rating_and_tied_groups():
+    from jaxrank.ratings import rank_by_rating, tied_groups
+
+    np.testing.assert_array_equal(np.asarray(rank_by_rating(jnp.array([1010.0, 1100.0, 1010.0, 900.0]))), [2, 1, 2, 4])
+    ratings = np.array([1200.0, 1190.0, 1100.0, 1095.0, 1000.0])
+    lower = ratings - np.array([20.0, 20.0, 20.0, 30.0, 5.0])
+    upper = ratings + np.array([20.0, 20.0, 20.0, 30.0, 5.0])
+    # 1190's interval reaches the leader's lower bound 1180; 1100 (upper 1120) does not: it leads group 2,
+    # which 1095 (upper 1125 >= 1080) joins; 1000 (upper 1005) leads group 3.
+    np.testing.assert_array_equal(tied_groups(ratings, lower, upper), [1, 1, 2, 2, 3])
+    # Order of the models does not matter, only their ratings and intervals.
+    perm = np.array([3, 0, 4, 2, 1])
+    np.testing.assert_array_equal(tied_groups(ratings[perm], lower[perm], upper[perm]), np.array([1, 1, 2, 2, 3])[perm])
+    with pytest.raises(ValueError, match="same shape"):
+        tied_groups(ratings, lower[:2], upper)
+
+
+def test_prompt_bootstrap_resamples_whole_prompts():
+    """unit='prompts' draws prompts with replacement, each with all its votes: when votes on a prompt share
+    a prompt effect, the cluster bootstrap is wider than the vote bootstrap; its rounds are exact refits."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for p in range(60):
+        effect = rng.normal(0, 1.5, M)  # the prompt moves every model: votes on it are correlated
+        for _ in range(10):
+            i, j = rng.choice(M, 2, replace=False)
+            d = np.linspace(-0.5, 0.5, M)[i] - np.linspace(-0.5, 0.5, M)[j] + effect[i] - effect[j]
+            rows.append((f"m{i}", f"m{j}", "model_a" if rng.random() < 1 / (1 + np.exp(-d)) else "model_b", f"p{p}"))
+    votes = Votes.from_arrays([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                              prompt=[r[3] for r in rows])
+    fit = fit_bradley_terry(votes)
+    by_vote = bootstrap_ratings(jax.random.key(0), votes, num_rounds=300, fit=fit)
+    by_prompt = bootstrap_ratings(jax.random.key(0), votes, num_rounds=300, fit=fit, unit="prompts")
+    assert by_prompt.unit == "prompts"
+    assert np.median(np.asarray(by_prompt.std_error) / np.asarray(by_vote.std_error)) > 1.2
+    w = np.asarray(resampled_weights(jax.random.key(0), votes, num_rounds=300, unit="prompts"))[:2]
+    u = votes.rows().num_rows
+    assert np.all(np.isin(w.sum(axis=1), np.arange(0, 1000, 10)))  # whole prompts of 10 votes
+    for r in range(2):
+        ref = fit_bradley_terry(votes, row_weights=w[r, :u].astype(np.float32))
+        np.testing.assert_allclose(np.asarray(by_prompt.samples[r]), np.asarray(ref.ratings), atol=0.05)
+    with pytest.raises(ValueError, match="unit='prompts' needs prompt ids"):
+        bootstrap_ratings(jax.random.key(0), votes.replace(prompt=None, prompt_ids=None), num_rounds=4, unit="prompts")
+
+
+def test_both_bad_under_a_tie_model_warns():
+    votes = Votes.from_arrays(["x", "y", "x", "y"], ["y", "x", "y", "x"], ["model_a", "model_b", "tie", "tie (bothbad)"])
+    with pytest.warns(UserWarning, match=r"ties='rao-kupper' has no both-bad outcome.*ties='grounded-rao-kupper'"):
+        fit_bradley_terry(votes, ties="rao-kupper")

@@ -81,30 +81,35 @@ def parse_map(text: str, arg: str, *, keys: tuple[str, ...] | None = None,
     return out
 
 
-# Vote-file layouts for `--preset` (leaderboard, evaluate): column and winner-label maps (None: the
-# Arena defaults). The LLMFAO maps are `jaxrank.ratings.LLMFAO_FORMAT`.
-VOTE_PRESETS = ("arena", "llmfao")
-VOTE_TARGETS = ("model_a", "model_b", "tie", "tie (bothbad)")
+# Vote-file layouts for `--format` (leaderboard, evaluate, p2l train): `jaxrank.votes.FORMATS`, detected from
+# the columns by default. Kept here as literals so that building the parser imports nothing heavy.
+VOTE_FORMATS = ("auto", "arena", "arena-55k", "alpaca-eval", "llmfao", "pandalm")
+VOTE_TARGETS = ("model_a", "model_b", "tie", "tie (bothbad)", "both_bad")
+# The keys `--columns` may map (every layout's, see `jaxrank.load_votes`); the layout read checks its own.
+VOTE_COLUMN_KEYS = ("model_a", "model_b", "winner", "p_a", "weight", "count", "prompt_id", "prompt", "judge",
+                    "winner_model_a", "winner_model_b", "winner_tie", "response_a", "response_b", "preference",
+                    "length_a", "length_b", "output_a", "output_b", "cmp_key", "instruction", "input")
 
 
-def vote_maps(preset: str | None, columns: str | None, winner_labels: str | None, *,
-              column_keys: tuple[str, ...]) -> tuple[dict[str, str] | None, dict[str, str] | None]:
-    """(columns, winner_labels) for `load_battles`-style readers: the `--preset` maps, overridden entry by
-    entry by `--columns` and `--winner-labels`."""
-    cols: dict[str, str] | None = None
-    labels: dict[str, str] | None = None
-    if preset == "llmfao":
-        from jaxrank.ratings import LLMFAO_FORMAT
+def add_vote_arguments(p, *, prompt_help: str | None = None) -> None:
+    """The vote-reading options shared by the commands that read VOTES: --format, --columns, --winner-labels."""
+    p.add_argument("--format", choices=VOTE_FORMATS, default="auto",
+                   help="layout of VOTES (default auto: detected from its columns): arena (model_a, model_b, winner; "
+                        "also FastChat clean_battle and MT-Bench judgments), arena-55k (one-hot winner_model_a/_b/"
+                        "winner_tie), alpaca-eval (generator_1/_2, preference), llmfao (left, right, winner), pandalm")
+    p.add_argument("--columns", metavar="MAP",
+                   help="your column names, e.g. model_a=left,model_b=right,winner=verdict[,weight=w,prompt_id=q]")
+    p.add_argument("--winner-labels", metavar="MAP",
+                   help="your winner labels, e.g. left=model_a,right=model_b,draw=tie")
 
-        cols = dict(LLMFAO_FORMAT["columns"])
-        labels = dict(LLMFAO_FORMAT["winner_labels"])
-    elif preset not in (None, "arena"):
-        raise CliError(f"--preset: unknown preset {preset!r}; expected one of {', '.join(VOTE_PRESETS)}")
-    if columns:
-        cols = {**(cols or {}), **parse_map(columns, "--columns", keys=column_keys)}
-    if winner_labels:
-        labels = {**(labels or {}), **parse_map(winner_labels, "--winner-labels", values=VOTE_TARGETS)}
-    return cols, labels
+
+def vote_options(args, *, columns_extra: dict[str, str] | None = None) -> dict:
+    """`load_votes` keyword arguments from --format, --columns and --winner-labels."""
+    columns = dict(columns_extra or {})
+    if getattr(args, "columns", None):
+        columns.update(parse_map(args.columns, "--columns", keys=VOTE_COLUMN_KEYS))
+    labels = parse_map(args.winner_labels, "--winner-labels", values=VOTE_TARGETS) if args.winner_labels else None
+    return {"format": args.format, "columns": columns or None, "winner_labels": labels}
 
 
 def progress(description: str, total: int | None, *, transient: bool = False) -> Progress:

@@ -16,19 +16,18 @@ from typing import Any
 from jaxrank.commands._common import (
     FIGURE_FORMATS,
     TABLE_FORMATS,
-    VOTE_PRESETS,
     CliError,
+    add_vote_arguments,
     check_distinct,
     console,
     err_console,
     input_path,
     output_path,
     resource_flags,
-    vote_maps,
+    vote_options,
 )
 
 _FLAGS = {"num_random": "--num-random", "num_bootstrap": "--bootstrap", "num_permutations": "--permutations"}
-_COLUMN_KEYS = ("model_a", "model_b", "winner", "prompt_id")
 
 
 def register(subparsers: Any) -> None:
@@ -92,19 +91,16 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scores", required=True, metavar="SCORES",
                    help="priority scores: .csv/.jsonl/.parquet with columns prompt_id, score")
     p.add_argument("--votes", required=True, metavar="VOTES",
-                   help="votes: .csv/.jsonl/.parquet with model_a, model_b, winner and prompt_id")
+                   help="votes with prompt ids: any layout jaxrank leaderboard reads (e.g. model_a, model_b, winner, "
+                        "prompt_id)")
     p.add_argument("--fractions", metavar="LIST", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0",
                    help="fractions q of prompts, comma-separated in (0, 1] (default 0.1,0.2,...,1.0)")
     p.add_argument("--ci", type=float, default=0.95, metavar="C", help="interval coverage in (0, 1) (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--columns", metavar="MAP",
-                   help="vote column names, e.g. model_a=left,model_b=right,winner=winner,prompt_id=prompt")
+    add_vote_arguments(p)
     p.add_argument("--prompt-column", metavar="NAME",
-                   help="prompt-id column of VOTES (default prompt_id; with --preset llmfao: prompt)")
-    p.add_argument("--preset", choices=VOTE_PRESETS,
-                   help="known vote layouts, as for 'jaxrank leaderboard': arena (the default columns and labels), "
-                        "llmfao (left/right/winner, prompt ids in column prompt)")
-    p.add_argument("--winner-labels", metavar="MAP", help="winner labels, e.g. left=model_a,right=model_b,tie=tie")
+                   help="prompt-id column of VOTES (default: the layout's, e.g. prompt_id or question_id; LLMFAO: "
+                        "prompt); the same as --columns prompt_id=NAME")
     p.add_argument("--out", metavar="FILE", help="write the table (.csv, .tsv, .jsonl or .parquet)")
     p.add_argument("--plot", metavar="FILE", help="write the figure (.png, .pdf, .svg)")
     p.add_argument("--force", action="store_true", help="replace --out/--plot if they exist (files only)")
@@ -127,7 +123,8 @@ def _parse_fractions(text: str) -> list[float]:
 
 def _load(args: argparse.Namespace):
     """Validate the common options, then read SCORES and VOTES; returns (scores, votes, out, plot, fractions)."""
-    from jaxrank.evaluation import load_prompt_votes, load_scores
+    from jaxrank.evaluation import load_scores
+    from jaxrank.votes import load_votes
 
     scores_path = input_path(args.scores, arg="--scores")
     votes_path = input_path(args.votes, arg="--votes")
@@ -143,16 +140,18 @@ def _load(args: argparse.Namespace):
     out = output_path(args.out, force=args.force, arg="--out", inputs=inputs, suffixes=TABLE_FORMATS)
     plot = output_path(args.plot, force=args.force, arg="--plot", inputs=inputs, suffixes=FIGURE_FORMATS)
     check_distinct(out, plot)
-    columns, labels = vote_maps(args.preset, args.columns, args.winner_labels, column_keys=_COLUMN_KEYS)
-    prompt_column = args.prompt_column or ("prompt" if args.preset == "llmfao" else "prompt_id")
+    read = vote_options(args, columns_extra={"prompt_id": args.prompt_column} if args.prompt_column else None)
     try:
         scores = load_scores(scores_path)
     except ValueError as err:
         raise CliError(f"--scores {scores_path}: {err}") from None
     try:
-        votes = load_prompt_votes(votes_path, columns=columns, prompt_column=prompt_column, winner_labels=labels)
+        votes = load_votes(votes_path, **read)
     except ValueError as err:
         raise CliError(f"--votes {votes_path}: {err}") from None
+    if votes.prompt is None:
+        raise CliError(f"--votes {votes_path} has no prompt-id column (the layout's default, e.g. prompt_id or "
+                       "question_id, is absent); name yours with --prompt-column NAME")
     return scores, votes, out, plot, fractions, votes_path, scores_path
 
 

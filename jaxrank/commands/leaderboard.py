@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import math
 import warnings
 from typing import Any
 
 from jaxrank.commands._common import (
     FIGURE_FORMATS,
     TABLE_FORMATS,
-    VOTE_PRESETS,
     ChunkProgress,
     CliError,
+    add_vote_arguments,
     check_distinct,
     console,
     err_console,
     input_path,
     output_path,
     resource_flags,
-    vote_maps,
+    vote_options,
 )
-
-_COLUMN_KEYS = ("model_a", "model_b", "winner", "weight")
 
 
 def register(subparsers: Any) -> None:
@@ -29,26 +28,30 @@ def register(subparsers: Any) -> None:
         "leaderboard",
         help="Bradley-Terry leaderboard with confidence intervals from pairwise votes",
         description=(
-            "Fit a Bradley-Terry leaderboard (Elo scale) from pairwise votes with columns model_a, model_b, "
-            "winner (winner in model_a | model_b | tie | tie (bothbad)). Intervals come from a bootstrap "
+            "Fit a Bradley-Terry leaderboard (Elo scale) from pairwise votes in any supported layout (Chatbot "
+            "Arena model_a, model_b, winner; Kaggle 55k one-hot; FastChat clean_battle; MT-Bench; AlpacaEval soft "
+            "preferences; LLMFAO; PandaLM), detected from the columns. Intervals come from a bootstrap "
             "(--bootstrap N) or, by default, from the robust sandwich estimator. Output columns: "
-            "model, rating, lower, upper, rank_ub, battles."
+            "model, rating, lower, upper, rank_ub, battles, rank, tied_group (and rank_change with --style)."
         ),
     )
-    p.add_argument("votes", metavar="VOTES", help="votes file: .csv, .tsv, .jsonl/.json or .parquet")
+    p.add_argument("votes", metavar="VOTES", help="votes file: .csv, .tsv, .jsonl/.json or .parquet (text files may be .gz)")
     p.add_argument("--ties", choices=("half", "rao-kupper", "davidson", "drop", "grounded-rao-kupper"), default="half",
                    help="tie model (default: half, a tie is half a win each way, as Chatbot Arena)")
     p.add_argument("--bootstrap", type=int, default=0, metavar="N",
                    help="bootstrap rounds for the intervals (default 0: sandwich intervals, no resampling)")
+    p.add_argument("--resample", choices=("votes", "prompts"), default="votes",
+                   help="what a bootstrap round resamples: votes (default) or whole prompts (needs prompt ids)")
     p.add_argument("--ci", type=float, default=0.95, metavar="C", help="interval coverage in (0, 1) (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap (default 0)")
     p.add_argument("--l2", type=float, default=0.0, help="L2 prior precision on log-strengths (default 0)")
-    p.add_argument("--columns", metavar="MAP",
-                   help="column names, e.g. model_a=model_x,model_b=model_y,winner=winner[,weight=w]")
-    p.add_argument("--winner-labels", metavar="MAP",
-                   help="winner labels, e.g. left=model_a,right=model_b,tie=tie")
-    p.add_argument("--preset", choices=VOTE_PRESETS,
-                   help="known layouts: arena (the default columns and labels), llmfao (left/right/winner)")
+    p.add_argument("--style", metavar="FEATURES",
+                   help="style control: per-side features to control for, e.g. length or length,headers,lists,bold "
+                        "(from Arena's conv_metadata, AlpacaEval's lengths or the answer texts), or NAME=COL_A:COL_B "
+                        "to read a feature from two named columns. Adds the column rank_change (vs the plain fit)")
+    p.add_argument("--style-l2", type=float, default=1.0, metavar="L",
+                   help="L2 penalty on the style coefficients (default 1.0)")
+    add_vote_arguments(p)
     p.add_argument("--anchor", metavar="MODEL=RATING", help="pin one model to a rating, e.g. gpt-4=1200")
     p.add_argument("--out", metavar="FILE", help="write the table (.csv, .jsonl or .parquet)")
     p.add_argument("--force", action="store_true", help="overwrite --out/--plot/--save if they exist")
@@ -57,7 +60,8 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_anchor(text: str) -> tuple[str, float]:
+def parse_anchor(text: str) -> tuple[str, float]:
+    """`MODEL=RATING` -> (model, rating); the rating must be a finite number."""
     if "=" not in text:
         raise CliError(f"--anchor: expected MODEL=RATING, got {text!r}")
     model, rating = text.rsplit("=", 1)
@@ -65,9 +69,30 @@ def _parse_anchor(text: str) -> tuple[str, float]:
         value = float(rating)
     except ValueError:
         raise CliError(f"--anchor: RATING must be a number, got {rating!r}") from None
+    if not math.isfinite(value):
+        raise CliError(f"--anchor: RATING must be a finite number, got {rating!r}")
     if not model:
         raise CliError(f"--anchor: MODEL is empty in {text!r}")
     return model, value
+
+
+def parse_style(text: str) -> tuple[tuple[str, ...], dict[str, tuple[str, str]]]:
+    """`length,headers` / `length=len_a:len_b` -> (feature names, features read from named columns)."""
+    names, columns = [], {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise CliError(f"--style: empty feature name in {text!r}")
+        if "=" in part:
+            name, cols = (s.strip() for s in part.split("=", 1))
+            if cols.count(":") != 1 or not all(c.strip() for c in cols.split(":")) or not name:
+                raise CliError(f"--style: expected NAME=COLUMN_A:COLUMN_B, got {part!r}")
+            columns[name] = tuple(c.strip() for c in cols.split(":"))
+            part = name
+        if part in names:
+            raise CliError(f"--style: feature {part!r} named twice")
+        names.append(part)
+    return tuple(names), columns
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,62 +101,83 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from jaxrank.outputs import write_table
-    from jaxrank.ratings import fit_bradley_terry, load_battles
+    from jaxrank.ratings import fit_bradley_terry
     from jaxrank.ratings.uncertainty import (
         bootstrap_plan,
         bootstrap_ratings,
+        rank_by_rating,
         rank_upper_bound,
         sandwich_intervals,
         save_leaderboard,
+        tied_groups,
     )
+    from jaxrank.votes import load_votes
 
     # Validate everything cheap before reading or fitting.
-    votes = input_path(args.votes, arg="VOTES")
-    if votes.is_dir():
-        raise CliError(f"VOTES {votes} is a directory; expected a .csv, .jsonl or .parquet file")
+    votes_path = input_path(args.votes, arg="VOTES")
+    if votes_path.is_dir():
+        raise CliError(f"VOTES {votes_path} is a directory; expected a .csv, .jsonl or .parquet file")
     if args.bootstrap < 0 or args.bootstrap == 1:
         raise CliError(f"--bootstrap must be 0 (sandwich intervals) or >= 2 rounds, got {args.bootstrap}")
     if args.ties == "grounded-rao-kupper" and args.bootstrap < 2:
         raise CliError("--ties grounded-rao-kupper needs --bootstrap N (N >= 2): the sandwich intervals do not "
                        "support its four-outcome likelihood")
+    if args.resample == "prompts" and args.bootstrap < 2:
+        raise CliError("--resample prompts needs --bootstrap N (N >= 2)")
     if not 0.0 < args.ci < 1.0:
         raise CliError(f"--ci must lie strictly between 0 and 1, got {args.ci}")
-    if args.l2 < 0:
-        raise CliError(f"--l2 must be >= 0, got {args.l2}")
+    if not (math.isfinite(args.l2) and args.l2 >= 0):
+        raise CliError(f"--l2 must be a finite number >= 0, got {args.l2}")
+    if not (math.isfinite(args.style_l2) and args.style_l2 >= 0):
+        raise CliError(f"--style-l2 must be a finite number >= 0, got {args.style_l2}")
     # Every target, before any work: folder exists and is writable, not the input, --force rules.
-    out = output_path(args.out, force=args.force, arg="--out", inputs=[votes], suffixes=TABLE_FORMATS)
-    plot = output_path(args.plot, force=args.force, arg="--plot", inputs=[votes], suffixes=FIGURE_FORMATS)
-    save = output_path(args.save, force=args.force, arg="--save", kind="dir", inputs=[votes])
+    out = output_path(args.out, force=args.force, arg="--out", inputs=[votes_path], suffixes=TABLE_FORMATS)
+    plot = output_path(args.plot, force=args.force, arg="--plot", inputs=[votes_path], suffixes=FIGURE_FORMATS)
+    save = output_path(args.save, force=args.force, arg="--save", kind="dir", inputs=[votes_path])
     check_distinct(out, plot, save)
-
-    columns, labels = vote_maps(args.preset, args.columns, args.winner_labels, column_keys=_COLUMN_KEYS)
-    anchor, anchor_rating = _parse_anchor(args.anchor) if args.anchor else (None, None)
+    style, style_columns = parse_style(args.style) if args.style else ((), {})
+    if style and args.ties == "grounded-rao-kupper":
+        raise CliError("--style is not available with --ties grounded-rao-kupper (its both-bad competitor has no "
+                       "answer, hence no style)")
+    read = vote_options(args)
+    anchor, anchor_rating = parse_anchor(args.anchor) if args.anchor else (None, None)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        battles = load_battles(votes, columns=columns, winner_labels=labels)
-        if anchor is not None and anchor not in battles.models:
-            raise CliError(f"--anchor: {anchor!r} is not one of the {battles.num_models} models in {votes}")
+        votes = load_votes(votes_path, features=style_columns or None, **read)
+        if anchor is not None and anchor not in votes.models:
+            close = [m for m in votes.models if anchor.lower() in m.lower()][:5]
+            hint = f"; similar: {', '.join(close)}" if close else ""
+            raise CliError(f"--anchor: {anchor!r} is not one of the {votes.num_models} models in {votes_path}{hint}")
+        if style:
+            missing = [s for s in style if s not in votes.feature_names]
+            if missing:
+                have = ", ".join(votes.feature_names) or "none"
+                raise CliError(f"--style: {votes_path} has no feature(s) {', '.join(map(repr, missing))} (features found: "
+                               f"{have}); read one from two columns with --style NAME=COLUMN_A:COLUMN_B")
         fit_opts = {"l2": args.l2, "anchor": anchor, "anchor_rating": anchor_rating}
+        style_opts = {"style": style, "style_l2": args.style_l2} if style else {}
         if args.bootstrap >= 2:
             with resource_flags(num_rounds="--bootstrap"):  # the plan, before the fit
-                plan = bootstrap_plan(battles, num_rounds=args.bootstrap, ties=args.ties)
-        fit = fit_bradley_terry(battles, ties=args.ties, **fit_opts)
+                plan = bootstrap_plan(votes, num_rounds=args.bootstrap, ties=args.ties, unit=args.resample,
+                                      style=style)
+        fit = fit_bradley_terry(votes, ties=args.ties, **fit_opts, **style_opts)
+        plain = fit_bradley_terry(votes, ties=args.ties, **fit_opts) if style else None
         if args.bootstrap >= 2:
             bar = ChunkProgress("bootstrap", "rounds")
             try:
                 # At least ~20 chunks (same compiled shape), so the bar moves and Ctrl-C stops the run between
                 # two of them; never more per chunk than the memory plan allows. Rounds do not depend on chunking.
                 intervals = bootstrap_ratings(
-                    jax.random.key(args.seed), battles, num_rounds=args.bootstrap, ties=args.ties,
-                    confidence=args.ci, progress=bar, fit=fit,
-                    chunk_size=max(1, min(plan.chunk_size, -(-args.bootstrap // 20))), **fit_opts,
+                    jax.random.key(args.seed), votes, num_rounds=args.bootstrap, ties=args.ties,
+                    confidence=args.ci, progress=bar, fit=fit, unit=args.resample,
+                    chunk_size=max(1, min(plan.chunk_size, -(-args.bootstrap // 20))),
                 )
             finally:
                 bar.close()
-            method = f"bootstrap, {args.bootstrap} rounds"
+            method = f"bootstrap over {args.resample}, {args.bootstrap} rounds"
         else:
-            intervals = sandwich_intervals(battles, fit, confidence=args.ci, **fit_opts)
+            intervals = sandwich_intervals(votes, fit, confidence=args.ci)
             method = "sandwich (robust) estimator"
     notes = [str(w.message) for w in caught]
     if not bool(fit.converged):
@@ -146,22 +192,30 @@ def run(args: argparse.Namespace) -> int:
                 f"{failed} of {np.size(converged)} bootstrap rounds did not converge (often a model that never "
                 "lost or never won in a resample); their ratings are included in the intervals"
             )
-    for note in notes:
-        err_console.print(f"jaxrank: warning: {note}", markup=False, highlight=False, soft_wrap=True)
-
     lower = np.asarray(intervals.lower, np.float64)
     upper = np.asarray(intervals.upper, np.float64)
-    count = battles.battles_per_model()
+    if not (np.isfinite(lower).all() and np.isfinite(upper).all()):
+        notes.append("some intervals are not finite (a model without enough votes in the resamples?); their "
+                     "rank_ub and tied_group are not meaningful")
+    for note in dict.fromkeys(notes):
+        err_console.print(f"jaxrank: warning: {note}", markup=False, highlight=False, soft_wrap=True)
+
+    ratings = np.asarray(fit.ratings, np.float64)
+    count = votes.battles_per_model()
     frame = pd.DataFrame(
         {
-            "model": list(battles.models),
-            "rating": np.asarray(fit.ratings, np.float64),
+            "model": list(votes.models),
+            "rating": ratings,
             "lower": lower,
             "upper": upper,
             "rank_ub": np.asarray(rank_upper_bound(lower, upper), np.int64),
             "battles": count.astype(np.int64) if np.allclose(count, np.rint(count)) else count,
+            "rank": np.asarray(rank_by_rating(ratings), np.int64),
+            "tied_group": tied_groups(ratings, lower, upper).astype(np.int64),
         }
     )
+    if plain is not None:
+        frame["rank_change"] = np.asarray(rank_by_rating(np.asarray(plain.ratings, np.float64)), np.int64) - frame["rank"]
     frame = frame.sort_values(["rating", "model"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
     if out is not None:
@@ -170,22 +224,37 @@ def run(args: argparse.Namespace) -> int:
         from jaxrank.plots import plot_leaderboard
 
         plot_leaderboard(frame["model"], frame["rating"], frame["lower"], frame["upper"], path=plot,
-                         title=f"{votes.name}: {args.ties} ties, {int(args.ci * 100)}% intervals ({method.split(',')[0]})")
+                         title=f"{votes_path.name}: {args.ties} ties, {int(args.ci * 100)}% intervals ({method.split(',')[0]})")
     if save is not None:
         save_leaderboard(save, fit, intervals, force=args.force,
-                         metadata={"votes": str(votes), "ties": args.ties, "bootstrap": args.bootstrap, "seed": args.seed})
+                         metadata={"votes": str(votes_path), "ties": args.ties, "bootstrap": args.bootstrap,
+                                   "seed": args.seed, "style": list(style), "resample": args.resample})
 
     from rich.table import Table
 
-    table = Table(title=f"{votes.name}: {battles.num_models} models, {battles.num_votes} votes; "
-                        f"{args.ci:.0%} intervals from the {method}")
-    for col, justify in (("rank (UB)", "right"), ("model", "left"), ("rating", "right"), ("lower", "right"),
-                         ("upper", "right"), ("battles", "right")):
+    soft = ", soft outcomes" if votes.is_soft else ""
+    table = Table(title=f"{votes_path.name}: {votes.num_models} models, {votes.num_votes} votes{soft}; "
+                        f"{args.ci:.0%} intervals from the {method}"
+                        + (f"; style control on {', '.join(style)}" if style else ""))
+    columns = [("rank", "right"), ("rank (UB)", "right"), ("group", "right"), ("model", "left"), ("rating", "right"),
+               ("lower", "right"), ("upper", "right"), ("battles", "right")]
+    if plain is not None:
+        columns.append(("rank change", "right"))
+    for col, justify in columns:
         table.add_column(col, justify=justify)
     for row in frame.itertuples(index=False):
-        table.add_row(str(row.rank_ub), str(row.model), f"{row.rating:.1f}", f"{row.lower:.1f}", f"{row.upper:.1f}",
-                      f"{row.battles:g}")
+        cells = [str(row.rank), str(row.rank_ub), str(row.tied_group), str(row.model), f"{row.rating:.1f}",
+                 f"{row.lower:.1f}", f"{row.upper:.1f}", f"{row.battles:g}"]
+        if plain is not None:
+            cells.append(f"{row.rank_change:+d}" if row.rank_change else "0")
+        table.add_row(*cells)
     console.print(table)
+    if style:
+        beta = np.asarray(fit.beta, np.float64)
+        lo, hi = np.asarray(intervals.beta_lower, np.float64), np.asarray(intervals.beta_upper, np.float64)
+        parts = [f"{name} {b:+.3f} [{l:+.3f}, {h:+.3f}]" for name, b, l, h in zip(style, beta, lo, hi)]
+        console.print(f"style coefficients (log-odds of a win per standard deviation of the normalised difference, "
+                      f"{args.ci:.0%} intervals): {'; '.join(parts)}", highlight=False, soft_wrap=True)
     written = [p.named for p in (out, plot, save) if p is not None]
     if written:
         err_console.print(f"wrote {', '.join(written)}", highlight=False)

@@ -24,6 +24,7 @@ from jaxrank.commands._common import (
     FIGURE_FORMATS,
     TABLE_FORMATS,
     CliError,
+    add_vote_arguments,
     check_distinct,
     console,
     err_console,
@@ -31,11 +32,9 @@ from jaxrank.commands._common import (
     output_path,
     progress,
     resource_flags,
+    vote_options,
 )
 from jaxrank.outputs import Output, check_workdir, write_table
-
-_COLUMN_KEYS = ("model_a", "model_b", "winner", "weight", "prompt")
-_TARGETS = ("model_a", "model_b", "tie", "tie (bothbad)")
 
 
 def register(subparsers: Any) -> None:
@@ -49,13 +48,14 @@ def register(subparsers: Any) -> None:
     sub.required = True
 
     t = sub.add_parser("train", help="train a P2L head on votes with their prompts",
-                       description="Train a P2L head. VOTES (.csv, .tsv, .jsonl/.json, .parquet) has columns model_a, "
-                                   "model_b, winner (model_a | model_b | tie | tie (bothbad)) and the prompt text.")
+                       description="Train a P2L head. VOTES (.csv, .tsv, .jsonl/.json, .parquet) is any layout "
+                                   "jaxrank leaderboard reads (e.g. model_a, model_b, winner) with the prompt text.")
     t.add_argument("votes", metavar="VOTES", help="votes file with a prompt column")
     t.add_argument("--out", required=True, metavar="DIR", help="directory for the trained model (orbax)")
-    t.add_argument("--prompts-column", default="prompt", metavar="NAME", help="column holding the prompt text")
-    t.add_argument("--columns", metavar="MAP", help="other column names, e.g. model_a=left,model_b=right,winner=w")
-    t.add_argument("--winner-labels", metavar="MAP", help="winner labels, e.g. left=model_a,right=model_b,0=tie")
+    t.add_argument("--prompts-column", metavar="NAME",
+                   help="column holding the prompt text (default: the layout's, e.g. prompt, instruction, or the "
+                        "first user turn of conversation_a); the same as --columns prompt=NAME")
+    add_vote_arguments(t)
     t.add_argument("--encoder", default="smollm2-135m-instruct",
                    help="prompt encoder: smollm2-135m-instruct (default), all-minilm-l6-v2, or a model path")
     t.add_argument("--features", metavar="FILE.npy",
@@ -106,11 +106,6 @@ def register(subparsers: Any) -> None:
             s.set_defaults(func=run_route)
 
 
-def _parse_map(text: str, arg: str, *, keys: tuple[str, ...] | None = None,
-               values: tuple[str, ...] | None = None) -> dict[str, str]:
-    from jaxrank.commands.leaderboard import _parse_map as parse
-
-    return parse(text, arg, keys=keys, values=values)
 
 
 def _load_features(path: str, num_prompts: int) -> np.ndarray:
@@ -175,8 +170,8 @@ def _diverged_hint(lr: float):
 def run_train(args: argparse.Namespace) -> int:
     import jax
 
-    from jaxrank.p2l import make_p2l_votes, save_p2l, train_p2l
-    from jaxrank.ratings.battles import _read_table
+    from jaxrank.p2l import save_p2l, train_p2l
+    from jaxrank.votes import load_votes
 
     votes_path = input_path(args.votes, arg="VOTES")
     inputs = [votes_path, args.features]
@@ -216,46 +211,22 @@ def run_train(args: argparse.Namespace) -> int:
         if args.resume and not holds:
             raise CliError(f"--resume: --checkpoint-dir {ckpt} holds no checkpoint")
     hidden = _hidden(args.hidden)
-    mapping = {"model_a": "model_a", "model_b": "model_b", "winner": "winner", "prompt": args.prompts_column}
-    if args.columns:
-        mapping.update(_parse_map(args.columns, "--columns", keys=_COLUMN_KEYS))
-    labels = {t: t for t in _TARGETS}
-    if args.winner_labels:
-        labels.update(_parse_map(args.winner_labels, "--winner-labels", values=_TARGETS))
-
-    frame = _read_table(votes_path)
-    needed = [mapping[k] for k in ("model_a", "model_b", "winner", "prompt")] + (
-        [mapping["weight"]] if "weight" in mapping else [])
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise CliError(f"VOTES {votes_path} has no column(s) {', '.join(map(repr, missing))} (columns: "
-                       f"{', '.join(map(repr, list(frame.columns)[:20]))}); use --prompts-column / --columns")
-    if len(frame) == 0:
-        raise CliError(f"VOTES {votes_path} has no votes")
-    winners = frame[mapping["winner"]].astype(str).to_numpy()
-    unknown = sorted(set(winners) - set(labels))
-    if unknown:
-        raise CliError(f"VOTES {votes_path}: winner label(s) {', '.join(map(repr, unknown[:5]))} are not one of "
-                       f"{', '.join(map(repr, labels))}; map them with --winner-labels")
-    texts = frame[mapping["prompt"]].astype(str).to_numpy()
-    if any(not t.strip() for t in texts):
-        raise CliError(f"VOTES {votes_path}: column {mapping['prompt']!r} has empty prompts")
-    uniq, first = np.unique(texts, return_index=True)
-    order = np.argsort(first, kind="stable")  # distinct prompts in order of first appearance
-    prompts = [str(t) for t in uniq[order]]
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    prompt_index = rank[np.searchsorted(uniq, texts)]
-    votes = make_p2l_votes(
-        frame[mapping["model_a"]].astype(str).to_numpy(), frame[mapping["model_b"]].astype(str).to_numpy(),
-        np.asarray([labels[w] for w in winners]), prompt_index,
-        weight=frame[mapping["weight"]].to_numpy(np.float64) if "weight" in mapping else None,
-        num_prompts=len(prompts),
-    )
+    read = vote_options(args, columns_extra={"prompt": args.prompts_column} if args.prompts_column else None)
+    votes = load_votes(votes_path, **read)
+    if votes.prompt_text is None:
+        raise CliError(f"VOTES {votes_path} has no prompt text column (the layout's default, e.g. prompt, is absent); "
+                       "name yours with --prompts-column NAME")
+    # Features are rows in order of the prompts' first appearance in VOTES (what --features files hold).
+    present, first = np.unique(np.asarray(votes.prompt), return_index=True)
+    appearance = present[np.argsort(first, kind="stable")]  # prompt-table index of the r-th prompt to appear
+    prompts = [votes.prompt_text[i] for i in appearance]
     if args.features:
         feats, encoder = _load_features(args.features, len(prompts)), None
     else:
         feats, encoder = _compute_features(prompts, args.encoder, args.cache_dir, args.max_length), args.encoder
+    aligned = np.empty((votes.num_prompts, feats.shape[1]), feats.dtype)  # rows in votes.prompt_ids order
+    aligned[appearance] = feats
+    feats = aligned
     err_console.print(f"[dim]{votes.num_votes} votes, {len(prompts)} prompts, {votes.num_models} models, "
                       f"features {feats.shape[1]}-d[/dim]")
 

@@ -1,24 +1,16 @@
-"""Leaderboards from pairwise votes: data in, Bradley–Terry fits with ties, Elo, uncertainty.
+"""Leaderboards from pairwise votes: Bradley–Terry fits with ties, soft outcomes and style control, Elo,
+uncertainty.
 
-- `load_battles` / `Battles`: votes encoded once as unique `(a, b, outcome)` rows with counts.
-- `fit_bradley_terry` / `BTResult`: maximum-likelihood Bradley–Terry with tie models, differentiable
-  in the vote weights; `outcome_log_probs` is the one definition of the likelihoods.
+Every function takes the one vote table, `jaxrank.Votes` (`jaxrank.load_votes`):
+
+- `fit_bradley_terry` / `BTResult`: maximum-likelihood Bradley–Terry with tie models and soft outcomes,
+  optional style covariates, differentiable in the row weights; `outcome_log_probs` is the one definition
+  of the likelihoods;
+- `bootstrap_ratings`, `sandwich_intervals`, `rank_upper_bound`, `rank_by_rating`, `tied_groups`;
+- `online_elo`, `elo_permutations`;
+- `synthetic_votes`: arenas drawn from a known model.
 """
 
-from jaxrank.ratings.battles import (
-    A_WINS,
-    ARENA_WINNER_LABELS,
-    B_WINS,
-    LLMFAO_FORMAT,
-    OUTCOME_NAMES,
-    TIE,
-    TIE_BOTHBAD,
-    Battles,
-    battles_from_arrays,
-    comparison_components,
-    load_battles,
-    synthetic_battles,
-)
 from jaxrank.ratings.bradley_terry import (
     TIE_MODELS,
     BTResult,
@@ -28,21 +20,11 @@ from jaxrank.ratings.bradley_terry import (
     outcome_log_probs,
     outcome_probabilities,
     solve_bradley_terry,
+    style_design,
 )
+from jaxrank.ratings.synthetic import synthetic_votes
 
 __all__ = [
-    "A_WINS",
-    "B_WINS",
-    "TIE",
-    "TIE_BOTHBAD",
-    "OUTCOME_NAMES",
-    "ARENA_WINNER_LABELS",
-    "LLMFAO_FORMAT",
-    "Battles",
-    "load_battles",
-    "battles_from_arrays",
-    "comparison_components",
-    "synthetic_battles",
     "TIE_MODELS",
     "BTResult",
     "BTSolution",
@@ -50,19 +32,24 @@ __all__ = [
     "outcome_probabilities",
     "bt_negative_log_likelihood",
     "solve_bradley_terry",
+    "style_design",
     "fit_bradley_terry",
+    "synthetic_votes",
 ]
 
-# Online Elo and uncertainty (intervals, rank (UB), save/restore).
+# Online Elo and uncertainty (intervals, ranks, save/restore).
 from jaxrank.ratings.elo import EloPermutationResult, elo_permutations, online_elo  # noqa: E402
 from jaxrank.ratings.uncertainty import (  # noqa: E402
     BootstrapResult,
     SandwichResult,
     bootstrap_ratings,
     load_leaderboard,
+    rank_by_rating,
     rank_upper_bound,
+    resampled_weights,
     sandwich_intervals,
     save_leaderboard,
+    tied_groups,
 )
 
 __all__ += [
@@ -70,10 +57,13 @@ __all__ += [
     "elo_permutations",
     "EloPermutationResult",
     "bootstrap_ratings",
+    "resampled_weights",
     "BootstrapResult",
     "sandwich_intervals",
     "SandwichResult",
     "rank_upper_bound",
+    "rank_by_rating",
+    "tied_groups",
     "save_leaderboard",
     "load_leaderboard",
 ]

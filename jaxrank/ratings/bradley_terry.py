@@ -26,13 +26,19 @@ Model: each model `i` has a log-strength `theta_i`; for a vote between `a` and `
 
 `tie (bothbad)` votes are ties for every other model above. Ratings on the Elo scale are
 `init + scale / ln(base) * theta`.
+
+Soft outcomes: a decisive vote with P(a wins) = p contributes `p log P(a) + (1 - p) log P(b)` under every
+model (the likelihood with a fractional target; it puts no mass on a tie). Style control adds covariates
+to the logit: `delta = theta_a - theta_b + sum_k beta_k x_k` (`style_design`), with an L2 penalty on beta.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -42,12 +48,14 @@ import optax
 from flax import struct
 
 from jaxrank._validation import check_elo_scale
-from jaxrank.ratings.battles import (
+from jaxrank.votes.table import (
     A_WINS,
     B_WINS,
     TIE,
     TIE_BOTHBAD,
-    Battles,
+    VoteRows,
+    Votes,
+    bucket_size,
     comparison_components,
     warn_if_disconnected,
 )
@@ -60,6 +68,11 @@ __all__ = [
     "outcome_probabilities",
     "bt_negative_log_likelihood",
     "solve_bradley_terry",
+    "style_design",
+    "check_style",
+    "FitPlan",
+    "plan_fit",
+    "pad_rows",
     "fit_bradley_terry",
 ]
 
@@ -229,31 +242,41 @@ def outcome_probabilities(delta: Any, *, ties: str, tie_param: Any = None, theta
 
 
 def bt_negative_log_likelihood(
-    theta: Any, tie_param: Any, a: Any, b: Any, outcome: Any, weight: Any, *, ties: str, l2: float = 0.0
+    theta: Any, tie_param: Any, a: Any, b: Any, outcome: Any, weight: Any, *, ties: str, l2: float = 0.0,
+    features: Any = None, beta: Any = None, style_l2: float = 0.0,
 ) -> jax.Array:
-    r"""Penalised weighted negative log-likelihood of unique vote rows.
+    r"""Penalised weighted negative log-likelihood of vote rows.
 
-    `NLL = -sum_u w_u log P(outcome_u | theta_{a_u} - theta_{b_u}) + (l2 / 2) * ||theta||^2`.
+    `NLL = -sum_u w_u log P(outcome_u | theta_{a_u} - theta_{b_u} + x_u . beta) + (l2 / 2) ||theta||^2
+    + (style_l2 / 2) ||beta||^2`.
 
     Args:
         theta: float[M] log-strengths.
         tie_param: RK `alpha` / Davidson `nu` (> 0); ignored (may be None) for `"half"`/`"drop"`.
-        a, b, outcome: int[U] rows (see `Battles`).
-        weight: float[U] row weights (counts).
+        a, b, outcome: int[U] rows (see `jaxrank.votes.VoteRows`).
+        weight: float[U] row weights.
         ties: tie model.
         l2: prior precision of a N(0, 1/l2) prior on each theta (may be traced).
+        features: optional float[U, K] per-row covariates (style control); with `beta` float[K].
+        style_l2: prior precision on beta.
 
     Returns:
         float scalar.
 
     Example:
-        >>> bt_negative_log_likelihood(jnp.zeros(3), None, a, b, outcome, count, ties="half")  # doctest: +SKIP
+        >>> rows = votes.rows()                                                                   # doctest: +SKIP
+        >>> bt_negative_log_likelihood(jnp.zeros(3), None, rows.a, rows.b, rows.outcome, rows.count,
+        ...                            ties="half")                                               # doctest: +SKIP
     """
     theta = jnp.asarray(theta)
     delta = theta[a] - theta[b]
+    penalty = 0.5 * l2 * jnp.sum(theta * theta)
+    if features is not None:
+        beta = jnp.asarray(beta)
+        delta = delta + jnp.asarray(features, delta.dtype) @ beta.astype(delta.dtype)
+        penalty = penalty + 0.5 * style_l2 * jnp.sum(beta * beta)
     lp = outcome_log_probs(delta, outcome, ties=ties, tie_param=tie_param, theta_b=theta[b])
-    nll = -jnp.sum(jnp.asarray(weight, lp.dtype) * lp)
-    return nll + 0.5 * l2 * jnp.sum(theta * theta)
+    return -jnp.sum(jnp.asarray(weight, lp.dtype) * lp) + penalty
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,6 +288,7 @@ class _Static(NamedTuple):
     num_models: int
     memory_size: int
     cg_max_iter: int
+    num_features: int = 0
 
 
 class _Options(NamedTuple):
@@ -273,26 +297,41 @@ class _Options(NamedTuple):
     l2: jax.Array
     max_iter: jax.Array
     tol: jax.Array
+    style_l2: jax.Array
 
 
 class BTSolution(NamedTuple):
     """Raw solver output. theta float[M] (centred per component when `l2 == 0`), tie_param float
     scalar (nan for `"half"`/`"drop"`), num_iter int32, converged bool, grad_norm float (the largest
-    absolute gradient entry of the normalised objective, compared with `tol`)."""
+    absolute gradient entry of the normalised objective, compared with `tol`), beta float[K] the
+    covariates' coefficients (K = 0 without covariates)."""
 
     theta: jax.Array
     tie_param: jax.Array
     num_iter: jax.Array
     converged: jax.Array
     grad_norm: jax.Array
+    beta: jax.Array
 
 
-def _objective(x, weight, a, b, outcome, opts: _Options, st: _Static):
-    theta = x[: st.num_models]
-    tp = jnp.exp(x[st.num_models])
-    delta = theta[a] - theta[b]
-    lp = _select_outcome(outcome, *_model_log_probs(delta, st.ties, tp, theta[b]))
-    return -jnp.sum(weight * lp) + 0.5 * opts.l2 * jnp.sum(theta * theta)
+def _delta(x, a, b, features, st: _Static):
+    """`theta_a - theta_b (+ x_u . beta)` of every row; the parameters are `[theta (M), log tie (1), beta (K)]`."""
+    m = st.num_models
+    delta = x[a] - x[b]
+    if st.num_features:
+        delta = delta + features @ x[m + 1:]
+    return delta
+
+
+def _objective(x, weight, a, b, outcome, opts: _Options, st: _Static, features=None):
+    m = st.num_models
+    theta = x[:m]
+    tp = jnp.exp(x[m])
+    lp = _select_outcome(outcome, *_model_log_probs(_delta(x, a, b, features, st), st.ties, tp, theta[b]))
+    value = -jnp.sum(weight * lp) + 0.5 * opts.l2 * jnp.sum(theta * theta)
+    if st.num_features:
+        value = value + 0.5 * opts.style_l2 * jnp.sum(x[m + 1:] ** 2)
+    return value
 
 
 def _centre(theta, component, opts: _Options, st: _Static):
@@ -306,18 +345,18 @@ def _centre(theta, component, opts: _Options, st: _Static):
     return jnp.where(opts.l2 > 0, theta, centred)
 
 
-def _lbfgs(weight, a, b, outcome, component, opts: _Options, st: _Static):
+def _lbfgs(weight, a, b, outcome, component, opts: _Options, st: _Static, features=None):
     dtype = weight.dtype
     m = st.num_models
     kappa0 = math.log(_DEFAULT_TIE_INIT.get(st.ties, 1.0))
-    x0 = jnp.zeros((m + 1,), dtype).at[m].set(kappa0)
+    x0 = jnp.zeros((m + 1 + st.num_features,), dtype).at[m].set(kappa0)
     # Normalised by the mean weighted number of battles per model, 2 W / M: the Hessian's diagonal is then
     # O(p (1 - p)) whatever the number of votes and models, so a gradient entry below `tol` means that
     # model's theta is within a few `tol` of the optimum for 100 votes or 10 million, 10 models or 10,000.
     per_model = jnp.maximum(2.0 * jnp.sum(weight) / m, jnp.finfo(dtype).tiny)
 
     def fun(x):
-        return _objective(x, weight, a, b, outcome, opts, st) / per_model
+        return _objective(x, weight, a, b, outcome, opts, st, features) / per_model
 
     opt = optax.lbfgs(
         memory_size=st.memory_size,
@@ -344,14 +383,14 @@ def _lbfgs(weight, a, b, outcome, component, opts: _Options, st: _Static):
     return x, (count.astype(jnp.int32), gnorm < opts.tol, gnorm)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _solve(weight, a, b, outcome, component, opts: _Options, st: _Static):
-    return _lbfgs(weight, a, b, outcome, component, opts, st)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _solve(weight, a, b, outcome, component, opts: _Options, features, st: _Static):
+    return _lbfgs(weight, a, b, outcome, component, opts, st, features)
 
 
-def _solve_fwd(weight, a, b, outcome, component, opts, st):
-    x, aux = _lbfgs(weight, a, b, outcome, component, opts, st)
-    return (x, aux), (x, weight, a, b, outcome, component, opts)
+def _solve_fwd(weight, a, b, outcome, component, opts, features, st):
+    x, aux = _lbfgs(weight, a, b, outcome, component, opts, st, features)
+    return (x, aux), (x, weight, a, b, outcome, component, opts, features)
 
 
 def _row_nll(delta, kappa, outcome, ties):
@@ -359,8 +398,8 @@ def _row_nll(delta, kappa, outcome, ties):
 
 
 def _solve_bwd(st, res, cotangents):
-    x, weight, a, b, outcome, component, opts = res
-    if st.ties == GROUNDED:
+    x, weight, a, b, outcome, component, opts, features = res
+    if st.ties == GROUNDED or st.num_features:
         return _solve_bwd_autodiff(st, res, cotangents)
     m = st.num_models
     gx = cotangents[0]
@@ -403,57 +442,72 @@ def _solve_bwd(st, res, cotangents):
     # d/dw (gx . x*) = -(d grad_x / d w)^T H^+ gx, and d grad_x / d w_u is the gradient of row u's -log P.
     vt, vk = v[:m], v[m]
     g_w = -(g_d * (vt[a] - vt[b]) + (g_k * vk if fits else 0.0))
-    return (g_w.astype(weight.dtype), None, None, None, None, None)
+    return (g_w.astype(weight.dtype), None, None, None, None, None, None)
 
 
 def _solve_bwd_autodiff(st, res, cotangents):
-    """The implicit VJP with autodiff Hessian-vector products, for the grounded model (its per-row
-    likelihood depends on theta_a and theta_b separately, not only on their difference)."""
-    x, weight, a, b, outcome, _, opts = res
+    """The implicit VJP with autodiff Hessian-vector products: for the grounded model (its per-row
+    likelihood depends on theta_a and theta_b separately, not only on their difference) and for fits with
+    covariates (beta joins the parameters)."""
+    x, weight, a, b, outcome, component, opts, features = res
     m = st.num_models
     gx = cotangents[0]
+    fits = st.ties in _FITS_TIE
+    zero_l2 = opts._replace(l2=jnp.zeros_like(opts.l2))
+    if st.ties != GROUNDED:
+        gx = gx.at[:m].set(_centre(gx[:m], component, opts, st))
+    if not fits:
+        gx = gx.at[m].set(0.0)
 
     def grad_x(xx):
-        return jax.grad(_objective)(xx, weight, a, b, outcome, opts, st)
+        return jax.grad(_objective)(xx, weight, a, b, outcome, opts, st, features)
 
     def hvp(v):
-        return jax.jvp(grad_x, (x,), (v,))[1]
+        hv = jax.jvp(grad_x, (x,), (v,))[1]
+        if st.ties != GROUNDED:  # the flat per-component shifts of theta get an identity block (see _solve_bwd)
+            vt = v[:m]
+            hv = hv.at[:m].add(jnp.where(opts.l2 > 0, 0.0, vt - _centre(vt, component, zero_l2, st)))
+        if not fits:
+            hv = hv.at[m].set(v[m])
+        return hv
 
     def row_nll(xx):
-        theta = xx[:m]
-        lps = _model_log_probs(theta[a] - theta[b], st.ties, jnp.exp(xx[m]), theta[b])
+        lps = _model_log_probs(_delta(xx, a, b, features, st), st.ties, jnp.exp(xx[m]), xx[:m][b])
         return -_select_outcome(outcome, *lps)
 
     cg_tol = 1e-6 if x.dtype == jnp.float32 else 1e-12
     v, _ = jax.scipy.sparse.linalg.cg(hvp, gx, tol=cg_tol, atol=0.0, maxiter=st.cg_max_iter)
     g_w = -jax.jvp(row_nll, (x,), (v,))[1]
-    return (g_w.astype(weight.dtype), None, None, None, None, None)
+    return (g_w.astype(weight.dtype), None, None, None, None, None, None)
 
 
 _solve.defvjp(_solve_fwd, _solve_bwd)
 
 
-def _solution(weight, a, b, outcome, component, opts: _Options, st: _Static) -> BTSolution:
-    x, (num_iter, converged, gnorm) = _solve(weight, a, b, outcome, component, opts, st)
-    tie = jnp.exp(x[st.num_models]) if st.ties in _FITS_TIE else jnp.asarray(jnp.nan, x.dtype)
-    return BTSolution(x[: st.num_models], tie, num_iter, converged, gnorm)
+def _solution(weight, a, b, outcome, component, opts: _Options, st: _Static, features=None) -> BTSolution:
+    x, (num_iter, converged, gnorm) = _solve(weight, a, b, outcome, component, opts, features, st)
+    m = st.num_models
+    tie = jnp.exp(x[m]) if st.ties in _FITS_TIE else jnp.asarray(jnp.nan, x.dtype)
+    return BTSolution(x[:m], tie, num_iter, converged, gnorm, x[m + 1:])
 
 
-def _make_options(l2, max_iter, tol, dtype) -> _Options:
+def _make_options(l2, max_iter, tol, dtype, style_l2=0.0) -> _Options:
     return _Options(
         l2=jnp.asarray(l2, dtype),
         max_iter=jnp.asarray(max_iter, jnp.int32),
         tol=jnp.asarray(tol, dtype),
+        style_l2=jnp.asarray(style_l2, dtype),
     )
 
 
-def _make_static(ties: str, num_models: int, memory_size: int) -> _Static:
-    return _Static(ties, int(num_models), int(memory_size), int(min(max(4 * (num_models + 1), 200), 5000)))
+def _make_static(ties: str, num_models: int, memory_size: int, num_features: int = 0) -> _Static:
+    dim = num_models + 1 + num_features
+    return _Static(ties, int(num_models), int(memory_size), int(min(max(4 * dim, 200), 5000)), int(num_features))
 
 
 @functools.partial(jax.jit, static_argnames=("st",))
-def _solve_jit(weight, a, b, outcome, component, opts, *, st):
-    return _solution(weight, a, b, outcome, component, opts, st)
+def _solve_jit(weight, a, b, outcome, component, opts, features, *, st):
+    return _solution(weight, a, b, outcome, component, opts, st, features)
 
 
 def solve_bradley_terry(
@@ -469,11 +523,13 @@ def solve_bradley_terry(
     max_iter: int = 1000,
     tol: float = 1e-6,
     memory_size: int = 20,
+    features: Any = None,
+    style_l2: float = 1.0,
 ) -> BTSolution:
     r"""The Bradley–Terry fit as a pure function of the row weights: jit-, vmap- and grad-safe.
 
-    Minimises `NLL(theta, tie) / (2 sum(weight) / M)` (see `bt_negative_log_likelihood`; the divisor is
-    the mean weighted number of battles per model) with optax L-BFGS (zoom line search) in a
+    Minimises `NLL(theta, tie, beta) / (2 sum(weight) / M)` (see `bt_negative_log_likelihood`; the divisor
+    is the mean weighted number of battles per model) with optax L-BFGS (zoom line search) in a
     `lax.while_loop` that stops when the largest gradient entry of that normalised objective is below
     `tol` or after `max_iter` iterations. The tie parameter of Rao–Kupper /
     Davidson is fitted as its logarithm (so it stays positive). With `l2 == 0` the likelihood is
@@ -484,22 +540,26 @@ def solve_bradley_terry(
     Differentiable in `weight`: the VJP solves `H v = g` with the Hessian of the penalised NLL at the
     optimum (conjugate gradients on Hessian-vector products) and returns `-(d grad / d weight)^T v`;
     the optimizer is not unrolled. `vmap` over `weight` runs many fits (e.g. bootstrap rounds) at once.
-    `l2`, `max_iter` and `tol` are traced, so one compilation (per tie model and shape) serves all values.
+    `l2`, `style_l2`, `max_iter` and `tol` are traced, so one compilation (per tie model and shape) serves
+    all values.
 
     Args:
         weight: float[U] row weights (float64 under `jax.experimental.enable_x64` gives a float64 fit).
-        a, b, outcome: int32[U] rows (see `Battles`).
+        a, b, outcome: int32[U] rows (`jaxrank.votes.VoteRows`).
         component: int32[M] connected-component label per model, labels in [0, M)
-            (`comparison_components`); default all zeros (a connected graph).
+            (`jaxrank.votes.comparison_components`); default all zeros (a connected graph).
         num_models: M.
         ties, l2, max_iter, tol, memory_size: see `fit_bradley_terry`.
+        features: optional float[U, K] per-row covariates: the logit becomes
+            `theta_a - theta_b + features_u . beta` (style control; see `style_design`).
+        style_l2: L2 penalty (prior precision) on beta.
 
     Returns:
-        `BTSolution(theta [M], tie_param, num_iter, converged, grad_norm)`.
+        `BTSolution(theta [M], tie_param, num_iter, converged, grad_norm, beta [K])`.
 
     Example:
-        >>> sol = solve_bradley_terry(battles.count, battles.a, battles.b, battles.outcome,
-        ...                           num_models=battles.num_models)  # doctest: +SKIP
+        >>> rows = votes.rows()                                                               # doctest: +SKIP
+        >>> sol = solve_bradley_terry(rows.count, rows.a, rows.b, rows.outcome, num_models=rows.num_models)  # doctest: +SKIP
     """
     _check_ties(ties)
     weight = jnp.asarray(weight)
@@ -508,15 +568,81 @@ def solve_bradley_terry(
     weight = weight.astype(jnp.promote_types(weight.dtype, jnp.float32))
     if component is None:
         component = jnp.zeros((num_models,), jnp.int32)
+    k = 0
+    if features is not None:
+        features = jnp.asarray(features, weight.dtype)
+        if features.ndim != 2 or features.shape[0] != weight.shape[-1]:
+            raise ValueError(f"features must have shape [U, K] with U = {weight.shape[-1]} rows, got {tuple(features.shape)}")
+        k = int(features.shape[1])
+        if k == 0:
+            features = None
     return _solve_jit(
         weight,
         jnp.asarray(a, jnp.int32),
         jnp.asarray(b, jnp.int32),
         jnp.asarray(outcome, jnp.int32),
         jnp.asarray(component, jnp.int32),
-        _make_options(l2, max_iter, tol, weight.dtype),
-        st=_make_static(ties, num_models, memory_size),
+        _make_options(l2, max_iter, tol, weight.dtype, style_l2),
+        features,
+        st=_make_static(ties, num_models, memory_size, k),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Style control: the covariates of a vote
+
+
+def style_design(votes: Votes, names: Sequence[str]) -> np.ndarray:
+    r"""Style covariates of each vote: the standardised normalised differences of per-side features.
+
+    For feature k with values `f_a`, `f_b` >= 0 (e.g. response tokens, markdown headers),
+    `d_k = (f_a - f_b) / (f_a + f_b)` (0 when both are 0), then `x_k = (d_k - mean(d_k)) / sd(d_k)` over
+    the votes (each vote counted once, `Votes.count` times for aggregated entries). The Bradley–Terry logit
+    becomes `theta_a - theta_b + sum_k beta_k x_k` (Chatbot Arena's style control; Arena adds 1 to the
+    denominator, which matters only for small counts).
+
+    Args:
+        votes: `Votes` with `feature_names` containing `names`.
+        names: the K feature names.
+
+    Returns:
+        float64[N, K].
+
+    Raises:
+        ValueError: unknown feature names (with the available ones), negative values, a feature whose
+            normalised difference is constant over the votes (it cannot be separated from the ratings).
+    """
+    if isinstance(names, str):
+        names = (names,)
+    names = tuple(names)
+    if not names:
+        raise ValueError("style: name at least one feature")
+    missing = [n for n in names if n not in votes.feature_names]
+    if missing:
+        raise ValueError(f"style feature(s) {', '.join(map(repr, missing))} are not in the votes; available: "
+                         f"{', '.join(map(repr, votes.feature_names)) or '(none: read a file with conv_metadata or lengths, or pass features=)'}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"style names a feature twice: {names}")
+    mult = votes.multiplicity()
+    total_votes = mult.sum()
+    if total_votes <= 0:
+        raise ValueError("style: no votes (all counts are 0)")
+    out = np.empty((len(votes), len(names)))
+    for k, name in enumerate(names):
+        fa, fb = votes.feature(name)
+        neg = np.flatnonzero((fa < 0) | (fb < 0))
+        if neg.size:
+            raise ValueError(f"style feature {name!r} has {neg.size} negative value(s), e.g. in vote(s) "
+                             f"{', '.join(map(str, neg[:5]))}; (f_a - f_b) / (f_a + f_b) needs features >= 0")
+        total = fa + fb
+        d = np.divide(fa - fb, total, out=np.zeros_like(total), where=total > 0)
+        mean = float(np.sum(mult * d) / total_votes)
+        sd = math.sqrt(float(np.sum(mult * (d - mean) ** 2) / total_votes))
+        if not sd > 1e-9:
+            raise ValueError(f"style feature {name!r} does not vary over the votes (its normalised difference is "
+                             f"{mean:g} in every vote); it cannot be told apart from the ratings: leave it out")
+        out[:, k] = (d - mean) / sd
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -530,10 +656,15 @@ class BTResult:
     Attributes:
         models: model names, `models[i]` for index i.
         ties, scale, base, init: the options the fit used.
+        l2, anchor, anchor_rating: the prior and anchoring the fit used (intervals reuse them).
+        style: the style-control feature names (empty without style control), and `style_l2` the
+            penalty on their coefficients.
         ratings: float32[M] Elo-scale ratings `init + scale / ln(base) * theta` (anchored if asked).
         theta: float32[M] natural log-strengths (centred per component, or 0 at the anchor).
         tie_param: fitted RK `alpha` / Davidson `nu`, nan for `"half"`/`"drop"`.
-        log_likelihood: weighted log-likelihood at the optimum (without the L2 term).
+        beta: float32[K] style coefficients: the change of the logit (natural-log odds of `a` winning)
+            per standard deviation of each feature's normalised difference (`style_design`).
+        log_likelihood: weighted log-likelihood at the optimum (without the L2 terms).
         num_iter: L-BFGS iterations used.
         converged: whether the largest normalised gradient entry reached `tol`.
     """
@@ -549,6 +680,12 @@ class BTResult:
     log_likelihood: jax.Array
     num_iter: jax.Array
     converged: jax.Array
+    beta: jax.Array = dataclasses.field(default_factory=lambda: jnp.zeros((0,), jnp.float32))
+    l2: float = struct.field(pytree_node=False, default=0.0)
+    anchor: str | None = struct.field(pytree_node=False, default=None)
+    anchor_rating: float | None = struct.field(pytree_node=False, default=None)
+    style: tuple[str, ...] = struct.field(pytree_node=False, default=())
+    style_l2: float = struct.field(pytree_node=False, default=0.0)
 
     @property
     def num_models(self) -> int:
@@ -561,7 +698,8 @@ class BTResult:
         return outcome_probabilities(delta, ties=self.ties, tie_param=tp, theta_b=theta_b)
 
     def win_probability(self) -> jax.Array:
-        """float32[M, M]: `P[i, j]` = probability that model i beats model j (i in the `a` slot)."""
+        """float32[M, M]: `P[i, j]` = probability that model i beats model j (i in the `a` slot; for a
+        style-controlled fit: between answers of the same style, x = 0)."""
         return self._probs()[..., A_WINS]
 
     def tie_probability(self) -> jax.Array:
@@ -588,12 +726,12 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def _warn_no_mle(battles: Battles, weights: np.ndarray, ties: str, stacklevel: int = 3) -> None:
+def _warn_no_mle(rows: VoteRows, weights: np.ndarray, ties: str, stacklevel: int = 3) -> None:
     """Warn about models that never lost or never won (their MLE rating is +-infinity)."""
-    m = battles.num_models
-    a = np.asarray(battles.a)
-    b = np.asarray(battles.b)
-    o = np.asarray(battles.outcome)
+    m = rows.num_models
+    a = np.asarray(rows.a)
+    b = np.asarray(rows.b)
+    o = np.asarray(rows.outcome)
     w = np.asarray(weights, np.float64)
     win = np.zeros(m)
     loss = np.zeros(m)
@@ -608,8 +746,8 @@ def _warn_no_mle(battles: Battles, weights: np.ndarray, ties: str, stacklevel: i
         np.add.at(loss, a[tie], w[tie])
         np.add.at(loss, b[tie], w[tie])
     played = (win + loss) > 0
-    never_lost = [battles.models[i] for i in np.flatnonzero(played & (loss == 0))]
-    never_won = [battles.models[i] for i in np.flatnonzero(played & (win == 0))]
+    never_lost = [rows.models[i] for i in np.flatnonzero(played & (loss == 0))]
+    never_won = [rows.models[i] for i in np.flatnonzero(played & (win == 0))]
     if never_lost or never_won:
         parts = []
         if never_lost:
@@ -625,8 +763,64 @@ def _warn_no_mle(battles: Battles, weights: np.ndarray, ties: str, stacklevel: i
         )
 
 
+class FitPlan(NamedTuple):
+    """What `fit_bradley_terry` derives from the votes before fitting, shared with the intervals.
+
+    rows: the `VoteRows` fitted (merged, or per vote with style control); features: float32[U, K] per-row
+    style covariates or None; component: int32[M] connected components (all 0 for the grounded model);
+    anchor_index: -1 without an anchor.
+    """
+
+    rows: VoteRows
+    features: Any
+    component: np.ndarray
+    anchor_index: int
+
+
+def check_style(style: Any) -> tuple[str, ...]:
+    """The style feature names as a tuple (None and "" mean no style control)."""
+    if style is None or style == "":
+        return ()
+    if isinstance(style, str):
+        style = tuple(s.strip() for s in style.split(","))
+    style = tuple(style)
+    if not all(isinstance(s, str) and s for s in style):
+        raise TypeError(f"style must be feature names (strings), got {style!r}")
+    return style
+
+
+def plan_fit(votes: Votes, *, ties: str, style: tuple[str, ...] = (), anchor: str | None = None,
+             row_weights: Any = None) -> FitPlan:
+    """Encode `votes` for a fit: the rows (merged without style control, per vote with it), the per-row
+    style covariates, the comparison graph's components, and the anchor's index (checked)."""
+    if not isinstance(votes, Votes):
+        raise TypeError(f"votes must be a jaxrank.Votes (see jaxrank.load_votes), got {type(votes).__name__}")
+    if len(votes) == 0:
+        raise ValueError("votes is empty (0 votes); nothing to rate")
+    rows = votes.rows(merge=not style)
+    features = None
+    if style:
+        x = style_design(votes, style)
+        features = jnp.asarray(x[np.asarray(rows.row_vote)], jnp.float32)
+    anchor_index = -1
+    if anchor is not None:
+        if anchor not in votes.models:
+            close = [m for m in votes.models if str(anchor).lower() in m.lower()][:5]
+            hint = f"; similar: {', '.join(close)}" if close else ""
+            raise ValueError(f"anchor {anchor!r} is not one of the {votes.num_models} models{hint}")
+        anchor_index = votes.models.index(anchor)
+    w = np.asarray(rows.count if row_weights is None else row_weights, np.float64)
+    if ties == "drop":
+        w = np.where(np.asarray(rows.outcome) >= TIE, 0.0, w)
+    if ties == GROUNDED:
+        component = np.zeros((votes.num_models,), np.int32)
+    else:
+        component = comparison_components(rows, weights=w)
+    return FitPlan(rows, features, component, anchor_index)
+
+
 def fit_bradley_terry(
-    battles: Battles,
+    votes: Votes,
     *,
     ties: str = "half",
     l2: float = 0.0,
@@ -635,7 +829,9 @@ def fit_bradley_terry(
     init: float = 1000.0,
     anchor: str | None = None,
     anchor_rating: float | None = None,
-    weights: Any = None,
+    style: Sequence[str] | str | None = None,
+    style_l2: float = 1.0,
+    row_weights: Any = None,
     max_iter: int = 1000,
     tol: float = 1e-6,
     memory_size: int = 20,
@@ -643,9 +839,16 @@ def fit_bradley_terry(
 ) -> BTResult:
     r"""Fit a Bradley–Terry leaderboard (maximum likelihood or MAP with an L2 prior).
 
-    Minimises `-sum_u w_u log P(outcome_u | theta_{a_u} - theta_{b_u}) + l2/2 ||theta||^2` over
-    theta (and the tie parameter for `"rao-kupper"`/`"davidson"`) with optax L-BFGS under jit, and
-    reports Elo-scale ratings `R_i = init + scale / ln(base) * theta_i`.
+    Minimises `-sum_v w_v log P(y_v | theta_{a_v} - theta_{b_v} [+ x_v . beta]) + l2/2 ||theta||^2
+    [+ style_l2/2 ||beta||^2]` over theta (and the tie parameter for `"rao-kupper"`/`"davidson"`, and the
+    style coefficients beta) with optax L-BFGS under jit, and reports Elo-scale ratings
+    `R_i = init + scale / ln(base) * theta_i`.
+
+    Soft outcomes (`votes.p_a`): a decisive vote with P(a wins) = p contributes
+    `w (p log P(a) + (1 - p) log P(b))` (the likelihood with a fractional target, for every tie model:
+    for `"half"`/`"drop"` that is `w (p log sigmoid(delta) + (1 - p) log sigmoid(-delta))`; for Rao–Kupper /
+    Davidson / grounded RK a soft vote puts no mass on a tie, so the tie parameter is learned from the tie
+    votes alone). A soft outcome of exactly 1/2 is a tie (`votes.outcome`). Vote weights multiply.
 
     Identifiability: without a prior the likelihood only sees differences, so theta is centred
     (mean 0, mean rating `init`) within each connected component of the comparison graph; a warning
@@ -653,7 +856,7 @@ def fit_bradley_terry(
     With `anchor`, the anchor's component is shifted so that the anchor sits at `anchor_rating`.
 
     Args:
-        battles: encoded votes (`load_battles`).
+        votes: `jaxrank.Votes` (`jaxrank.load_votes`).
         ties: `"half"` (a tie is half a win each way; Arena), `"rao-kupper"`, `"davidson"` (both fit
             the tie parameter), `"drop"` (ties ignored) or `"grounded-rao-kupper"` (P2L's four-outcome
             model: `tie (bothbad)` is a loss of both models to a fixed competitor at theta = 0; theta is
@@ -661,98 +864,128 @@ def fit_bradley_terry(
             reported ratings only).
         l2: L2 penalty (prior precision) on theta in natural-log units, >= 0.
         scale, base, init: the Elo scale (400, 10, 1000 by default).
-        anchor: optional model name pinned to `anchor_rating` (default `init`).
-        weights: optional float[U] replacing `battles.count`. Differentiable: gradients of the
-            ratings with respect to it come from implicit differentiation at the optimum.
+        anchor: optional model name pinned to `anchor_rating` (default `init`; finite).
+        style: optional per-side feature names (e.g. `("length", "headers")`, see `Votes.feature_names`) for
+            style control: logit = `theta_a - theta_b + sum_k beta_k x_k`, `x = style_design(votes, style)`.
+            The fit then works on one row per vote (`votes.rows(merge=False)`).
+        style_l2: L2 penalty on beta (beta only; theta keeps `l2`), >= 0.
+        row_weights: optional float[U] replacing the fitted rows' weights (`votes.rows().count`, or
+            `votes.rows(merge=False).count` with `style`). Differentiable: gradients of the ratings with
+            respect to it come from implicit differentiation at the optimum.
         max_iter: L-BFGS iteration cap.
         tol: stop when every gradient entry of `NLL / (2 sum(weight) / M)` is below this in absolute value
             (the Hessian diagonal of that objective is O(0.1-0.25), so each theta is then within a few `tol`
             of the optimum: 1e-6 is ~0.001 Elo points, for any number of votes and models).
         memory_size: L-BFGS history length.
-        mesh: optional `jax.sharding.Mesh`; the unique-row axis is sharded over all its axes
+        mesh: optional `jax.sharding.Mesh`; the row axis is sharded over all its axes
             (`NamedSharding(mesh, P(mesh.axis_names))`), the parameters are replicated. Same results.
 
     Returns:
-        `BTResult` (ratings, theta, tie_param, log_likelihood, num_iter, converged,
+        `BTResult` (ratings, theta, tie_param, beta, log_likelihood, num_iter, converged,
         `win_probability()`, `tie_probability()`).
 
     Raises:
-        ValueError: unknown `ties`, bad scale/base/l2, anchor not a model, weights of the wrong
-            shape, negative or NaN weights.
+        ValueError: unknown `ties`, bad scale/base/l2, anchor not a model or a non-finite anchor rating,
+            all votes ties under a tie-fitting model (no finite tie parameter), bad style features, row
+            weights of the wrong shape, negative or NaN weights.
 
     Example:
-        >>> from jaxrank.ratings import load_battles, fit_bradley_terry, LLMFAO_FORMAT
-        >>> battles = load_battles("../shared/data/llmfao/crowd-comparisons.csv", **LLMFAO_FORMAT)  # doctest: +SKIP
-        >>> result = fit_bradley_terry(battles, ties="half")                                        # doctest: +SKIP
-        >>> result.to_frame().head()                                                                # doctest: +SKIP
+        >>> import jaxrank
+        >>> votes = jaxrank.load_votes("../shared/data/llmfao/crowd-comparisons.csv")   # doctest: +SKIP
+        >>> result = jaxrank.fit_bradley_terry(votes, ties="half")                       # doctest: +SKIP
+        >>> result.to_frame().head()                                                     # doctest: +SKIP
     """
-    if not isinstance(battles, Battles):
-        raise TypeError(f"battles must be a jaxrank.ratings.Battles (see load_battles), got {type(battles).__name__}")
     _check_ties(ties)
     scale, base, init = check_elo_scale(scale, base, init)
-    if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 >= 0):
+    if isinstance(l2, bool) or not (isinstance(l2, (int, float, np.integer, np.floating)) and math.isfinite(l2) and l2 >= 0):
         raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    if isinstance(style_l2, bool) or not (isinstance(style_l2, (int, float, np.integer, np.floating))
+                                          and math.isfinite(style_l2) and style_l2 >= 0):
+        raise ValueError(f"style_l2 must be a finite number >= 0, got {style_l2!r}")
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise ValueError(f"tol must be > 0, got {tol!r}")
-    anchor_index = None
-    if anchor is not None:
-        if anchor not in battles.models:
-            close = [m for m in battles.models if str(anchor).lower() in m.lower()][:5]
-            hint = f"; similar: {', '.join(close)}" if close else ""
-            raise ValueError(f"anchor {anchor!r} is not one of the {battles.num_models} models{hint}")
-        anchor_index = battles.models.index(anchor)
-    if anchor_rating is None:
-        anchor_rating = init
+    if anchor_rating is not None and (isinstance(anchor_rating, bool) or not isinstance(
+            anchor_rating, (int, float, np.integer, np.floating)) or not math.isfinite(anchor_rating)):
+        raise ValueError(f"anchor_rating must be a finite number, got {anchor_rating!r}")
+    if anchor_rating is not None and anchor is None:
+        raise ValueError("anchor_rating needs anchor (the model to pin)")
     if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    style = check_style(style)
+    if style and ties == GROUNDED:
+        raise ValueError("style control is not available with ties='grounded-rao-kupper' (its both-bad competitor "
+                         "has no answer, hence no style); use ties='half', 'rao-kupper', 'davidson' or 'drop'")
+    if not isinstance(votes, Votes):
+        raise TypeError(f"votes must be a jaxrank.Votes (see jaxrank.load_votes), got {type(votes).__name__}")
+    if row_weights is not None:
+        u_rows = votes.rows(merge=not style).num_rows
+        if tuple(np.shape(row_weights)) != (u_rows,):
+            raise ValueError(f"row_weights must have shape [U] = ({u_rows},), one per row of "
+                             f"votes.rows({'merge=False' if style else ''}), got {tuple(np.shape(row_weights))}")
+    if row_weights is not None and _is_concrete(row_weights):
+        wn = np.asarray(row_weights)
+        if not np.issubdtype(wn.dtype, np.floating):
+            raise TypeError(f"row_weights must be floating point, got dtype {wn.dtype}")
+        if np.isnan(wn).any() or np.isinf(wn).any():
+            raise ValueError("row_weights contains NaN or infinite values")
+        if (wn < 0).any():
+            raise ValueError(f"row_weights must be >= 0, got {int((wn < 0).sum())} negative value(s)")
+    plan = plan_fit(votes, ties=ties, style=style, anchor=anchor,
+                    row_weights=row_weights if row_weights is not None and _is_concrete(row_weights) else None)
+    rows = plan.rows
+    if anchor_rating is None and anchor is not None:
+        anchor_rating = init
 
-    u = battles.num_rows
-    if weights is None:
-        w = battles.count
+    u = rows.num_rows
+    if row_weights is None:
+        w = rows.count
     else:
-        w = weights if isinstance(weights, (jax.Array, np.ndarray)) else np.asarray(weights)
+        w = row_weights if isinstance(row_weights, (jax.Array, np.ndarray)) else np.asarray(row_weights)
         if tuple(w.shape) != (u,):
-            raise ValueError(f"weights must have shape [U] = ({u},), one per unique row of battles, got {tuple(w.shape)}")
+            raise ValueError(f"row_weights must have shape [U] = ({u},), one per row of "
+                             f"votes.rows({'merge=False' if style else ''}), got {tuple(w.shape)}")
         if not jnp.issubdtype(w.dtype, jnp.floating):
-            raise TypeError(f"weights must be floating point, got dtype {w.dtype}")
-        if _is_concrete(w):
-            wn = np.asarray(w)
-            if np.isnan(wn).any() or np.isinf(wn).any():
-                raise ValueError("weights contains NaN or infinite values")
-            if (wn < 0).any():
-                raise ValueError(f"weights must be >= 0, got {int((wn < 0).sum())} negative value(s)")
+            raise TypeError(f"row_weights must be floating point, got dtype {w.dtype}")
     w = jnp.asarray(w)
     if w.dtype != jnp.float64:
         w = w.astype(jnp.float32)
 
-    m = battles.num_models
-    structure_known = all(_is_concrete(x) for x in (battles.a, battles.b, battles.outcome, w))
-    if structure_known:
+    m = votes.num_models
+    component = plan.component
+    if _is_concrete(w):
         w_graph = np.asarray(w, np.float64)
+        outcome_np = np.asarray(rows.outcome)
         if ties == "drop":
-            w_graph = np.where(np.asarray(battles.outcome) >= TIE, 0.0, w_graph)
+            w_graph = np.where(outcome_np >= TIE, 0.0, w_graph)
         if not (w_graph > 0).any():
             raise ValueError(
                 "no votes with positive weight to fit" + (" (all votes are ties and ties='drop')" if ties == "drop" else "")
             )
-        if ties == GROUNDED:
-            # The competitor at theta = 0 takes part in every vote's likelihood: one component, no centring.
-            component = np.zeros((m,), np.int32)
-        else:
-            component = comparison_components(battles, weights=w_graph)
         if l2 > 0:
             pinning = "the L2 prior pins each component (its theta is pulled to 0, its mean rating to init)."
         else:
             pinning = f"each component is centred on its own (mean rating {init:g})."
-            if anchor_index is not None:
+            if anchor is not None:
                 pinning += f" The anchor {anchor!r} pins only its own component."
-        warn_if_disconnected(battles, component, pinning=pinning, stacklevel=3)
+        warn_if_disconnected(votes.models, component, pinning=pinning, stacklevel=3)
         if l2 == 0:
-            _warn_no_mle(battles, w_graph, ties, stacklevel=3)
-        tie_rows = np.asarray(battles.outcome) == TIE if ties == GROUNDED else np.asarray(battles.outcome) >= TIE
-        if ties == GROUNDED and l2 == 0 and not (w_graph[np.asarray(battles.outcome) == TIE_BOTHBAD] > 0).any():
+            _warn_no_mle(rows, w_graph, ties, stacklevel=3)
+        tie_rows = outcome_np == TIE if ties == GROUNDED else outcome_np >= TIE
+        decisive = ~(outcome_np >= TIE)
+        bothbad = float(w_graph[outcome_np == TIE_BOTHBAD].sum())
+        if ties in ("rao-kupper", "davidson") and bothbad > 0:
+            warnings.warn(
+                f"ties={ties!r} has no both-bad outcome: the {bothbad:g} (weighted) 'tie (bothbad)' votes count as "
+                "ties; ties='grounded-rao-kupper' models them as their own outcome (a loss of both models)",
+                UserWarning, stacklevel=2)
+        if ties in ("rao-kupper", "davidson") and not (w_graph[decisive] > 0).any():
+            raise ValueError(
+                f"ties={ties!r} but every vote is a tie: the tie parameter has no finite maximum-likelihood value "
+                "(it grows without bound) and the ratings are not identified; use ties='half' (every rating equal) "
+                "or collect decisive votes")
+        if ties == GROUNDED and l2 == 0 and not (w_graph[outcome_np == TIE_BOTHBAD] > 0).any():
             warnings.warn(
                 "ties='grounded-rao-kupper' but there are no 'tie (bothbad)' votes: the level of theta (relative to "
                 "the both-bad competitor at 0) has no finite maximum-likelihood value and drifts upwards; the "
@@ -770,41 +1003,41 @@ def fit_bradley_terry(
     else:
         component = np.zeros((m,), np.int32)
 
-    a, b, outcome = battles.a, battles.b, battles.outcome
+    a, b, outcome = rows.a, rows.b, rows.outcome
+    features = plan.features
+    # Zero-weight padding rows up to a bucket size: data sets of about the same size share one compiled fit.
+    a, b, outcome, w, features = pad_rows(bucket_size(u), a, b, outcome, w, features)
     if mesh is not None:
-        a, b, outcome, w = _shard_rows(mesh, a, b, outcome, w)
+        a, b, outcome, w, features = _shard_rows(mesh, a, b, outcome, w, features)
         component = jax.device_put(
             jnp.asarray(component, jnp.int32), jax.sharding.NamedSharding(a.sharding.mesh, jax.sharding.PartitionSpec())
         )
     dtype = w.dtype
+    if features is not None:
+        features = features.astype(dtype)
     out = _fit_jit(
         w, a, b, outcome, jnp.asarray(component, jnp.int32),
-        _make_options(l2, max_iter, tol, dtype),
-        jnp.asarray(-1 if anchor_index is None else anchor_index, jnp.int32),
-        jnp.asarray(anchor_rating, dtype),
+        _make_options(l2, max_iter, tol, dtype, style_l2),
+        jnp.asarray(plan.anchor_index, jnp.int32),
+        jnp.asarray(init if anchor_rating is None else anchor_rating, dtype),
         jnp.asarray(init, dtype),
         jnp.asarray(scale / math.log(base), dtype),
-        st=_make_static(ties, m, memory_size),
+        features,
+        st=_make_static(ties, m, memory_size, len(style)),
     )
-    ratings, theta, tie_param, ll, num_iter, converged = out
+    ratings, theta, tie_param, beta, ll, num_iter, converged = out
     return BTResult(
-        models=battles.models,
-        ties=ties,
-        scale=float(scale),
-        base=float(base),
-        init=float(init),
-        ratings=ratings,
-        theta=theta,
-        tie_param=tie_param,
-        log_likelihood=ll,
-        num_iter=num_iter,
-        converged=converged,
+        models=votes.models, ties=ties, scale=float(scale), base=float(base), init=float(init),
+        ratings=ratings, theta=theta, tie_param=tie_param, log_likelihood=ll, num_iter=num_iter,
+        converged=converged, beta=beta, l2=float(l2), anchor=anchor,
+        anchor_rating=None if anchor is None else float(anchor_rating), style=style,
+        style_l2=float(style_l2) if style else 0.0,
     )
 
 
 @functools.partial(jax.jit, static_argnames=("st",))
-def _fit_jit(weight, a, b, outcome, component, opts, anchor_index, anchor_rating, init, k, *, st):
-    sol = _solution(weight, a, b, outcome, component, opts, st)
+def _fit_jit(weight, a, b, outcome, component, opts, anchor_index, anchor_rating, init, k, features, *, st):
+    sol = _solution(weight, a, b, outcome, component, opts, st, features)
     theta = sol.theta
     # An anchor shifts its own component so that it sits at anchor_rating; the others keep mean init.
     has_anchor = anchor_index >= 0
@@ -815,13 +1048,30 @@ def _fit_jit(weight, a, b, outcome, component, opts, anchor_index, anchor_rating
     if st.ties != GROUNDED:  # the grounded model's theta is absolute: the anchor moves the ratings only
         theta = shifted
     tp = sol.tie_param if st.ties in _FITS_TIE else jnp.ones((), theta.dtype)
-    lp = _select_outcome(outcome, *_model_log_probs(theta[a] - theta[b], st.ties, tp, theta[b]))
+    x = jnp.concatenate([theta, jnp.log(tp)[None], sol.beta])
+    lp = _select_outcome(outcome, *_model_log_probs(_delta(x, a, b, features, st), st.ties, tp, theta[b]))
     ll = jnp.sum(weight * lp)
-    return ratings, theta, sol.tie_param, ll, sol.num_iter, sol.converged
+    return ratings, theta, sol.tie_param, sol.beta, ll, sol.num_iter, sol.converged
 
 
-def _shard_rows(mesh: jax.sharding.Mesh, a, b, outcome, w):
-    """Pad the unique-row axis to a multiple of the mesh size (zero-weight rows) and shard it."""
+def pad_rows(size: int, a, b, outcome, weight, features=None):
+    """The rows `(a, b, outcome, weight[, features])` padded to `size` rows with zero-weight rows (a = 0,
+    b = 1, a-wins, covariates 0): they add nothing to a likelihood, a gradient or a Hessian, and let data
+    sets of nearby sizes share one compiled kernel. Returns `(a, b, outcome, weight, features)`."""
+    pad = int(size) - int(a.shape[0])
+    if pad <= 0:
+        return a, b, outcome, weight, features
+    a = jnp.concatenate([jnp.asarray(a), jnp.zeros((pad,), jnp.asarray(a).dtype)])
+    b = jnp.concatenate([jnp.asarray(b), jnp.ones((pad,), jnp.asarray(b).dtype)])
+    outcome = jnp.concatenate([jnp.asarray(outcome), jnp.zeros((pad,), jnp.asarray(outcome).dtype)])
+    weight = jnp.concatenate([jnp.asarray(weight), jnp.zeros((pad,), jnp.asarray(weight).dtype)])
+    if features is not None:
+        features = jnp.concatenate([jnp.asarray(features), jnp.zeros((pad, features.shape[1]), features.dtype)])
+    return a, b, outcome, weight, features
+
+
+def _shard_rows(mesh: jax.sharding.Mesh, a, b, outcome, w, features=None):
+    """Pad the row axis to a multiple of the mesh size (zero-weight rows) and shard it."""
     from jax.sharding import NamedSharding, PartitionSpec
 
     # The rows are sharded with compiler-propagated (Auto) axes whatever the caller's mesh uses, so the
@@ -830,12 +1080,9 @@ def _shard_rows(mesh: jax.sharding.Mesh, a, b, outcome, w):
         mesh.devices, mesh.axis_names, axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
     )
     n_dev = int(np.prod(list(mesh.shape.values())))
-    u = a.shape[0]
-    pad = (-u) % n_dev
-    if pad:
-        a = jnp.concatenate([a, jnp.zeros((pad,), a.dtype)])
-        b = jnp.concatenate([b, jnp.zeros((pad,), b.dtype)])
-        outcome = jnp.concatenate([outcome, jnp.zeros((pad,), outcome.dtype)])
-        w = jnp.concatenate([w, jnp.zeros((pad,), w.dtype)])
+    a, b, outcome, w, features = pad_rows(-(-a.shape[0] // n_dev) * n_dev, a, b, outcome, w, features)
     sharding = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
-    return tuple(jax.device_put(x, sharding) for x in (a, b, outcome, w))
+    out = tuple(jax.device_put(x, sharding) for x in (a, b, outcome, w))
+    if features is not None:
+        features = jax.device_put(features, NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names), None)))
+    return (*out, features)

@@ -3,7 +3,7 @@ r"""Online Elo: replay votes one by one with `lax.scan`, and many random orderin
 For a vote between `a` and `b` with current ratings `R_a`, `R_b`:
 
     E_a = 1 / (1 + base ** ((R_b - R_a) / scale)),   E_b = 1 / (1 + base ** ((R_a - R_b) / scale))
-    S_a = 1 (a wins), 0 (b wins), 1/2 (tie or tie (bothbad))
+    S_a = 1 (a wins), 0 (b wins), 1/2 (tie or tie (bothbad)); a soft vote scores S_a = P(a wins)
     R_a <- R_a + k (S_a - E_a),   R_b <- R_b + k (1 - S_a - E_b)
 
 This is Chatbot Arena's original `compute_elo` (FastChat), arithmetic included. Online Elo depends on
@@ -22,9 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxrank.ratings.battles import A_WINS, B_WINS, Battles
+from jaxrank.votes.table import Votes
 
-__all__ = ["online_elo", "elo_permutations", "EloPermutationResult"]
+__all__ = ["online_elo", "elo_permutations", "EloPermutationResult", "replay_elo", "random_vote_orders",
+           "check_elo_options"]
+
+_SCORES = np.array([1.0, 0.0, 0.5, 0.5], np.float32)  # S_a of A_WINS, B_WINS, TIE, TIE_BOTHBAD
 
 
 class _EloState(NamedTuple):
@@ -42,24 +45,27 @@ def _check_number(value: Any, name: str, *, positive: bool = True) -> float:
     return value
 
 
-def _votes(battles_or_arrays: Any, num_models: int | None) -> tuple[jax.Array, jax.Array, jax.Array, int]:
-    """Per-vote `(a, b, outcome)` int32[N] in input order, and M."""
-    if isinstance(battles_or_arrays, Battles):
-        battles = battles_or_arrays
-        if not battles.has_vote_order:
+def _votes(votes_or_arrays: Any, num_models: int | None) -> tuple[jax.Array, jax.Array, jax.Array, int]:
+    """Per-vote `(a, b, score of a)` in input order, and M."""
+    if isinstance(votes_or_arrays, Votes):
+        votes = votes_or_arrays
+        if votes.count is not None and np.any(votes.count != 1):
             raise ValueError(
-                "battles has no vote order (it was built from counts, e.g. synthetic_battles); online Elo "
-                "replays votes one by one: pass battles from load_battles, or (a, b, outcome) arrays"
+                "votes carry counts (entries stand for several identical votes, e.g. synthetic_votes): online Elo "
+                "replays votes one by one in order and needs one entry per vote; expand them with "
+                "votes.subset(np.repeat(np.arange(len(votes)), votes.count)) (and shuffle), or pass (a, b, outcome) arrays"
             )
-        row = battles.vote_row
-        return battles.a[row], battles.b[row], battles.outcome[row], battles.num_models
-    if not isinstance(battles_or_arrays, (tuple, list)) or len(battles_or_arrays) != 3:
+        if len(votes) == 0:
+            raise ValueError("no votes (N = 0); nothing to rate")
+        return (jnp.asarray(votes.a), jnp.asarray(votes.b), jnp.asarray(votes.score_a(), jnp.float32),
+                votes.num_models)
+    if not isinstance(votes_or_arrays, (tuple, list)) or len(votes_or_arrays) != 3:
         raise TypeError(
-            "battles_or_arrays must be a Battles or a tuple (a, b, outcome) of int arrays [N], got "
-            f"{type(battles_or_arrays).__name__}"
+            "votes must be a jaxrank.Votes or a tuple (a, b, outcome) of int arrays [N], got "
+            f"{type(votes_or_arrays).__name__}"
         )
     arrays = []
-    for name, x in zip(("a", "b", "outcome"), battles_or_arrays):
+    for name, x in zip(("a", "b", "outcome"), votes_or_arrays):
         x = x if isinstance(x, (jax.Array, np.ndarray)) else np.asarray(x)
         if x.ndim != 1:
             raise ValueError(f"{name} must have shape [N] (one entry per vote), got shape {tuple(x.shape)}")
@@ -87,10 +93,10 @@ def _votes(battles_or_arrays: Any, num_models: int | None) -> tuple[jax.Array, j
     on = np.asarray(outcome)
     if on.min() < 0 or on.max() > 3:
         raise ValueError(f"outcome must hold codes 0..3 (A_WINS, B_WINS, TIE, TIE_BOTHBAD), got range [{on.min()}, {on.max()}]")
-    return a, b, outcome, int(num_models)
+    return a, b, jnp.asarray(_SCORES[on]), int(num_models)
 
 
-def _replay_many(a, b, outcome, orders, *, num_models, k, scale, base, init, unroll):
+def _replay_many(a, b, score, orders, *, num_models, k, scale, base, init, unroll):
     """Final ratings float32[P, M] after replaying, for each lane p, the votes `orders[:, p]` in order.
 
     One `lax.scan` over time; the P lanes advance together. Ratings live in a flat [P * M] vector so
@@ -106,12 +112,10 @@ def _replay_many(a, b, outcome, orders, *, num_models, k, scale, base, init, unr
     def step(state: _EloState, idx):
         ia = lane + a[idx]
         ib = lane + b[idx]
-        o = outcome[idx]
         ra = state.ratings[ia]
         rb = state.ratings[ib]
         ea = jax.nn.sigmoid((ra - rb) * slope)
-        sa = jnp.where(o == A_WINS, 1.0, jnp.where(o == B_WINS, 0.0, 0.5)).astype(jnp.float32)
-        delta = k * (sa - ea)
+        delta = k * (score[idx] - ea)
         # Indices are in bounds by construction (validated model indices), and a != b in each vote.
         ratings = state.ratings.at[ia].add(delta, unique_indices=True, mode="promise_in_bounds")
         ratings = ratings.at[ib].add(-delta, unique_indices=True, mode="promise_in_bounds")
@@ -123,12 +127,12 @@ def _replay_many(a, b, outcome, orders, *, num_models, k, scale, base, init, unr
 
 
 @functools.partial(jax.jit, static_argnames=("num_models", "k", "scale", "base", "init", "unroll"))
-def _online_elo_jit(a, b, outcome, order, *, num_models, k, scale, base, init, unroll):
-    out = _replay_many(a, b, outcome, order[:, None], num_models=num_models, k=k, scale=scale, base=base, init=init, unroll=unroll)
+def _online_elo_jit(a, b, score, order, *, num_models, k, scale, base, init, unroll):
+    out = _replay_many(a, b, score, order[:, None], num_models=num_models, k=k, scale=scale, base=base, init=init, unroll=unroll)
     return out[0]
 
 
-def _check_elo_options(k: Any, scale: Any, base: Any, init: Any) -> tuple[float, float, float, float]:
+def check_elo_options(k: Any, scale: Any, base: Any, init: Any) -> tuple[float, float, float, float]:
     """Validate the Elo update options shared by `online_elo` and `elo_permutations`."""
     k = _check_number(k, "k")
     scale = _check_number(scale, "scale")
@@ -139,7 +143,7 @@ def _check_elo_options(k: Any, scale: Any, base: Any, init: Any) -> tuple[float,
 
 
 def online_elo(
-    battles_or_arrays: Any,
+    votes: Any,
     *,
     k: float = 4.0,
     scale: float = 400.0,
@@ -151,13 +155,14 @@ def online_elo(
     r"""Online Elo ratings after replaying the votes in order (one `lax.scan` over votes).
 
     Every model starts at `init`; each vote moves both ratings by `k (S - E)` (see the module
-    docstring). Ties and `tie (bothbad)` score one half for each side (Chatbot Arena's convention).
-    Vote weights are not used: each vote counts once, as in Arena's online Elo.
+    docstring). Ties and `tie (bothbad)` score one half for each side (Chatbot Arena's convention); a
+    soft vote scores `S = P(a wins)` (`Votes.score_a`). Vote weights are not used: each vote counts once,
+    as in Arena's online Elo.
 
     Args:
-        battles_or_arrays: `Battles` from `load_battles` (votes replayed in file order through
-            `vote_row`), or a tuple `(a, b, outcome)` of int arrays [N] (model indices, outcome codes
-            `A_WINS`=0, `B_WINS`=1, `TIE`=2, `TIE_BOTHBAD`=3).
+        votes: `jaxrank.Votes` (replayed in table order; one entry per vote, no `count`), or a tuple
+            `(a, b, outcome)` of int arrays [N] (model indices, outcome codes `A_WINS`=0, `B_WINS`=1,
+            `TIE`=2, `TIE_BOTHBAD`=3).
         k: the K-factor (rating points moved by a fully unexpected result), > 0.
         scale, base: the logistic scale: `E_a = 1 / (1 + base ** ((R_b - R_a) / scale))`.
         init: starting rating.
@@ -174,8 +179,8 @@ def online_elo(
         >>> [round(float(x), 3) for x in r]
         [1002.0, 998.012, 999.988]
     """
-    k, scale, base, init = _check_elo_options(k, scale, base, init)
-    a, b, outcome, m = _votes(battles_or_arrays, num_models)
+    k, scale, base, init = check_elo_options(k, scale, base, init)
+    a, b, score, m = _votes(votes, num_models)
     n = int(a.shape[0])
     if order is None:
         order = jnp.arange(n, dtype=jnp.int32)
@@ -186,7 +191,7 @@ def online_elo(
         if not isinstance(order, jax.core.Tracer) and order.size and (int(np.asarray(order).min()) < 0 or int(np.asarray(order).max()) >= n):
             raise ValueError(f"order must hold vote indices in [0, {n}), got range [{np.asarray(order).min()}, {np.asarray(order).max()}]")
         order = jnp.asarray(order, jnp.int32)
-    return _online_elo_jit(a, b, outcome, order, num_models=m, k=k, scale=scale, base=base, init=init, unroll=8)
+    return _online_elo_jit(a, b, score, order, num_models=m, k=k, scale=scale, base=base, init=init, unroll=8)
 
 
 @struct.dataclass
@@ -214,7 +219,7 @@ class EloPermutationResult:
         return self.upper - self.lower
 
 
-def _random_orders(keys: jax.Array, n: int) -> jax.Array:
+def random_vote_orders(keys: jax.Array, n: int) -> jax.Array:
     """int32[N, P]: column p is a uniformly random order of the N votes, drawn from `keys[p]`.
 
     Each lane seeds a NumPy PCG64 generator with the raw bits of its JAX key and draws a Fisher–Yates
@@ -230,13 +235,22 @@ def _random_orders(keys: jax.Array, n: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("num_models", "k", "scale", "base", "init", "unroll"))
-def _replay_jit(a, b, outcome, orders, *, num_models, k, scale, base, init, unroll):
-    return _replay_many(a, b, outcome, orders, num_models=num_models, k=k, scale=scale, base=base, init=init, unroll=unroll)
+def replay_elo(a, b, score, orders, *, num_models, k=4.0, scale=400.0, base=10.0, init=1000.0, unroll=4):
+    """Final online-Elo ratings float32[P, M] of P replays at once (the kernel of `elo_permutations`).
+
+    Args:
+        a, b: int32[N] model indices of the votes; score: float32[N] the score of `a` (1 win, 0 loss,
+            1/2 tie, or P(a wins)).
+        orders: int32[L, P] column p is the sequence of vote indices lane p replays (any length L).
+        num_models, k, scale, base, init: static options (checked by `check_elo_options`).
+        unroll: `lax.scan` unroll factor.
+    """
+    return _replay_many(a, b, score, orders, num_models=num_models, k=k, scale=scale, base=base, init=init, unroll=unroll)
 
 
 def elo_permutations(
     key: jax.Array,
-    battles_or_arrays: Any,
+    votes: Any,
     *,
     num_permutations: int = 1000,
     k: float = 4.0,
@@ -250,14 +264,14 @@ def elo_permutations(
     r"""Online Elo replayed over `num_permutations` random orders of the same votes, vmapped.
 
     Permutation `p` draws its order from the key `jax.random.split(key, num_permutations)[p]` (a
-    Fisher–Yates shuffle seeded by that key, see `_random_orders`), so results do not depend on
+    Fisher–Yates shuffle seeded by that key, see `random_vote_orders`), so results do not depend on
     `chunk_size`. Permutations run
     `chunk_size` at a time (one compiled scan per chunk, the chunk's orderings advancing together),
     which bounds memory to about `chunk_size * N * 8` bytes.
 
     Args:
         key: PRNG key.
-        battles_or_arrays: as for `online_elo`.
+        votes: as for `online_elo`.
         num_permutations: P >= 1.
         k, scale, base, init: as for `online_elo`.
         confidence: central probability of the reported `[lower, upper]` band, in (0, 1).
@@ -269,15 +283,15 @@ def elo_permutations(
         `EloPermutationResult(ratings [P, M], median [M], lower [M], upper [M])`.
 
     Example:
-        >>> res = elo_permutations(jax.random.key(0), battles, num_permutations=1000)  # doctest: +SKIP
+        >>> res = elo_permutations(jax.random.key(0), votes, num_permutations=1000)  # doctest: +SKIP
         >>> res.median, res.spread                                                       # doctest: +SKIP
     """
     if not isinstance(num_permutations, (int, np.integer)) or isinstance(num_permutations, bool) or num_permutations < 1:
         raise ValueError(f"num_permutations must be an int >= 1, got {num_permutations!r}")
     if not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
-    k, scale, base, init = _check_elo_options(k, scale, base, init)
-    a, b, outcome, m = _votes(battles_or_arrays, num_models)
+    k, scale, base, init = check_elo_options(k, scale, base, init)
+    a, b, score, m = _votes(votes, num_models)
     n = int(a.shape[0])
     if chunk_size is None:
         # About 256 MiB of orders per chunk, split evenly so the last chunk is not mostly padding.
@@ -294,13 +308,13 @@ def elo_permutations(
         pad = chunk_size - chunk.shape[0]
         if pad:  # keep one compiled shape: pad the last chunk with repeated keys, drop them after
             chunk = jnp.concatenate([chunk, jnp.repeat(chunk[-1:], pad, axis=0)])
-        orders = _random_orders(chunk, n)
-        out = _replay_jit(a, b, outcome, orders, num_models=m, k=k, scale=scale, base=base, init=init, unroll=4)
+        orders = random_vote_orders(chunk, n)
+        out = replay_elo(a, b, score, orders, num_models=m, k=k, scale=scale, base=base, init=init, unroll=4)
         outs.append(out[: chunk_size - pad])
     ratings = jnp.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
     q = jnp.asarray([(1.0 - confidence) / 2.0, 0.5, (1.0 + confidence) / 2.0], jnp.float32)
     lower, median, upper = jnp.quantile(ratings, q, axis=0)
-    models = battles_or_arrays.models if isinstance(battles_or_arrays, Battles) else ()
+    models = votes.models if isinstance(votes, Votes) else ()
     return EloPermutationResult(
         models=models, confidence=float(confidence), ratings=ratings, median=median, lower=lower, upper=upper
     )
