@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from jaxrank import allocation as A
+from jaxrank import load_votes
 from jaxrank import evaluation as E
 from jaxrank import resources as R
 from jaxrank.lm.config import ModelConfig
@@ -128,7 +129,7 @@ def prompt_votes():
             i, j = rng.choice(4, 2, replace=False)
             w = ["model_a", "model_b", "tie"][rng.integers(3)]
             rows.append((f"p{p:02d}", f"m{i}", f"m{j}", w))
-    return E.load_prompt_votes(pd.DataFrame(rows, columns=["prompt_id", "model_a", "model_b", "winner"]))
+    return load_votes(pd.DataFrame(rows, columns=["prompt_id", "model_a", "model_b", "winner"]))
 
 
 def test_tie_reduction_chunks_give_the_same_numbers(prompt_votes, monkeypatch):
