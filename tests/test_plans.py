@@ -3,7 +3,6 @@ gives the same numbers as one call; Ctrl-C stops a long simulation within second
 
 import os
 import signal
-import time
 
 import jax
 import jax.numpy as jnp
@@ -212,9 +211,10 @@ def test_check_forward_names_batch_size_then_max_length(monkeypatch):
 # ------------------------------------------------------------------------------------------------ Ctrl-C
 
 
-def test_ctrl_c_stops_a_long_simulation_within_seconds(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_stops_a_long_simulation_at_the_chunk_in_flight(tmp_path, monkeypatch, capsys):
     """SIGINT once the simulation runs (after its first chunk): the CLI stops at the end of the chunk in
-    flight, in well under the ~30+ s the whole run takes, and exits 130 with one line."""
+    flight, long before the last chunk, and exits 130 with one line. (No timing is asserted; the latency on
+    the real data is measured by benchmarks/interrupt_latency.py.)"""
     import threading
 
     from jaxrank import cli
@@ -223,24 +223,26 @@ def test_ctrl_c_stops_a_long_simulation_within_seconds(tmp_path, monkeypatch, ca
     scores = tmp_path / "scores.jsonl"
     rng = np.random.default_rng(0)
     scores.write_text("".join(f'{{"id": "i{i}", "scores": {rng.integers(1, 6, 4).tolist()}}}\n' for i in range(50)))
-    sent = {}
+    seen = {"done": []}
 
     class Interrupting(budget.ChunkProgress):
         def __call__(self, done, total):
             super().__call__(done, total)
-            if done > 0 and "at" not in sent:  # the first chunk is done: the run is under way
-                sent["at"] = time.monotonic()
+            seen["done"].append(done)
+            seen["total"] = total
+            if done > 0 and "sent" not in seen:  # the first chunk is done: the run is under way
+                seen["sent"] = True
                 threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
 
     monkeypatch.setattr(budget, "ChunkProgress", Interrupting)
-    start = time.monotonic()
     code = cli.main(["budget", "simulate", str(scores), "--budget", "20000", "--runs", "20000",
                      "--allocator", "robin"])
-    stopped = time.monotonic()
     err = capsys.readouterr().err
     assert code == 130 and err.strip().splitlines()[-1] == "jaxrank: interrupted", err
-    assert "at" in sent, "the simulation finished before it could be interrupted"
-    assert stopped - sent["at"] < 5.0, f"Ctrl-C took {stopped - sent['at']:.1f} s (run started {sent['at'] - start:.1f} s in)"
+    assert "sent" in seen, "the simulation finished before it could be interrupted"
+    # At most the chunk in flight (and the one the signal may land just after) ran after the signal.
+    chunks_after = sum(1 for d in seen["done"] if d > 0) - 1
+    assert chunks_after <= 2 and seen["done"][-1] < seen["total"], seen
 
 
 # ------------------------------------------------------------------------------------------------ LM calls
