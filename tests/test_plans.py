@@ -89,6 +89,17 @@ def test_bootstrap_chunks_are_bounded_whatever_the_rounds(battles):
     assert asked.chunk_size < 10**6 and asked.chunk_bytes <= R.chunk_bytes()
 
 
+def test_bootstrap_plan_of_a_prompt_bootstrap(prompt_votes, monkeypatch):
+    plan = bootstrap_plan(prompt_votes, num_rounds=100, unit="prompts")
+    assert plan.sampler == "prompts" and plan.chunk_size == 100
+    with pytest.raises(ValueError, match="unit must be"):
+        bootstrap_plan(prompt_votes, num_rounds=100, unit="judges")
+    monkeypatch.setenv("JAXRANK_MEMORY_LIMIT", "64M")
+    with pytest.raises(ResourceError) as info:  # refused before the full-data fit or any resampling
+        bootstrap_ratings(jax.random.key(0), prompt_votes, num_rounds=10**9, unit="prompts")
+    assert info.value.option == "num_rounds" and "(M = 4 models)" in str(info.value)
+
+
 # ------------------------------------------------------------------------------------------------ simulation
 
 
