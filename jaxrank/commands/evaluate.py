@@ -333,7 +333,7 @@ def run_replay(args: argparse.Namespace) -> int:
         raise CliError(f"--uniform-mix must lie in (0, 1], got {args.uniform_mix:g}")
     if not 0.0 < args.ci < 1.0:
         raise CliError(f"--ci must lie strictly between 0 and 1, got {args.ci}")
-    out, plot = _outputs(args)
+    out, plot = _outputs(args, inputs=[p for p in (scores_path, votes_path, judge_path) if p is not None])
     extra = {"prompt_id": args.prompt_column} if args.prompt_column else None
     read = vote_options(args, columns_extra=extra)
     try:
@@ -383,7 +383,9 @@ def run_replay(args: argparse.Namespace) -> int:
         err_console.print(f"jaxrank: warning: {note}", markup=False, highlight=False, soft_wrap=True)
     frame = curves.to_frame()
     if out is not None:
-        frame.to_csv(out, index=False)
+        from jaxrank.outputs import write_table
+
+        write_table(frame, out)
     if plot is not None:
         from jaxrank.plots import plot_design_curves
 

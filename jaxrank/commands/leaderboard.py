@@ -358,6 +358,8 @@ def _run_design(args: argparse.Namespace, votes_path: pathlib.Path, out, plot, s
         how = f"design-weighted (Horvitz-Thompson); {board.num_labelled} of {len(board.prompt_ids)} prompts labelled"
     design_name = board.sample.design if design is not None else "simple random sample of the judge's prompts"
     if out is not None:
+        from jaxrank.outputs import write_table
+
         write_table(frame, out)
     if plot is not None:
         from jaxrank.plots import plot_leaderboard
@@ -378,7 +380,7 @@ def _run_design(args: argparse.Namespace, votes_path: pathlib.Path, out, plot, s
                       f"{row.lower:.1f}", f"{row.upper:.1f}", f"{row.battles:g}")
     console.print(table)
     console.print(how, highlight=False, soft_wrap=True)
-    written = [str(p) for p in (out, plot) if p is not None]
+    written = [p.named for p in (out, plot) if p is not None]
     if written:
         err_console.print(f"wrote {', '.join(written)}", highlight=False)
     return 0
