@@ -403,7 +403,7 @@ def run_replay(args: argparse.Namespace) -> int:
                       f"{row.coverage:.3f}±{row.coverage_stderr:.3f}", _fmt(row.width, 1), _fmt(row.kendall_tau),
                       _fmt(row.lam), _fmt(row.equivalent_uniform))
     console.print(table)
-    written = [str(p) for p in (out, plot) if p is not None]
+    written = [p.named for p in (out, plot) if p is not None]
     if written:
         err_console.print(f"wrote {', '.join(written)}", highlight=False)
     return 0
