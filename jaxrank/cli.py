@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(text: str) -> int:
+    # One line: a multi-line message from a library (e.g. an XLA status) keeps its first line only.
+    first = str(text).strip().splitlines()[0] if str(text).strip() else "unknown error"
+    err_console.print(f"jaxrank: error: {first}", markup=False, highlight=False, soft_wrap=True)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -71,15 +78,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             enable_compilation_cache()
         return int(args.func(args) or 0)
     except CliError as err:
-        err_console.print(f"jaxrank: error: {err}", markup=False, highlight=False, soft_wrap=True)
-        return 2
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        # Library validation errors name the argument; show them as one line, not a traceback.
-        err_console.print(f"jaxrank: error: {err}", markup=False, highlight=False, soft_wrap=True)
-        return 2
+        return _error(str(err))
+    except (ValueError, TypeError, OSError) as err:
+        # Library validation errors name the argument, and OS errors (a file that cannot be read or written)
+        # name the file: show them as one line, not a traceback.
+        return _error(str(err))
+    except MemoryError:
+        return _error("out of memory; use a smaller size option (e.g. --batch-size, --bootstrap, --runs) or set "
+                      "JAXRANK_MEMORY_LIMIT so that the memory plan refuses it up front")
     except KeyboardInterrupt:
-        err_console.print("jaxrank: interrupted")
+        err_console.print("jaxrank: interrupted", markup=False, highlight=False)
         return 130
+    except Exception as err:  # noqa: BLE001
+        # XLA reports an allocation failure as an XlaRuntimeError "RESOURCE_EXHAUSTED: ...".
+        if "RESOURCE_EXHAUSTED" in str(err):
+            return _error(f"out of memory ({str(err).strip().splitlines()[0][:200]}); use a smaller size option")
+        raise
 
 
 if __name__ == "__main__":

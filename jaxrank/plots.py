@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxrank.outputs import FIGURE_FORMATS, check_output, write_file
+
 __all__ = ["plot_budget_curves", "plot_design_curves", "plot_leaderboard", "plot_stability", "plot_tie_reduction"]
 
 
@@ -30,10 +32,12 @@ def _pyplot() -> Any:
 
 
 @contextlib.contextmanager
-def _figure(path: str | os.PathLike, *, title: str | None = None, suptitle: bool = False, dpi: int | None = None,
-            **subplots: Any):
+def _figure(path: str | os.PathLike, *, force: bool = False, title: str | None = None, suptitle: bool = False,
+            dpi: int | None = None, **subplots: Any):
     """`plt.subplots(**subplots)` as `(fig, axes)`; on success adds the title, lays out and saves to `path`
-    (`dpi` None: the figure's); the figure is closed either way."""
+    (`dpi` None: the figure's) atomically (`jaxrank.outputs.write_file`: an existing file only with `force`);
+    the figure is closed either way. The target is checked before anything is drawn."""
+    out = check_output(path, force=force, label="figure", suffixes=FIGURE_FORMATS)
     plt = _pyplot()
     fig, axes = plt.subplots(**subplots)
     try:
@@ -41,7 +45,7 @@ def _figure(path: str | os.PathLike, *, title: str | None = None, suptitle: bool
         if title:
             fig.suptitle(title) if suptitle else axes.set_title(title)
         fig.tight_layout()
-        fig.savefig(pathlib.Path(path), dpi=dpi)
+        write_file(out, lambda tmp: fig.savefig(tmp, dpi=dpi))
     finally:
         plt.close(fig)
 
@@ -54,6 +58,7 @@ def plot_leaderboard(
     *,
     path: str | os.PathLike,
     title: str | None = None,
+    force: bool = False,
 ) -> pathlib.Path:
     """Forest plot of a leaderboard: each model's rating with its interval, best on top.
 
@@ -62,6 +67,7 @@ def plot_leaderboard(
         ratings, lower, upper: float[M] ratings and interval bounds (Elo points).
         path: output file; the format follows the extension (`.png`, `.pdf`, `.svg`).
         title: optional figure title.
+        force: replace an existing file at `path` (written atomically either way).
 
     Returns:
         The path written.
@@ -82,7 +88,7 @@ def plot_leaderboard(
     order = np.argsort(-ratings, kind="stable")
     y = np.arange(m)[::-1]
     height = max(2.5, 0.22 * m + 1.0)
-    with _figure(path, title=title, dpi=120, figsize=(7.0, height)) as (fig, ax):
+    with _figure(path, force=force, title=title, dpi=120, figsize=(7.0, height)) as (fig, ax):
         r = ratings[order]
         ax.errorbar(
             r, y, xerr=np.stack([r - lower[order], upper[order] - r]), fmt="o", color="tab:blue",
@@ -102,6 +108,7 @@ def plot_budget_curves(
     path: str | os.PathLike,
     title: str | None = None,
     metric: str = "wce",
+    force: bool = False,
 ) -> pathlib.Path:
     """Judge-budget error vs budget, one line per allocator with its interval over runs shaded.
 
@@ -111,6 +118,7 @@ def plot_budget_curves(
         `jaxrank.allocation.error_summary` per allocator.
       path: the image file to write (format from the suffix, e.g. `.png`).
       title: optional figure title.
+      force: replace an existing file at `path` (written atomically either way).
       metric: with a `BudgetCurves`, which error to draw: `"wce"` (worst case), `"mae"` or `"rmse"`;
         with a dict, the key prefix to read (`"<metric>_mean"`, ...).
 
@@ -129,7 +137,7 @@ def plot_budget_curves(
         curves = curves.curves(metric)
     if not curves:
         raise ValueError(f"curves is empty: expected {{allocator: {{budget, {metric}_mean, {metric}_lower, {metric}_upper}}}}")
-    with _figure(path, title=title, figsize=(6.4, 4.2), dpi=120) as (fig, ax):
+    with _figure(path, force=force, title=title, figsize=(6.4, 4.2), dpi=120) as (fig, ax):
         for name, c in curves.items():
             missing = {"budget", f"{metric}_mean"} - set(c)
             if missing:
@@ -155,7 +163,8 @@ def _result_arrays(result: Any, names: Sequence[str], what: str) -> dict[str, np
     return out
 
 
-def plot_tie_reduction(result: Any, path: str | os.PathLike, *, title: str | None = None) -> pathlib.Path:
+def plot_tie_reduction(result: Any, path: str | os.PathLike, *, title: str | None = None,
+                       force: bool = False) -> pathlib.Path:
     """Tie rate of the top-q prompts vs random q subsets (left), and the relative reduction with its
     interval (right), against the fraction q.
 
@@ -163,6 +172,7 @@ def plot_tie_reduction(result: Any, path: str | os.PathLike, *, title: str | Non
         result: a `jaxrank.evaluation.TieReductionResult` (`tie_reduction`).
         path: output file (`.png`, `.pdf`, `.svg`).
         title: optional figure title.
+        force: replace an existing file at `path` (written atomically either way).
 
     Returns:
         The path written.
@@ -173,7 +183,7 @@ def plot_tie_reduction(result: Any, path: str | os.PathLike, *, title: str | Non
     cols = ("fraction", "tie_rate_top", "tie_rate_random", "reduction", "lower", "upper")
     d = _result_arrays(result, cols, "TieReductionResult")
     q = 100.0 * d["fraction"]
-    with _figure(path, title=title, suptitle=True, nrows=1, ncols=2, figsize=(10.0, 4.0), dpi=120) as (fig, (ax1, ax2)):
+    with _figure(path, force=force, title=title, suptitle=True, nrows=1, ncols=2, figsize=(10.0, 4.0), dpi=120) as (fig, (ax1, ax2)):
         ax1.plot(q, d["tie_rate_top"], marker="o", markersize=4, label="top q% by priority score")
         ax1.plot(q, d["tie_rate_random"], marker="s", markersize=4, linestyle="--", color="tab:gray",
                  label="random q% (mean)")
@@ -212,6 +222,7 @@ def plot_stability(
     *,
     metric: str = "kendall_tau",
     title: str | None = None,
+    force: bool = False,
 ) -> pathlib.Path:
     """Rank correlation (or another stability metric) of the top-q leaderboard with the gold one vs q,
     with its interval as error bars, and the random-q baseline as a line with its band.
@@ -221,6 +232,7 @@ def plot_stability(
         path: output file (`.png`, `.pdf`, `.svg`).
         metric: `"kendall_tau"`, `"spearman"`, `"pairs_agree"` or `"max_rating_diff"`.
         title: optional figure title.
+        force: replace an existing file at `path` (written atomically either way).
 
     Returns:
         The path written.
@@ -234,7 +246,7 @@ def plot_stability(
              f"random_{metric}", f"random_{metric}_lower", f"random_{metric}_upper"]
     d = _result_arrays(result, names, "StabilityResult")
     q = 100.0 * d["fraction"]
-    with _figure(path, title=title, figsize=(6.4, 4.2), dpi=120) as (fig, ax):
+    with _figure(path, force=force, title=title, figsize=(6.4, 4.2), dpi=120) as (fig, ax):
         band = f"random q% (mean, {int(round(100 * float(getattr(result, 'confidence', 0.95))))}% of subsets)"
         ax.fill_between(q, d[f"random_{metric}_lower"], d[f"random_{metric}_upper"], color="tab:gray", alpha=0.25)
         ax.plot(q, d[f"random_{metric}"], linestyle="--", marker="s", markersize=3, color="tab:gray", label=band)

@@ -7,13 +7,23 @@ errors are measured against the pool mean. ``robin`` (known variances) is given 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import pathlib
 from typing import Any
 
-from jaxrank.commands._common import CliError, console, err_console, input_path, output_path
+from jaxrank.commands._common import (
+    FIGURE_FORMATS,
+    TABLE_FORMATS,
+    ChunkProgress,
+    CliError,
+    check_distinct,
+    console,
+    err_console,
+    input_path,
+    output_path,
+    resource_flags,
+)
 
 FORMATS = ("auto", "jsonl", "prometheus")
 CSV_COLUMNS = ("allocator", "budget", "wce_mean", "wce_lower", "wce_upper", "mae_mean", "rmse_mean")
@@ -142,16 +152,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sim.add_argument("--format", choices=FORMATS, default="auto", help="SCORES format (default auto)")
     sim.add_argument("--score-field", help="field holding the score list (default scores / gpt4_score)")
     sim.add_argument("--level", type=float, default=0.95, help="interval level over runs (default 0.95)")
-    sim.add_argument("--out", help="CSV: " + ", ".join(CSV_COLUMNS))
+    sim.add_argument("--out", help="table (.csv, .tsv, .jsonl or .parquet): " + ", ".join(CSV_COLUMNS))
     sim.add_argument("--plot", help="figure of worst-case error vs budget (e.g. budget.png)")
-    sim.add_argument("--force", action="store_true", help="overwrite --out / --plot")
+    sim.add_argument("--force", action="store_true", help="replace --out / --plot if they exist (files only)")
     sim.set_defaults(func=run_simulate)
 
 
 def run_simulate(args: argparse.Namespace) -> int:
     path = input_path(args.scores, arg="SCORES")
-    out = output_path(args.out, force=args.force, arg="--out")
-    plot = output_path(args.plot, force=args.force, arg="--plot")
+    out = output_path(args.out, force=args.force, arg="--out", inputs=[path], suffixes=TABLE_FORMATS)
+    plot = output_path(args.plot, force=args.force, arg="--plot", inputs=[path], suffixes=FIGURE_FORMATS)
+    check_distinct(out, plot)
     allocators = [a.strip() for a in args.allocator.split(",") if a.strip()]
     from jaxrank import allocation
 
@@ -202,6 +213,9 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     import jax
 
+    with resource_flags(num_runs="--runs"):  # before the work: the results of --runs runs must fit
+        allocation.simulation_plan(K, args.budget, num_runs=args.runs, allocators=allocators, batch_size=args.batch,
+                                   num_checkpoints=len(budgets))
     sampler = allocation.EmpiricalSampler.from_lists(scores)
     lengths = [len(s) for s in scores]
     err_console.print(
@@ -210,28 +224,32 @@ def run_simulate(args: argparse.Namespace) -> int:
         + ("; robin uses the pool variances" if "robin" in allocators else "")
         + "[/dim]"
     )
-    results = allocation.simulate_sweep(
-        jax.random.key(args.seed),
-        sampler,
-        budgets,
-        allocators=allocators,
-        num_runs=args.runs,
-        batch_size=args.batch,
-        delta=args.delta,
-    )
+    bar = ChunkProgress("simulate", "runs")
+    try:
+        with resource_flags(num_runs="--runs"):
+            results = allocation.simulate_sweep(
+                jax.random.key(args.seed),
+                sampler,
+                budgets,
+                allocators=allocators,
+                num_runs=args.runs,
+                batch_size=args.batch,
+                delta=args.delta,
+                progress=bar,
+            )
+    finally:
+        bar.close()
     summaries = {a: allocation.error_summary(results[a], level=args.level) for a in allocators}
     _print_table(summaries, level=args.level, runs=args.runs)
     if out is not None:
-        with out.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(CSV_COLUMNS)
-            for a, s in summaries.items():
-                for j in range(len(s["budget"])):
-                    w.writerow(
-                        [a, int(s["budget"][j])]
-                        + [f"{float(s[c][j]):.6g}" for c in CSV_COLUMNS[2:]]
-                    )
-        err_console.print(f"[dim]wrote {out}[/dim]")
+        import pandas as pd
+
+        from jaxrank.outputs import write_table
+
+        rows = [[a, int(s["budget"][j])] + [float(f"{float(s[c][j]):.6g}") for c in CSV_COLUMNS[2:]]
+                for a, s in summaries.items() for j in range(len(s["budget"]))]
+        write_table(pd.DataFrame(rows, columns=list(CSV_COLUMNS)), out)
+        err_console.print(f"[dim]wrote {out.named}[/dim]")
     if plot is not None:
         from jaxrank.plots import plot_budget_curves
 
@@ -240,7 +258,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             path=plot,
             title=f"{path.name}: {K} items, {args.runs} runs ({int(args.level * 100)}% of runs shaded)",
         )
-        err_console.print(f"[dim]wrote {plot}[/dim]")
+        err_console.print(f"[dim]wrote {plot.named}[/dim]")
     return 0
 
 

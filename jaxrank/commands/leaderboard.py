@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import argparse
 import math
-import pathlib
-import time
 import warnings
 from typing import Any
 
 from jaxrank.commands._common import (
+    FIGURE_FORMATS,
+    TABLE_FORMATS,
+    ChunkProgress,
     CliError,
     add_vote_arguments,
+    check_distinct,
     console,
     err_console,
     input_path,
     output_path,
-    progress,
+    resource_flags,
     vote_options,
-    write_table,
 )
-
-_OUT_FORMATS = (".csv", ".jsonl", ".parquet")
-_PLOT_FORMATS = (".png", ".pdf", ".svg")
 
 
 def register(subparsers: Any) -> None:
@@ -108,36 +106,15 @@ def parse_style(text: str) -> tuple[tuple[str, ...], dict[str, tuple[str, str]]]
     return tuple(names), columns
 
 
-class _Progress:
-    """Bootstrap progress: a rich bar, shown only once the run has taken more than a second."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.bar = None
-        self.task = None
-
-    def __call__(self, done: int, total: int) -> None:
-        elapsed = time.perf_counter() - self.start
-        if self.bar is None and elapsed > 1.0 and done < total:
-            self.bar = progress("bootstrap", total)
-            self.bar.start()
-            self.task = self.bar.add_task("bootstrap", total=total, rate="")
-        if self.bar is not None:
-            rate = f"{done / max(elapsed, 1e-9):.0f} rounds/s"
-            self.bar.update(self.task, completed=done, rate=rate)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def run(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
     import pandas as pd
 
+    from jaxrank.outputs import write_table
     from jaxrank.ratings import fit_bradley_terry
     from jaxrank.ratings.uncertainty import (
+        bootstrap_plan,
         bootstrap_ratings,
         rank_by_rating,
         rank_upper_bound,
@@ -164,17 +141,11 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--l2 must be a finite number >= 0, got {args.l2}")
     if not (math.isfinite(args.style_l2) and args.style_l2 >= 0):
         raise CliError(f"--style-l2 must be a finite number >= 0, got {args.style_l2}")
-    out = output_path(args.out, force=args.force, arg="--out")
-    if out is not None and out.suffix.lower() not in _OUT_FORMATS:
-        raise CliError(f"--out {out}: unknown format {out.suffix or '(none)'!r}; use .csv, .jsonl or .parquet")
-    plot = output_path(args.plot, force=args.force, arg="--plot")
-    if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
-        raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
-    save = pathlib.Path(args.save) if args.save else None
-    if save is not None and save.exists() and not args.force:
-        raise CliError(f"--save {save} already exists; pass --force to overwrite it")
-    if save is not None and not save.absolute().parent.exists():
-        raise CliError(f"--save {save}: folder {save.absolute().parent} does not exist")
+    # Every target, before any work: folder exists and is writable, not the input, --force rules.
+    out = output_path(args.out, force=args.force, arg="--out", inputs=[votes_path], suffixes=TABLE_FORMATS)
+    plot = output_path(args.plot, force=args.force, arg="--plot", inputs=[votes_path], suffixes=FIGURE_FORMATS)
+    save = output_path(args.save, force=args.force, arg="--save", kind="dir", inputs=[votes_path])
+    check_distinct(out, plot, save)
     style, style_columns = parse_style(args.style) if args.style else ((), {})
     if style and args.ties == "grounded-rao-kupper":
         raise CliError("--style is not available with --ties grounded-rao-kupper (its both-bad competitor has no "
@@ -201,16 +172,21 @@ def run(args: argparse.Namespace) -> int:
                                f"{have}); read one from two columns with --style NAME=COLUMN_A:COLUMN_B")
         fit_opts = {"l2": args.l2, "anchor": anchor, "anchor_rating": anchor_rating}
         style_opts = {"style": style, "style_l2": args.style_l2} if style else {}
+        if args.bootstrap >= 2:
+            with resource_flags(num_rounds="--bootstrap"):  # the plan, before the fit
+                plan = bootstrap_plan(votes, num_rounds=args.bootstrap, ties=args.ties, unit=args.resample,
+                                      style=style)
         fit = fit_bradley_terry(votes, ties=args.ties, **fit_opts, **style_opts)
         plain = fit_bradley_terry(votes, ties=args.ties, **fit_opts) if style else None
         if args.bootstrap >= 2:
-            bar = _Progress()
+            bar = ChunkProgress("bootstrap", "rounds")
             try:
-                # ~20 chunks (same compiled shape), so the bar moves; rounds do not depend on chunking.
+                # At least ~20 chunks (same compiled shape), so the bar moves and Ctrl-C stops the run between
+                # two of them; never more per chunk than the memory plan allows. Rounds do not depend on chunking.
                 intervals = bootstrap_ratings(
                     jax.random.key(args.seed), votes, num_rounds=args.bootstrap, ties=args.ties,
                     confidence=args.ci, progress=bar, fit=fit, unit=args.resample,
-                    chunk_size=max(1, -(-args.bootstrap // 20)),
+                    chunk_size=max(1, min(plan.chunk_size, -(-args.bootstrap // 20))),
                 )
             finally:
                 bar.close()
@@ -294,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         parts = [f"{name} {b:+.3f} [{l:+.3f}, {h:+.3f}]" for name, b, l, h in zip(style, beta, lo, hi)]
         console.print(f"style coefficients (log-odds of a win per standard deviation of the normalised difference, "
                       f"{args.ci:.0%} intervals): {'; '.join(parts)}", highlight=False, soft_wrap=True)
-    written = [str(p) for p in (out, plot, save) if p is not None]
+    written = [p.named for p in (out, plot, save) if p is not None]
     if written:
         err_console.print(f"wrote {', '.join(written)}", highlight=False)
     return 0
@@ -382,6 +358,8 @@ def _run_design(args: argparse.Namespace, votes_path: pathlib.Path, out, plot, s
         how = f"design-weighted (Horvitz-Thompson); {board.num_labelled} of {len(board.prompt_ids)} prompts labelled"
     design_name = board.sample.design if design is not None else "simple random sample of the judge's prompts"
     if out is not None:
+        from jaxrank.outputs import write_table
+
         write_table(frame, out)
     if plot is not None:
         from jaxrank.plots import plot_leaderboard
@@ -402,7 +380,7 @@ def _run_design(args: argparse.Namespace, votes_path: pathlib.Path, out, plot, s
                       f"{row.lower:.1f}", f"{row.upper:.1f}", f"{row.battles:g}")
     console.print(table)
     console.print(how, highlight=False, soft_wrap=True)
-    written = [str(p) for p in (out, plot) if p is not None]
+    written = [p.named for p in (out, plot) if p is not None]
     if written:
         err_console.print(f"wrote {', '.join(written)}", highlight=False)
     return 0
