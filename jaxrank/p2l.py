@@ -25,7 +25,7 @@ Modules of work:
 - `aggregate_leaderboard`: one leaderboard for a set (distribution) of prompts, by fitting one
   coefficient vector to the average of the per-prompt outcome probabilities, with a bootstrap over
   prompts;
-- routing (from `jaxrank._routing`, re-exported here): `win_probabilities`, `optimal_policy`, `route`,
+- routing (from `jaxrank.routing`, re-exported here): `win_probabilities`, `optimal_policy`, `route`,
   `route_average_budget`, `router_rating`, `router_scores`, `RoutingResult`.
 """
 
@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from jaxrank._routing import (
+from jaxrank.routing import (
     RoutingResult,
     optimal_policy,
     route,
@@ -69,7 +69,7 @@ __all__ = [
     "load_p2l",
     "P2LLeaderboard",
     "aggregate_leaderboard",
-    # routing (jaxrank._routing), re-exported
+    # routing (jaxrank.routing), re-exported
     "RoutingResult",
     "win_probabilities",
     "optimal_policy",
@@ -335,6 +335,21 @@ class P2LModel:
     @property
     def num_models(self) -> int:
         return len(self.models)
+
+    def to_frame(self):
+        """The training history as a pandas DataFrame, one row per epoch: `epoch, train_loss, val_nll,
+        learning_rate, best` (`best` marks the epoch whose parameters were kept)."""
+        import pandas as pd
+
+        h = self.history
+        n = len(h.get("train_loss", []))
+        val = list(h.get("val_nll", []))
+        rate = list(h.get("learning_rate", []))
+        frame = pd.DataFrame({"epoch": np.arange(1, n + 1), "train_loss": h.get("train_loss", []),
+                              "val_nll": val + [float("nan")] * (n - len(val)),
+                              "learning_rate": rate + [float("nan")] * (n - len(rate))})
+        frame["best"] = frame["epoch"] == int(h.get("best_epoch", 0))  # epochs count from 1
+        return frame
 
     @functools.cached_property
     def _graphdef(self):
