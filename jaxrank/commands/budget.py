@@ -7,11 +7,14 @@ errors are measured against the pool mean. ``robin`` (known variances) is given 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
 import pathlib
 from typing import Any
+
+import numpy as np
 
 from jaxrank.commands._common import CliError, console, err_console, input_path, output_path
 
@@ -144,7 +147,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sim.add_argument("--level", type=float, default=0.95, help="interval level over runs (default 0.95)")
     sim.add_argument("--out", help="CSV: " + ", ".join(CSV_COLUMNS))
     sim.add_argument("--plot", help="figure of worst-case error vs budget (e.g. budget.png)")
-    sim.add_argument("--force", action="store_true", help="overwrite --out / --plot")
+    sim.add_argument("--summary", metavar="FILE.json",
+                     help="write the headline (the share of the budget robin-hood needs to reach uniform's final "
+                          "worst-case error), the final errors and the thin-pool count as JSON")
+    sim.add_argument("--force", action="store_true", help="overwrite --out / --plot / --summary")
     sim.set_defaults(func=run_simulate)
 
 
@@ -152,6 +158,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     path = input_path(args.scores, arg="SCORES")
     out = output_path(args.out, force=args.force, arg="--out")
     plot = output_path(args.plot, force=args.force, arg="--plot")
+    summary = output_path(args.summary, force=args.force, arg="--summary")
+    if summary is not None and summary.suffix.lower() != ".json":
+        raise CliError(f"--summary {summary}: expected a .json file")
     allocators = [a.strip() for a in args.allocator.split(",") if a.strip()]
     from jaxrank import allocation
 
@@ -204,8 +213,15 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     sampler = allocation.EmpiricalSampler.from_lists(scores)
     lengths = [len(s) for s in scores]
+    span = f"{min(lengths)}" if min(lengths) == max(lengths) else f"{min(lengths)}–{max(lengths)}"
+    thin = sum(1 for s in scores if len(set(float(x) for x in s)) == 1)
+    if thin:
+        err_console.print(
+            f"[dim]{thin} of {K} items have identical scores (a thin pool: no variance to learn, one query "
+            "gives the pool mean exactly); the allocators differ on the other "
+            f"{K - thin}[/dim]", highlight=False)
     err_console.print(
-        f"[dim]{K} items, {min(lengths)}–{max(lengths)} scores each; {args.runs} runs × budget {args.budget}"
+        f"[dim]{K} items, {span} score{'s' if max(lengths) > 1 else ''} each; {args.runs} runs × budget {args.budget}"
         f" (batch {args.batch}); empirical pools drawn with replacement, errors against pool means"
         + ("; robin uses the pool variances" if "robin" in allocators else "")
         + "[/dim]"
@@ -221,6 +237,19 @@ def run_simulate(args: argparse.Namespace) -> int:
     )
     summaries = {a: allocation.error_summary(results[a], level=args.level) for a in allocators}
     _print_table(summaries, level=args.level, runs=args.runs)
+    head = headline(summaries)
+    if head is not None:
+        console.print(head["text"], highlight=False, soft_wrap=True)
+    if summary is not None:
+        import json
+
+        doc = {"scores": str(path), "items": K, "thin_items": thin, "runs": args.runs, "budget": args.budget,
+               "delta": args.delta, "batch": args.batch, "seed": args.seed,
+               "final_wce_mean": {a: float(s["wce_mean"][-1]) for a, s in summaries.items()}}
+        if head is not None:
+            doc.update({k: v for k, v in head.items()})
+        _write_text(summary, json.dumps(doc, indent=2) + "\n")
+        err_console.print(f"[dim]wrote {summary}[/dim]")
     if out is not None:
         with out.open("w", newline="") as f:
             w = csv.writer(f)
@@ -235,13 +264,59 @@ def run_simulate(args: argparse.Namespace) -> int:
     if plot is not None:
         from jaxrank.plots import plot_budget_curves
 
+        warm = allocation.warmup_queries(K, delta=args.delta, batch_size=args.batch) if "robin-hood" in allocators else 0
         plot_budget_curves(
             summaries,
             path=plot,
             title=f"{path.name}: {K} items, {args.runs} runs ({int(args.level * 100)}% of runs shaded)",
+            warmup=warm,
         )
         err_console.print(f"[dim]wrote {plot}[/dim]")
     return 0
+
+
+def headline(summaries: dict[str, dict[str, Any]], *, fast: str = "robin-hood", slow: str = "uniform") -> dict | None:
+    """The share of the budget `fast` needs to reach `slow`'s final mean worst-case error, or None when either
+    allocator is absent. Between checkpoints the budget is interpolated linearly in log(error)."""
+    if fast not in summaries or slow not in summaries:
+        return None
+    budget = np.asarray(summaries[fast]["budget"], np.float64)
+    err = np.asarray(summaries[fast]["wce_mean"], np.float64)
+    target = float(summaries[slow]["wce_mean"][-1])
+    full = float(summaries[slow]["budget"][-1])
+    hit = np.flatnonzero(err <= target)
+    if hit.size == 0:
+        text = (f"headline: {fast} does not reach {slow}'s final worst-case error {target:.4f} within the budget "
+                f"{full:,.0f} (its own final error: {err[-1]:.4f})")
+        return {"text": text, "target_wce": target, "needed_budget": None, "share": None}
+    j = int(hit[0])
+    if j == 0:
+        need = budget[0]
+    else:
+        lo, hi = np.log(err[j - 1]), np.log(err[j])
+        t = 0.0 if hi == lo else (lo - np.log(target)) / (lo - hi)
+        need = budget[j - 1] + t * (budget[j] - budget[j - 1])
+    share = need / full
+    text = (f"headline: {fast} reaches {slow}'s final worst-case error ({target:.4f} at {full:,.0f} queries) with "
+            f"{need:,.0f} queries, {share:.0%} of the budget (interpolated between the checkpoints"
+            f"{'' if j else '; already at the first checkpoint, add smaller --checkpoints to resolve it'})")
+    return {"text": text, "target_wce": target, "needed_budget": float(need), "share": float(share)}
+
+
+def _write_text(path, text: str) -> None:
+    """Write to a temporary sibling, then rename into place (never a half-written file)."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _print_table(summaries: dict[str, dict[str, Any]], *, level: float, runs: int) -> None:
