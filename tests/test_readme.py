@@ -39,6 +39,8 @@ def _commands():
     for doc in DOCS:
         text = doc.read_text()
         for block in re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", text, flags=re.S):
+            if re.search(r"^\s*(while|for|until) .*", block, flags=re.M):
+                continue   # a shell loop around the user's own program (e.g. a judge): its test is named in the doc
             for line in re.sub(r"\\\n\s*", " ", block).splitlines():
                 line = line.strip().removeprefix("$ ")
                 if line.startswith("jaxrank "):
