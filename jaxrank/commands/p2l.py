@@ -93,6 +93,9 @@ def register(subparsers: Any) -> None:
             s.add_argument("--ci", type=float, default=0.95, metavar="C", help="interval coverage (default 0.95)")
             s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
             s.add_argument("--plot", metavar="FILE", help="forest plot (.png, .pdf, .svg)")
+            s.add_argument("--per-prompt", metavar="FILE",
+                           help="also write one ranked leaderboard per prompt (.csv, .jsonl or .parquet): columns "
+                                "prompt_id, rank, model, rating, theta")
             s.set_defaults(func=run_leaderboard)
         else:
             s.add_argument("--costs", required=True, metavar="FILE.json",
@@ -103,10 +106,10 @@ def register(subparsers: Any) -> None:
             s.set_defaults(func=run_route)
 
 
-def _check_table_out(path: str | None, force: bool) -> pathlib.Path | None:
-    out = output_path(path, force=force)
+def _check_table_out(path: str | None, force: bool, arg: str = "--out") -> pathlib.Path | None:
+    out = output_path(path, force=force, arg=arg)
     if out is not None and out.suffix.lower() not in _OUT_FORMATS:
-        raise CliError(f"--out {out}: unknown format {out.suffix or '(none)'!r}; use .csv, .jsonl or .parquet")
+        raise CliError(f"{arg} {out}: unknown format {out.suffix or '(none)'!r}; use .csv, .jsonl or .parquet")
     return out
 
 
@@ -282,7 +285,14 @@ def run_leaderboard(args: argparse.Namespace) -> int:
     plot = output_path(args.plot, force=args.force, arg="--plot")
     if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
         raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
+    per_prompt = _check_table_out(args.per_prompt, args.force, arg="--per-prompt") if args.per_prompt else None
     model, prompts, beta, alpha = _model_and_coefficients(args)
+    if per_prompt is not None:
+        from jaxrank.p2l import per_prompt_leaderboards
+
+        table = per_prompt_leaderboards(beta, models=model.models, prompt_ids=[p.id for p in prompts], loss=model.loss)
+        write_table(table, per_prompt)
+        console.print(f"wrote {per_prompt} ({len(prompts)} leaderboards of {len(model.models)} models)")
     lb = aggregate_leaderboard(beta, alpha, loss=model.loss, models=model.models, bootstrap=args.bootstrap,
                                key=jax.random.key(args.seed), confidence=args.ci)
     frame = lb.to_frame()
