@@ -112,22 +112,56 @@ def parse_style(text: str) -> tuple[tuple[str, ...], dict[str, tuple[str, str]]]
 
 
 class _Progress:
-    """Bootstrap progress: a rich bar, shown only once the run has taken more than a second."""
+    """Bootstrap progress over one or more phases (one per --group-by group): an up-front plan line, then one
+    overall display (phase i/n, rounds, overall ETA) as a rich bar on a terminal, or plain lines every
+    `every` seconds when stderr is not a terminal (a log, CI); nothing for runs under a second."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, phases: list[str], rounds: int, every: float = 10.0) -> None:
         self.start = time.perf_counter()
+        self.phases, self.rounds, self.every = phases, rounds, every
+        self.phase, self.last_done, self.last_line = 0, 0, self.start
         self.bar = None
         self.task = None
+        self.first = None
+        self.tty = err_console.is_terminal
+
+    def plan(self, text: str) -> None:
+        err_console.print(f"[dim]{text}[/dim]", highlight=False)
 
     def __call__(self, done: int, total: int) -> None:
-        elapsed = time.perf_counter() - self.start
-        if self.bar is None and elapsed > 1.0 and done < total:
-            self.bar = progress("bootstrap", total)
+        if done < self.last_done or (done == 0 and self.last_done == total and total):
+            self.phase = min(self.phase + 1, len(self.phases) - 1)   # the next group's bootstrap started
+        self.last_done = done
+        overall_total = self.rounds * len(self.phases)
+        overall = self.phase * self.rounds + done
+        now = time.perf_counter()
+        if self.first is None:
+            self.start = self.last_line = now          # the clock starts with the bootstrap, not the fit
+        elif self.first[1] == 0 and overall > 0:
+            self.first = (now, overall)                # the rate is measured after the first (compiling) chunk
+        if self.first is None:
+            self.first = (now, 0)
+        elapsed = now - self.start
+        label = (f"bootstrap, phase {self.phase + 1}/{len(self.phases)}" +
+                 (f" ({self.phases[self.phase]})" if self.phases[self.phase] else ""))
+        if not self.tty:
+            if (now - self.last_line >= self.every and overall < overall_total) or (overall == overall_total and elapsed > self.every):
+                t0, n0 = self.first
+                if overall > n0 and now > t0:
+                    eta = f"ETA {(now - t0) / (overall - n0) * (overall_total - overall):.0f} s"
+                else:
+                    eta = "ETA after the first chunk (compiling)"
+                err_console.print(f"jaxrank: {label}: {overall}/{overall_total} rounds, {elapsed:.0f} s elapsed, "
+                                  f"{eta}", highlight=False, markup=False)
+                self.last_line = now
+            return
+        if self.bar is None and elapsed > 1.0 and overall < overall_total:
+            self.bar = progress("bootstrap", overall_total)
             self.bar.start()
-            self.task = self.bar.add_task("bootstrap", total=total, rate="")
+            self.task = self.bar.add_task(label, total=overall_total, rate="")
         if self.bar is not None:
-            rate = f"{done / max(elapsed, 1e-9):.0f} rounds/s"
-            self.bar.update(self.task, completed=done, rate=rate)
+            self.bar.update(self.task, completed=overall, description=label,
+                            rate=f"{overall / max(elapsed, 1e-9):.0f} rounds/s")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -219,7 +253,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.group_by is not None:
                 vote_column(votes, args.group_by)
-            bar = _Progress() if args.bootstrap >= 2 else None
+            bar = None
+            if args.bootstrap >= 2:
+                groups = sorted(set(vote_column(votes, args.group_by).astype(str).tolist())) if args.group_by else [""]
+                bar = _Progress(phases=[f"{args.group_by}={g}" if g else "" for g in groups], rounds=args.bootstrap)
+                bar.plan(f"plan: {args.bootstrap} bootstrap rounds over {args.resample} x {len(groups)} "
+                         f"leaderboard(s); {votes.num_models} models, {votes.num_votes} votes; ~20 compiled chunks "
+                         "per leaderboard (the first compiles)")
             try:
                 # ~20 chunks (same compiled shape), so the bar moves; rounds do not depend on chunking.
                 lb = leaderboard(
