@@ -66,6 +66,10 @@ from jaxrank.evaluation import DEFAULT_FRACTIONS, load_scores
 from jaxrank.evaluation import kendall_tau, pairs_agreement, spearman
 from jaxrank.evaluation import StabilityResult, TieReductionResult, leaderboard_stability, tie_reduction
 from jaxrank.evaluation import BudgetCurves, budget_curves
+from jaxrank.evaluation import DesignCurves, design_curves
+# active sampling: designs, design-weighted and prediction-powered leaderboards
+from jaxrank import active
+from jaxrank.active import DesignLeaderboard, design_leaderboard, load_plan
 # p2l heads, training, aggregation
 from jaxrank.p2l import P2LHead, P2LLeaderboard, P2LModel, aggregate_leaderboard, load_p2l
 from jaxrank.p2l import p2l_loss, save_p2l, train_p2l
@@ -138,6 +142,13 @@ __all__ = [
     "tie_reduction",
     "BudgetCurves",
     "budget_curves",
+    "DesignCurves",
+    "design_curves",
+    # active sampling
+    "active",
+    "DesignLeaderboard",
+    "design_leaderboard",
+    "load_plan",
     # p2l heads, training, aggregation
     "P2LHead",
     "P2LLeaderboard",

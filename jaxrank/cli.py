@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "jaxrank.commands.demo",
     "jaxrank.commands.prioritize",
     "jaxrank.commands.budget",
+    "jaxrank.commands.plan",
     "jaxrank.commands.leaderboard",
     "jaxrank.commands.evaluate",
     "jaxrank.commands.p2l",

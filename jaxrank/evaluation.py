@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import statistics
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -55,6 +56,10 @@ __all__ = [
     "leaderboard_stability",
     "BudgetCurves",
     "budget_curves",
+    "DESIGN_NAMES",
+    "DEFAULT_BUDGETS",
+    "DesignCurves",
+    "design_curves",
 ]
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -1227,3 +1232,249 @@ def budget_curves(
         confidence=confidence,
         num_runs=num_runs,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Replays of sampling designs: coverage, width and Kendall tau per label budget
+
+DESIGN_NAMES = ("uniform", "proportional", "ppi", "ppi-proportional")
+DEFAULT_BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_COVERAGE_ATOL = 1e-5  # natural-log units: at 100 % the design interval has width 0 and the estimate is the target
+
+
+@dataclasses.dataclass(frozen=True)
+class DesignCurves:
+    """What each sampling design gives per label budget, over R replays on fully labelled votes.
+
+    Attributes:
+        designs: the D design names (`"uniform"`, `"proportional"` (scores mixed with `uniform_mix`),
+            `"ppi"` (uniform sampling, prediction-powered fit), `"ppi-proportional"`).
+        budgets: float64[B] shares of the prompts labelled; num_labels: int64[B] the budgets in prompts.
+        coverage: float64[D, B] share of (replay, model) pairs whose design-based interval covers the
+            full-data rating; coverage_stderr: its Monte-Carlo standard error (over replays).
+        width: float64[D, B] mean interval width (Elo points) of the design-based intervals (target: the
+            full-data leaderboard; 0 at 100 %); width_superpopulation: of the superpopulation intervals
+            (target: the prompt population's leaderboard; at 100 % the ordinary cluster-robust width).
+        kendall_tau: float64[D, B] mean Kendall tau-b of the estimated leaderboard against the full-data one.
+        lam, effective_labels: float64[D, B] mean PPI lambda and effective number of human labels.
+        equivalent_uniform: float64[D, B] the share of prompts uniform sampling needs for the same mean
+            design width (interpolated on the uniform curve; NaN outside it).
+        labels_to_match: float64[D] the smallest share at which a design's superpopulation width reaches
+            uniform's at 100 % (interpolated; NaN if never). For these estimators it is 100 %: labelling a
+            sample can never beat labelling every prompt (their variance is the full-data variance plus a
+            design term), so equivalent_uniform is the informative comparison.
+        num_replays, confidence, uniform_mix, sampling: the settings.
+        full_ratings: float64[M] the full-data leaderboard (Elo scale).
+    """
+
+    designs: tuple[str, ...]
+    budgets: np.ndarray
+    num_labels: np.ndarray
+    coverage: np.ndarray
+    coverage_stderr: np.ndarray
+    width: np.ndarray
+    width_superpopulation: np.ndarray
+    kendall_tau: np.ndarray
+    lam: np.ndarray
+    effective_labels: np.ndarray
+    equivalent_uniform: np.ndarray
+    labels_to_match: np.ndarray
+    num_replays: int
+    confidence: float
+    uniform_mix: float
+    sampling: str
+    full_ratings: np.ndarray
+
+    def to_frame(self):
+        """pandas DataFrame, one row per (design, budget): `design, budget, num_labels, coverage,
+        coverage_stderr, width, width_superpopulation, kendall_tau, lam, effective_labels,
+        equivalent_uniform, labels_to_match`."""
+        import pandas as pd
+
+        rows = []
+        for d, name in enumerate(self.designs):
+            for j, share in enumerate(self.budgets):
+                rows.append({
+                    "design": name, "budget": float(share), "num_labels": int(self.num_labels[j]),
+                    "coverage": self.coverage[d, j], "coverage_stderr": self.coverage_stderr[d, j],
+                    "width": self.width[d, j], "width_superpopulation": self.width_superpopulation[d, j],
+                    "kendall_tau": self.kendall_tau[d, j], "lam": self.lam[d, j],
+                    "effective_labels": self.effective_labels[d, j], "equivalent_uniform": self.equivalent_uniform[d, j],
+                    "labels_to_match": self.labels_to_match[d],
+                })
+        return pd.DataFrame(rows)
+
+
+def _crossing(budgets: np.ndarray, widths: np.ndarray, target: float) -> float:
+    """The smallest budget at which a (noisy, mostly decreasing) width curve reaches `target`, linearly
+    interpolated between grid points; NaN if it never does."""
+    below = np.flatnonzero(widths <= target * (1 + 1e-5))  # float32 fits: equal widths differ in the 7th digit
+    if below.size == 0:
+        return float("nan")
+    j = int(below[0])
+    if j == 0:
+        return float(budgets[0])
+    w0, w1 = widths[j - 1], widths[j]
+    t = (w0 - target) / (w0 - w1) if w0 != w1 else 1.0
+    return float(budgets[j - 1] + t * (budgets[j] - budgets[j - 1]))
+
+
+def _equivalent_share(budgets: np.ndarray, uniform: np.ndarray, width: float) -> float:
+    """The share at which the uniform width curve equals `width` (interpolated; NaN outside the curve)."""
+    if not np.isfinite(width):
+        return float("nan")
+    for j in range(1, budgets.size):
+        hi, lo = uniform[j - 1], uniform[j]
+        if min(hi, lo) <= width <= max(hi, lo):
+            t = (hi - width) / (hi - lo) if hi != lo else 0.0
+            return float(budgets[j - 1] + t * (budgets[j] - budgets[j - 1]))
+    return float("nan")
+
+
+def _design_inputs(human: Votes, scores: Any, judge: Any, num_models: Any):
+    """Vote tables -> (human UnitRows, float[P] scores, judge UnitRows or None, M) on the voted prompts."""
+    from jaxrank import active
+
+    votes = _check_votes(human)
+    if num_models is not None and num_models != votes.num_models:
+        raise ValueError(f"num_models = {num_models} but the votes have {votes.num_models} models (leave it out)")
+    values = _aligned_scores(scores, votes)
+    if (values < 0).any():
+        bad = [votes.prompt_ids[i] for i in np.flatnonzero(values < 0)]
+        raise ValueError(f"scores: {len(bad)} negative score(s), e.g. for prompt(s) {preview(bad)}; scores must be >= 0")
+    ids = list(votes.prompt_ids)
+    rows = active.votes_unit_rows(votes, ids)
+    if judge is not None and isinstance(judge, Votes):
+        if judge.prompt is None:
+            raise ValueError("judge: the judge votes have no prompt ids; they are matched to the human votes by prompt")
+        have = set(judge.prompt_ids[i] for i in np.unique(judge.prompt))
+        uncovered = [p for p in ids if p not in have]
+        if uncovered:
+            raise ValueError(f"judge: the judge votes do not cover {len(uncovered)} of the {len(ids)} prompts with human "
+                             f"votes, e.g. {preview(uncovered)}; PPI needs judge votes on every labelled prompt")
+        pos = {p: i for i, p in enumerate(judge.prompt_ids)}
+        keep = np.isin(np.asarray(judge.prompt), [pos[p] for p in ids])
+        if not keep.all():
+            warnings.warn(f"judge: {int((~keep).sum())} judge vote(s) on prompts without human votes are left out of "
+                          "the replay (its population is the prompts with human votes)", stacklevel=3)
+            judge = judge.subset(keep)
+        judge = active.votes_unit_rows(judge, ids, models=votes.models, name="judge")
+    return rows, values, judge, votes.num_models
+
+
+def design_curves(
+    key: jax.Array,
+    human: Any,
+    scores: Any,
+    *,
+    num_models: int | None = None,
+    judge: Any = None,
+    budgets: Sequence[float] = DEFAULT_BUDGETS,
+    designs: Sequence[str] | None = None,
+    uniform_mix: float = 0.1,
+    num_replays: int = 200,
+    sampling: str = "systematic",
+    ties: str = "half",
+    confidence: float = 0.95,
+    scale: float = 400.0,
+    base: float = 10.0,
+    chunk_size: int = 128,
+    progress: Any = None,
+) -> DesignCurves:
+    r"""Replay sampling designs on fully labelled votes: per budget and design, R draws, each fitted
+    (design-weighted or prediction-powered) with its intervals, all replays of one (design, budget) in one
+    compiled call (`jaxrank.active.replay_designs`).
+
+    The target is the full-data leaderboard (the fit on every prompt's human votes). Budgets are shares of
+    the P prompts (sampling units), `round(share * P)` prompts each (at least 2).
+
+    Args:
+        key: PRNG key (every design and budget uses the same replay keys: paired comparisons).
+        human: every prompt's human votes: a `jaxrank.Votes` with prompt ids (the prompts with votes are
+            the units), or `jaxrank.active.UnitRows`.
+        scores: priority scores (for the proportional designs): with `Votes`, a mapping / Series prompt id
+            -> score (`load_scores`) covering every voted prompt, or an array aligned with
+            `votes.drop_empty_prompts().prompt_ids`; with `UnitRows`, float[P].
+        num_models: M (only with `UnitRows`).
+        judge: optional judge votes on every prompt (enables the PPI designs): `Votes` (matched by prompt
+            id; they must cover every prompt with human votes; judge prompts without human votes are
+            left out) or `UnitRows`.
+        budgets: shares in (0, 1].
+        designs: among `DESIGN_NAMES` (default: uniform and proportional, plus both PPI designs with a judge).
+        uniform_mix: tau of the proportional designs.
+        num_replays: R >= 2 per design and budget.
+        sampling: `"systematic"` (fixed size) or `"poisson"`.
+        ties, confidence, scale, base: the fit's tie model, interval level and Elo scale.
+        progress: optional callable `progress(done, total)` after each (design, budget).
+
+    Returns:
+        `DesignCurves`.
+    """
+    from jaxrank import active
+
+    if isinstance(human, Votes):
+        human, scores, judge, num_models = _design_inputs(human, scores, judge, num_models)
+    elif num_models is None:
+        raise ValueError("num_models is needed when human is UnitRows (it is read from a Votes table)")
+    num_replays = _check_count(num_replays, "num_replays", 2)
+    confidence = _check_confidence(confidence)
+    if designs is None:
+        designs = ("uniform", "proportional") + (("ppi", "ppi-proportional") if judge is not None else ())
+    designs = tuple(dict.fromkeys(designs))
+    for d in designs:
+        if d not in DESIGN_NAMES:
+            raise ValueError(f"designs: unknown design {d!r}; expected one of {', '.join(DESIGN_NAMES)}")
+        if d.startswith("ppi") and judge is None:
+            raise ValueError(f"designs: {d!r} needs judge votes (judge=...)")
+    if "uniform" not in designs:
+        designs = ("uniform",) + designs  # the reference of equivalent_uniform and labels_to_match
+    shares = np.asarray(sorted(set(float(b) for b in budgets)), np.float64)
+    if shares.size == 0 or shares[0] <= 0 or shares[-1] > 1:
+        raise ValueError(f"budgets must be shares in (0, 1], got {list(budgets)}")
+    u = np.asarray(scores, np.float64)
+    p_units = u.shape[0]
+    counts = np.maximum(2, np.rint(shares * p_units)).astype(np.int64)
+    full_sample = active.single_round(np.ones(p_units, bool), np.ones(p_units))
+    full = active.fit_design_weighted(active.restrict_rows(human, np.ones(p_units, bool)), full_sample,
+                                      num_models=num_models, ties=ties)
+    theta_full = np.asarray(full.theta, np.float64)
+    k = scale / math.log(base)
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    tau_fn = jax.jit(jax.vmap(lambda t: kendall_tau(t, jnp.asarray(theta_full, t.dtype))))
+    shape = (len(designs), shares.size)
+    out = {name: np.full(shape, np.nan) for name in ("coverage", "coverage_stderr", "width", "width_sup", "tau", "lam", "eff")}
+    total = len(designs) * shares.size
+    done = 0
+    for d, name in enumerate(designs):
+        mix = uniform_mix if name.endswith("proportional") else 1.0
+        use_judge = judge if name.startswith("ppi") else None
+        for j, n in enumerate(counts):
+            pi = active.inclusion_probabilities(u, float(n), uniform_mix=mix)
+            res = active.replay_designs(key, human, pi, num_models=num_models, num_replays=num_replays, design=sampling,
+                                        judge=use_judge, ties=ties, init=theta_full, chunk_size=chunk_size)
+            theta = np.asarray(res.theta, np.float64)
+            se = np.asarray(res.std_error, np.float64)
+            covered = np.abs(theta - theta_full) <= z * se + _COVERAGE_ATOL
+            per_replay = covered.mean(axis=1)
+            out["coverage"][d, j] = covered.mean()
+            out["coverage_stderr"][d, j] = per_replay.std(ddof=1) / math.sqrt(num_replays)
+            out["width"][d, j] = (2 * z * k * se).mean()
+            out["width_sup"][d, j] = (2 * z * k * np.asarray(res.std_error_superpopulation, np.float64)).mean()
+            out["tau"][d, j] = float(np.nanmean(np.asarray(tau_fn(res.theta))))
+            out["lam"][d, j] = float(np.mean(np.asarray(res.lam)))
+            out["eff"][d, j] = float(np.mean(np.asarray(res.effective_labels)))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    uni = designs.index("uniform")
+    equivalent = np.array([[_equivalent_share(shares, out["width"][uni], w) for w in row] for row in out["width"]])
+    reference = out["width_sup"][uni, -1] if shares[-1] == 1.0 else float("nan")
+    match = np.array([_crossing(shares, row, reference) for row in out["width_sup"]])
+    return DesignCurves(
+        designs=designs, budgets=shares, num_labels=counts, coverage=out["coverage"], coverage_stderr=out["coverage_stderr"],
+        width=out["width"], width_superpopulation=out["width_sup"], kendall_tau=out["tau"], lam=out["lam"],
+        effective_labels=out["eff"], equivalent_uniform=equivalent, labels_to_match=match, num_replays=num_replays,
+        confidence=confidence, uniform_mix=float(uniform_mix), sampling=sampling,
+        full_ratings=1000.0 + k * theta_full,
+    )
+

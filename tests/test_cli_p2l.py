@@ -52,6 +52,21 @@ def test_train_saves_a_model(trained, capsys):
         model.predict(["a prompt"])
 
 
+def test_train_default_is_the_residual_head_and_reports_the_global_fit(trained, workdir, capsys):
+    model = load_p2l(trained)
+    h = model.history
+    assert model.config["residual"] and model.config["chosen_delta_l2"] in model.config["delta_l2"]
+    assert h["best_val_nll"] <= h["baseline_val_nll"] + 1e-6  # the global fit is a candidate
+    code = main(["p2l", "train", str(workdir / "votes.csv"), "--prompts-column", "question", "--features",
+                 str(workdir / "feats.npy"), "--out", str(workdir / "plain"), "--epochs", "2", "--lr", "0.05",
+                 "--batch-size", "32", "--val-fraction", "0.2", "--delta-l2", "none"])
+    assert code == 0
+    out = capsys.readouterr().out
+    plain = load_p2l(workdir / "plain")
+    assert "(plain)" in out and f"prompt-blind global fit {plain.history['baseline_val_nll']:.4f}" in out
+    assert not plain.config.get("residual") and plain.config["weight_decay"] == 1e-4
+
+
 def test_leaderboard_and_plot(trained, workdir, capsys):
     out, plot = workdir / "lb.csv", workdir / "lb.png"
     code = main(["p2l", "leaderboard", str(trained), str(workdir / "prompts.txt"), "--features",
@@ -140,6 +155,12 @@ def test_route_follows_the_prompt(trained, workdir, capsys):
       "FULLDIR"], "is not empty (checkpoints of an earlier run?); pass --resume"),
     (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--checkpoint-dir",
       "NEWDIR", "--resume"], "holds no checkpoint"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--delta-l2", "0.1,x"],
+     "--delta-l2: expected comma-separated numbers or 'none'"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--delta-l2", "-1"],
+     "--delta-l2: strengths must be finite numbers >= 0"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--val-fraction", "0"],
+     "--val-fraction must be > 0"),
 ])
 def test_errors_are_one_line(trained, workdir, capsys, args, message):
     (workdir / "badcosts.json").write_text(json.dumps({"alpha": 1.0, "beta": 0.1}))

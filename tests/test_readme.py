@@ -18,7 +18,7 @@ from jaxrank.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-OUTPUT_OPTIONS = ("--out", "--plot", "--save", "--matrix", "--summary", "--figures")
+OUTPUT_OPTIONS = ("--out", "--plot", "--save", "--matrix", "--summary", "--figures", "--per-prompt", "--report")
 
 # How a command is shortened for the test (the option -> the value used here). The code path is the same;
 # only the number of rounds / runs / the budget shrinks.

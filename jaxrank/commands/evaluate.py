@@ -1,7 +1,8 @@
-"""`jaxrank evaluate ties|stability`: what labelling the highest-priority prompts first saves, on your data.
+"""`jaxrank evaluate ties|stability|replay`: what labelling the highest-priority prompts first saves, on your data.
 
 - `ties`: tie rate among the top q % prompts vs random q % subsets, and the relative reduction.
 - `stability`: the leaderboard from the top q % prompts' votes vs the leaderboard from all votes.
+- `replay`: sampling designs replayed on fully labelled votes (coverage, width, Kendall tau per budget).
 
 SCORES: CSV/JSONL/Parquet with `prompt_id, score`. VOTES: Arena-format votes (`model_a, model_b, winner`)
 plus a `prompt_id` column.
@@ -82,6 +83,43 @@ def register(subparsers: Any) -> None:
                    default="kendall_tau", help="metric drawn by --plot (default kendall_tau)")
     s.set_defaults(func=run_stability)
 
+    r = sub.add_parser(
+        "replay",
+        help="replay sampling designs on fully labelled votes: coverage, interval width, Kendall tau per budget",
+        description=(
+            "On votes with every prompt labelled (optionally with judge votes), draw R samples per design and "
+            "label budget, fit each (design-weighted, or prediction-powered with --judge) with its design-based "
+            "95%% intervals, and report per budget the coverage of the full-data ratings, the mean interval "
+            "width, Kendall tau to the full-data leaderboard, lambda, and the share of labels uniform sampling "
+            "needs for the same width. Designs: uniform, proportional (scores mixed with --uniform-mix), and with "
+            "--judge ppi and ppi-proportional. --out writes CSV columns design, budget, num_labels, coverage, "
+            "coverage_stderr, width, width_superpopulation, kendall_tau, lam, effective_labels, "
+            "equivalent_uniform, labels_to_match."
+        ),
+    )
+    r.add_argument("--votes", required=True, metavar="VOTES",
+                   help="human votes with prompt ids, every prompt labelled (any layout jaxrank leaderboard reads)")
+    r.add_argument("--scores", required=True, metavar="SCORES",
+                   help="priority scores: .csv/.jsonl/.parquet with columns prompt_id, score (>= 0) for every voted prompt")
+    r.add_argument("--judge", metavar="JUDGE_VOTES", help="judge votes on every prompt (adds the PPI designs)")
+    r.add_argument("--budgets", metavar="LIST", default="0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0",
+                   help="label budgets as shares of the prompts, comma-separated in (0, 1] (default 0.05,0.1,0.2,...,1.0)")
+    r.add_argument("--replays", type=int, default=200, metavar="R", help="draws per design and budget (default 200)")
+    r.add_argument("--uniform-mix", type=float, default=0.1, metavar="TAU",
+                   help="share tau in (0, 1] of uniform sampling in the proportional designs (default 0.1)")
+    r.add_argument("--sampling", choices=("systematic", "poisson"), default="systematic",
+                   help="fixed-size systematic pi-ps (default) or Poisson sampling")
+    r.add_argument("--ties", choices=("half", "rao-kupper", "davidson", "drop"), default="half",
+                   help="Bradley-Terry tie model (default: half)")
+    r.add_argument("--ci", type=float, default=0.95, metavar="C", help="interval coverage in (0, 1) (default 0.95)")
+    r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_vote_arguments(r)
+    r.add_argument("--prompt-column", metavar="NAME", help="prompt-id column of VOTES and JUDGE_VOTES (as for ties)")
+    r.add_argument("--out", metavar="FILE", help="write the curves as CSV")
+    r.add_argument("--plot", metavar="FILE", help="write the figure (.png, .pdf, .svg): coverage, width, Kendall tau")
+    r.add_argument("--force", action="store_true", help="overwrite --out/--plot if they exist")
+    r.set_defaults(func=run_replay)
+
 
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scores", required=True, metavar="SCORES",
@@ -102,19 +140,30 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite --out/--plot if they exist")
 
 
-def _parse_fractions(text: str) -> list[float]:
+def _parse_fractions(text: str, flag: str = "--fractions") -> list[float]:
     out = []
     for part in text.split(","):
         try:
             q = float(part)
         except ValueError:
-            raise CliError(f"--fractions: {part.strip()!r} is not a number (expected e.g. 0.1,0.2,0.5,1.0)") from None
+            raise CliError(f"{flag}: {part.strip()!r} is not a number (expected e.g. 0.1,0.2,0.5,1.0)") from None
         if not 0.0 < q <= 1.0:
-            raise CliError(f"--fractions: {q:g} is outside (0, 1]")
+            raise CliError(f"{flag}: {q:g} is outside (0, 1]")
         out.append(q)
     if len(set(out)) != len(out):
-        raise CliError(f"--fractions: duplicate values in {text!r}")
+        raise CliError(f"{flag}: duplicate values in {text!r}")
     return out
+
+
+def _outputs(args: argparse.Namespace):
+    """--out (a .csv) and --plot (.png/.pdf/.svg), checked before any work: (out, plot), None when not asked."""
+    out = output_path(args.out, force=args.force, arg="--out")
+    if out is not None and out.suffix.lower() != ".csv":
+        raise CliError(f"--out {out}: expected a .csv file, got {out.suffix or '(no suffix)'!r}")
+    plot = output_path(args.plot, force=args.force, arg="--plot")
+    if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
+        raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
+    return out, plot
 
 
 def _load(args: argparse.Namespace):
@@ -132,12 +181,7 @@ def _load(args: argparse.Namespace):
         raise CliError(f"--ci must lie strictly between 0 and 1, got {args.ci}")
     if args.num_random < 2:
         raise CliError(f"--num-random must be >= 2, got {args.num_random}")
-    out = output_path(args.out, force=args.force, arg="--out")
-    if out is not None and out.suffix.lower() != ".csv":
-        raise CliError(f"--out {out}: expected a .csv file, got {out.suffix or '(no suffix)'!r}")
-    plot = output_path(args.plot, force=args.force, arg="--plot")
-    if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
-        raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
+    out, plot = _outputs(args)
     read = vote_options(args, columns_extra={"prompt_id": args.prompt_column} if args.prompt_column else None)
     try:
         scores = load_scores(scores_path)
@@ -255,6 +299,102 @@ def run_stability(args: argparse.Namespace) -> int:
             f"{_fmt(r['random_kendall_tau'])} [{_fmt(r['random_kendall_tau_lower'])}, {_fmt(r['random_kendall_tau_upper'])}]",
             _fmt(r["spearman"]), _fmt(r["pairs_agree"]), _fmt(r["max_rating_diff"], 1), _fmt(r["random_max_rating_diff"], 1),
         )
+    console.print(table)
+    written = [str(p) for p in (out, plot) if p is not None]
+    if written:
+        err_console.print(f"wrote {', '.join(written)}", highlight=False)
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    import time
+
+    import jax
+
+    from jaxrank.commands._common import progress
+    from jaxrank.evaluation import design_curves, load_scores
+    from jaxrank.votes import load_votes
+
+    scores_path = input_path(args.scores, arg="--scores")
+    votes_path = input_path(args.votes, arg="--votes")
+    judge_path = input_path(args.judge, arg="--judge") if args.judge else None
+    for arg, p in (("--scores", scores_path), ("--votes", votes_path), ("--judge", judge_path)):
+        if p is not None and p.is_dir():
+            raise CliError(f"{arg} {p} is a directory; expected a .csv, .jsonl or .parquet file")
+    budgets = _parse_fractions(args.budgets, "--budgets")
+    if args.replays < 2:
+        raise CliError(f"--replays must be >= 2, got {args.replays}")
+    if not 0.0 < args.uniform_mix <= 1.0:
+        raise CliError(f"--uniform-mix must lie in (0, 1], got {args.uniform_mix:g}")
+    if not 0.0 < args.ci < 1.0:
+        raise CliError(f"--ci must lie strictly between 0 and 1, got {args.ci}")
+    out, plot = _outputs(args)
+    extra = {"prompt_id": args.prompt_column} if args.prompt_column else None
+    read = vote_options(args, columns_extra=extra)
+    try:
+        scores = load_scores(scores_path)
+    except ValueError as err:
+        raise CliError(f"--scores {scores_path}: {err}") from None
+    loaded = {}
+    for arg, path, opts in (("--votes", votes_path, read), ("--judge", judge_path, {"columns": extra})):
+        if path is None:
+            continue
+        try:
+            loaded[arg] = load_votes(path, **opts)
+        except ValueError as err:
+            raise CliError(f"{arg} {path}: {err}") from None
+        if loaded[arg].prompt is None:
+            raise CliError(f"{arg} {path} has no prompt-id column; name yours with --prompt-column NAME")
+    votes, judge = loaded["--votes"], loaded.get("--judge")
+    start = time.perf_counter()
+    state: dict[str, Any] = {}
+
+    def step(done: int, total: int) -> None:
+        # The bar starts with the first finished (design, budget): input errors stay one clean line.
+        if "bar" not in state:
+            state["bar"] = progress("replay", total, transient=True)
+            state["bar"].start()
+            state["task"] = state["bar"].add_task("replay", total=total, rate="")
+        rate = f"{done * args.replays / max(time.perf_counter() - start, 1e-9):.1f} fits/s"
+        state["bar"].update(state["task"], completed=done, rate=rate)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            curves = design_curves(jax.random.key(args.seed), votes, scores, judge=judge, budgets=budgets,
+                                   uniform_mix=args.uniform_mix, num_replays=args.replays, sampling=args.sampling,
+                                   ties=args.ties, confidence=args.ci, progress=step)
+        except ValueError as err:
+            text = str(err)
+            for prefix, flag in (("scores", f"--scores {scores_path}:"), ("votes", f"--votes {votes_path}:"),
+                                 ("judge", f"--judge {judge_path}:")):
+                if text.startswith(prefix):
+                    raise CliError(f"{flag} {text[len(prefix):].lstrip(': ')}") from None
+            raise CliError(text) from None
+        finally:
+            if "bar" in state:
+                state["bar"].stop()
+    for note in dict.fromkeys(str(w.message) for w in caught):
+        err_console.print(f"jaxrank: warning: {note}", markup=False, highlight=False, soft_wrap=True)
+    frame = curves.to_frame()
+    if out is not None:
+        frame.to_csv(out, index=False)
+    if plot is not None:
+        from jaxrank.plots import plot_design_curves
+
+        plot_design_curves(curves, plot, title=f"{votes_path.name}: {votes.num_prompts} prompts, {votes.num_models} "
+                                               f"models; {args.replays} replays, {args.sampling}, tau = {args.uniform_mix:g}")
+
+    from rich.table import Table
+
+    table = Table(title=f"{votes_path.name}: {votes.num_prompts} prompts, {votes.num_models} models, {votes.num_votes} "
+                        f"votes; {args.replays} replays per point ({args.sampling}); {args.ci:.0%} design intervals")
+    for col in ("design", "budget", "labels", "coverage", "width (Elo)", "tau", "lambda", "uniform equiv."):
+        table.add_column(col, justify="right", no_wrap=True)
+    for row in frame.itertuples(index=False):
+        table.add_row(row.design, f"{row.budget:g}", str(int(row.num_labels)),
+                      f"{row.coverage:.3f}±{row.coverage_stderr:.3f}", _fmt(row.width, 1), _fmt(row.kendall_tau),
+                      _fmt(row.lam), _fmt(row.equivalent_uniform))
     console.print(table)
     written = [str(p) for p in (out, plot) if p is not None]
     if written:

@@ -55,6 +55,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--style-l2", type=float, default=1.0, metavar="L",
                    help="L2 penalty on the style coefficients (default 1.0)")
     add_vote_arguments(p)
+    p.add_argument("--design", metavar="PLAN",
+                   help="the sampling plan the human votes were collected under (`jaxrank plan` output): a "
+                        "design-weighted (Horvitz-Thompson) fit, each prompt's votes weighted by 1/probability, with "
+                        "design-based intervals clustered by prompt; VOTES may hold only prompts the plan selected")
+    p.add_argument("--judge", metavar="JUDGE_VOTES",
+                   help="judge votes (an LLM judge, hard or soft outcomes) on all prompts, matched to VOTES by prompt "
+                        "id: prediction-powered ratings (PPI++); prints lambda and the effective number of human "
+                        "labels. Without --design the human-labelled prompts are taken as a simple random sample of "
+                        "the judge's prompts")
+    p.add_argument("--lam", type=float, default=None, metavar="L",
+                   help="with --judge: a fixed PPI weight in [0, 1] (0: human only, 1: plain PPI; default: tuned)")
     p.add_argument("--anchor", metavar="MODEL=RATING", help="pin one model to a rating, e.g. gpt-4=1200")
     p.add_argument("--out", metavar="FILE", help="write the table (.csv, .jsonl or .parquet)")
     p.add_argument("--force", action="store_true", help="overwrite --out/--plot/--save if they exist")
@@ -231,6 +242,10 @@ def run(args: argparse.Namespace) -> int:
     filters = parse_filters(args.filter)
     read = vote_options(args)
     anchor, anchor_rating = parse_anchor(args.anchor) if args.anchor else (None, None)
+    if args.design or args.judge:
+        return _run_design(args, votes_path, out, plot, save, style, read, anchor, anchor_rating)
+    if args.lam is not None:
+        raise CliError("--lam is the PPI weight of judge votes; it needs --judge JUDGE_VOTES")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -340,6 +355,114 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"style coefficients (log-odds of a win per standard deviation of the normalised difference, "
                           f"{args.ci:.0%} intervals): {'; '.join(parts)}", highlight=False, soft_wrap=True)
     written = [str(p) for p in (out, plot, matrix, save) if p is not None]
+    if written:
+        err_console.print(f"wrote {', '.join(written)}", highlight=False)
+    return 0
+
+
+_DESIGN_TIES = ("half", "drop", "rao-kupper", "davidson")
+
+
+def _design_error(err: ValueError, votes_path: pathlib.Path, design: Any, judge: Any) -> CliError:
+    """A library error as one CLI line naming the argument (VOTES, --design, --judge)."""
+    text = str(err)
+    for prefix, flag in (("votes:", f"VOTES {votes_path}:"), ("judge:", f"--judge {judge}:"),
+                         ("plan:", f"--design {design}:"), ("plan ", f"--design {design}: plan ")):
+        if text.startswith(prefix):
+            return CliError(f"{flag} {text[len(prefix):].lstrip()}")
+    return CliError(text)
+
+
+def _run_design(args: argparse.Namespace, votes_path: pathlib.Path, out, plot, save, style, read, anchor,
+                anchor_rating) -> int:
+    """`--design PLAN` and / or `--judge JUDGE_VOTES`: a design-weighted or prediction-powered leaderboard."""
+    import numpy as np
+    import pandas as pd
+
+    from jaxrank import active
+    from jaxrank.ratings.uncertainty import rank_by_rating, rank_upper_bound, tied_groups
+    from jaxrank.votes import load_votes
+
+    used = "--design" if args.design else "--judge"
+    for flag, bad in (("--bootstrap", args.bootstrap >= 2), ("--style", bool(style)), ("--save", save is not None),
+                      ("--resample prompts", args.resample != "votes")):
+        if bad:
+            raise CliError(f"{flag} is not available with {used} (intervals come from the design-based sandwich, "
+                           "clustered by prompt)")
+    if args.ties not in _DESIGN_TIES:
+        raise CliError(f"--ties {args.ties} is not available with {used}; use one of {', '.join(_DESIGN_TIES)}")
+    if args.lam is not None and not args.judge:
+        raise CliError("--lam is the PPI weight of judge votes; it needs --judge JUDGE_VOTES")
+    if args.lam is not None and not (math.isfinite(args.lam) and 0 <= args.lam <= 1):
+        raise CliError(f"--lam must lie in [0, 1], got {args.lam:g}")
+    design = input_path(args.design, arg="--design") if args.design else None
+    judge_path = input_path(args.judge, arg="--judge") if args.judge else None
+    for flag, path in (("--design", design), ("--judge", judge_path)):
+        if path is not None and path.is_dir():
+            raise CliError(f"{flag} {path} is a directory; expected a .csv, .jsonl or .parquet file")
+    plan = None
+    if design is not None:
+        try:
+            plan = active.load_plan(design)
+        except ValueError as err:
+            raise _design_error(err, votes_path, design, judge_path) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        votes = load_votes(votes_path, **read)
+        judge = load_votes(judge_path) if judge_path is not None else None
+        if anchor is not None and anchor not in votes.models:
+            raise CliError(f"--anchor: {anchor!r} is not one of the {votes.num_models} models in {votes_path}")
+        try:
+            board = active.design_leaderboard(votes, plan, judge=judge, lam=args.lam, ties=args.ties, l2=args.l2,
+                                              confidence=args.ci)
+        except ValueError as err:
+            raise _design_error(err, votes_path, design, judge_path) from None
+    notes = [str(w.message) for w in caught]
+    if not bool(board.estimate.converged):
+        notes.append(f"the fit did not converge in {int(board.estimate.num_iter)} iterations; ratings may be inaccurate")
+    for note in dict.fromkeys(notes):
+        err_console.print(f"jaxrank: warning: {note}", markup=False, highlight=False, soft_wrap=True)
+
+    frame = board.to_frame(anchor=anchor, anchor_rating=anchor_rating).drop(columns="std_error")
+    lower, upper = frame["lower"].to_numpy(), frame["upper"].to_numpy()
+    ratings = frame["rating"].to_numpy()
+    count = votes.battles_per_model()
+    frame["rank_ub"] = np.asarray(rank_upper_bound(lower, upper), np.int64)
+    frame["battles"] = count.astype(np.int64) if np.allclose(count, np.rint(count)) else count
+    frame["rank"] = np.asarray(rank_by_rating(ratings), np.int64)
+    frame["tied_group"] = tied_groups(ratings, lower, upper).astype(np.int64)
+    frame = frame.sort_values(["rating", "model"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    frame = pd.DataFrame(frame, columns=["model", "rating", "lower", "upper", "rank_ub", "battles", "rank", "tied_group"])
+
+    if board.judge:
+        how = (f"prediction-powered (PPI++), lambda = {board.lam:.3f}" + (" (fixed)" if args.lam is not None else "")
+               + f"; {board.num_labelled} of {len(board.prompt_ids)} prompts human-labelled, effective human labels "
+               f"{board.effective_labels:.1f}")
+    else:
+        how = f"design-weighted (Horvitz-Thompson); {board.num_labelled} of {len(board.prompt_ids)} prompts labelled"
+    design_name = board.sample.design if design is not None else "simple random sample of the judge's prompts"
+    if out is not None:
+        write_table(frame, out)
+    if plot is not None:
+        from jaxrank.plots import plot_leaderboard
+
+        plot_leaderboard(frame["model"], frame["rating"], frame["lower"], frame["upper"], path=plot,
+                         title=f"{votes_path.name}: {'PPI++' if board.judge else 'design-weighted'}, "
+                               f"{int(args.ci * 100)}% design intervals")
+
+    from rich.table import Table
+
+    table = Table(title=f"{votes_path.name}: {votes.num_models} models, {votes.num_votes} votes; {args.ci:.0%} "
+                        f"design-based intervals ({design_name}, clustered by prompt)")
+    for col, justify in [("rank", "right"), ("rank (UB)", "right"), ("group", "right"), ("model", "left"),
+                         ("rating", "right"), ("lower", "right"), ("upper", "right"), ("battles", "right")]:
+        table.add_column(col, justify=justify)
+    for row in frame.itertuples(index=False):
+        table.add_row(str(row.rank), str(row.rank_ub), str(row.tied_group), str(row.model), f"{row.rating:.1f}",
+                      f"{row.lower:.1f}", f"{row.upper:.1f}", f"{row.battles:g}")
+    console.print(table)
+    console.print(how, highlight=False, soft_wrap=True)
+    written = [str(p) for p in (out, plot) if p is not None]
     if written:
         err_console.print(f"wrote {', '.join(written)}", highlight=False)
     return 0

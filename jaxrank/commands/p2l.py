@@ -67,7 +67,12 @@ def register(subparsers: Any) -> None:
     t.add_argument("--epochs", type=int, default=50, help="maximum epochs (default 50)")
     t.add_argument("--batch-size", type=int, default=64, help="votes per minibatch (default 64)")
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    t.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    t.add_argument("--weight-decay", type=float, default=None,
+                   help="AdamW weight decay (default 0 for the residual head, 1e-4 with --delta-l2 none)")
+    t.add_argument("--delta-l2", default=DELTA_L2_DEFAULT, metavar="L2[,L2...]|none",
+                   help="residual head beta = beta_global + Delta(prompt): the L2 strengths of Delta tried, the best "
+                        f"on the validation prompts kept, the global fit included (default {DELTA_L2_DEFAULT}); "
+                        "'none': the plain head")
     t.add_argument("--val-fraction", type=float, default=0.1, help="share of prompts held out (default 0.1)")
     t.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs (default 5)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -145,6 +150,21 @@ def _compute_features(texts: list[str], encoder: str, cache_dir: str | None, max
     return feats
 
 
+DELTA_L2_DEFAULT = "1e-4,1e-3,1e-2,1e-1,1,10"
+
+
+def _delta_l2(text: str) -> tuple[float, ...] | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        grid = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise CliError(f"--delta-l2: expected comma-separated numbers or 'none', got {text!r}") from None
+    if not all(math.isfinite(v) and v >= 0 for v in grid):
+        raise CliError(f"--delta-l2: strengths must be finite numbers >= 0, got {text!r}")
+    return grid
+
+
 def _hidden(text: str) -> tuple[int, ...]:
     if not text.strip():
         return ()
@@ -187,7 +207,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise CliError(f"--val-fraction must lie in [0, 1), got {args.val_fraction}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise CliError(f"--lr must be a finite number > 0, got {args.lr}")
-    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+    if args.weight_decay is not None and not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
         raise CliError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
     if args.max_length < 2:
         raise CliError(f"--max-length must be >= 2 tokens, got {args.max_length}")
@@ -202,6 +222,9 @@ def run_train(args: argparse.Namespace) -> int:
         if args.resume and not holds:
             raise CliError(f"--resume: --checkpoint-dir {ckpt} holds no checkpoint")
     hidden = _hidden(args.hidden)
+    delta_l2 = _delta_l2(args.delta_l2)
+    if delta_l2 is not None and len(delta_l2) > 1 and args.val_fraction == 0:
+        raise CliError("--delta-l2 with several strengths chooses one on validation prompts: --val-fraction must be > 0")
     read = vote_options(args, columns_extra={"prompt": args.prompts_column} if args.prompts_column else None)
     votes = load_votes(votes_path, **read)
     if votes.prompt_text is None:
@@ -231,6 +254,7 @@ def run_train(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         model = train_p2l(
             feats, votes, loss=args.loss, hidden=hidden, learning_rate=args.lr, weight_decay=args.weight_decay,
+            delta_l2=delta_l2,
             batch_size=args.batch_size, max_epochs=args.epochs, val_fraction=args.val_fraction,
             patience=args.patience, key=jax.random.key(args.seed), checkpoint_dir=args.checkpoint_dir,
             resume=args.resume, encoder=encoder, progress=update,
@@ -238,9 +262,13 @@ def run_train(args: argparse.Namespace) -> int:
     _print_warnings(caught)
     save_p2l(model, out, force=args.force)
     h = model.history
-    best = h["val_nll"][h["best_epoch"] - 1] if h["val_nll"] else math.nan
-    console.print(f"trained {args.loss} P2L head on {votes.num_votes} votes: {h['epochs']} epochs, best validation "
-                  f"NLL {best:.4f} at epoch {h['best_epoch']}; saved to {out}")
+    best = math.nan if h.get("best_val_nll") is None else h["best_val_nll"]
+    glob = math.nan if h.get("baseline_val_nll") is None else h["baseline_val_nll"]
+    kind = "residual" if delta_l2 is not None else "plain"
+    chosen = f", L2 {model.config['chosen_delta_l2']:g}" if delta_l2 is not None else ""
+    console.print(f"trained {args.loss} P2L head ({kind}{chosen}) on {votes.num_votes} votes: {h['epochs']} epochs, "
+                  f"best validation NLL {best:.4f} at epoch {h['best_epoch']} (prompt-blind global fit {glob:.4f}); "
+                  f"saved to {out}")
     return 0
 
 

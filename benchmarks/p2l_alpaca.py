@@ -1,0 +1,209 @@
+"""P2L vs the global Bradley–Terry leaderboard on AlpacaEval (and PandaLM): held-out NLL per vote, split by prompt.
+
+AlpacaEval (../shared/data/alpaca_eval): 22,967 soft GPT-4-turbo judgments of 58 models against
+gpt4_1106_preview on 403 instructions, each `p_a` a probability (a soft vote scores its cross-entropy).
+PandaLM (../shared/data/pandalm): 2,997 human votes (3 per item, ties included) of 5 models on 170 distinct
+prompts. For each seed the distinct PROMPTS are split 80/20; every method is trained on the training prompts'
+votes and scored by the mean NLL per held-out vote (`jaxrank.p2l.vote_nll`, the same likelihood for all, loss
+`bt-tie`: a soft vote is its cross-entropy, a tie half a win each way). The interval is
+`jaxrank.p2l.compare_heldout`'s 95 % bootstrap over held-out prompts of the difference method - global.
+
+Methods:
+
+- `global`: `fit_bradley_terry` of the training votes (prompt-blind), one leaderboard for every prompt;
+- `head`: the plain linear P2L head on frozen prompt features (`train_p2l`, bias started at the global fit);
+- `residual`: `beta = beta_global + Delta(prompt)`, `Delta` linear on frozen features, its L2 chosen on the
+  training prompts' 20 % validation split over a grid (`train_p2l(delta_l2=...)`), the global fit a candidate.
+
+AlpacaEval per-category (its `dataset` column: helpful_base, koala, oasst, selfinstruct, vicuna): on each
+category's held-out votes, the NLL of the global leaderboard, of P2L per prompt, of P2L's aggregate
+leaderboard of the category's held-out prompts (`aggregate_leaderboard`), and of the plain fit on the
+category's training votes; and each leaderboard's Spearman correlation with the plain fit on the category's
+held-out votes. Written to `<out stem>_categories.csv`.
+
+Features: `prompt_features`, cached under benchmarks/.cache/ (ignored by git).
+
+    PYTHONPATH=$PWD flock /tmp/jaxrank-bench.lock python benchmarks/p2l_alpaca.py
+    PYTHONPATH=$PWD flock /tmp/jaxrank-bench.lock python benchmarks/p2l_alpaca.py --dataset pandalm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+DELTA_L2 = "1e-4,1e-3,1e-2,1e-1,1,10"
+
+
+def load(dataset: str):
+    """`(votes, texts, category or None)`: `texts[p]` is prompt p's text (the feature rows), category [N]."""
+    import jaxrank
+
+    if dataset == "alpaca":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the baseline-vs-itself rows are dropped (a warning says so)
+            votes = jaxrank.load_votes(DATA / "alpaca_eval" / "preferences_even.csv.gz")
+        text = {}
+        for line in (DATA / "alpaca_eval" / "instructions_even.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            text[str(row["instruction_idx"])] = row["instruction"]
+        return votes, [text[i] for i in votes.prompt_ids], np.asarray(votes.meta["dataset"]).astype(str)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from p2l_pandalm import load_pandalm
+
+    prompts, a, b, winner, prompt = load_pandalm(DATA / "pandalm" / "testset-v1.json")
+    votes = jaxrank.Votes.from_arrays(a, b, winner).replace(
+        prompt=prompt, prompt_ids=tuple(str(i) for i in range(len(prompts))))
+    return votes, prompts, None
+
+
+def spearman(x, y) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(np.asarray(x), np.asarray(y)).statistic)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=("alpaca", "pandalm"), default="alpaca")
+    parser.add_argument("--encoders", default="smollm2-135m-instruct,all-minilm-l6-v2")
+    parser.add_argument("--methods", default="head,residual")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay of the plain head")
+    parser.add_argument("--delta-l2", default=DELTA_L2, help="L2 grid of the residual head")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="training prompts held out for early "
+                        "stopping and the L2 choice")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap rounds over held-out prompts")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--cache-dir", default=str(REPO / "benchmarks" / ".cache"))
+    parser.add_argument("--out", default=None, help="CSV (default benchmarks/results/p2l_<dataset>_heldout.csv)")
+    args = parser.parse_args()
+
+    import jax
+    import pandas as pd
+
+    from jaxrank.lm.features import prompt_features
+    from jaxrank.p2l import aggregate_leaderboard, compare_heldout, train_p2l, vote_nll
+    from jaxrank.ratings import fit_bradley_terry
+
+    load_avg = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"uptime: {load_avg}")
+    votes, texts, category = load(args.dataset)
+    print(f"{args.dataset}: {votes}")
+    grid = [float(v) for v in args.delta_l2.split(",")]
+    rows, cat_rows = [], []
+    for encoder in args.encoders.split(","):
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a few long prompts are truncated (a TruncationWarning)
+            feats = prompt_features(texts, encoder=encoder, cache_dir=args.cache_dir, max_length=args.max_length)
+        print(f"{encoder}: features {feats.shape} in {time.perf_counter() - t0:.1f} s")
+        for seed in (int(s) for s in args.seeds.split(",")):
+            rng = np.random.default_rng(seed)
+            present = np.unique(votes.prompt)
+            n_test = int(round(args.test_fraction * present.size))
+            test_prompts = rng.permutation(present)[:n_test]
+            is_test = np.isin(votes.prompt, test_prompts)
+            train, test = votes.subset(~is_test), votes.subset(is_test)
+            t0 = time.perf_counter()
+            bt = fit_bradley_terry(train, ties="half")
+            seconds = {"global": time.perf_counter() - t0}
+            theta = np.asarray(bt.theta, np.float32)
+            base = vote_nll(theta, None, test, loss="bt-tie")
+            betas = {}
+            for method in args.methods.split(","):
+                t0 = time.perf_counter()
+                if method == "head":
+                    model = train_p2l(feats, train, learning_rate=args.lr, weight_decay=args.weight_decay,
+                                      batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
+                                      val_fraction=args.val_fraction, key=jax.random.key(seed))
+                elif method == "residual":
+                    model = train_p2l(feats, train, learning_rate=args.lr, delta_l2=grid, batch_size=args.batch_size,
+                                      max_epochs=args.epochs, patience=args.patience, val_fraction=args.val_fraction,
+                                      key=jax.random.key(seed))
+                else:
+                    raise SystemExit(f"unknown method {method!r}")
+                seconds[method] = time.perf_counter() - t0
+                beta = np.asarray(model.coefficients(feats)[0])
+                betas[method] = beta
+                cmp = compare_heldout(jax.random.key(1000 + seed), vote_nll(beta, None, test, loss="bt-tie"), base,
+                                      rounds=args.bootstrap)
+                h = model.history
+                row = dict(dataset=args.dataset, encoder=encoder, method=method, seed=seed,
+                           train_prompts=present.size - n_test, test_prompts=cmp.num_prompts,
+                           test_votes=round(cmp.num_votes, 1), nll=cmp.nll, global_nll=cmp.baseline_nll,
+                           diff=cmp.difference, diff_lo=cmp.lower, diff_hi=cmp.upper, epochs=h["epochs"],
+                           best_epoch=h["best_epoch"], val_nll=h.get("best_val_nll"),
+                           global_val_nll=h.get("baseline_val_nll"),
+                           delta_l2=model.config.get("chosen_delta_l2"), train_seconds=round(seconds[method], 2),
+                           global_seconds=round(seconds["global"], 3), uptime=load_avg)
+                rows.append(row)
+                print(f"  {encoder} {method:>8s} seed {seed}: NLL {cmp.nll:.4f} global {cmp.baseline_nll:.4f} "
+                      f"diff {cmp.difference:+.4f} [{cmp.lower:+.4f}, {cmp.upper:+.4f}] best epoch {h['best_epoch']} "
+                      f"l2 {row['delta_l2']} ({seconds[method]:.1f} s)", flush=True)
+            if category is None or "residual" not in betas:
+                continue
+            beta = betas["residual"]
+            cat_test = category[is_test]
+            cat_train = category[~is_test]
+            for c in np.unique(category):
+                sub = test.subset(cat_test == c)
+                tr = train.subset(cat_train == c)
+                prompts_c = np.unique(sub.prompt)
+                # The category's held-out prompts as 0/1 weights over all held-out prompts: one shape, one
+                # compilation for every category and seed.
+                held = np.unique(test.prompt)
+                agg = aggregate_leaderboard(beta[held], prompt_weights=np.isin(held, prompts_c).astype(np.float32),
+                                            loss="bt-tie")
+                plain_train = np.asarray(fit_bradley_terry(tr, ties="half").theta, np.float32)
+                plain_test = np.asarray(fit_bradley_terry(sub, ties="half").theta)
+                nll = {name: vote_nll(b, None, sub, loss="bt-tie").mean() for name, b in
+                       (("global", theta), ("p2l", beta), ("p2l_aggregate", np.asarray(agg.theta)),
+                        ("category_fit", plain_train))}
+                cat_rows.append(dict(
+                    encoder=encoder, seed=seed, category=c, test_prompts=prompts_c.size, test_votes=len(sub),
+                    **{f"nll_{k}": v for k, v in nll.items()},
+                    spearman_global=spearman(theta, plain_test), spearman_p2l_aggregate=spearman(agg.theta, plain_test),
+                    spearman_category_fit=spearman(plain_train, plain_test)))
+                r = cat_rows[-1]
+                print(f"    {c:>12s}: NLL global {r['nll_global']:.4f} p2l {r['nll_p2l']:.4f} aggregate "
+                      f"{r['nll_p2l_aggregate']:.4f} category fit {r['nll_category_fit']:.4f}; Spearman vs held-out "
+                      f"category fit: global {r['spearman_global']:.3f} aggregate {r['spearman_p2l_aggregate']:.3f} "
+                      f"category fit {r['spearman_category_fit']:.3f}")
+    frame = pd.DataFrame(rows)
+    out = pathlib.Path(args.out or REPO / "benchmarks" / "results" / f"p2l_{args.dataset}_heldout.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False, float_format="%.5f")
+    summary = frame.groupby(["encoder", "method"]).agg(
+        nll=("nll", "mean"), global_nll=("global_nll", "mean"), diff=("diff", "mean"), seeds=("seed", "count"),
+        better_significant=("diff_hi", lambda d: int((d < 0).sum())),
+        worse_significant=("diff_lo", lambda d: int((d > 0).sum())), seconds=("train_seconds", "mean"))
+    print(summary.to_string(float_format=lambda v: f"{v:.4f}"))
+    if cat_rows:
+        cat_out = out.with_name(out.stem + "_categories.csv")
+        cats = pd.DataFrame(cat_rows)
+        cats.to_csv(cat_out, index=False, float_format="%.5f")
+        print(cats.drop(columns=["seed"]).groupby(["encoder", "category"]).mean().to_string(
+            float_format=lambda v: f"{v:.4f}"))
+        print(f"wrote {cat_out}")
+    print(f"wrote {out} ({platform.processor() or platform.machine()}, {jax.device_count()} device(s)); "
+          f"uptime at the end: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+
+
+if __name__ == "__main__":
+    main()
