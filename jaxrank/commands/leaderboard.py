@@ -243,6 +243,11 @@ def run(args: argparse.Namespace) -> int:
     read = vote_options(args)
     anchor, anchor_rating = parse_anchor(args.anchor) if args.anchor else (None, None)
     if args.design or args.judge:
+        for flag, bad in (("--filter", filters), ("--group-by", args.group_by), ("--baseline", args.baseline),
+                          ("--matrix", matrix)):
+            if bad:
+                raise CliError(f"{flag} is not available with {'--design' if args.design else '--judge'} (the "
+                               "design-based leaderboard); leave it out")
         return _run_design(args, votes_path, out, plot, save, style, read, anchor, anchor_rating)
     if args.lam is not None:
         raise CliError("--lam is the PPI weight of judge votes; it needs --judge JUDGE_VOTES")
