@@ -10,7 +10,9 @@ The public API, re-exported name by name:
   MT-Bench, AlpacaEval, LLMFAO, PandaLM layouts, auto-detected), `VoteRows` (the kernels' encoding);
 - leaderboards (`jaxrank.ratings`): `fit_bradley_terry`, `BTResult`, `outcome_log_probs`, `style_design`,
   `synthetic_votes`, `online_elo`, `elo_permutations`, `bootstrap_ratings`, `sandwich_intervals`,
-  `rank_upper_bound`, `rank_by_rating`, `tied_groups`, `save_leaderboard`, `load_leaderboard`;
+  `rank_upper_bound`, `rank_by_rating`, `tied_groups`, `save_leaderboard`, `load_leaderboard`, and
+  `leaderboard` (the table `jaxrank leaderboard` prints: filters, groups, baseline win rates), `Leaderboard`,
+  `filter_votes`, `pairwise_matrices`;
 - judge budgets: the `allocation` module (`init`/`select`/`update`, `simulate`, `simulate_sweep`);
 - Prompt-to-Leaderboard (`jaxrank.p2l`): `prompt_features` (model files load only when called),
   `train_p2l`, `P2LModel`, `save_p2l` / `load_p2l`, `aggregate_leaderboard`, `p2l_loss`, and routing
@@ -49,10 +51,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "synthetic_votes",
         "tied_groups",
     ),
+    "jaxrank.ratings.leaderboard": ("Leaderboard", "filter_votes", "leaderboard", "pairwise_matrices"),
     # Judge budgets.
     "jaxrank.allocation": ("AllocatorState", "SimulationResult", "simulate", "simulate_sweep"),
     # p2l routing
-    "jaxrank._routing": (
+    "jaxrank.routing": (
         "RoutingResult", "optimal_policy", "route", "route_average_budget", "router_rating", "router_scores",
         "win_probabilities",
     ),

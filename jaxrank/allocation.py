@@ -398,6 +398,21 @@ class SimulationResult(NamedTuple):
     counts: jax.Array
     estimates: jax.Array
 
+    def to_frame(self):
+        """pandas DataFrame, one row per (run, checkpoint): `run, budget, wce, mae, rmse` (no `run` column
+        for a single run)."""
+        import pandas as pd
+
+        wce = np.asarray(self.wce, np.float64)
+        budgets = np.asarray(self.budgets, np.int64)
+        if wce.ndim == 1:
+            return pd.DataFrame({"budget": budgets, "wce": wce, "mae": np.asarray(self.mae, np.float64),
+                                 "rmse": np.asarray(self.rmse, np.float64)})
+        r, c = wce.shape
+        return pd.DataFrame({"run": np.repeat(np.arange(r), c), "budget": np.tile(budgets, r),
+                             "wce": wce.reshape(-1), "mae": np.asarray(self.mae, np.float64).reshape(-1),
+                             "rmse": np.asarray(self.rmse, np.float64).reshape(-1)})
+
 
 def pull_scores(run_key_words: jax.Array, sampler: Any, items: jax.Array, pulls: jax.Array) -> jax.Array:
     """The score a simulation run sees on the `pulls`-th query (0-based) of item `items`.

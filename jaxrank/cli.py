@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -69,6 +70,9 @@ def _error(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # jaxrank runs transformers' tokenizers and configs only, never its PyTorch models: its advisory
+    # "PyTorch was not found" notice is noise here (set before any command imports transformers).
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -25,7 +25,7 @@ Modules of work:
 - `aggregate_leaderboard`: one leaderboard for a set (distribution) of prompts, by fitting one
   coefficient vector to the average of the per-prompt outcome probabilities, with a bootstrap over
   prompts;
-- routing (from `jaxrank._routing`, re-exported here): `win_probabilities`, `optimal_policy`, `route`,
+- routing (from `jaxrank.routing`, re-exported here): `win_probabilities`, `optimal_policy`, `route`,
   `route_average_budget`, `router_rating`, `router_scores`, `RoutingResult`.
 """
 
@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from jaxrank._routing import (
+from jaxrank.routing import (
     RoutingResult,
     optimal_policy,
     route,
@@ -74,7 +74,7 @@ __all__ = [
     "vote_nll",
     "HeldoutComparison",
     "compare_heldout",
-    # routing (jaxrank._routing), re-exported
+    # routing (jaxrank.routing), re-exported
     "RoutingResult",
     "win_probabilities",
     "optimal_policy",
@@ -357,6 +357,21 @@ class P2LModel:
     @property
     def num_models(self) -> int:
         return len(self.models)
+
+    def to_frame(self):
+        """The training history as a pandas DataFrame, one row per epoch: `epoch, train_loss, val_nll,
+        learning_rate, best` (`best` marks the epoch whose parameters were kept)."""
+        import pandas as pd
+
+        h = self.history
+        n = len(h.get("train_loss", []))
+        val = list(h.get("val_nll", []))
+        rate = list(h.get("learning_rate", []))
+        frame = pd.DataFrame({"epoch": np.arange(1, n + 1), "train_loss": h.get("train_loss", []),
+                              "val_nll": val + [float("nan")] * (n - len(val)),
+                              "learning_rate": rate + [float("nan")] * (n - len(rate))})
+        frame["best"] = frame["epoch"] == int(h.get("best_epoch", 0))  # epochs count from 1
+        return frame
 
     @functools.cached_property
     def _graphdef(self):
@@ -1290,6 +1305,44 @@ def aggregate_leaderboard(
         tie_param=tie if loss in _FITS_TIE else jnp.asarray(jnp.nan, jnp.float32), lower=lower, upper=upper,
         rank_ub=rank_upper_bound(lower, upper), samples=samples, converged=ok,
     )
+
+
+def per_prompt_leaderboards(beta: Any, *, models: Sequence[str], prompt_ids: Sequence[str] | None = None,
+                            loss: str = "bt-tie", scale: float = 400.0, base: float = 10.0,
+                            init: float = 1000.0):
+    """One ranked leaderboard per prompt from P2L coefficients, as one long pandas DataFrame.
+
+    Args:
+        beta: float[P, M] per-prompt coefficients (`P2LModel.coefficients(features)[0]`).
+        models: the M model names.
+        prompt_ids: P prompt ids (default `0..P-1`).
+        loss: the P2L loss; every loss but `"grounded-rao-kupper"` (absolute theta) is centred per prompt.
+        scale, base, init: the Elo scale of `rating = init + scale / ln(base) * theta`.
+
+    Returns:
+        DataFrame with columns `prompt_id, rank, model, rating, theta`: P * M rows, prompts in input order,
+        each prompt's models best first (`rank` 1 = best; ties share the better rank).
+    """
+    import pandas as pd
+
+    b = np.asarray(beta, np.float64)
+    if b.ndim != 2 or b.shape[1] != len(models):
+        raise ValueError(f"beta must have shape [P, M] with M = {len(models)} models, got {b.shape}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    p, m = b.shape
+    ids = [str(i) for i in (prompt_ids if prompt_ids is not None else range(p))]
+    if len(ids) != p:
+        raise ValueError(f"prompt_ids must name the {p} prompts, got {len(ids)}")
+    theta = b if loss == _GROUNDED else b - b.mean(axis=1, keepdims=True)
+    ratings = init + scale / math.log(base) * theta
+    order = np.argsort(-ratings, axis=1, kind="stable")
+    rank = 1 + (ratings[:, None, :] > ratings[:, :, None]).sum(-1)          # [P, M]: models strictly better
+    rows = np.repeat(np.arange(p), m)
+    cols = order.reshape(-1)
+    names = np.asarray(list(models), dtype=object)
+    return pd.DataFrame({"prompt_id": np.asarray(ids, dtype=object)[rows], "rank": rank[rows, cols],
+                         "model": names[cols], "rating": ratings[rows, cols], "theta": theta[rows, cols]})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,8 @@ import numpy as np
 
 from jaxrank.outputs import FIGURE_FORMATS, check_output, write_file
 
-__all__ = ["plot_budget_curves", "plot_design_curves", "plot_leaderboard", "plot_stability", "plot_tie_reduction"]
+__all__ = ["plot_budget_curves", "plot_design_curves", "plot_leaderboard", "plot_matrices", "plot_stability",
+           "plot_tie_reduction"]
 
 
 def _pyplot() -> Any:
@@ -43,6 +45,9 @@ def _figure(path: str | os.PathLike, *, force: bool = False, title: str | None =
     try:
         yield fig, axes
         if title:
+            # Long titles (file names) wrap instead of running off the figure's edge.
+            width = max(30, int(fig.get_figwidth() * 9))
+            title = "\n".join(textwrap.wrap(str(title), width=width)) or str(title)
             fig.suptitle(title) if suptitle else axes.set_title(title)
         fig.tight_layout()
         write_file(out, lambda tmp: fig.savefig(tmp, dpi=dpi))
@@ -109,6 +114,7 @@ def plot_budget_curves(
     title: str | None = None,
     metric: str = "wce",
     force: bool = False,
+    warmup: int = 0,
 ) -> pathlib.Path:
     """Judge-budget error vs budget, one line per allocator with its interval over runs shaded.
 
@@ -121,6 +127,7 @@ def plot_budget_curves(
       force: replace an existing file at `path` (written atomically either way).
       metric: with a `BudgetCurves`, which error to draw: `"wce"` (worst case), `"mae"` or `"rmse"`;
         with a dict, the key prefix to read (`"<metric>_mean"`, ...).
+      warmup: queries of the adaptive allocators' warm-up (every item scored alike), shaded; 0: none.
 
     Returns:
       The path written.
@@ -130,26 +137,92 @@ def plot_budget_curves(
         ...                                 "wce_lower": [0.4, 0.25], "wce_upper": [0.6, 0.4]}},
         ...                    path="budget.png")  # doctest: +SKIP
     """
-    labels = {"wce": "worst-case error  max_i |s_i - ŝ_i|", "mae": "mean absolute error", "rmse": "RMSE"}
+    labels = {"wce": r"worst-case error  $\max_i\,|s_i - \hat{s}_i|$",
+              "mae": r"mean absolute error  $\frac{1}{K}\sum_i |s_i - \hat{s}_i|$",
+              "rmse": r"RMSE  $\sqrt{\frac{1}{K}\sum_i (s_i - \hat{s}_i)^2}$"}
     if metric not in labels:
         raise ValueError(f"metric must be one of 'wce', 'mae', 'rmse', got {metric!r}")
     if hasattr(curves, "curves") and callable(curves.curves):
         curves = curves.curves(metric)
     if not curves:
         raise ValueError(f"curves is empty: expected {{allocator: {{budget, {metric}_mean, {metric}_lower, {metric}_upper}}}}")
-    with _figure(path, force=force, title=title, figsize=(6.4, 4.2), dpi=120) as (fig, ax):
-        for name, c in curves.items():
+    # Distinct line styles and markers: during a warm-up (every item scored alike) two allocators' lines
+    # coincide, and one must stay visible on top of the other.
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v")]
+    with _figure(path, force=force, title=title, figsize=(7.0, 4.6), dpi=120) as (fig, ax):
+        for i, (name, c) in enumerate(curves.items()):
             missing = {"budget", f"{metric}_mean"} - set(c)
             if missing:
                 raise ValueError(f"curve {name!r} lacks {sorted(missing)}")
-            (line,) = ax.plot(c["budget"], c[f"{metric}_mean"], marker="o", markersize=3, label=name)
+            ls, marker = styles[i % len(styles)]
+            (line,) = ax.plot(c["budget"], c[f"{metric}_mean"], linestyle=ls, marker=marker, markersize=4,
+                              linewidth=1.8, label=name, zorder=3 + i, markerfacecolor="none" if i % 2 else None)
             if f"{metric}_lower" in c and f"{metric}_upper" in c:
-                ax.fill_between(c["budget"], c[f"{metric}_lower"], c[f"{metric}_upper"], color=line.get_color(), alpha=0.18)
+                ax.fill_between(c["budget"], c[f"{metric}_lower"], c[f"{metric}_upper"], color=line.get_color(), alpha=0.15)
+        if warmup:
+            ax.axvspan(0, warmup, color="tab:gray", alpha=0.12, zorder=0,
+                       label=f"warm-up ({warmup:,} queries: every item scored alike)")
         ax.set_xlabel("judge queries (budget)")
         ax.set_ylabel(labels[metric])
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(title="allocator")
+        ax.legend(title="allocator", fontsize=8)
+    return pathlib.Path(path)
+
+
+def plot_matrices(
+    models: Sequence[str],
+    matrices: Any,
+    *,
+    path: str | os.PathLike,
+    title: str | None = None,
+    force: bool = False,
+) -> pathlib.Path:
+    """Heatmaps of the pairwise tables (`jaxrank.ratings.leaderboard.pairwise_matrices`), side by side: the
+    observed win fraction, the number of battles and the fitted model's predicted win rate, row model vs
+    column model, models in the given order (best first).
+
+    Args:
+        models: M model names, in display order.
+        matrices: {"win_fraction", "battles", "predicted"} -> float[M, M] (rows and columns in `models` order).
+        path: output file (`.png`, `.pdf`, `.svg`).
+        title: optional figure title.
+
+    Returns:
+        The path written.
+    """
+    models = [str(m) for m in models]
+    m = len(models)
+    panels = [("win_fraction", "observed win fraction (row beats column)", "RdBu", (0.0, 1.0), ".2f"),
+              ("battles", "battles", "Greens", None, ".0f"),
+              ("predicted", "predicted win rate (row beats column)", "RdBu", (0.0, 1.0), ".2f")]
+    for key, *_ in panels:
+        arr = np.asarray(matrices[key], np.float64)
+        if arr.shape != (m, m):
+            raise ValueError(f"matrices[{key!r}] must have shape [M, M] = ({m}, {m}), got {arr.shape}")
+    side = min(max(4.0, 0.42 * m + 2.2), 14.0)
+    with _figure(path, force=force, title=title, suptitle=True, nrows=1, ncols=3, figsize=(3 * side, side + 0.6), dpi=110) as (fig, axes):
+        for ax, (key, label, cmap, lim, fmt) in zip(axes, panels):
+            arr = np.asarray(matrices[key], np.float64)
+            vmin, vmax = lim if lim else (0.0, float(np.nanmax(arr)) if np.isfinite(arr).any() else 1.0)
+            im = ax.imshow(np.ma.masked_invalid(arr), cmap=cmap, vmin=vmin, vmax=vmax)
+            ax.set_title(label, fontsize=10)
+            ax.set_xticks(range(m))
+            ax.set_yticks(range(m))
+            size = 9 if m <= 12 else 7 if m <= 25 else 5
+            ax.set_xticklabels(models, rotation=60, ha="right", fontsize=size)
+            ax.set_yticklabels(models, fontsize=size)
+            ax.set_xlabel("column model")
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+            if m <= 16:
+                for i in range(m):
+                    for j in range(m):
+                        if np.isfinite(arr[i, j]):
+                            mid = (vmin + vmax) / 2
+                            dark = abs(arr[i, j] - mid) > 0.3 * (vmax - vmin) if lim else arr[i, j] > 0.6 * vmax
+                            ax.text(j, i, format(arr[i, j], fmt), ha="center", va="center", fontsize=7,
+                                    color="white" if dark else "black")
+        axes[0].set_ylabel("row model")
     return pathlib.Path(path)
 
 
@@ -270,7 +343,8 @@ def plot_stability(
     return pathlib.Path(path)
 
 
-def plot_design_curves(curves: Any, path: str | os.PathLike, *, title: str | None = None) -> pathlib.Path:
+def plot_design_curves(curves: Any, path: str | os.PathLike, *, title: str | None = None,
+                       force: bool = False) -> pathlib.Path:
     """Sampling designs per label budget: coverage of the full-data leaderboard by the 95 % design intervals
     (with the 93-97 % band and Monte-Carlo error bars), mean interval width (design-based solid,
     superpopulation dashed), and Kendall tau to the full-data leaderboard; one line per design.
@@ -291,7 +365,7 @@ def plot_design_curves(curves: Any, path: str | os.PathLike, *, title: str | Non
     designs = tuple(getattr(curves, "designs"))
     q = 100.0 * d["budgets"]
     nominal = 100.0 * float(getattr(curves, "confidence", 0.95))
-    with _figure(path, title=title, suptitle=True, nrows=1, ncols=3, figsize=(14.0, 4.2), dpi=120) as (fig, axes):
+    with _figure(path, force=force, title=title, suptitle=True, nrows=1, ncols=3, figsize=(14.0, 4.2), dpi=120) as (fig, axes):
         ax1, ax2, ax3 = axes
         ax1.axhspan(nominal - 2, nominal + 2, color="tab:green", alpha=0.12, label=f"{nominal - 2:g}-{nominal + 2:g} %")
         ax1.axhline(nominal, color="tab:green", linewidth=0.8)

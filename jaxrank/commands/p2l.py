@@ -101,6 +101,9 @@ def register(subparsers: Any) -> None:
             s.add_argument("--ci", type=float, default=0.95, metavar="C", help="interval coverage (default 0.95)")
             s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
             s.add_argument("--plot", metavar="FILE", help="forest plot (.png, .pdf, .svg)")
+            s.add_argument("--per-prompt", metavar="FILE",
+                           help="also write one ranked leaderboard per prompt (.csv, .jsonl or .parquet): columns "
+                                "prompt_id, rank, model, rating, theta")
             s.set_defaults(func=run_leaderboard)
         else:
             s.add_argument("--costs", required=True, metavar="FILE.json",
@@ -322,10 +325,19 @@ def run_leaderboard(args: argparse.Namespace) -> int:
     inputs = [args.model, args.prompts, args.features]
     out = output_path(args.out, force=args.force, arg="--out", inputs=inputs, suffixes=TABLE_FORMATS)
     plot = output_path(args.plot, force=args.force, arg="--plot", inputs=inputs, suffixes=FIGURE_FORMATS)
-    check_distinct(out, plot)
+    per_prompt = output_path(args.per_prompt, force=args.force, arg="--per-prompt", inputs=inputs,
+                             suffixes=TABLE_FORMATS)
+    check_distinct(out, plot, per_prompt)
     if args.cache_dir:
-        check_workdir(args.cache_dir, label="--cache-dir", inputs=inputs, outputs=[out, plot])
+        check_workdir(args.cache_dir, label="--cache-dir", inputs=inputs, outputs=[out, plot, per_prompt])
     model, prompts, beta, alpha = _model_and_coefficients(args)
+    if per_prompt is not None:
+        from jaxrank.outputs import write_table
+        from jaxrank.p2l import per_prompt_leaderboards
+
+        table = per_prompt_leaderboards(beta, models=model.models, prompt_ids=[p.id for p in prompts], loss=model.loss)
+        write_table(table, per_prompt)
+        console.print(f"wrote {per_prompt.named} ({len(prompts)} leaderboards of {len(model.models)} models)")
     with resource_flags(bootstrap="--bootstrap"):
         lb = aggregate_leaderboard(beta, alpha, loss=model.loss, models=model.models, bootstrap=args.bootstrap,
                                    key=jax.random.key(args.seed), confidence=args.ci)

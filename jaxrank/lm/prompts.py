@@ -4,9 +4,9 @@ A prompt file holds one prompt per record:
 
 - JSONL (`.jsonl`, `.ndjson`) or a JSON list (`.json`): objects with a `prompt` string, or a `turns` list
   of strings (MT-Bench's `question.jsonl`: the first turn is used, since prioritization scores one
-  model reply to one user message), and optionally an `id` or `question_id`.
+  model reply to one user message), and optionally an `id`, `question_id` or `uid` (Arena-Hard).
 - CSV (`.csv`, `.tsv`): a header row with a `prompt` (or `turns`, holding one string) column and an
-  optional `id`/`question_id` column.
+  optional `id`/`question_id`/`uid` column.
 - TXT (any other suffix): one prompt per non-empty line.
 
 Records without an id get their 1-based position in the file; ids must be unique.
@@ -21,7 +21,7 @@ import pathlib
 from collections.abc import Iterable
 
 PROMPT_FIELDS = ("prompt", "turns")
-ID_FIELDS = ("id", "question_id")
+ID_FIELDS = ("id", "question_id", "uid")  # uid: Arena-Hard's question files
 
 
 @dataclasses.dataclass(frozen=True)

@@ -218,6 +218,17 @@ class EloPermutationResult:
         """float32[M] `upper - lower`: how much the order alone moves each rating."""
         return self.upper - self.lower
 
+    def to_frame(self):
+        """pandas DataFrame `model, median, lower, upper, spread`, best first (models `0..M-1` when the input
+        was arrays)."""
+        import pandas as pd
+
+        m = int(self.median.shape[-1])
+        frame = pd.DataFrame({"model": list(self.models) if self.models else [str(i) for i in range(m)],
+                              "median": np.asarray(self.median, np.float64), "lower": np.asarray(self.lower, np.float64),
+                              "upper": np.asarray(self.upper, np.float64), "spread": np.asarray(self.spread, np.float64)})
+        return frame.sort_values("median", ascending=False, kind="stable").reset_index(drop=True)
+
 
 def random_vote_orders(keys: jax.Array, n: int) -> jax.Array:
     """int32[N, P]: column p is a uniformly random order of the N votes, drawn from `keys[p]`.

@@ -108,6 +108,11 @@ class BootstrapResult:
     def num_rounds(self) -> int:
         return int(self.samples.shape[0])
 
+    def to_frame(self):
+        """pandas DataFrame `model, rating, median, lower, upper, std_error`, best first."""
+        return _interval_frame(self.models, rating=self.fit.ratings, median=self.median, lower=self.lower,
+                               upper=self.upper, std_error=self.std_error)
+
 
 @struct.dataclass
 class SandwichResult:
@@ -136,6 +141,18 @@ class SandwichResult:
     beta_std_error: jax.Array = struct.field(default_factory=lambda: jnp.zeros((0,), jnp.float32))
     beta_lower: jax.Array = struct.field(default_factory=lambda: jnp.zeros((0,), jnp.float32))
     beta_upper: jax.Array = struct.field(default_factory=lambda: jnp.zeros((0,), jnp.float32))
+
+    def to_frame(self):
+        """pandas DataFrame `model, rating, std_error, lower, upper`, best first."""
+        return _interval_frame(self.models, rating=self.ratings, std_error=self.std_error, lower=self.lower,
+                               upper=self.upper)
+
+
+def _interval_frame(models, **columns):
+    import pandas as pd
+
+    frame = pd.DataFrame({"model": list(models), **{k: np.asarray(v, np.float64) for k, v in columns.items()}})
+    return frame.sort_values(list(columns)[0], ascending=False, kind="stable").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------------
