@@ -52,10 +52,30 @@ def _errors(est, means):
     return np.abs(e).max(-1), np.abs(e).mean(-1), np.sqrt((e * e).mean(-1))
 
 
-def numpy_loop(allocator, means, var, budget, checkpoints, delta, rng):
+def gaussian_draw(means, var):
+    """draw(i, rng) -> one score per entry of `i` from item i's N(mean_i, var_i)."""
+    sd = np.sqrt(var)
+    # A scalar draw for a scalar item (the loop's case) keeps the baseline as fast as written by hand.
+    return lambda i, rng: means[i] + sd[i] * (rng.standard_normal() if np.ndim(i) == 0 else rng.standard_normal(np.shape(i)))
+
+
+def pool_draw(pools):
+    """draw(i, rng) -> one score per entry of `i`, drawn with replacement from item i's observed scores."""
+    lengths = np.array([len(p) for p in pools])
+    table = np.zeros((len(pools), lengths.max()))
+    for j, p in enumerate(pools):
+        table[j, : len(p)] = p
+    def draw(i, rng):
+        u = rng.random() if np.ndim(i) == 0 else rng.random(np.shape(i))
+        return table[i, (u * lengths[i]).astype(np.int64)]
+
+    return draw
+
+
+def numpy_loop(allocator, means, var, budget, checkpoints, delta, rng, draw=None):
     """One run, the textbook way: every step recomputes every item's index."""
     k = means.size
-    sd = np.sqrt(var)
+    draw = draw or gaussian_draw(means, var)
     n = np.zeros(k)
     mean = np.zeros(k)
     m2 = np.zeros(k)
@@ -74,7 +94,7 @@ def numpy_loop(allocator, means, var, budget, checkpoints, delta, rng):
             var_hat = np.maximum(m2, 0) / np.maximum(n - 1, 1)
             index = np.where(ok, var_hat / np.where(ok, factor, 1) / np.maximum(n, 1), np.inf)
             i = int(np.argmax(index))
-        x = means[i] + sd[i] * rng.standard_normal()
+        x = draw(i, rng)
         n[i] += 1
         d = x - mean[i]
         mean[i] += d / n[i]
@@ -84,10 +104,10 @@ def numpy_loop(allocator, means, var, budget, checkpoints, delta, rng):
     return np.array(wce)
 
 
-def numpy_vector(allocator, means, var, budget, checkpoints, delta, runs, rng):
+def numpy_vector(allocator, means, var, budget, checkpoints, delta, runs, rng, draw=None):
     """All runs at once ([runs, K] arrays), one Python loop over steps, index refreshed for queried items only."""
     k = means.size
-    sd = np.sqrt(var)
+    draw = draw or gaussian_draw(means, var)
     n = np.zeros((runs, k))
     mean = np.zeros((runs, k))
     m2 = np.zeros((runs, k))
@@ -102,7 +122,7 @@ def numpy_vector(allocator, means, var, budget, checkpoints, delta, runs, rng):
             i = np.full(runs, t % k)
         else:
             i = index.argmax(axis=1)
-        x = means[i] + sd[i] * rng.standard_normal(runs)
+        x = draw(i, rng)
         ni = n[r, i] + 1
         n[r, i] = ni
         d = x - mean[r, i]

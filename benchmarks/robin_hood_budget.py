@@ -140,7 +140,7 @@ def main() -> None:
             for a in wce:
                 lo_q, hi_q = np.percentile(wce[a], [2.5, 97.5], axis=0)
                 curves[a] = dict(budget=bud, wce_mean=wce[a].mean(0), wce_lower=lo_q, wce_upper=hi_q)
-            plot_budget_curves(curves, path=args.figure,
+            plot_budget_curves(curves, path=args.figure, force=True,
                                title=f"Gaussian, log-uniform σ² on [0.01, 1]: K={K}, {R} runs")
 
     RESULTS.mkdir(exist_ok=True)

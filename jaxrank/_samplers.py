@@ -13,6 +13,7 @@ A sampler is a pytree (`flax.struct.dataclass`) describing K items, each with a 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,11 +109,13 @@ def _moments_arrays(means: Any, variances: Any, what: str) -> tuple[jax.Array, j
     V.check_ndim(means, f"{what} means", 1, "[num_items]")
     V.check_same_shape(means, variances, f"{what} means", f"{what} variances")
     V.check_nonempty(means, f"{what} means", what="item")
-    if V.is_concrete(variances):
-        if not bool(jnp.all(jnp.isfinite(means))) or not bool(jnp.all(jnp.isfinite(variances))):
+    if V.is_concrete(variances) and V.is_concrete(means):
+        # NumPy on the host: an eager jnp check would compile a program of its own.
+        m_host, v_host = np.asarray(means), np.asarray(variances)
+        if not np.all(np.isfinite(m_host)) or not np.all(np.isfinite(v_host)):
             raise ValueError(f"{what} means and variances must be finite (no NaN or inf)")
-        if bool(jnp.any(variances < 0)):
-            raise ValueError(f"{what} variances must be >= 0, got min {float(jnp.min(variances))}")
+        if np.any(v_host < 0):
+            raise ValueError(f"{what} variances must be >= 0, got min {float(v_host.min())}")
     return means, variances
 
 
@@ -350,7 +353,8 @@ class EmpiricalSampler(_Sampler):
             V.check_ndim(self.lengths, "EmpiricalSampler lengths", 1, "[num_items]")
             if self.lengths.shape[0] != self.pool.shape[0]:
                 raise ValueError("EmpiricalSampler pool and lengths must have the same number of items")
-            if not bool(jnp.all((self.lengths >= 1) & (self.lengths <= self.pool.shape[1]))):
+            lengths = np.asarray(self.lengths)
+            if not np.all((lengths >= 1) & (lengths <= self.pool.shape[1])):
                 raise ValueError("EmpiricalSampler lengths must lie in [1, pool.shape[1]]")
 
     @classmethod
@@ -392,15 +396,25 @@ class EmpiricalSampler(_Sampler):
 SAMPLER_TYPES = (GaussianSampler, BernoulliSampler, BetaSampler, CategoricalSampler, EmpiricalSampler)
 
 
+def _has_static(obj: Any, name: str) -> bool:
+    try:
+        inspect.getattr_static(obj, name)
+    except AttributeError:
+        return False
+    return True
+
+
 def check_sampler(sampler: Any) -> int:
     """The number of items of a sampler, or a TypeError naming what is expected."""
-    if not (hasattr(sampler, "draw_bits") and hasattr(sampler, "means") and hasattr(sampler, "variances")):
+    # getattr_static: `hasattr` would evaluate computed `means` / `variances` properties (eagerly, compiling).
+    if not all(_has_static(sampler, name) for name in ("draw_bits", "means", "variances")):
         names = ", ".join(t.__name__ for t in SAMPLER_TYPES)
         raise TypeError(
             f"sampler must be a jaxrank.allocation sampler ({names}) or any pytree with draw_bits, means and "
             f"variances; got {type(sampler).__name__}"
         )
-    means = sampler.means
+    # The shape only (abstract evaluation): `means` may be computed, and computing it eagerly would compile.
+    means = jax.eval_shape(lambda s: s.means, sampler)
     if getattr(means, "ndim", None) != 1:
         raise ValueError(f"sampler.means must have shape [num_items], got {V.describe(means)}")
     return int(means.shape[0])

@@ -88,6 +88,11 @@ def check_no_nan(x: Any, name: str) -> None:
         raise ValueError(f"{name} contains NaN; clean the inputs")
 
 
+def check_bool(value: Any, name: str) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def check_choice(value: Any, name: str, choices: Sequence[Any]) -> None:
     if value not in choices:
         options = ", ".join(repr(c) for c in choices)

@@ -34,7 +34,9 @@ Online use drives a real judge::
 restored state continues exactly as the uninterrupted one.
 
 Simulation: `simulate` runs one `lax.scan` over the B / m steps, `vmap`-ed over Monte-Carlo runs (optionally
-sharded over a device mesh); `simulate_sweep` runs several allocators and budgets in one compiled call.
+sharded over a device mesh); `simulate_sweep` runs several allocators and budgets in one compiled program. Runs go
+through it in chunks (`CHUNK_WORK`): memory stays bounded whatever the number of runs, Ctrl-C stops a long
+simulation between two chunks, and a number of runs whose results cannot fit in memory is refused up front.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ __all__ = [
     "pull_scores",
     "simulate",
     "simulate_sweep",
+    "simulation_plan",
     "error_summary",
 ]
 
@@ -395,6 +398,21 @@ class SimulationResult(NamedTuple):
     counts: jax.Array
     estimates: jax.Array
 
+    def to_frame(self):
+        """pandas DataFrame, one row per (run, checkpoint): `run, budget, wce, mae, rmse` (no `run` column
+        for a single run)."""
+        import pandas as pd
+
+        wce = np.asarray(self.wce, np.float64)
+        budgets = np.asarray(self.budgets, np.int64)
+        if wce.ndim == 1:
+            return pd.DataFrame({"budget": budgets, "wce": wce, "mae": np.asarray(self.mae, np.float64),
+                                 "rmse": np.asarray(self.rmse, np.float64)})
+        r, c = wce.shape
+        return pd.DataFrame({"run": np.repeat(np.arange(r), c), "budget": np.tile(budgets, r),
+                             "wce": wce.reshape(-1), "mae": np.asarray(self.mae, np.float64).reshape(-1),
+                             "rmse": np.asarray(self.rmse, np.float64).reshape(-1)})
+
 
 def pull_scores(run_key_words: jax.Array, sampler: Any, items: jax.Array, pulls: jax.Array) -> jax.Array:
     """The score a simulation run sees on the `pulls`-th query (0-based) of item `items`.
@@ -535,7 +553,16 @@ def _run(
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(allocators: tuple[str, ...], num_items, m, steps, num_ckpt, delta, mesh):
+def _compiled(allocators: tuple[str, ...], num_items, m, steps, checkpoints: tuple[int, ...], delta, mesh,
+              num_runs, from_key: bool = True):
+    """The whole simulation as one jitted function of (key, sampler, true_means, variances, is_ckpt, slot).
+
+    Everything from the run keys to the split error curves happens inside it: each eager jax operation outside
+    would be traced, lowered and compiled (or loaded from the compilation cache) on its own, which cost more
+    than the simulation itself in a short CLI run. With `from_key=False` the first argument is instead one
+    chunk of runs' key words `[num_runs, ...]` (already laid out on the mesh), for simulations run in chunks."""
+    num_ckpt = len(checkpoints)
+
     def one(words, sampler, true_means, variances, is_ckpt, slot):
         out = {}
         for a in allocators:
@@ -547,13 +574,29 @@ def _compiled(allocators: tuple[str, ...], num_items, m, steps, num_ckpt, delta,
             )
         return out
 
-    if mesh is None:
-        return jax.jit(one)
-    axes = tuple(mesh.axis_names)
-    sharded = jax.shard_map(
-        one, mesh=mesh, in_specs=(P(axes), P(), P(), P(), P(), P()), out_specs=P(axes), check_vma=False
-    )
-    return jax.jit(sharded)
+    if mesh is not None:
+        axes = tuple(mesh.axis_names)
+        one = jax.shard_map(
+            one, mesh=mesh, in_specs=(P(axes), P(), P(), P(), P(), P()), out_specs=P(axes), check_vma=False
+        )
+
+    def simulation(key, sampler, true_means, variances, is_ckpt, slot):
+        words = run_key_words(key, num_runs) if from_key else key
+        if mesh is not None and from_key:
+            runs = NamedSharding(mesh, P(axes))
+            explicit = all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+            words = jax.reshard(words, runs) if explicit else lax.with_sharding_constraint(words, runs)
+        true_means = sampler.means if true_means is None else true_means
+        variances = sampler.variances if variances is None else variances
+        raw = one(words, sampler, true_means.astype(jnp.float32), variances.astype(jnp.float32), is_ckpt, slot)
+        budgets = jnp.asarray(checkpoints, jnp.int32)
+        results = {}
+        for a, (counts, mean, errs) in raw.items():
+            res = SimulationResult(budgets, errs[..., 0], errs[..., 1], errs[..., 2], counts, mean)
+            results[a] = res if num_runs is not None else SimulationResult(budgets, *(x[0] for x in res[1:]))
+        return results
+
+    return jax.jit(simulation)
 
 
 def _default_checkpoints(budget: int, num_items: int, m: int) -> list[int]:
@@ -599,13 +642,10 @@ def _prepare(sampler, allocators, budget, checkpoints, batch_size, delta, num_ru
     if mesh is not None:
         if num_runs is None or num_runs % mesh.size:
             raise ValueError(f"num_runs {num_runs} must be a multiple of the mesh size {mesh.size} to shard runs")
-    tm = sampler.means if true_means is None else jnp.asarray(V.as_array(true_means, "true_means"), jnp.float32)
-    if tuple(tm.shape) != (K,):
-        raise ValueError(f"true_means must have shape [num_items] = ({K},), got {V.describe(tm)}")
-    var = sampler.variances if variances is None else jnp.asarray(V.as_array(variances, "variances"), jnp.float32)
-    if tuple(var.shape) != (K,):
-        raise ValueError(f"variances must have shape [num_items] = ({K},), got {V.describe(var)}")
-    if V.is_concrete(var) and not bool(jnp.all(jnp.isfinite(var) & (var >= 0))):
+    # Host-side checks in NumPy: an eager jnp operation here would be one more program to compile per run.
+    tm = None if true_means is None else _host_vector(true_means, "true_means", K)
+    var = None if variances is None else _host_vector(variances, "variances", K)
+    if var is not None and V.is_concrete(var) and not np.all(np.isfinite(var) & (np.asarray(var) >= 0)):
         raise ValueError("variances must be finite and >= 0")
     steps = budget // m
     is_ckpt = np.zeros(steps, bool)
@@ -613,30 +653,108 @@ def _prepare(sampler, allocators, budget, checkpoints, batch_size, delta, num_ru
     for c_i, c in enumerate(ck):
         is_ckpt[c // m - 1] = True
         slot[c // m - 1] = c_i
-    return K, m, delta, steps, ck, num_runs, jnp.asarray(tm, jnp.float32), jnp.asarray(var, jnp.float32), is_ckpt, slot
+    return K, m, delta, steps, ck, num_runs, tm, var, is_ckpt, slot
 
 
-def _execute(key, sampler, allocators, budget, checkpoints, batch_size, delta, num_runs, mesh, true_means, variances):
+def _host_vector(x: Any, name: str, num_items: int) -> Any:
+    """float32 `[K]` as NumPy when concrete (a tracer is passed through), shape checked."""
+    x = V.as_array(x, name)
+    x = np.asarray(x, np.float32) if V.is_concrete(x) else x.astype(jnp.float32)
+    if tuple(x.shape) != (num_items,):
+        raise ValueError(f"{name} must have shape [num_items] = ({num_items},), got {V.describe(x)}")
+    return x
+
+
+#: Run-steps (runs × steps × allocators) per compiled call of a simulation: about a second on a 2-core CPU, so
+#: Ctrl-C stops a long simulation within a second or two and the progress callback moves.
+CHUNK_WORK = 1 << 23
+
+
+def _run_chunk_size(num_items: int, steps: int, num_ckpt: int, num_allocators: int, num_runs: int,
+                    mesh_size: int) -> int:
+    """Runs per compiled call, after checking that the result fits in memory (`jaxrank.resources`).
+
+    The working set of a run is its scan state (counts, means, M2, index: about 12 words per item and
+    allocator); the result keeps per run and allocator the `[C, 3]` error curves and the `[K]` counts and
+    estimates, gathered from the chunks and concatenated (twice that at the end), plus the run's key words.
+    """
+    from jaxrank.resources import check_memory, chunk_size
+
+    per_run_result = 2 * num_allocators * 4 * (3 * num_ckpt + 2 * num_items) + 16
+    per_run_work = num_allocators * 4 * (12 * num_items + 3 * num_ckpt + 16)
+    size = chunk_size(num_runs, per_run_work, max_items=max(1, CHUNK_WORK // max(steps * num_allocators, 1)),
+                      multiple=mesh_size)
+    check_memory(num_runs * per_run_result + size * per_run_work,
+                 what=f"the results of {num_runs} runs ({num_allocators} allocator(s), K = {num_items} items)",
+                 option="num_runs", value=num_runs, per_unit=per_run_result, fixed=size * per_run_work)
+    return size
+
+
+def simulation_plan(num_items: int, budget: int, *, num_runs: int, allocators: Sequence[str] = ALLOCATORS,
+                    batch_size: int = 1, num_checkpoints: int = 10, mesh_size: int = 1) -> int:
+    """The memory plan of a simulation, before any work: runs per compiled call (`simulate` chunks its runs),
+    after checking that the results of `num_runs` runs fit in memory.
+
+    Raises:
+      jaxrank.resources.ResourceError: (a ValueError) they do not fit; names `num_runs` and the most that fit.
+    """
+    num_runs = _check_int(num_runs, "num_runs", minimum=1)
+    steps = _check_int(budget, "budget", minimum=1) // _check_int(batch_size, "batch_size", minimum=1)
+    return _run_chunk_size(int(num_items), steps, int(num_checkpoints), len(tuple(allocators)), num_runs,
+                           int(mesh_size))
+
+
+def _execute(key, sampler, allocators, budget, checkpoints, batch_size, delta, num_runs, mesh, true_means, variances,
+             progress=None):
     K, m, delta, steps, ck, num_runs, tm, var, is_ckpt, slot = _prepare(
         sampler, allocators, budget, checkpoints, batch_size, delta, num_runs, mesh, true_means, variances
     )
-    words = run_key_words(key, num_runs)
-    args = [words, sampler, tm, var, jnp.asarray(is_ckpt), jnp.asarray(slot)]
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable progress(done, total), got {type(progress).__name__}")
+    total = 1 if num_runs is None else num_runs
+    size = _run_chunk_size(K, steps, len(ck), len(allocators), total, 1 if mesh is None else mesh.size)
+    rest = [sampler, tm, var, is_ckpt, slot]
     if mesh is not None:
         axes = tuple(mesh.axis_names)
-        args[0] = jax.device_put(words, NamedSharding(mesh, P(axes)))
         rep = NamedSharding(mesh, P())
-        args[1:] = [jax.device_put(a, rep) for a in args[1:]]
-    fn = _compiled(tuple(allocators), K, m, steps, len(ck), delta, mesh)
-    raw = fn(*args)
-    budgets = jnp.asarray(ck, jnp.int32)
+        rest = [None if a is None else jax.device_put(a, rep) for a in rest]
+    if progress is not None:
+        progress(0, total)
+    if size >= total:
+        # One compiled call from the key (the common case): no eager operation outside it.
+        fn = _compiled(tuple(allocators), K, m, steps, tuple(ck), delta, mesh, num_runs)
+        out = jax.block_until_ready(fn(key, *rest))
+        if progress is not None:
+            progress(total, total)
+        return out
+    # Runs in chunks of one compiled shape (the last padded by repeating its final run): each run has its own
+    # key words, so the numbers do not depend on the chunking.
+    words = run_key_words(key, num_runs)
+    fn = _compiled(tuple(allocators), K, m, steps, tuple(ck), delta, mesh, size, from_key=False)
+    parts: dict[str, list] = {a: [] for a in allocators}
+    for start in range(0, total, size):
+        w = words[start:start + size]
+        n = w.shape[0]
+        if n < size:
+            w = jnp.concatenate([w, jnp.repeat(w[-1:], size - n, axis=0)])
+        if mesh is not None:
+            w = jax.device_put(w, NamedSharding(mesh, P(axes)))
+        raw = jax.block_until_ready(fn(w, *rest))  # one chunk at a time: Ctrl-C lands between two
+        for a in allocators:
+            parts[a].append(raw[a])
+        if progress is not None:
+            progress(start + n, total)
     out = {}
     for a in allocators:
-        counts, mean, errs = raw[a]
-        res = SimulationResult(budgets, errs[..., 0], errs[..., 1], errs[..., 2], counts, mean)
-        if num_runs is None:
-            res = SimulationResult(budgets, *(x[0] for x in res[1:]))
-        out[a] = res
+        chunks = parts[a]
+        last = total - size * (len(chunks) - 1)
+        fields = []
+        for i in range(1, len(SimulationResult._fields)):  # every field but budgets has the run axis
+            arrays = [c[i] for c in chunks]
+            arrays[-1] = arrays[-1][:last]
+            fields.append(jnp.concatenate(arrays))
+        out[a] = SimulationResult(chunks[0].budgets, *fields)
+        parts[a] = []
     return out
 
 
@@ -653,6 +771,7 @@ def simulate(
     mesh: jax.sharding.Mesh | None = None,
     true_means: Any = None,
     variances: Any = None,
+    progress: Any = None,
 ) -> SimulationResult:
     """Monte-Carlo simulation of an allocator spending `budget` judge queries on `sampler`'s K items.
 
@@ -679,6 +798,10 @@ def simulate(
         empirical pool).
       variances: float `[K]` given to ``"robin"``; default `sampler.variances` (the pool variances for an
         empirical pool).
+      progress: optional `progress(done, total)` after each chunk of runs (and once with 0). Runs go through
+        the compiled program in chunks of about `CHUNK_WORK` run-steps (bounded memory; Ctrl-C stops between
+        two chunks); a number of runs whose result cannot fit in memory is refused up front with a
+        `jaxrank.resources.ResourceError` (a ValueError) naming `num_runs` and the most that fit.
 
     Returns:
       `SimulationResult` with `[R, C]` error curves (worst-case, mean absolute, RMSE) and the final `[R, K]`
@@ -692,7 +815,8 @@ def simulate(
     """
     allocator = _check_allocator(allocator)
     return _execute(
-        key, sampler, (allocator,), budget, checkpoints, batch_size, delta, num_runs, mesh, true_means, variances
+        key, sampler, (allocator,), budget, checkpoints, batch_size, delta, num_runs, mesh, true_means, variances,
+        progress,
     )[allocator]
 
 
@@ -708,8 +832,9 @@ def simulate_sweep(
     mesh: jax.sharding.Mesh | None = None,
     true_means: Any = None,
     variances: Any = None,
+    progress: Any = None,
 ) -> dict[str, SimulationResult]:
-    """Several allocators × several budgets × `num_runs` runs in one compiled call.
+    """Several allocators × several budgets × `num_runs` runs in one compiled program.
 
     Each allocator is simulated once up to the largest budget, with the other budgets as checkpoints. That is
     the same as a separate simulation per budget because none of the allocators looks at the budget (their
@@ -717,7 +842,7 @@ def simulate_sweep(
     first b queries of the B-query run *are* the b-query run. (An allocator whose schedule depends on B, such as
     a warm-up sized as a fraction of B, would not allow this.) The allocators are a static loop inside one
     `jit`, and all see the same per-item score streams (common random numbers), which makes differences
-    between them less noisy.
+    between them less noisy. Runs are chunked as in `simulate` (`progress(done, total)` after each chunk).
 
     Returns:
       {allocator: SimulationResult}, `budgets` sorted.
@@ -737,7 +862,8 @@ def simulate_sweep(
     if not allocators:
         raise ValueError("allocators is empty")
     return _execute(
-        key, sampler, allocators, max(budgets), budgets, batch_size, delta, num_runs, mesh, true_means, variances
+        key, sampler, allocators, max(budgets), budgets, batch_size, delta, num_runs, mesh, true_means, variances,
+        progress,
     )
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,9 +29,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxrank import __version__
+from jaxrank.outputs import Output, write_dir
 
 _STATE = "state"
 _META = "metadata"
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint directory that is incomplete, truncated or not a jaxrank checkpoint (names the path)."""
 
 
 def _as_arrays(tree: Any) -> Any:
@@ -50,37 +54,38 @@ def _as_arrays(tree: Any) -> Any:
 
 
 def save_state(
-    path: str | os.PathLike,
+    path: str | os.PathLike | Output,
     state: Any,
     *,
     metadata: Mapping[str, Any] | None = None,
     force: bool = False,
 ) -> pathlib.Path:
-    """Write `state` (a pytree of arrays) and JSON `metadata` to the directory `path`.
+    """Write `state` (a pytree of arrays) and JSON `metadata` to the directory `path`, atomically.
+
+    The checkpoint is written to a temporary sibling directory and renamed into place when complete
+    (`jaxrank.outputs.write_dir`): a failed or interrupted save leaves an existing `path` as it was.
 
     Args:
-      path: a directory that must not exist yet (orbax writes several files into it).
+      path: the checkpoint directory (or an `Output` checked earlier with `jaxrank.outputs.check_output`).
       state: any pytree whose leaves are arrays or scalars.
       metadata: JSON-serialisable mapping stored beside the arrays (`jaxrank_version` is added).
-      force: replace an existing `path`; without it an existing path is a `FileExistsError`.
+      force: replace an existing checkpoint directory that jaxrank wrote; without it an existing path is a
+        `FileExistsError` (`jaxrank.outputs.OutputExistsError`). A directory jaxrank did not write, or one
+        holding files jaxrank did not put there, is never replaced (`jaxrank.outputs.OutputError`).
 
     Returns:
       The absolute path written.
     """
-    path = pathlib.Path(path).absolute()
-    if path.exists():
-        if not force:
-            raise FileExistsError(f"checkpoint path {path} already exists; pass force=True to replace it")
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
     meta = {"jaxrank_version": __version__, **dict(metadata or {})}
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        ckptr.save(
-            path,
-            ocp.args.Composite(
-                **{_STATE: ocp.args.StandardSave(_as_arrays(state)), _META: ocp.args.JsonSave(meta)}
-            ),
-        )
-    return path
+    arrays = _as_arrays(state)
+    kind = meta.get("kind") if isinstance(meta.get("kind"), str) else "jaxrank.checkpoint"
+
+    def write(tmp: pathlib.Path) -> None:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            ckptr.save(tmp, ocp.args.Composite(**{_STATE: ocp.args.StandardSave(arrays),
+                                                  _META: ocp.args.JsonSave(meta)}))
+
+    return write_dir(path, write, force=force, label="checkpoint path", kind=kind)
 
 
 def restore_state(path: str | os.PathLike, *, like: Any = None) -> tuple[Any, dict[str, Any]]:
@@ -98,13 +103,20 @@ def restore_state(path: str | os.PathLike, *, like: Any = None) -> tuple[Any, di
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint path {path} does not exist or is not a directory")
     target = None if like is None else _as_arrays(like)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        restored = ckptr.restore(
-            path,
-            ocp.args.Composite(
-                **{_STATE: ocp.args.StandardRestore(target), _META: ocp.args.JsonRestore()}
-            ),
-        )
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            restored = ckptr.restore(
+                path,
+                ocp.args.Composite(
+                    **{_STATE: ocp.args.StandardRestore(target), _META: ocp.args.JsonRestore()}
+                ),
+            )
+    except Exception as err:  # orbax/tensorstore raise many types (ValueError, KeyError, OSError, ...)
+        raise UnreadableCheckpointError(
+            f"checkpoint {path} is incomplete, truncated or not a jaxrank checkpoint ({describe_error(err)})"
+        ) from err
+    if not isinstance(restored.get(_META) if hasattr(restored, "get") else None, Mapping):
+        raise UnreadableCheckpointError(f"checkpoint {path} has no jaxrank metadata (not a jaxrank checkpoint)")
     state = restored[_STATE]
     if like is not None:
         # StandardRestore returns the target's structure, but containers such as NamedTuples can come back as
@@ -113,3 +125,11 @@ def restore_state(path: str | os.PathLike, *, like: Any = None) -> tuple[Any, di
             jax.tree_util.tree_structure(like), jax.tree_util.tree_leaves(state)
         )
     return state, dict(restored[_META])
+
+
+def describe_error(err: BaseException, limit: int = 160) -> str:
+    """`Type: first line of the message`, shortened: a readable cause for a one-line error."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -507,21 +507,22 @@ def _key_words(key: jax.Array) -> jax.Array:
     return jax.random.bits(key, (2,), jnp.uint32)
 
 
-def _random_words(words: jax.Array, num: int, size: int) -> tuple[jax.Array, jax.Array]:
+def _random_words(words: jax.Array, num: int, size: int, start: Any = 0) -> tuple[jax.Array, jax.Array]:
     """Two uint32[num, size] arrays of random words: Threefry-2x32 of the counters (row, column) under the
-    key words (the counter-based stream `jaxrank.allocation` uses; written out, it compiles in a fraction
-    of the time `jax.random`'s CPU lowering takes)."""
+    key words, rows `start .. start + num - 1` (the counter-based stream `jaxrank.allocation` uses; written
+    out, it compiles in a fraction of the time `jax.random`'s CPU lowering takes). Row r is the same whatever
+    `num` and `start`, so the rows can be drawn in chunks."""
     from jaxrank._samplers import threefry2x32
 
-    rows = jnp.arange(num, dtype=jnp.uint32)[:, None]
+    rows = (jnp.asarray(start, jnp.uint32) + jnp.arange(num, dtype=jnp.uint32))[:, None]
     cols = jnp.arange(size, dtype=jnp.uint32)[None, :]
     return threefry2x32(words[0], words[1], rows, cols)
 
 
-def _random_permutations(words: jax.Array, num: int, size: int) -> jax.Array:
-    """int32[num, size]: uniformly random permutations, the argsort of i.i.d. 32-bit random words (equal
-    words, probability ~ size^2 / 2^33 per row, keep index order)."""
-    return jnp.argsort(_random_words(words, num, size)[0], axis=1).astype(jnp.int32)
+def _random_permutations(words: jax.Array, num: int, size: int, start: Any = 0) -> jax.Array:
+    """int32[num, size]: uniformly random permutations (rows `start ..` of the stream), the argsort of i.i.d.
+    32-bit random words (equal words, probability ~ size^2 / 2^33 per row, keep index order)."""
+    return jnp.argsort(_random_words(words, num, size, start)[0], axis=1).astype(jnp.int32)
 
 
 # Random k-subsets averaged per bootstrap replicate for its own random baseline (see `tie_reduction`).
@@ -535,8 +536,10 @@ def _window_starts(num_prompts: int) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=("num_random",))
-def _tie_kernel(words, ties, votes, sizes, starts, *, num_random):
-    """Random-subset and prompt-bootstrap tie rates at every subset size, one compiled call per shape.
+def _tie_kernel(words, ties, votes, sizes, starts, row_start=0, *, num_random):
+    """Random-subset and prompt-bootstrap tie rates at every subset size, one compiled call per shape, for
+    the `num_random` replicates `row_start ..` (a chunk of them: replicate r draws the same permutation and
+    resample in any chunk).
 
     `words` uint32[2, 2] are the key words of the two streams (permutations, bootstrap draws); `ties`,
     `votes` float32[P] are per-prompt counts in priority order (position 0 = highest score);
@@ -565,13 +568,31 @@ def _tie_kernel(words, ties, votes, sizes, starts, *, num_random):
         v = cv[end] - cv[starts][:, None]
         return jnp.mean(t / v, axis=0)
 
-    perms = _random_permutations(w_perm, num_random, num_prompts)
+    perms = _random_permutations(w_perm, num_random, num_prompts, row_start)
     random = jax.vmap(rates)(perms)
     # Modulo draws: bias ~ P / 2^32, negligible.
-    draws = (_random_words(w_boot, num_random, num_prompts)[1] % jnp.uint32(num_prompts)).astype(jnp.int32)
+    draws = (_random_words(w_boot, num_random, num_prompts, row_start)[1] % jnp.uint32(num_prompts)).astype(jnp.int32)
     boot_random = jax.vmap(window_rates)(draws)
     boot_top = jax.vmap(rates)(jnp.sort(draws, axis=1))
     return random, boot_top, boot_random
+
+
+def _tie_chunk_size(num_random: int, num_prompts: int, num_fractions: int) -> int:
+    """Replicates per `_tie_kernel` call, after checking that the result fits in memory.
+
+    A replicate's working set is a few [P] and [2P + 1] arrays and an [S, F] window table (S <= 64), about
+    `4 (12 P + 3 S F)` bytes; what is kept is its bootstrap reduction per fraction (8 F bytes) and, while a
+    chunk is converted, its three rates (12 F bytes)."""
+    from jaxrank.resources import check_memory, chunk_size
+
+    s = min(num_prompts, BOOTSTRAP_BASELINE_WINDOWS)
+    per_row = 4 * (12 * num_prompts + 3 * s * num_fractions + 8)
+    size = chunk_size(num_random, per_row, max_items=max(1, (1 << 24) // max(num_prompts, 1)))
+    per_result = 8 * num_fractions * 2
+    check_memory(num_random * per_result + size * (per_row + 12 * num_fractions),
+                 what=f"the bootstrap replicates [num_random, F] (F = {num_fractions} fractions)", option="num_random",
+                 value=num_random, per_unit=per_result, fixed=size * (per_row + 12 * num_fractions))
+    return size
 
 
 def _reduction(top: np.ndarray, random: np.ndarray) -> np.ndarray:
@@ -620,7 +641,9 @@ def tie_reduction(
     Under uninformative (random) scores the top-q prompts are a random subset, so the reduction is 0 in
     expectation; scores that put every prompt with ties last give the largest reduction.
 
-    All fractions, subsets and replicates run in one compiled JAX call (shape `[num_random, P]`).
+    All fractions, subsets and replicates run in one compiled JAX program, in chunks of replicates (memory
+    bounded whatever `num_random`; a `num_random` whose result cannot fit is refused with a
+    `jaxrank.resources.ResourceError`).
 
     Args:
         scores: priority per prompt: a mapping / pandas Series prompt id -> score (`load_scores`; ids as
@@ -664,15 +687,21 @@ def tie_reduction(
     cv = np.cumsum(v_ord)
     top = ct[sizes - 1] / cv[sizes - 1]
 
+    chunk = _tie_chunk_size(num_random, num_prompts, sizes.size)
     words = jnp.stack([_key_words(k) for k in jax.random.split(key)])
-    random, boot_top, boot_random = _tie_kernel(
-        words, jnp.asarray(t_ord, jnp.float32), jnp.asarray(v_ord, jnp.float32), jnp.asarray(sizes),
-        jnp.asarray(_window_starts(num_prompts)), num_random=num_random,
-    )
-    random = np.asarray(random, np.float64)
-    tie_rate_random = random.mean(axis=0)
+    args = (words, jnp.asarray(t_ord, jnp.float32), jnp.asarray(v_ord, jnp.float32), jnp.asarray(sizes),
+            jnp.asarray(_window_starts(num_prompts)))
+    # Replicates in chunks of one compiled shape (the last one's extra rows dropped): memory stays bounded
+    # whatever `num_random`, and Ctrl-C stops between two chunks.
+    random_sum = np.zeros(sizes.size, np.float64)
+    boot = np.empty((num_random, sizes.size), np.float64)
+    for start in range(0, num_random, chunk):
+        n = min(chunk, num_random - start)
+        r, bt, br = _tie_kernel(*args, jnp.uint32(start), num_random=chunk)
+        random_sum += np.asarray(r[:n], np.float64).sum(axis=0)
+        boot[start:start + n] = _reduction(np.asarray(bt[:n]), np.asarray(br[:n]))
+    tie_rate_random = random_sum / num_random
     reduction = _reduction(top, tie_rate_random)
-    boot = _reduction(np.asarray(boot_top), np.asarray(boot_random))
     full = sizes == num_prompts
     boot[:, full] = 0.0  # top and random are the same resample: exactly no reduction
     reduction = np.where(full, 0.0, reduction)
@@ -891,6 +920,29 @@ def _compare(ratings: np.ndarray, reference: np.ndarray, present: np.ndarray) ->
     )
 
 
+def _stability_plan(method: str, num_f: int, num_prompts: int, num_votes: int, num_models: int, num_random: int,
+                    num_bootstrap: int, num_permutations: int, chunk: int) -> None:
+    """Refuse (`jaxrank.resources.ResourceError`) a `leaderboard_stability` whose lanes cannot fit in memory.
+
+    Every lane (gold, F top-q, the bootstrap rounds' 1 + F, F x `num_random` random subsets) keeps a row of
+    prompt weights or a prompt mask [P] (with the copies made on the way, ~9 P bytes), its ratings and
+    presence flags [M] (~21 M bytes) and its metrics; the random subsets come from [R, P] permutations;
+    bootstrap rounds hold a few float64 [1 + F, P] weight tables; Elo keeps its [permutations, N] vote orders.
+    The fits themselves run `chunk` lanes at a time."""
+    from jaxrank.resources import check_memory_terms
+
+    per_lane = 9 * num_prompts + 21 * num_models + 32
+    terms = {"num_random": (num_random, num_f * per_lane + 12 * num_prompts)}
+    fixed = (1 + num_f) * per_lane + chunk * 4 * (num_prompts + num_votes)
+    if method == "bt":
+        terms["num_bootstrap"] = (num_bootstrap, (1 + num_f) * (per_lane + 32 * num_prompts))
+    else:
+        terms["num_permutations"] = (num_permutations, (1 + num_f) * per_lane + 8 * num_votes)
+        fixed += chunk * 16 * num_votes
+    check_memory_terms(terms, what=f"the {method} stability lanes (P = {num_prompts} prompts, F = {num_f} fractions)",
+                       fixed=fixed)
+
+
 def leaderboard_stability(
     scores: Any,
     votes: Votes,
@@ -1007,6 +1059,7 @@ def leaderboard_stability(
     num_f = fractions.size
     order = prioritize(values)
     sizes = _subset_sizes(fractions, num_prompts)
+    _stability_plan(method, num_f, num_prompts, n, m, num_random, num_bootstrap, num_permutations, chunk_size)
     top_mask = _top_weights(np.ones((1, num_prompts)), order, sizes)[0] > 0  # [F, P]
     k_random, k_boot, k_perm = jax.random.split(key, 3)
     rand_mask = np.asarray(_random_masks(_key_words(k_random), jnp.asarray(sizes), num_random=num_random, num_prompts=num_prompts))

@@ -25,7 +25,7 @@ Modules of work:
 - `aggregate_leaderboard`: one leaderboard for a set (distribution) of prompts, by fitting one
   coefficient vector to the average of the per-prompt outcome probabilities, with a bootstrap over
   prompts;
-- routing (from `jaxrank._routing`, re-exported here): `win_probabilities`, `optimal_policy`, `route`,
+- routing (from `jaxrank.routing`, re-exported here): `win_probabilities`, `optimal_policy`, `route`,
   `route_average_budget`, `router_rating`, `router_scores`, `RoutingResult`.
 """
 
@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from jaxrank._routing import (
+from jaxrank.routing import (
     RoutingResult,
     optimal_policy,
     route,
@@ -65,6 +65,7 @@ __all__ = [
     "P2LHead",
     "P2LModel",
     "train_p2l",
+    "TrainingDivergedError",
     "save_p2l",
     "load_p2l",
     "P2LLeaderboard",
@@ -73,7 +74,7 @@ __all__ = [
     "vote_nll",
     "HeldoutComparison",
     "compare_heldout",
-    # routing (jaxrank._routing), re-exported
+    # routing (jaxrank.routing), re-exported
     "RoutingResult",
     "win_probabilities",
     "optimal_policy",
@@ -357,6 +358,21 @@ class P2LModel:
     def num_models(self) -> int:
         return len(self.models)
 
+    def to_frame(self):
+        """The training history as a pandas DataFrame, one row per epoch: `epoch, train_loss, val_nll,
+        learning_rate, best` (`best` marks the epoch whose parameters were kept)."""
+        import pandas as pd
+
+        h = self.history
+        n = len(h.get("train_loss", []))
+        val = list(h.get("val_nll", []))
+        rate = list(h.get("learning_rate", []))
+        frame = pd.DataFrame({"epoch": np.arange(1, n + 1), "train_loss": h.get("train_loss", []),
+                              "val_nll": val + [float("nan")] * (n - len(val)),
+                              "learning_rate": rate + [float("nan")] * (n - len(rate))})
+        frame["best"] = frame["epoch"] == int(h.get("best_epoch", 0))  # epochs count from 1
+        return frame
+
     @functools.cached_property
     def _graphdef(self):
         graphdef, _, _ = nnx.split(_build_head(self.config), nnx.Param, ...)
@@ -535,6 +551,35 @@ _TRAIN_DEFAULTS = dict(
     hidden=(), learning_rate=1e-3, weight_decay=1e-4, warmup_fraction=0.05, end_lr_factor=0.01, clip_norm=1.0,
     batch_size=64, max_epochs=50, val_fraction=0.1, patience=5,
 )
+
+
+class TrainingDivergedError(ValueError):
+    """`train_p2l` stopped because the loss became NaN/infinite or exploded (usually a learning rate too large)."""
+
+
+#: A training loss above `DIVERGENCE_FACTOR` x (the starting loss + 1 nat) stops training as diverged: the
+#: starting point (the prompt-blind Bradley–Terry fit, or all zeros) already predicts that well, so a sane
+#: optimiser never goes there.
+DIVERGENCE_FACTOR = 10.0
+
+
+def _check_divergence(epoch: int, values: Sequence[float], start: Sequence[float] | None, learning_rate: float,
+                      what: str) -> None:
+    """Raise when every head (one, or one per L2 of a residual grid) diverged: a non-finite value, or one above
+    `DIVERGENCE_FACTOR` x (its starting value + 1)."""
+    values = [float(v) for v in values]
+    bad = [not math.isfinite(v) or (start is not None and v > DIVERGENCE_FACTOR * (s + 1.0))
+           for v, s in zip(values, start if start is not None else values)]
+    if not all(bad):
+        return
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite or start is None:
+        value = min(finite) if finite else values[0]
+        raise TrainingDivergedError(f"training diverged at epoch {epoch}: the {what} is {value} (learning_rate="
+                                    f"{learning_rate:g} is likely too large); no model was returned")
+    raise TrainingDivergedError(
+        f"training diverged at epoch {epoch}: the {what} rose to {min(finite):.4g} from {min(start):.4g} at the "
+        f"start (learning_rate={learning_rate:g} is likely too large); no model was returned")
 
 
 def train_p2l(
@@ -744,6 +789,12 @@ def train_p2l(
     if head.tie is not None and (init_global or residual):
         head.tie.bias[...] = jnp.log(jnp.expm1(global_alpha - _TIE_FLOOR))[None].astype(jnp.float32)
     graphdef, params, stats = nnx.split(head, nnx.Param, ...)
+    # A minibatch larger than the data is padded with weight-0 votes, which change nothing: cap the arrays at
+    # the data (rounded up to the mesh), so that memory does not grow with `batch_size` (the schedule, which
+    # counts steps, and the numbers are the same).
+    devices = 1 if mesh is None else mesh.size
+    train_batch = min(int(batch_size), -(-max(train.num_rows, 1) // devices) * devices)
+    val_batch = min(int(batch_size), -(-max(val.num_rows, 1) // devices) * devices)
     baseline_val = None
     if val.num_rows:
         beta0 = jnp.broadcast_to(sol.theta.astype(jnp.float32), (val.num_rows, votes.num_models))
@@ -763,7 +814,7 @@ def train_p2l(
     feats = jnp.asarray(x_np) if mesh is None else jax.device_put(x_np, replicated)
     if mesh is not None:
         params, opt_state, stats, anchor, l2s = jax.device_put((params, opt_state, stats, anchor, l2s), replicated)
-    val_batches = _batches(val, np.arange(val.num_rows), batch_size, mesh) if val.num_rows else None
+    val_batches = _batches(val, np.arange(val.num_rows), val_batch, mesh) if val.num_rows else None
 
     # Per-epoch lists hold one value per head until the end, where the chosen head's column is kept.
     history: dict[str, Any] = {"train_loss": [], "val_nll": [], "learning_rate": [], "best_epoch": [0] * num_heads,
@@ -797,8 +848,16 @@ def train_p2l(
             if latest is None:
                 manager.close()
                 raise ValueError(f"resume=True but checkpoint_dir {ckpt_path} holds no checkpoint")
-            restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                                        meta=ocp.args.JsonRestore()))
+            try:
+                restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                            meta=ocp.args.JsonRestore()))
+            except Exception as err:  # orbax/tensorstore raise many types for a damaged step
+                from jaxrank.checkpoint import UnreadableCheckpointError, describe_error
+
+                manager.close()
+                raise UnreadableCheckpointError(
+                    f"checkpoint_dir {ckpt_path}: the latest checkpoint (epoch {latest}) is incomplete or damaged "
+                    f"({describe_error(err)}); remove that step's folder to resume from the one before") from err
             meta = dict(restored["meta"])
             if meta["config"] != cfg:
                 diff = sorted(k for k in cfg if meta["config"].get(k) != cfg[k])
@@ -821,20 +880,26 @@ def train_p2l(
         manager.save(epoch_done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          meta=ocp.args.JsonSave(meta)), force=True)
 
+    # The loss of the starting point: a training loss far above it means the optimiser diverged.
+    s0, n0 = _eval_sum_jit(params, feats, _batches(train, np.arange(train.num_rows), train_batch, mesh),
+                           graphdef=graphdef, stats=stats, loss=loss)
+    start_loss = [float(v) for v in np.asarray(s0).reshape(-1) / np.maximum(np.asarray(n0).reshape(-1), 1e-30)]
     last = max_epochs if stop_after is None else min(max_epochs, int(stop_after))
     stopped = patience is not None and min(bad_epochs) >= patience
     try:
         while epoch < last and not stopped:
             order = np.asarray(jax.random.permutation(jax.random.fold_in(k_shuffle, epoch), train.num_rows))
-            batches = _batches(train, order, batch_size, mesh)
+            batches = _batches(train, order, train_batch, mesh)
             params, opt_state, train_loss = _train_epoch_jit(
                 params, opt_state, l2s, anchor, feats, batches, graphdef=graphdef, stats=stats, tx=tx, loss=loss)
             epoch += 1
-            history["train_loss"].append([float(v) for v in np.asarray(train_loss)])
+            history["train_loss"].append([float(v) for v in np.asarray(train_loss).reshape(-1)])
+            _check_divergence(epoch, history["train_loss"][-1], start_loss, cfg["learning_rate"], "training loss")
             history["learning_rate"].append(float(schedule(epoch * steps_per_epoch)))
             if val_batches is not None:
                 s, n = _eval_sum_jit(params, feats, val_batches, graphdef=graphdef, stats=stats, loss=loss)
-                val_nll = [float(v) for v in np.asarray(s) / np.maximum(np.asarray(n), 1e-30)]
+                val_nll = [float(v) for v in np.asarray(s).reshape(-1) / np.maximum(np.asarray(n).reshape(-1), 1e-30)]
+                _check_divergence(epoch, val_nll, None, cfg["learning_rate"], "validation NLL")
                 history["val_nll"].append(val_nll)
                 better = [v < bv for v, bv in zip(val_nll, best_val)]
                 if any(better):
@@ -876,6 +941,9 @@ def train_p2l(
         cfg_out["chosen_delta_l2"] = grid[chosen]
     best_params = jax.tree_util.tree_map(lambda x: x[chosen], jax.device_get(best_params))
     stats = jax.device_get(stats)
+    if not all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(best_params)):
+        raise TrainingDivergedError(f"training diverged: the parameters are not finite (learning_rate="
+                                    f"{cfg['learning_rate']:g} is likely too large)")
     return P2LModel(models=votes.models, loss=loss, encoder=encoder, config=cfg_out,
                     params=jax.tree_util.tree_map(jnp.asarray, best_params),
                     stats=jax.tree_util.tree_map(jnp.asarray, stats), history=history)
@@ -1083,11 +1151,11 @@ def _aggregate_jit(beta, alpha, pw, a, b, o, cell, *, loss, num_models):
     return _aggregate_fit(q, x0, a, b, o, cell, num_models=num_models, ties=ties)
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "num_models", "num_rounds"))
-def _bootstrap_jit(theta, beta, alpha, pw, key, a, b, o, cell, *, loss, num_models, num_rounds):
+@functools.partial(jax.jit, static_argnames=("loss", "num_models"))
+def _bootstrap_jit(theta, beta, alpha, pw, keys, a, b, o, cell, *, loss, num_models):
+    """Aggregate ratings of the bootstrap rounds with keys `keys` [R] (a chunk of `jax.random.split(key, R)`)."""
     probs, ties, pw, x0 = _aggregate_start(beta, alpha, pw, loss, num_models)
     p = beta.shape[0]
-    keys = jax.random.split(key, num_rounds)
 
     def one(k):
         # Resample P prompts with replacement (probability = prompt weight): the counts are multinomial.
@@ -1098,6 +1166,21 @@ def _bootstrap_jit(theta, beta, alpha, pw, key, a, b, o, cell, *, loss, num_mode
                               ties=ties)[0]
 
     return jax.vmap(one)(keys)
+
+
+def _aggregate_bootstrap_chunk(num_rounds: int, num_prompts: int, num_models: int, num_outcomes: int) -> int:
+    """Bootstrap rounds per compiled call of `aggregate_leaderboard`, after checking that the samples fit.
+
+    A round holds its prompt draws and counts [P], its averaged outcome table [M, M, K] and the Newton state
+    ((M + 1)^2 Hessian); what is kept is its ratings [M] (concatenated, then sorted for the quantiles)."""
+    from jaxrank.resources import check_memory, chunk_size
+
+    per_round = 4 * (3 * num_prompts + 2 * num_models * num_models * num_outcomes + 6 * (num_models + 1) ** 2) + 64
+    size = chunk_size(num_rounds, per_round, max_items=4096)
+    per_result = 3 * 4 * num_models + 8
+    check_memory(num_rounds * per_result + size * per_round, what=f"the bootstrap samples [R, M] (M = {num_models})",
+                 option="bootstrap", value=num_rounds, per_unit=per_result, fixed=size * per_round)
+    return size
 
 
 def aggregate_leaderboard(
@@ -1129,8 +1212,10 @@ def aggregate_leaderboard(
     `"grounded-rao-kupper"` also fit alpha), solved by damped Newton on the exact (M+1)-dimensional
     Hessian from the mean coefficients. When every prompt has the same leaderboard the aggregate is
     that leaderboard. Intervals: `bootstrap` rounds resample the P prompts with replacement
-    (probability proportional to `prompt_weights`) and refit, all rounds in one vmapped call; the
-    interval is the percentile interval, and `rank_ub = rank_upper_bound(lower, upper)`.
+    (probability proportional to `prompt_weights`) and refit, vmapped, in chunks of rounds (memory bounded
+    whatever `bootstrap`; a number of rounds whose samples cannot fit is refused with a
+    `jaxrank.resources.ResourceError`); the interval is the percentile interval, and
+    `rank_ub = rank_upper_bound(lower, upper)`.
 
     Memory: the per-prompt probabilities are `P * M^2 * K` floats.
 
@@ -1194,8 +1279,17 @@ def aggregate_leaderboard(
     same = "bt" if loss == "bt-tie" else loss  # bt and bt-tie predict the same probabilities: one compilation
     theta, tie, ok = _aggregate_jit(beta, alpha, pw, a, b, o, cell, loss=same, num_models=m)
     if bootstrap:
-        samples = _bootstrap_jit(theta, beta, alpha, pw, key if key is not None else jax.random.key(0), a, b, o, cell,
-                                 loss=same, num_models=m, num_rounds=int(bootstrap))
+        chunk = _aggregate_bootstrap_chunk(int(bootstrap), p, m, k)
+        keys = jax.random.split(key if key is not None else jax.random.key(0), int(bootstrap))
+        parts = []
+        for start in range(0, int(bootstrap), chunk):  # one compiled shape; Ctrl-C lands between chunks
+            kc = keys[start:start + chunk]
+            n = kc.shape[0]
+            if n < chunk:
+                kc = jnp.concatenate([kc, jnp.repeat(kc[-1:], chunk - n, axis=0)])
+            parts.append(jax.block_until_ready(
+                _bootstrap_jit(theta, beta, alpha, pw, kc, a, b, o, cell, loss=same, num_models=m))[:n])
+        samples = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
     else:
         samples = jnp.zeros((0, m), jnp.float32)
     kelo = scale / math.log(base)
@@ -1211,6 +1305,44 @@ def aggregate_leaderboard(
         tie_param=tie if loss in _FITS_TIE else jnp.asarray(jnp.nan, jnp.float32), lower=lower, upper=upper,
         rank_ub=rank_upper_bound(lower, upper), samples=samples, converged=ok,
     )
+
+
+def per_prompt_leaderboards(beta: Any, *, models: Sequence[str], prompt_ids: Sequence[str] | None = None,
+                            loss: str = "bt-tie", scale: float = 400.0, base: float = 10.0,
+                            init: float = 1000.0):
+    """One ranked leaderboard per prompt from P2L coefficients, as one long pandas DataFrame.
+
+    Args:
+        beta: float[P, M] per-prompt coefficients (`P2LModel.coefficients(features)[0]`).
+        models: the M model names.
+        prompt_ids: P prompt ids (default `0..P-1`).
+        loss: the P2L loss; every loss but `"grounded-rao-kupper"` (absolute theta) is centred per prompt.
+        scale, base, init: the Elo scale of `rating = init + scale / ln(base) * theta`.
+
+    Returns:
+        DataFrame with columns `prompt_id, rank, model, rating, theta`: P * M rows, prompts in input order,
+        each prompt's models best first (`rank` 1 = best; ties share the better rank).
+    """
+    import pandas as pd
+
+    b = np.asarray(beta, np.float64)
+    if b.ndim != 2 or b.shape[1] != len(models):
+        raise ValueError(f"beta must have shape [P, M] with M = {len(models)} models, got {b.shape}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    p, m = b.shape
+    ids = [str(i) for i in (prompt_ids if prompt_ids is not None else range(p))]
+    if len(ids) != p:
+        raise ValueError(f"prompt_ids must name the {p} prompts, got {len(ids)}")
+    theta = b if loss == _GROUNDED else b - b.mean(axis=1, keepdims=True)
+    ratings = init + scale / math.log(base) * theta
+    order = np.argsort(-ratings, axis=1, kind="stable")
+    rank = 1 + (ratings[:, None, :] > ratings[:, :, None]).sum(-1)          # [P, M]: models strictly better
+    rows = np.repeat(np.arange(p), m)
+    cols = order.reshape(-1)
+    names = np.asarray(list(models), dtype=object)
+    return pd.DataFrame({"prompt_id": np.asarray(ids, dtype=object)[rows], "rank": rank[rows, cols],
+                         "model": names[cols], "rating": ratings[rows, cols], "theta": theta[rows, cols]})
 
 
 # --------------------------------------------------------------------------------------------------

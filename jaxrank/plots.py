@@ -9,12 +9,16 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_budget_curves", "plot_design_curves", "plot_leaderboard", "plot_stability", "plot_tie_reduction"]
+from jaxrank.outputs import FIGURE_FORMATS, check_output, write_file
+
+__all__ = ["plot_budget_curves", "plot_design_curves", "plot_leaderboard", "plot_matrices", "plot_stability",
+           "plot_tie_reduction"]
 
 
 def _pyplot() -> Any:
@@ -30,18 +34,23 @@ def _pyplot() -> Any:
 
 
 @contextlib.contextmanager
-def _figure(path: str | os.PathLike, *, title: str | None = None, suptitle: bool = False, dpi: int | None = None,
-            **subplots: Any):
+def _figure(path: str | os.PathLike, *, force: bool = False, title: str | None = None, suptitle: bool = False,
+            dpi: int | None = None, **subplots: Any):
     """`plt.subplots(**subplots)` as `(fig, axes)`; on success adds the title, lays out and saves to `path`
-    (`dpi` None: the figure's); the figure is closed either way."""
+    (`dpi` None: the figure's) atomically (`jaxrank.outputs.write_file`: an existing file only with `force`);
+    the figure is closed either way. The target is checked before anything is drawn."""
+    out = check_output(path, force=force, label="figure", suffixes=FIGURE_FORMATS)
     plt = _pyplot()
     fig, axes = plt.subplots(**subplots)
     try:
         yield fig, axes
         if title:
+            # Long titles (file names) wrap instead of running off the figure's edge.
+            width = max(30, int(fig.get_figwidth() * 9))
+            title = "\n".join(textwrap.wrap(str(title), width=width)) or str(title)
             fig.suptitle(title) if suptitle else axes.set_title(title)
         fig.tight_layout()
-        fig.savefig(pathlib.Path(path), dpi=dpi)
+        write_file(out, lambda tmp: fig.savefig(tmp, dpi=dpi))
     finally:
         plt.close(fig)
 
@@ -54,6 +63,7 @@ def plot_leaderboard(
     *,
     path: str | os.PathLike,
     title: str | None = None,
+    force: bool = False,
 ) -> pathlib.Path:
     """Forest plot of a leaderboard: each model's rating with its interval, best on top.
 
@@ -62,6 +72,7 @@ def plot_leaderboard(
         ratings, lower, upper: float[M] ratings and interval bounds (Elo points).
         path: output file; the format follows the extension (`.png`, `.pdf`, `.svg`).
         title: optional figure title.
+        force: replace an existing file at `path` (written atomically either way).
 
     Returns:
         The path written.
@@ -82,7 +93,7 @@ def plot_leaderboard(
     order = np.argsort(-ratings, kind="stable")
     y = np.arange(m)[::-1]
     height = max(2.5, 0.22 * m + 1.0)
-    with _figure(path, title=title, dpi=120, figsize=(7.0, height)) as (fig, ax):
+    with _figure(path, force=force, title=title, dpi=120, figsize=(7.0, height)) as (fig, ax):
         r = ratings[order]
         ax.errorbar(
             r, y, xerr=np.stack([r - lower[order], upper[order] - r]), fmt="o", color="tab:blue",
@@ -102,6 +113,8 @@ def plot_budget_curves(
     path: str | os.PathLike,
     title: str | None = None,
     metric: str = "wce",
+    force: bool = False,
+    warmup: int = 0,
 ) -> pathlib.Path:
     """Judge-budget error vs budget, one line per allocator with its interval over runs shaded.
 
@@ -111,8 +124,10 @@ def plot_budget_curves(
         `jaxrank.allocation.error_summary` per allocator.
       path: the image file to write (format from the suffix, e.g. `.png`).
       title: optional figure title.
+      force: replace an existing file at `path` (written atomically either way).
       metric: with a `BudgetCurves`, which error to draw: `"wce"` (worst case), `"mae"` or `"rmse"`;
         with a dict, the key prefix to read (`"<metric>_mean"`, ...).
+      warmup: queries of the adaptive allocators' warm-up (every item scored alike), shaded; 0: none.
 
     Returns:
       The path written.
@@ -122,26 +137,92 @@ def plot_budget_curves(
         ...                                 "wce_lower": [0.4, 0.25], "wce_upper": [0.6, 0.4]}},
         ...                    path="budget.png")  # doctest: +SKIP
     """
-    labels = {"wce": "worst-case error  max_i |s_i - ŝ_i|", "mae": "mean absolute error", "rmse": "RMSE"}
+    labels = {"wce": r"worst-case error  $\max_i\,|s_i - \hat{s}_i|$",
+              "mae": r"mean absolute error  $\frac{1}{K}\sum_i |s_i - \hat{s}_i|$",
+              "rmse": r"RMSE  $\sqrt{\frac{1}{K}\sum_i (s_i - \hat{s}_i)^2}$"}
     if metric not in labels:
         raise ValueError(f"metric must be one of 'wce', 'mae', 'rmse', got {metric!r}")
     if hasattr(curves, "curves") and callable(curves.curves):
         curves = curves.curves(metric)
     if not curves:
         raise ValueError(f"curves is empty: expected {{allocator: {{budget, {metric}_mean, {metric}_lower, {metric}_upper}}}}")
-    with _figure(path, title=title, figsize=(6.4, 4.2), dpi=120) as (fig, ax):
-        for name, c in curves.items():
+    # Distinct line styles and markers: during a warm-up (every item scored alike) two allocators' lines
+    # coincide, and one must stay visible on top of the other.
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v")]
+    with _figure(path, force=force, title=title, figsize=(7.0, 4.6), dpi=120) as (fig, ax):
+        for i, (name, c) in enumerate(curves.items()):
             missing = {"budget", f"{metric}_mean"} - set(c)
             if missing:
                 raise ValueError(f"curve {name!r} lacks {sorted(missing)}")
-            (line,) = ax.plot(c["budget"], c[f"{metric}_mean"], marker="o", markersize=3, label=name)
+            ls, marker = styles[i % len(styles)]
+            (line,) = ax.plot(c["budget"], c[f"{metric}_mean"], linestyle=ls, marker=marker, markersize=4,
+                              linewidth=1.8, label=name, zorder=3 + i, markerfacecolor="none" if i % 2 else None)
             if f"{metric}_lower" in c and f"{metric}_upper" in c:
-                ax.fill_between(c["budget"], c[f"{metric}_lower"], c[f"{metric}_upper"], color=line.get_color(), alpha=0.18)
+                ax.fill_between(c["budget"], c[f"{metric}_lower"], c[f"{metric}_upper"], color=line.get_color(), alpha=0.15)
+        if warmup:
+            ax.axvspan(0, warmup, color="tab:gray", alpha=0.12, zorder=0,
+                       label=f"warm-up ({warmup:,} queries: every item scored alike)")
         ax.set_xlabel("judge queries (budget)")
         ax.set_ylabel(labels[metric])
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(title="allocator")
+        ax.legend(title="allocator", fontsize=8)
+    return pathlib.Path(path)
+
+
+def plot_matrices(
+    models: Sequence[str],
+    matrices: Any,
+    *,
+    path: str | os.PathLike,
+    title: str | None = None,
+    force: bool = False,
+) -> pathlib.Path:
+    """Heatmaps of the pairwise tables (`jaxrank.ratings.leaderboard.pairwise_matrices`), side by side: the
+    observed win fraction, the number of battles and the fitted model's predicted win rate, row model vs
+    column model, models in the given order (best first).
+
+    Args:
+        models: M model names, in display order.
+        matrices: {"win_fraction", "battles", "predicted"} -> float[M, M] (rows and columns in `models` order).
+        path: output file (`.png`, `.pdf`, `.svg`).
+        title: optional figure title.
+
+    Returns:
+        The path written.
+    """
+    models = [str(m) for m in models]
+    m = len(models)
+    panels = [("win_fraction", "observed win fraction (row beats column)", "RdBu", (0.0, 1.0), ".2f"),
+              ("battles", "battles", "Greens", None, ".0f"),
+              ("predicted", "predicted win rate (row beats column)", "RdBu", (0.0, 1.0), ".2f")]
+    for key, *_ in panels:
+        arr = np.asarray(matrices[key], np.float64)
+        if arr.shape != (m, m):
+            raise ValueError(f"matrices[{key!r}] must have shape [M, M] = ({m}, {m}), got {arr.shape}")
+    side = min(max(4.0, 0.42 * m + 2.2), 14.0)
+    with _figure(path, force=force, title=title, suptitle=True, nrows=1, ncols=3, figsize=(3 * side, side + 0.6), dpi=110) as (fig, axes):
+        for ax, (key, label, cmap, lim, fmt) in zip(axes, panels):
+            arr = np.asarray(matrices[key], np.float64)
+            vmin, vmax = lim if lim else (0.0, float(np.nanmax(arr)) if np.isfinite(arr).any() else 1.0)
+            im = ax.imshow(np.ma.masked_invalid(arr), cmap=cmap, vmin=vmin, vmax=vmax)
+            ax.set_title(label, fontsize=10)
+            ax.set_xticks(range(m))
+            ax.set_yticks(range(m))
+            size = 9 if m <= 12 else 7 if m <= 25 else 5
+            ax.set_xticklabels(models, rotation=60, ha="right", fontsize=size)
+            ax.set_yticklabels(models, fontsize=size)
+            ax.set_xlabel("column model")
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+            if m <= 16:
+                for i in range(m):
+                    for j in range(m):
+                        if np.isfinite(arr[i, j]):
+                            mid = (vmin + vmax) / 2
+                            dark = abs(arr[i, j] - mid) > 0.3 * (vmax - vmin) if lim else arr[i, j] > 0.6 * vmax
+                            ax.text(j, i, format(arr[i, j], fmt), ha="center", va="center", fontsize=7,
+                                    color="white" if dark else "black")
+        axes[0].set_ylabel("row model")
     return pathlib.Path(path)
 
 
@@ -155,7 +236,8 @@ def _result_arrays(result: Any, names: Sequence[str], what: str) -> dict[str, np
     return out
 
 
-def plot_tie_reduction(result: Any, path: str | os.PathLike, *, title: str | None = None) -> pathlib.Path:
+def plot_tie_reduction(result: Any, path: str | os.PathLike, *, title: str | None = None,
+                       force: bool = False) -> pathlib.Path:
     """Tie rate of the top-q prompts vs random q subsets (left), and the relative reduction with its
     interval (right), against the fraction q.
 
@@ -163,6 +245,7 @@ def plot_tie_reduction(result: Any, path: str | os.PathLike, *, title: str | Non
         result: a `jaxrank.evaluation.TieReductionResult` (`tie_reduction`).
         path: output file (`.png`, `.pdf`, `.svg`).
         title: optional figure title.
+        force: replace an existing file at `path` (written atomically either way).
 
     Returns:
         The path written.
@@ -173,7 +256,7 @@ def plot_tie_reduction(result: Any, path: str | os.PathLike, *, title: str | Non
     cols = ("fraction", "tie_rate_top", "tie_rate_random", "reduction", "lower", "upper")
     d = _result_arrays(result, cols, "TieReductionResult")
     q = 100.0 * d["fraction"]
-    with _figure(path, title=title, suptitle=True, nrows=1, ncols=2, figsize=(10.0, 4.0), dpi=120) as (fig, (ax1, ax2)):
+    with _figure(path, force=force, title=title, suptitle=True, nrows=1, ncols=2, figsize=(10.0, 4.0), dpi=120) as (fig, (ax1, ax2)):
         ax1.plot(q, d["tie_rate_top"], marker="o", markersize=4, label="top q% by priority score")
         ax1.plot(q, d["tie_rate_random"], marker="s", markersize=4, linestyle="--", color="tab:gray",
                  label="random q% (mean)")
@@ -212,6 +295,7 @@ def plot_stability(
     *,
     metric: str = "kendall_tau",
     title: str | None = None,
+    force: bool = False,
 ) -> pathlib.Path:
     """Rank correlation (or another stability metric) of the top-q leaderboard with the gold one vs q,
     with its interval as error bars, and the random-q baseline as a line with its band.
@@ -221,6 +305,7 @@ def plot_stability(
         path: output file (`.png`, `.pdf`, `.svg`).
         metric: `"kendall_tau"`, `"spearman"`, `"pairs_agree"` or `"max_rating_diff"`.
         title: optional figure title.
+        force: replace an existing file at `path` (written atomically either way).
 
     Returns:
         The path written.
@@ -234,7 +319,7 @@ def plot_stability(
              f"random_{metric}", f"random_{metric}_lower", f"random_{metric}_upper"]
     d = _result_arrays(result, names, "StabilityResult")
     q = 100.0 * d["fraction"]
-    with _figure(path, title=title, figsize=(6.4, 4.2), dpi=120) as (fig, ax):
+    with _figure(path, force=force, title=title, figsize=(6.4, 4.2), dpi=120) as (fig, ax):
         band = f"random q% (mean, {int(round(100 * float(getattr(result, 'confidence', 0.95))))}% of subsets)"
         ax.fill_between(q, d[f"random_{metric}_lower"], d[f"random_{metric}_upper"], color="tab:gray", alpha=0.25)
         ax.plot(q, d[f"random_{metric}"], linestyle="--", marker="s", markersize=3, color="tab:gray", label=band)
@@ -258,7 +343,8 @@ def plot_stability(
     return pathlib.Path(path)
 
 
-def plot_design_curves(curves: Any, path: str | os.PathLike, *, title: str | None = None) -> pathlib.Path:
+def plot_design_curves(curves: Any, path: str | os.PathLike, *, title: str | None = None,
+                       force: bool = False) -> pathlib.Path:
     """Sampling designs per label budget: coverage of the full-data leaderboard by the 95 % design intervals
     (with the 93-97 % band and Monte-Carlo error bars), mean interval width (design-based solid,
     superpopulation dashed), and Kendall tau to the full-data leaderboard; one line per design.
@@ -279,7 +365,7 @@ def plot_design_curves(curves: Any, path: str | os.PathLike, *, title: str | Non
     designs = tuple(getattr(curves, "designs"))
     q = 100.0 * d["budgets"]
     nominal = 100.0 * float(getattr(curves, "confidence", 0.95))
-    with _figure(path, title=title, suptitle=True, nrows=1, ncols=3, figsize=(14.0, 4.2), dpi=120) as (fig, axes):
+    with _figure(path, force=force, title=title, suptitle=True, nrows=1, ncols=3, figsize=(14.0, 4.2), dpi=120) as (fig, axes):
         ax1, ax2, ax3 = axes
         ax1.axhspan(nominal - 2, nominal + 2, color="tab:green", alpha=0.12, label=f"{nominal - 2:g}-{nominal + 2:g} %")
         ax1.axhline(nominal, color="tab:green", linewidth=0.8)

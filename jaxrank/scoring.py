@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrank import _validation as v
-from jaxrank.divergence import METRICS, divergences
+from jaxrank.divergence import METRICS, check_flags, divergences
 
 __all__ = ["EmptySequenceWarning", "prioritize", "score_pairs", "sequence_kl_estimate"]
 
@@ -58,6 +58,7 @@ def score_pairs(
     block_size: int | None = None,
     axis_name: str | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    checked: bool = False,
 ) -> dict[str, jax.Array]:
     r"""Per-sequence disagreement between two models' next-token distributions.
 
@@ -109,6 +110,16 @@ def score_pairs(
         vocab axis does not divide is padded with `-inf` logits (probability 0, no contribution);
         divisible shapes avoid that copy. Same numbers as one device. Mutually exclusive with
         `axis_name`.
+      checked: also check the values where they are unknown (under `jax.jit`, `vmap`, `grad`):
+        the checks below become `jax.experimental.checkify` checks (wrap the caller in
+        `checkify.checkify`, then `.throw()` the error it returns); with `log_probs=True` each
+        counted position must also be normalised, which catches raw logits passed as
+        log-probabilities. See docs/scoring.md.
+
+    Values are checked in the same pass as the scores (no extra pass over the logits): concrete
+    inputs with NaN or +inf logits, or all -inf logits, at a counted position raise a `ValueError`
+    naming the first such position. Under an outer `jit` nothing is raised unless `checked=True`;
+    such positions then give NaN scores.
 
     Returns:
       A dict mapping each requested metric name to a float32 array `[batch]`.
@@ -159,11 +170,15 @@ def score_pairs(
         from jaxrank import sharding  # sharding builds on this module
 
         sharding.check_mesh(mesh)
-    check_inputs(logits_a, logits_b, mask)
+    v.check_bool(checked, "checked")
+    check_inputs(logits_a, logits_b, mask, check_values=False)
     if mesh is not None:
-        scores, counts = sharding.sharded_scores(mesh, options, logits_a, logits_b, mask)
+        scores, counts, flags = sharding.sharded_scores(mesh, options, logits_a, logits_b, mask)
     else:
-        scores, counts = _compiled_local(options, axis_name)(logits_a, logits_b, mask)
+        scores, counts, flags = _compiled_local(options, axis_name)(logits_a, logits_b, mask)
+    if checked or v.is_concrete(flags):
+        check_flags(flags, ("logits_a", "logits_b"), counted=None if mask is None else mask != 0,
+                    reject_empty=True, check_normalised=checked and options.log_probs)
     warn_empty(counts, "score_pairs")
     return scores
 
@@ -179,8 +194,11 @@ def check_inputs(
     mask: Any,
     *,
     names: tuple[str, str, str] = ("logits_a", "logits_b", "mask"),
+    check_values: bool = True,
 ) -> None:
-    """Shape/dtype checks (static, so they run before compilation) and NaN checks on concrete values."""
+    """Shape/dtype checks (static, so they run before compilation) and checks of a concrete mask's
+    values; with `check_values`, also NaN / +inf / all -inf checks of concrete logits on the host (one
+    NumPy pass; `score_pairs` takes these from the kernel's flags instead)."""
     name_a, name_b, name_mask = names
     v.check_ndim(logits_a, name_a, 3, "[batch, seq, vocab]")
     v.check_ndim(logits_b, name_b, 3, "[batch, seq, vocab]")
@@ -210,6 +228,8 @@ def check_inputs(
                     f"{name_mask} is an integer array and must hold only 0 and 1, got {int(bad.sum())} other "
                     f"value(s), e.g. {values[bad].flat[0]}"
                 )
+    if not check_values:
+        return
     counted = None
     if mask is not None and v.is_concrete(mask) and not isinstance(mask, jax.core.Tracer):
         with jax.ensure_compile_time_eval():
@@ -270,13 +290,14 @@ def score_local(
     mask: jax.Array | None,
     options: _Options,
     axis_name: str | None,
-) -> tuple[dict[str, jax.Array], jax.Array]:
-    """Traceable core: per-sequence scores and the number of counted positions, `[batch]` each."""
+) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
+    """Traceable core: per-sequence scores and the number of counted positions, `[batch]` each, and
+    the kernel's per-position FLAG_* bits `[batch, seq]` (zero at masked-out positions)."""
     implementation = options.implementation
     if implementation == "vocab_sharded":
         # Here the inputs are the local vocabulary shard; the collectives over `axis_name` combine them.
         implementation = "auto"
-    per_position = divergences(
+    per_position, flags = divergences(
         logits_a,
         logits_b,
         metrics=options.metrics,
@@ -285,11 +306,13 @@ def score_local(
         implementation=implementation,
         block_size=options.block_size,
         axis_name=axis_name,
+        return_flags=True,
     )
     if mask is None:
         mask = jnp.ones(logits_a.shape[:2], dtype=bool)
     else:
         mask = mask.astype(bool)
+    flags = jnp.where(mask, flags, 0)
     counts = jnp.sum(mask, axis=-1, dtype=jnp.int32)
     has_any = counts > 0
     # A safe denominator keeps the unselected branch of `where` finite, so gradients stay NaN-free.
@@ -300,7 +323,7 @@ def score_local(
         total = jnp.sum(jnp.where(mask, per_position[name].astype(jnp.float32), 0.0), axis=-1)
         value = total / denominator if options.reduction == "mean" else total
         scores[name] = jnp.where(has_any, value, jnp.nan)
-    return scores, counts
+    return scores, counts, flags
 
 
 @functools.lru_cache(maxsize=128)

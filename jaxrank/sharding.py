@@ -138,9 +138,10 @@ def _compiled_sharded(mesh: Mesh, options: _Options):
         logits_a = _place(logits_a, mesh, logits_spec)
         logits_b = _place(logits_b, mesh, logits_spec)
         mask = _place(mask, mesh, P(DATA_AXIS, None))
-        scores, counts = sharded(logits_a, logits_b, mask)
-        # The results are tiny ([batch]): replicate them, which also makes them readable on every process.
-        return jax.tree.map(lambda x: _place(x, mesh, P())[:batch], (scores, counts))
+        scores, counts, flags = sharded(logits_a, logits_b, mask)
+        # The results are tiny ([batch], [batch, seq]): replicate them, which also makes them readable
+        # on every process.
+        return jax.tree.map(lambda x: _place(x, mesh, P())[:batch], (scores, counts, flags))
 
     return jax.jit(run)
 
@@ -155,8 +156,9 @@ def _place(x: jax.Array, mesh: Mesh, spec: P) -> jax.Array:
 
 def sharded_scores(
     mesh: Mesh, options: _Options, logits_a: Any, logits_b: Any, mask: Any
-) -> tuple[dict[str, jax.Array], jax.Array]:
-    """`score_pairs(..., mesh=mesh)` after validation: per-sequence scores and counted positions."""
+) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
+    """`score_pairs(..., mesh=mesh)` after validation: per-sequence scores, counted positions and
+    the kernel's per-position value flags (`jaxrank.scoring.score_local`)."""
     n_data, n_vocab = check_mesh(mesh)
     batch, _, vocab = logits_a.shape
     if batch % n_data == 0 and vocab % n_vocab == 0:
@@ -348,7 +350,7 @@ def score_pairs_global(
     global_mask = to_global(pad(local_mask, False), P(DATA_AXIS, None))
     global_ids = to_global(row_ids.astype(np.int32), P(DATA_AXIS))
 
-    scores, counts = _compiled_sharded(mesh, options)(global_a, global_b, global_mask)
+    scores, counts, _ = _compiled_sharded(mesh, options)(global_a, global_b, global_mask)
     gathered = multihost_utils.process_allgather((scores, counts, global_ids), tiled=True)
     scores, counts, ids = jax.tree.map(np.asarray, gathered)
     total = int(shapes[:, 0].sum())

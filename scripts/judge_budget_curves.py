@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
         figures = pathlib.Path(args.figures)
         figures.mkdir(parents=True, exist_ok=True)
-        plot_budget_curves(curves.curves("wce"), path=figures / "budget_curves.png",
+        plot_budget_curves(curves.curves("wce"), path=figures / "budget_curves.png", force=True,
                            title=f"MT-Bench GPT-4 scores: {len(ids)} items, {args.runs} runs (95% of runs shaded)")
     if args.compare_cli:
         cli = pd.read_csv(args.compare_cli)

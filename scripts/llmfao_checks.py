@@ -328,9 +328,9 @@ def _figures(summary, board, per_score, figures: pathlib.Path) -> None:
     plt.close(fig)
 
     for name, r in per_score.items():
-        plot_stability(r["bt"], figures / f"llmfao_stability_{name}.png",
+        plot_stability(r["bt"], figures / f"llmfao_stability_{name}.png", force=True,
                        title=f"LLMFAO crowd leaderboard (BT), prompts ranked by {name}")
-        plot_tie_reduction(r["ties"], figures / f"llmfao_ties_{name}.png", title=f"LLMFAO crowd ties, prompts ranked by {name}")
+        plot_tie_reduction(r["ties"], figures / f"llmfao_ties_{name}.png", force=True, title=f"LLMFAO crowd ties, prompts ranked by {name}")
 
 
 if __name__ == "__main__":

@@ -188,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         for variant, (ties, bt, _) in res.items():
             if variant not in VARIANTS:
                 continue
-            plot_tie_reduction(ties, figures / f"pandalm_ties_{variant}.png",
+            plot_tie_reduction(ties, figures / f"pandalm_ties_{variant}.png", force=True,
                                title=f"PandaLM (999 items, 2,997 human votes): top q by {variant}")
-            plot_stability(bt, figures / f"pandalm_stability_{variant}.png",
+            plot_stability(bt, figures / f"pandalm_stability_{variant}.png", force=True,
                            title=f"PandaLM leaderboard (BT) from top q by {variant}")
         _comparison_figure(ties_all, figures / "pandalm_ties_comparison.png")
     print(f"\nwrote {results}/evaluation_pandalm_{{ties,stability,items}}.csv")

@@ -8,6 +8,10 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLI turns JAX's persistent compilation cache on in ~/.cache/jaxrank; tests that call it in-process
+# must not write there (tests of the cache itself run subprocesses with a temporary folder).
+os.environ["JAXRANK_NO_CACHE"] = "1"
+os.environ.pop("JAXRANK_CACHE_DIR", None)
 
 import pytest  # noqa: E402
 
@@ -57,3 +61,29 @@ def minilm():
         return load_encoder("all-minilm-l6-v2")
     except CheckpointError as err:
         pytest.skip(str(err))
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder in which no new file can be created, even by root: a chmod-ed folder for users, else a sysfs
+    folder (the kernel refuses new files there whoever asks); skips where neither refuses."""
+    d = tmp_path / "read-only"
+    d.mkdir()
+    d.chmod(0o500)
+    try:
+        os.close(os.open(d / "probe", os.O_CREAT | os.O_WRONLY))
+        os.unlink(d / "probe")
+    except OSError:
+        yield d
+        d.chmod(0o700)
+        return
+    d.chmod(0o700)
+    for cand in (pathlib.Path("/sys/kernel"), pathlib.Path("/proc/sys")):
+        try:
+            os.close(os.open(cand / ".jaxrank-probe", os.O_CREAT | os.O_WRONLY | os.O_EXCL))
+            os.unlink(cand / ".jaxrank-probe")
+        except OSError:
+            if cand.is_dir():
+                yield cand
+                return
+    pytest.skip("no folder here refuses new files (root on a writable system)")

@@ -71,3 +71,58 @@ def test_bad_inputs(tmp_path):
         restore_state(tmp_path / "missing")
     with pytest.raises(TypeError, match="key_data"):
         save_state(tmp_path / "k", {"key": jax.random.key(1)})
+
+
+def test_force_never_replaces_a_directory_jaxrank_did_not_write(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(ValueError, match="did not write"):
+        save_state(mine, {"x": jnp.ones(2)}, force=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    with pytest.raises(ValueError, match="not a directory"):
+        save_state(target, {"x": jnp.ones(2)}, force=True)
+    assert target.read_text() == "mine"
+
+
+def test_a_save_that_fails_midway_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    save_state(tmp_path / "ck", {"x": jnp.ones(3)}, metadata={"v": 1})
+
+    def broken(self, directory, *args, **kwargs):
+        directory.mkdir(parents=True)
+        (directory / "partial").write_bytes(b"\0" * 10)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.Checkpointer, "save", broken)
+    with pytest.raises(OSError, match="could not be written .No space left on device"):
+        save_state(tmp_path / "ck", {"x": jnp.zeros(3)}, force=True)
+    monkeypatch.undo()
+    restored, meta = restore_state(tmp_path / "ck", like={"x": jnp.zeros(3)})
+    np.testing.assert_array_equal(np.asarray(restored["x"]), np.ones(3))
+    assert meta["v"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+@pytest.mark.parametrize("damage", ["metadata", "state", "everything"])
+def test_a_damaged_checkpoint_is_a_clear_error(tmp_path, damage):
+    import shutil
+
+    from jaxrank.checkpoint import UnreadableCheckpointError
+
+    path = tmp_path / "ck"
+    save_state(path, {"x": jnp.arange(100.0)})
+    if damage == "metadata":
+        (path / "metadata" / "metadata").write_text('{"jaxrank_ver')
+    elif damage == "state":
+        for f in (path / "state").rglob("*"):
+            if f.is_file() and f.stat().st_size > 100:
+                with open(f, "r+b") as fh:
+                    fh.truncate(40)
+    else:
+        for p in path.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    with pytest.raises(UnreadableCheckpointError, match=f"checkpoint {path} is incomplete, truncated"):
+        restore_state(path, like={"x": jnp.zeros(100)})

@@ -85,6 +85,29 @@ def test_leaderboard_and_plot(trained, workdir, capsys):
     assert capsys.readouterr().err.strip().startswith(f"jaxrank: error: --out {out} already exists")
 
 
+def test_per_prompt_leaderboards(trained, workdir, capsys):
+    """--per-prompt: one ranked leaderboard per prompt, the head's coefficients centred on the Elo scale."""
+    out = workdir / "per_prompt.csv"
+    code = main(["p2l", "leaderboard", str(trained), str(workdir / "prompts.txt"), "--features",
+                 str(workdir / "feats.npy"), "--per-prompt", str(out)])
+    assert code == 0, capsys.readouterr().err
+    frame = pd.read_csv(out, dtype={"prompt_id": str})
+    assert list(frame.columns) == ["prompt_id", "rank", "model", "rating", "theta"] and len(frame) == 30 * 3
+    beta, _ = load_p2l(trained).coefficients(np.load(workdir / "feats.npy"))
+    beta = np.asarray(beta, np.float64)
+    feats = np.load(workdir / "feats.npy")
+    for p, group in frame.groupby("prompt_id", sort=False):
+        i = list(frame["prompt_id"].unique()).index(p)
+        assert list(group["rank"]) == sorted(group["rank"]) and group["rank"].iloc[0] == 1
+        expected = [MODELS[j] for j in np.argsort(-beta[i], kind="stable")]
+        assert list(group["model"]) == expected
+        np.testing.assert_allclose(group["rating"].mean(), 1000.0, atol=1e-3)
+    # The simulated truth: alpha is best where feature 0 is large, beta where it is small.
+    top = frame[frame["rank"] == 1].set_index("prompt_id")["model"]
+    strong = np.argsort(feats[:, 0])
+    assert (top.iloc[strong[-5:]] == "alpha").mean() >= 0.8 and (top.iloc[strong[:5]] == "beta").mean() >= 0.8
+
+
 def test_route_follows_the_prompt(trained, workdir, capsys):
     out = workdir / "route.csv"
     code = main(["p2l", "route", str(trained), str(workdir / "prompts.txt"), "--features", str(workdir / "feats.npy"),

@@ -467,3 +467,111 @@ def test_nan_check_is_skipped_under_jit_and_shapes_still_checked():
     with pytest.raises(ValueError, match="vocabularies differ"):
         f(a, a[:, :4])
     assert np.isfinite(np.asarray(f(a, a))).all()
+
+
+# ------------------------------------------------------------------------------------------
+# value flags from the kernel's own pass, and the checked mode for jitted use
+# ------------------------------------------------------------------------------------------
+
+
+def _bad_rows():
+    """[4, 6, VOCAB] logits with one problem per row of the first axis: fine, NaN, +inf, all -inf."""
+    a = make_logits(20, (4, 6, VOCAB))
+    a[1, 2, 5] = np.nan
+    a[2, 4, 0] = np.inf
+    a[3, 1, :] = NEG_INF
+    return a
+
+
+@pytest.mark.parametrize("implementation,block_size", [("reference", None), ("blockwise", None), ("blockwise", 7)])
+def test_return_flags_mark_each_bad_position(implementation, block_size):
+    a, b = _bad_rows(), make_logits(21, (4, 6, VOCAB))
+    f = jax.jit(lambda x, y: divergences(x, y, implementation=implementation, block_size=block_size,
+                                         return_flags=True))
+    out, flags = f(a, b)  # under jit: no error, the flags say what is wrong where
+    want = np.zeros((4, 6), np.int32)
+    want[1, 2], want[2, 4], want[3, 1] = D.FLAG_NAN, D.FLAG_POSINF, D.FLAG_EMPTY
+    np.testing.assert_array_equal(np.asarray(flags), want)
+    _, flags_q = f(b, a)
+    np.testing.assert_array_equal(np.asarray(flags_q), want << D.FLAG_Q_SHIFT)
+    kl = np.asarray(out["kl"])
+    assert np.isnan(kl[1, 2]) and np.isnan(kl[3, 1]) and not np.isfinite(kl[2, 4])
+    assert np.isfinite(kl[want == 0]).all()
+
+
+@pytest.mark.parametrize("implementation", ["reference", "blockwise"])
+def test_concrete_inputs_raise_from_the_kernel_flags(implementation):
+    a, b = _bad_rows(), make_logits(21, (4, 6, VOCAB))
+    with pytest.raises(ValueError, match=r"logits_p contains NaN \(first at index \(1, 2\)\)"):
+        divergences(a, b, implementation=implementation)
+    with pytest.raises(ValueError, match=r"logits_q contains \+inf \(first at index \(2, 4\)\)"):
+        divergences(b, np.where(np.isnan(a), 0.0, a), implementation=implementation)
+    # An all -inf row is no distribution but not an error here (its metrics are NaN, documented).
+    fine = np.where(np.isfinite(a) | np.isneginf(a), a, 0.0)
+    assert np.isnan(np.asarray(kl_divergence(fine, b, implementation=implementation))[3, 1])
+
+
+def test_checked_mode_under_jit_with_checkify():
+    from jax.experimental import checkify
+
+    a, b = _bad_rows(), make_logits(21, (4, 6, VOCAB))
+    f = checkify.checkify(jax.jit(lambda x, y: kl_divergence(x, y, checked=True)))
+    err, _ = f(b, b)
+    assert err.get() is None
+    err, _ = f(a, b)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"logits_p contains NaN \(first at index \(1, 2\)\)"):
+        err.throw()
+    err, _ = f(b, np.where(np.isnan(a), 0.0, a))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"logits_q contains \+inf \(first at index \(2, 4\)\)"):
+        err.throw()
+    # Without checkify the checked call names the fix at trace time (JAX's message).
+    with pytest.raises(ValueError, match="checkify"):
+        jax.jit(lambda x, y: kl_divergence(x, y, checked=True))(b, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16])
+def test_checked_mode_catches_raw_logits_passed_as_log_probs(dtype):
+    from jax.experimental import checkify
+
+    a, b = make_logits(22, (3, 5, 300)), make_logits(23, (3, 5, 300))
+    la, lb = (jnp.asarray(log_softmax(x.astype(np.float64), axis=-1), dtype) for x in (a, b))
+    raw_a, raw_b = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+    # Raw logits as log-probabilities: silently a wrong KL without the check (negative when the logits
+    # are small, as in the issue; here far too large).
+    wrong, right = (np.asarray(kl_divergence(x, y, log_probs=lp)) for x, y, lp in ((raw_a, raw_b, True), (a, b, False)))
+    assert np.all(np.abs(wrong - right) > 1.0)
+    assert float(jnp.min(kl_divergence(raw_a - 8.0, raw_b, log_probs=True))) < 0
+    f = checkify.checkify(jax.jit(lambda x, y: kl_divergence(x, y, log_probs=True, checked=True)))
+    err, out = f(la, lb)
+    assert err.get() is None and bool(jnp.all(out >= -1e-2))
+    err, _ = f(raw_a, lb)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"logits_p is not normalised \(first at index \(0, 0\)\)"):
+        err.throw()
+    with pytest.raises(ValueError, match=r"logits_q is not normalised"):
+        kl_divergence(la, raw_b, log_probs=True, checked=True)
+    kl_divergence(la, raw_b, log_probs=True)  # unchecked: taken as given (see test_log_probs_flag)
+
+
+def test_checked_mode_under_vmap_and_grad():
+    from jax.experimental import checkify
+
+    a, b = _bad_rows(), make_logits(21, (4, 6, VOCAB))
+    grad = jax.grad(lambda x, y: kl_divergence(x, y, checked=True).sum())
+    err, g = checkify.checkify(grad)(jnp.asarray(b), jnp.asarray(b))
+    assert err.get() is None and bool(jnp.all(jnp.isfinite(g)))
+    err, _ = checkify.checkify(jax.vmap(lambda x, y: kl_divergence(x, y, checked=True)))(a, b)
+    with pytest.raises(checkify.JaxRuntimeError, match="logits_p contains NaN"):
+        err.throw()
+
+
+def test_check_flags_names_the_first_bad_position():
+    flags = np.zeros((2, 3), np.int32)
+    D.check_flags(flags)
+    flags[1, 2] = D.FLAG_EMPTY
+    D.check_flags(flags)  # empty rows are only an error when asked
+    with pytest.raises(ValueError, match=r"logits_p\[1, 2\] is all -inf at a counted position"):
+        D.check_flags(flags, counted=np.ones((2, 3), bool), reject_empty=True)
+    D.check_flags(flags, counted=np.array([[1, 1, 1], [1, 1, 0]], bool), reject_empty=True)
+    flags[0, 1] = D.FLAG_POSINF << D.FLAG_Q_SHIFT
+    with pytest.raises(ValueError, match=r"^b contains \+inf \(first at index \(0, 1\)\)"):
+        D.check_flags(flags, ("a", "b"))

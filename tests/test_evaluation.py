@@ -716,7 +716,7 @@ def test_cli_errors(tmp_path, files, frame, capsys):
         (["--columns", "players=x"], "--columns: unknown name 'players'"),
         (["--prompt-column", "prompt"], "missing column(s) 'prompt'"),
         (["--fractions", "0.5,2"], "--fractions: 2 is outside (0, 1]"),
-        (["--out", str(tmp_path / "x.txt")], "expected a .csv file"),
+        (["--out", str(tmp_path / "x.txt")], "unknown format '.txt'; use .csv, .tsv, .jsonl or .parquet"),
     ]
     for extra, message in cases:
         assert main(base + extra) == 2, extra

@@ -419,3 +419,41 @@ def test_bad_values_raise_instead_of_silent_nan(small_arena):
     zero_w = dataclasses.replace(votes, weight=np.where(val, 0.0, votes.vote_weight()).astype(np.float32))
     with pytest.raises(ValueError, match="all weight 0"):
         train_p2l(x, zero_w, loss="bt-tie", val_fraction=0.2, key=key)
+
+
+# ------------------------------------------------------------------------------------------------
+# Divergence, memory, damaged checkpoints (issue 13)
+
+SMALL = dict(loss="bt-tie", learning_rate=0.05, max_epochs=2, val_fraction=0.2, patience=None)
+
+
+def test_a_diverging_run_raises_instead_of_returning_untrained_parameters(small_arena):
+    from jaxrank.p2l import TrainingDivergedError
+
+    x, _, votes = small_arena
+    with pytest.raises(TrainingDivergedError, match=r"diverged at epoch 1: the training loss rose to .* "
+                                                     r"\(learning_rate=1e\+06 is likely too large\)"):
+        train_p2l(x, votes, key=jax.random.key(0), **{**SMALL, "learning_rate": 1e6, "batch_size": 64})
+
+
+def test_a_batch_larger_than_the_data_costs_no_memory(small_arena):
+    x, _, votes = small_arena
+    # 10**9 votes per minibatch would be 20 GB of padding; it is the same full batch as 2**20.
+    huge = train_p2l(x, votes, key=jax.random.key(0), batch_size=10**9, **SMALL)
+    big = train_p2l(x, votes, key=jax.random.key(0), batch_size=2**20, **SMALL)
+    assert huge.history == big.history and _leaves_equal(huge.params, big.params)
+    assert huge.config["batch_size"] == 10**9
+
+
+def test_resume_from_a_damaged_checkpoint_is_a_clear_error(small_arena, tmp_path):
+    from jaxrank.checkpoint import UnreadableCheckpointError
+
+    x, _, votes = small_arena
+    opts = dict(key=jax.random.key(0), batch_size=64, checkpoint_dir=tmp_path / "ck", **SMALL)
+    train_p2l(x, votes, stop_after=1, **opts)
+    step = tmp_path / "ck" / "1"
+    for f in step.rglob("*"):
+        if f.is_file() and f.name != "_CHECKPOINT_METADATA":
+            f.write_bytes(f.read_bytes()[: max(1, f.stat().st_size // 3)])  # truncated files
+    with pytest.raises(UnreadableCheckpointError, match=r"the latest checkpoint \(epoch 1\) is incomplete or damaged"):
+        train_p2l(x, votes, resume=True, **opts)

@@ -317,6 +317,9 @@ def test_read_prompts_formats(tmp_path):
     assert read_prompts(tmp_path / "p.csv") == [Prompt("7", "hello, world"), Prompt("8", "bye")]
     assert read_prompts(tmp_path / "p.txt") == [Prompt("1", "first line"), Prompt("2", "second line")]
     assert read_prompts(tmp_path / "p.json") == [Prompt("3", "j1"), Prompt("2", "j2")]
+    # Arena-Hard's question files name the id `uid`.
+    (tmp_path / "ah.jsonl").write_text('{"uid": "328c149ed45a41c0", "category": "arena-hard-v0.1", "prompt": "q"}\n')
+    assert read_prompts(tmp_path / "ah.jsonl") == [Prompt("328c149ed45a41c0", "q")]
 
 
 def test_read_prompts_mt_bench(shared_data):

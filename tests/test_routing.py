@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog, minimize
 
-from jaxrank._routing import (
+from jaxrank.routing import (
     ROUTING_TIES,
     optimal_policy,
     route,
@@ -498,7 +498,7 @@ def test_lp_tie_break_prefers_the_cheaper_model_within_4_ulps():
 
 
 def test_upper_hull_drops_collinear_points():
-    from jaxrank._routing import _upper_hull
+    from jaxrank.routing import _upper_hull
 
     # (0, .25), (.5, .5), (1, .75) are collinear (exactly, in float32): the middle point is never the unique
     # Lagrangian optimum, so the hull is the two ends and its slopes strictly decrease.
@@ -520,7 +520,7 @@ _REORDERED_SLOPES = [
 
 
 def test_average_budget_edges_bought_in_hull_order():
-    from jaxrank._routing import _average_jit
+    from jaxrank.routing import _average_jit
 
     def f32(xs):
         return np.array([float.fromhex(x) for x in xs], np.float32)

@@ -222,7 +222,7 @@ def test_bad_input_names_the_argument(kwargs, error, match, caplog):
     assert not compiled, f"the error must come before any XLA compilation, got {compiled}"
 
 
-def test_nan_and_pos_inf_inputs_rejected_before_compilation():
+def test_nan_and_pos_inf_inputs_rejected_from_the_kernel_flags():
     a = A.copy()
     a[1, 2, 3] = np.nan
     with pytest.raises(ValueError, match="logits_a contains NaN"):
@@ -358,3 +358,63 @@ def test_counted_all_neg_inf_row_is_an_error_and_masked_nan_is_not():
 def test_prioritize_fraction_rounding():
     assert prioritize([1.0, 2.0, 3.0], fraction=1e-12).tolist() == [2]
     assert prioritize(np.arange(10.0), fraction=np.float32(0.3)).tolist() == [9, 8, 7]
+
+
+def test_values_are_checked_from_the_kernel_not_by_an_extra_pass(monkeypatch):
+    from jaxrank import _validation
+
+    def no_extra_pass(*args, **kwargs):
+        raise AssertionError("score_pairs must not run a separate validation pass over the logits")
+
+    monkeypatch.setattr(_validation, "logit_value_flags", no_extra_pass)
+    monkeypatch.setattr(_validation, "check_logit_values", no_extra_pass)
+    a, b = jnp.asarray(A), jnp.asarray(BB)
+    assert_close(score_pairs(a, b, MASK)["kl"], reference_scores(A, BB, MASK, "kl"))
+    bad = a.at[1, 2, 3].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"logits_a contains NaN at a counted position \(first at index \(1, 2\)\)"):
+        score_pairs(bad, b, np.ones((B, S), bool))
+
+
+@pytest.mark.parametrize("implementation", ["reference", "blockwise"])
+def test_checked_score_pairs_under_jit(implementation):
+    from jax.experimental import checkify
+
+    f = checkify.checkify(jax.jit(lambda a, b, m: score_pairs(a, b, m, checked=True, implementation=implementation)))
+    mask = np.ones((B, S), bool)
+    mask[0, 1] = False
+    nan = A.copy()
+    nan[0, 1, 4] = np.nan  # masked out: never reaches a score, no error
+    err, out = f(nan, BB, mask)
+    assert err.get() is None and bool(jnp.all(jnp.isfinite(out["kl"])))
+    nan[2, 3, 0] = np.nan
+    err, out = f(nan, BB, mask)
+    assert bool(jnp.isnan(out["kl"][2]))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"logits_a contains NaN at a counted position \(first at "
+                       r"index \(2, 3\)\)"):
+        err.throw()
+    empty = BB.copy()
+    empty[3, 5, :] = -np.inf
+    err, _ = f(A, empty, mask)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"logits_b\[3, 5\] is all -inf at a counted position"):
+        err.throw()
+    # Unchecked under jit: no error, NaN scores only (documented).
+    plain = jax.jit(lambda a, b, m: score_pairs(a, b, m, implementation=implementation))
+    assert bool(jnp.isnan(plain(nan, BB, mask)["kl"][2]))
+
+
+def test_checked_score_pairs_rejects_logits_as_log_probs():
+    from jax.experimental import checkify
+
+    la, lb = log_softmax(A.astype(np.float64), -1).astype(np.float32), log_softmax(BB.astype(np.float64), -1)
+    lb = lb.astype(np.float32)
+    f = checkify.checkify(jax.jit(lambda a, b: score_pairs(a, b, MASK, log_probs=True, checked=True)))
+    err, out = f(la, lb)
+    assert err.get() is None
+    assert_close(out["kl"], reference_scores(A, BB, MASK, "kl"))
+    err, _ = f(A, lb)
+    with pytest.raises(checkify.JaxRuntimeError, match="logits_a is not normalised"):
+        err.throw()
+    with pytest.raises(ValueError, match="logits_b is not normalised"):
+        score_pairs(la, BB, MASK, log_probs=True, checked=True)
+    with pytest.raises(TypeError, match="checked must be True or False"):
+        score_pairs(A, BB, checked="yes")

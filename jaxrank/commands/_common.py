@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import os
 import pathlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from rich.console import Console
 from rich.progress import (
@@ -17,6 +19,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from jaxrank.outputs import FIGURE_FORMATS, TABLE_FORMATS, Output, check_distinct, check_output  # noqa: F401
+from jaxrank.resources import ResourceError
+
 
 class CliError(Exception):
     """A user error: printed as one line `jaxrank: error: ...`, exit status 2."""
@@ -26,18 +31,29 @@ console = Console(stderr=False)
 err_console = Console(stderr=True)
 
 
-def output_path(path: str | None, *, force: bool, arg: str = "--out") -> pathlib.Path | None:
-    """Validate an output path: never overwrite an existing file unless `--force` was given."""
+def output_path(path: str | None, *, force: bool, arg: str = "--out", kind: str = "file",
+                inputs: Iterable[str | os.PathLike | None] = (),
+                suffixes: Sequence[str] | None = None) -> Output | None:
+    """Check an output target before any work (`jaxrank.outputs.check_output`): its folder exists and
+    accepts files, it is not (and holds no) input, an existing target needs `--force` and is replaced only
+    if it is a file (or, for `kind="dir"`, a directory jaxrank wrote). None when the option was not given."""
     if path is None:
         return None
-    p = pathlib.Path(path)
-    if p.exists() and not force:
-        raise CliError(f"{arg} {p} already exists; pass --force to overwrite it")
-    if p.exists() and p.is_dir():
-        raise CliError(f"{arg} {p} is a directory; expected a file path")
-    if not p.parent.exists():
-        raise CliError(f"{arg} {p}: folder {p.parent} does not exist")
-    return p
+    out = check_output(path, kind=kind, force=force, label=arg, hint="--force", inputs=inputs, suffixes=suffixes)
+    if suffixes is FIGURE_FORMATS and importlib.util.find_spec("matplotlib") is None:
+        raise CliError(f"{arg} {path}: plotting needs matplotlib: pip install 'jaxrank[plot]'")
+    return out
+
+
+@contextlib.contextmanager
+def resource_flags(**flags: str) -> Iterator[None]:
+    """Name command-line flags in memory-plan errors: `with resource_flags(num_rounds="--bootstrap"): ...`
+    turns a `ResourceError` about `num_rounds` into a one-line error about `--bootstrap`."""
+    try:
+        yield
+    except ResourceError as err:
+        flag = flags.get(err.option, "--" + err.option.replace("_", "-"))
+        raise CliError(err.render(flag)) from None
 
 
 def input_path(path: str, *, arg: str) -> pathlib.Path:
@@ -96,17 +112,6 @@ def vote_options(args, *, columns_extra: dict[str, str] | None = None) -> dict:
     return {"format": args.format, "columns": columns or None, "winner_labels": labels}
 
 
-def write_table(frame, path: pathlib.Path) -> None:
-    """Write a results table as .csv, .jsonl or .parquet (by the suffix)."""
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        frame.to_csv(path, index=False)
-    elif suffix == ".jsonl":
-        frame.to_json(path, orient="records", lines=True)
-    else:
-        frame.to_parquet(path, index=False)
-
-
 def progress(description: str, total: int | None, *, transient: bool = False) -> Progress:
     """A rich progress bar on stderr (count, elapsed, remaining); use as a context manager."""
     return Progress(
@@ -119,6 +124,30 @@ def progress(description: str, total: int | None, *, transient: bool = False) ->
         console=err_console,
         transient=transient,
     )
+
+
+class ChunkProgress:
+    """`progress(done, total)` for chunked library work: a rich bar on stderr with a rate, shown only once
+    the work has taken more than a second (short runs print nothing); `close()` when done."""
+
+    def __init__(self, description: str, unit: str) -> None:
+        self.description, self.unit = description, unit
+        self.start = time.perf_counter()
+        self.bar = None
+        self.task = None
+
+    def __call__(self, done: int, total: int) -> None:
+        elapsed = time.perf_counter() - self.start
+        if self.bar is None and elapsed > 1.0 and done < total:
+            self.bar = progress(self.description, total)
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=total, rate="")
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, rate=f"{done / max(elapsed, 1e-9):.0f} {self.unit}/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import datetime
 import pathlib
 import time
 
-from jaxrank.commands._common import CliError, err_console
+from jaxrank.commands._common import CliError, err_console, resource_flags
 
 DEFAULT_MODEL_A = "smollm2-135m-instruct"
 DEFAULT_MODEL_B = "gemma3-270m"
@@ -55,31 +55,32 @@ def _spread(items: list, n: int) -> list:
     return [items[int(i * step)] for i in range(n)]
 
 
-def new_run_file(runs_dir: pathlib.Path, stem: str = "demo") -> pathlib.Path:
-    """A path under `runs_dir` that does not exist yet (time-stamped, with a counter on collision)."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
+def new_run_file(runs_dir: pathlib.Path, text: str, stem: str = "demo") -> pathlib.Path:
+    """Write `text` to a new file under `runs_dir` (time-stamped, a counter on collision), atomically and never
+    overwriting (`jaxrank.outputs.new_file`); returns its path."""
+    from jaxrank.outputs import new_file
+
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = runs_dir / f"{stem}-{stamp}.jsonl"
-    i = 1
-    while path.exists():
-        path = runs_dir / f"{stem}-{stamp}-{i}.jsonl"
-        i += 1
-    return path
+    return new_file(runs_dir, f"{stem}-{stamp}", ".jsonl", lambda p: p.write_text(text, encoding="utf-8"),
+                    label="--runs-dir")
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxrank.commands.prioritize import print_table, rank_prompts
+    from jaxrank.commands.prioritize import jsonl_text, print_table, rank_prompts
     from jaxrank.lm.prompts import builtin_prompts
+    from jaxrank.outputs import check_folder
 
-    if args.num_prompts < 1:
-        raise CliError(f"--num-prompts must be >= 1, got {args.num_prompts}")
+    pool = builtin_prompts()
+    if not 1 <= args.num_prompts <= len(pool):
+        raise CliError(f"--num-prompts must be between 1 and {len(pool)} (the built-in prompt set has {len(pool)} "
+                       f"prompts; use jaxrank prioritize --prompts FILE for more), got {args.num_prompts}")
     if not (0.0 < args.fraction <= 1.0):
         raise CliError(f"--fraction must lie in (0, 1], got {args.fraction}")
     for flag in ("max_new_tokens", "num_samples", "batch_size"):
         if getattr(args, flag) < 1:
             raise CliError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    prompts = _spread(builtin_prompts(), args.num_prompts)
-    out = new_run_file(pathlib.Path(args.runs_dir))
+    prompts = _spread(pool, args.num_prompts)
+    runs_dir = check_folder(args.runs_dir, label="--runs-dir")  # before the models load
     # The pipeline's own options (shared with `jaxrank prioritize`).
     args.temperature, args.max_length = 0.0, None
     start = time.perf_counter()
@@ -87,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
         f"[bold]jaxrank demo[/bold]: {len(prompts)} built-in prompts, A = {args.model_a}, B = {args.model_b}, "
         f"{args.num_samples} samples x {args.max_new_tokens} tokens"
     )
-    rows = rank_prompts(args, prompts, out)
+    with resource_flags(batch_size="--batch-size"):
+        rows = rank_prompts(args, prompts)
+    out = new_run_file(runs_dir, jsonl_text(rows))
     print_table(rows, title=f"prompts ranked by disagreement of {args.model_a} and {args.model_b}")
     mode = rows[0]["mode"] if rows else args.mode
     unit = "nats/byte, Monte-Carlo KL(A‖B)" if mode == "sequence" else "nats/token, KL(A‖B)"

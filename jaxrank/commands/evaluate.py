@@ -15,16 +15,20 @@ import warnings
 from typing import Any
 
 from jaxrank.commands._common import (
+    FIGURE_FORMATS,
+    TABLE_FORMATS,
     CliError,
     add_vote_arguments,
+    check_distinct,
     console,
     err_console,
     input_path,
     output_path,
+    resource_flags,
     vote_options,
 )
 
-_PLOT_FORMATS = (".png", ".pdf", ".svg")
+_FLAGS = {"num_random": "--num-random", "num_bootstrap": "--bootstrap", "num_permutations": "--permutations"}
 
 
 def register(subparsers: Any) -> None:
@@ -135,9 +139,9 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-column", metavar="NAME",
                    help="prompt-id column of VOTES (default: the layout's, e.g. prompt_id or question_id; LLMFAO: "
                         "prompt); the same as --columns prompt_id=NAME")
-    p.add_argument("--out", metavar="FILE", help="write the table as CSV")
+    p.add_argument("--out", metavar="FILE", help="write the table (.csv, .tsv, .jsonl or .parquet)")
     p.add_argument("--plot", metavar="FILE", help="write the figure (.png, .pdf, .svg)")
-    p.add_argument("--force", action="store_true", help="overwrite --out/--plot if they exist")
+    p.add_argument("--force", action="store_true", help="replace --out/--plot if they exist (files only)")
 
 
 def _parse_fractions(text: str, flag: str = "--fractions") -> list[float]:
@@ -155,14 +159,12 @@ def _parse_fractions(text: str, flag: str = "--fractions") -> list[float]:
     return out
 
 
-def _outputs(args: argparse.Namespace):
-    """--out (a .csv) and --plot (.png/.pdf/.svg), checked before any work: (out, plot), None when not asked."""
-    out = output_path(args.out, force=args.force, arg="--out")
-    if out is not None and out.suffix.lower() != ".csv":
-        raise CliError(f"--out {out}: expected a .csv file, got {out.suffix or '(no suffix)'!r}")
-    plot = output_path(args.plot, force=args.force, arg="--plot")
-    if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
-        raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
+def _outputs(args: argparse.Namespace, inputs=()):
+    """--out (a table by suffix) and --plot (.png/.pdf/.svg), checked before any work (`jaxrank.outputs`):
+    (out, plot), None when not asked."""
+    out = output_path(args.out, force=args.force, arg="--out", inputs=inputs, suffixes=TABLE_FORMATS)
+    plot = output_path(args.plot, force=args.force, arg="--plot", inputs=inputs, suffixes=FIGURE_FORMATS)
+    check_distinct(out, plot)
     return out, plot
 
 
@@ -181,7 +183,7 @@ def _load(args: argparse.Namespace):
         raise CliError(f"--ci must lie strictly between 0 and 1, got {args.ci}")
     if args.num_random < 2:
         raise CliError(f"--num-random must be >= 2, got {args.num_random}")
-    out, plot = _outputs(args)
+    out, plot = _outputs(args, inputs=[scores_path, votes_path])
     read = vote_options(args, columns_extra={"prompt_id": args.prompt_column} if args.prompt_column else None)
     try:
         scores = load_scores(scores_path)
@@ -203,7 +205,8 @@ def _evaluate(fn, args: argparse.Namespace, scores_path, votes_path, **kwargs):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            res = fn(**kwargs)
+            with resource_flags(**_FLAGS):
+                res = fn(**kwargs)
         except ValueError as err:
             text = str(err)
             if text.startswith("scores"):
@@ -225,13 +228,14 @@ def run_ties(args: argparse.Namespace) -> int:
     import jax
 
     from jaxrank.evaluation import tie_reduction
+    from jaxrank.outputs import write_table
 
     scores, votes, out, plot, fractions, votes_path, scores_path = _load(args)
     res = _evaluate(tie_reduction, args, scores_path, votes_path, scores=scores, votes=votes, fractions=fractions,
                     num_random=args.num_random, confidence=args.ci, key=jax.random.key(args.seed))
     frame = res.to_frame()
     if out is not None:
-        frame.to_csv(out, index=False)
+        write_table(frame, out)
     if plot is not None:
         from jaxrank.plots import plot_tie_reduction
 
@@ -248,7 +252,7 @@ def run_ties(args: argparse.Namespace) -> int:
                       _fmt(res.tie_rate_top[i]), _fmt(res.tie_rate_random[i]), _fmt(res.reduction[i]),
                       f"[{_fmt(res.lower[i])}, {_fmt(res.upper[i])}]")
     console.print(table)
-    written = [str(p) for p in (out, plot) if p is not None]
+    written = [p.named for p in (out, plot) if p is not None]
     if written:
         err_console.print(f"wrote {', '.join(written)}", highlight=False)
     return 0
@@ -258,6 +262,7 @@ def run_stability(args: argparse.Namespace) -> int:
     import jax
 
     from jaxrank.evaluation import leaderboard_stability
+    from jaxrank.outputs import write_table
 
     if args.permutations < 2:
         raise CliError(f"--permutations must be >= 2, got {args.permutations}")
@@ -273,7 +278,7 @@ def run_stability(args: argparse.Namespace) -> int:
     )
     frame = res.to_frame()
     if out is not None:
-        frame.to_csv(out, index=False)
+        write_table(frame, out)
     if plot is not None:
         from jaxrank.plots import plot_stability
 
@@ -300,7 +305,7 @@ def run_stability(args: argparse.Namespace) -> int:
             _fmt(r["spearman"]), _fmt(r["pairs_agree"]), _fmt(r["max_rating_diff"], 1), _fmt(r["random_max_rating_diff"], 1),
         )
     console.print(table)
-    written = [str(p) for p in (out, plot) if p is not None]
+    written = [p.named for p in (out, plot) if p is not None]
     if written:
         err_console.print(f"wrote {', '.join(written)}", highlight=False)
     return 0
@@ -328,7 +333,7 @@ def run_replay(args: argparse.Namespace) -> int:
         raise CliError(f"--uniform-mix must lie in (0, 1], got {args.uniform_mix:g}")
     if not 0.0 < args.ci < 1.0:
         raise CliError(f"--ci must lie strictly between 0 and 1, got {args.ci}")
-    out, plot = _outputs(args)
+    out, plot = _outputs(args, inputs=[p for p in (scores_path, votes_path, judge_path) if p is not None])
     extra = {"prompt_id": args.prompt_column} if args.prompt_column else None
     read = vote_options(args, columns_extra=extra)
     try:
@@ -378,7 +383,9 @@ def run_replay(args: argparse.Namespace) -> int:
         err_console.print(f"jaxrank: warning: {note}", markup=False, highlight=False, soft_wrap=True)
     frame = curves.to_frame()
     if out is not None:
-        frame.to_csv(out, index=False)
+        from jaxrank.outputs import write_table
+
+        write_table(frame, out)
     if plot is not None:
         from jaxrank.plots import plot_design_curves
 
@@ -396,7 +403,7 @@ def run_replay(args: argparse.Namespace) -> int:
                       f"{row.coverage:.3f}±{row.coverage_stderr:.3f}", _fmt(row.width, 1), _fmt(row.kendall_tau),
                       _fmt(row.lam), _fmt(row.equivalent_uniform))
     console.print(table)
-    written = [str(p) for p in (out, plot) if p is not None]
+    written = [p.named for p in (out, plot) if p is not None]
     if written:
         err_console.print(f"wrote {', '.join(written)}", highlight=False)
     return 0

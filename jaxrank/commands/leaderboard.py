@@ -10,19 +10,19 @@ import warnings
 from typing import Any
 
 from jaxrank.commands._common import (
+    FIGURE_FORMATS,
+    TABLE_FORMATS,
     CliError,
     add_vote_arguments,
+    check_distinct,
     console,
     err_console,
     input_path,
     output_path,
     progress,
+    resource_flags,
     vote_options,
-    write_table,
 )
-
-_OUT_FORMATS = (".csv", ".jsonl", ".parquet")
-_PLOT_FORMATS = (".png", ".pdf", ".svg")
 
 
 def register(subparsers: Any) -> None:
@@ -34,7 +34,8 @@ def register(subparsers: Any) -> None:
             "Arena model_a, model_b, winner; Kaggle 55k one-hot; FastChat clean_battle; MT-Bench; AlpacaEval soft "
             "preferences; LLMFAO; PandaLM), detected from the columns. Intervals come from a bootstrap "
             "(--bootstrap N) or, by default, from the robust sandwich estimator. Output columns: "
-            "model, rating, lower, upper, rank_ub, battles, rank, tied_group (and rank_change with --style)."
+            "[group,] model, rating, lower, upper, rank_ub, battles, rank, tied_group (and rank_change with --style, "
+            "win_rate, win_rate_lower, win_rate_upper in %% with --baseline). Python: jaxrank.leaderboard(votes, ...)."
         ),
     )
     p.add_argument("votes", metavar="VOTES", help="votes file: .csv, .tsv, .jsonl/.json or .parquet (text files may be .gz)")
@@ -70,6 +71,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--force", action="store_true", help="overwrite --out/--plot/--save if they exist")
     p.add_argument("--plot", metavar="FILE", help="forest plot of ratings and intervals (.png, .pdf, .svg)")
     p.add_argument("--save", metavar="DIR", help="save the fitted leaderboard (orbax checkpoint directory)")
+    p.add_argument("--filter", action="append", default=[], metavar="COL=VALUE",
+                   help="keep only votes whose column COL (a column of VOTES kept as metadata, e.g. turn, language, "
+                        "category; or judge, prompt_id, model) equals VALUE; repeatable (different columns must all "
+                        "match, values of one column are alternatives)")
+    p.add_argument("--group-by", metavar="COL",
+                   help="one leaderboard per value of column COL (e.g. turn, judge, language), all groups fitted in "
+                        "one vmapped call; the table gains a group column")
+    p.add_argument("--baseline", metavar="MODEL",
+                   help="add each model's predicted win rate in %% against MODEL (a tie counts half), with its interval")
+    p.add_argument("--matrix", metavar="FILE",
+                   help="heatmaps of the pairwise observed win fraction, battle counts and predicted win rate "
+                        "(.png, .pdf, .svg)")
+    p.add_argument("--title", help="title of the printed table and the figures")
     p.set_defaults(func=run)
 
 
@@ -109,42 +123,80 @@ def parse_style(text: str) -> tuple[tuple[str, ...], dict[str, tuple[str, str]]]
 
 
 class _Progress:
-    """Bootstrap progress: a rich bar, shown only once the run has taken more than a second."""
+    """Bootstrap progress over one or more phases (one per --group-by group): an up-front plan line, then one
+    overall display (phase i/n, rounds, overall ETA) as a rich bar on a terminal, or plain lines every
+    `every` seconds when stderr is not a terminal (a log, CI); nothing for runs under a second."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, phases: list[str], rounds: int, every: float = 10.0) -> None:
         self.start = time.perf_counter()
+        self.phases, self.rounds, self.every = phases, rounds, every
+        self.phase, self.last_done, self.last_line = 0, 0, self.start
         self.bar = None
         self.task = None
+        self.first = None
+        self.tty = err_console.is_terminal
+
+    def plan(self, text: str) -> None:
+        err_console.print(f"[dim]{text}[/dim]", highlight=False)
 
     def __call__(self, done: int, total: int) -> None:
-        elapsed = time.perf_counter() - self.start
-        if self.bar is None and elapsed > 1.0 and done < total:
-            self.bar = progress("bootstrap", total)
+        if done < self.last_done or (done == 0 and self.last_done == total and total):
+            self.phase = min(self.phase + 1, len(self.phases) - 1)   # the next group's bootstrap started
+        self.last_done = done
+        overall_total = self.rounds * len(self.phases)
+        overall = self.phase * self.rounds + done
+        now = time.perf_counter()
+        if self.first is None:
+            self.start = self.last_line = now          # the clock starts with the bootstrap, not the fit
+        elif self.first[1] == 0 and overall > 0:
+            self.first = (now, overall)                # the rate is measured after the first (compiling) chunk
+        if self.first is None:
+            self.first = (now, 0)
+        elapsed = now - self.start
+        label = (f"bootstrap, phase {self.phase + 1}/{len(self.phases)}" +
+                 (f" ({self.phases[self.phase]})" if self.phases[self.phase] else ""))
+        if not self.tty:
+            if (now - self.last_line >= self.every and overall < overall_total) or (overall == overall_total and elapsed > self.every):
+                t0, n0 = self.first
+                if overall > n0 and now > t0:
+                    eta = f"ETA {(now - t0) / (overall - n0) * (overall_total - overall):.0f} s"
+                else:
+                    eta = "ETA after the first chunk (compiling)"
+                err_console.print(f"jaxrank: {label}: {overall}/{overall_total} rounds, {elapsed:.0f} s elapsed, "
+                                  f"{eta}", highlight=False, markup=False)
+                self.last_line = now
+            return
+        if self.bar is None and elapsed > 1.0 and overall < overall_total:
+            self.bar = progress("bootstrap", overall_total)
             self.bar.start()
-            self.task = self.bar.add_task("bootstrap", total=total, rate="")
+            self.task = self.bar.add_task(label, total=overall_total, rate="")
         if self.bar is not None:
-            rate = f"{done / max(elapsed, 1e-9):.0f} rounds/s"
-            self.bar.update(self.task, completed=done, rate=rate)
+            self.bar.update(self.task, completed=overall, description=label,
+                            rate=f"{overall / max(elapsed, 1e-9):.0f} rounds/s")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
 
 
+def parse_filters(items: list[str]) -> list[tuple[str, str]]:
+    """`--filter COL=VALUE` (repeatable) -> [(column, value)]."""
+    out = []
+    for text in items:
+        col, sep, value = text.partition("=")
+        if not sep or not col.strip() or not value.strip():
+            raise CliError(f"--filter: expected COL=VALUE, got {text!r}")
+        out.append((col.strip(), value.strip()))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
-    import pandas as pd
 
-    from jaxrank.ratings import fit_bradley_terry
-    from jaxrank.ratings.uncertainty import (
-        bootstrap_ratings,
-        rank_by_rating,
-        rank_upper_bound,
-        sandwich_intervals,
-        save_leaderboard,
-        tied_groups,
-    )
+    from jaxrank.outputs import write_table
+    from jaxrank.ratings.leaderboard import leaderboard, vote_column
+    from jaxrank.ratings.uncertainty import bootstrap_plan, save_leaderboard
     from jaxrank.votes import load_votes
 
     # Validate everything cheap before reading or fitting.
@@ -164,24 +216,31 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--l2 must be a finite number >= 0, got {args.l2}")
     if not (math.isfinite(args.style_l2) and args.style_l2 >= 0):
         raise CliError(f"--style-l2 must be a finite number >= 0, got {args.style_l2}")
-    out = output_path(args.out, force=args.force, arg="--out")
-    if out is not None and out.suffix.lower() not in _OUT_FORMATS:
-        raise CliError(f"--out {out}: unknown format {out.suffix or '(none)'!r}; use .csv, .jsonl or .parquet")
-    plot = output_path(args.plot, force=args.force, arg="--plot")
-    if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
-        raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
-    save = pathlib.Path(args.save) if args.save else None
-    if save is not None and save.exists() and not args.force:
-        raise CliError(f"--save {save} already exists; pass --force to overwrite it")
-    if save is not None and not save.absolute().parent.exists():
-        raise CliError(f"--save {save}: folder {save.absolute().parent} does not exist")
+    if args.group_by is not None:
+        for opt, value in (("--anchor", args.anchor), ("--plot", args.plot), ("--matrix", args.matrix),
+                           ("--save", args.save)):
+            if value:
+                raise CliError(f"{opt} is not available with --group-by (one leaderboard per group); filter one group "
+                               "with --filter COL=VALUE instead")
+    # Every target, before any work: folder exists and is writable, not the input, --force rules.
+    out = output_path(args.out, force=args.force, arg="--out", inputs=[votes_path], suffixes=TABLE_FORMATS)
+    plot = output_path(args.plot, force=args.force, arg="--plot", inputs=[votes_path], suffixes=FIGURE_FORMATS)
+    matrix = output_path(args.matrix, force=args.force, arg="--matrix", inputs=[votes_path], suffixes=FIGURE_FORMATS)
+    save = output_path(args.save, force=args.force, arg="--save", kind="dir", inputs=[votes_path])
+    check_distinct(out, plot, matrix, save)
     style, style_columns = parse_style(args.style) if args.style else ((), {})
     if style and args.ties == "grounded-rao-kupper":
         raise CliError("--style is not available with --ties grounded-rao-kupper (its both-bad competitor has no "
                        "answer, hence no style)")
+    filters = parse_filters(args.filter)
     read = vote_options(args)
     anchor, anchor_rating = parse_anchor(args.anchor) if args.anchor else (None, None)
     if args.design or args.judge:
+        for flag, bad in (("--filter", filters), ("--group-by", args.group_by), ("--baseline", args.baseline),
+                          ("--matrix", matrix)):
+            if bad:
+                raise CliError(f"{flag} is not available with {'--design' if args.design else '--judge'} (the "
+                               "design-based leaderboard); leave it out")
         return _run_design(args, votes_path, out, plot, save, style, read, anchor, anchor_rating)
     if args.lam is not None:
         raise CliError("--lam is the PPI weight of judge votes; it needs --judge JUDGE_VOTES")
@@ -193,108 +252,114 @@ def run(args: argparse.Namespace) -> int:
             close = [m for m in votes.models if anchor.lower() in m.lower()][:5]
             hint = f"; similar: {', '.join(close)}" if close else ""
             raise CliError(f"--anchor: {anchor!r} is not one of the {votes.num_models} models in {votes_path}{hint}")
+        if args.baseline is not None and args.baseline not in votes.models:
+            close = [m for m in votes.models if args.baseline.lower() in m.lower()][:5]
+            hint = f"; similar: {', '.join(close)}" if close else f"; models: {', '.join(votes.models[:20])}"
+            raise CliError(f"--baseline: {args.baseline!r} is not one of the {votes.num_models} models in "
+                           f"{votes_path}{hint}")
         if style:
             missing = [s for s in style if s not in votes.feature_names]
             if missing:
                 have = ", ".join(votes.feature_names) or "none"
                 raise CliError(f"--style: {votes_path} has no feature(s) {', '.join(map(repr, missing))} (features found: "
                                f"{have}); read one from two columns with --style NAME=COLUMN_A:COLUMN_B")
-        fit_opts = {"l2": args.l2, "anchor": anchor, "anchor_rating": anchor_rating}
-        style_opts = {"style": style, "style_l2": args.style_l2} if style else {}
-        fit = fit_bradley_terry(votes, ties=args.ties, **fit_opts, **style_opts)
-        plain = fit_bradley_terry(votes, ties=args.ties, **fit_opts) if style else None
-        if args.bootstrap >= 2:
-            bar = _Progress()
+        try:
+            if args.group_by is not None:
+                vote_column(votes, args.group_by)
+            bar = None
+            chunk = None
+            if args.bootstrap >= 2:
+                with resource_flags(num_rounds="--bootstrap"):  # the memory plan, before the fit
+                    plan = bootstrap_plan(votes, num_rounds=args.bootstrap, ties=args.ties, unit=args.resample,
+                                          style=style)
+                # At least ~20 chunks (same compiled shape), so the bar moves and Ctrl-C stops the run between
+                # two of them; never more per chunk than the memory plan allows. Rounds do not depend on chunking.
+                chunk = max(1, min(plan.chunk_size, -(-args.bootstrap // 20)))
+                groups = sorted(set(vote_column(votes, args.group_by).astype(str).tolist())) if args.group_by else [""]
+                bar = _Progress(phases=[f"{args.group_by}={g}" if g else "" for g in groups], rounds=args.bootstrap)
+                bar.plan(f"plan: {args.bootstrap} bootstrap rounds over {args.resample} x {len(groups)} "
+                         f"leaderboard(s); {votes.num_models} models, {votes.num_votes} votes; ~20 compiled chunks "
+                         "per leaderboard (the first compiles)")
             try:
-                # ~20 chunks (same compiled shape), so the bar moves; rounds do not depend on chunking.
-                intervals = bootstrap_ratings(
-                    jax.random.key(args.seed), votes, num_rounds=args.bootstrap, ties=args.ties,
-                    confidence=args.ci, progress=bar, fit=fit, unit=args.resample,
-                    chunk_size=max(1, -(-args.bootstrap // 20)),
-                )
+                with resource_flags(num_rounds="--bootstrap"):
+                    lb = leaderboard(
+                        votes, ties=args.ties, bootstrap=args.bootstrap,
+                        key=jax.random.key(args.seed) if args.bootstrap >= 2 else None, resample=args.resample,
+                        confidence=args.ci, l2=args.l2, style=style or None, style_l2=args.style_l2, anchor=anchor,
+                        anchor_rating=anchor_rating, filters=filters or None, group_by=args.group_by,
+                        baseline=args.baseline, title=args.title, progress=bar,
+                        chunk_size=chunk,
+                    )
             finally:
-                bar.close()
-            method = f"bootstrap over {args.resample}, {args.bootstrap} rounds"
-        else:
-            intervals = sandwich_intervals(votes, fit, confidence=args.ci)
-            method = "sandwich (robust) estimator"
-    notes = [str(w.message) for w in caught]
-    if not bool(fit.converged):
-        notes.append(
-            f"the Bradley-Terry fit did not converge in {int(fit.num_iter)} iterations; ratings may be inaccurate"
-        )
-    converged = getattr(intervals, "converged", None)
-    if converged is not None:
-        failed = int(np.sum(~np.asarray(converged, bool)))
-        if failed:
-            notes.append(
-                f"{failed} of {np.size(converged)} bootstrap rounds did not converge (often a model that never "
-                "lost or never won in a resample); their ratings are included in the intervals"
-            )
-    lower = np.asarray(intervals.lower, np.float64)
-    upper = np.asarray(intervals.upper, np.float64)
-    if not (np.isfinite(lower).all() and np.isfinite(upper).all()):
-        notes.append("some intervals are not finite (a model without enough votes in the resamples?); their "
-                     "rank_ub and tied_group are not meaningful")
-    for note in dict.fromkeys(notes):
+                if bar is not None:
+                    bar.close()
+        except ValueError as err:
+            msg = str(err)
+            for prefix, opt in (("filter ", "--filter "), ("no vote satisfies", "--filter: no vote satisfies"),
+                                ("no column", "--group-by/--filter: no column")):
+                if msg.startswith(prefix):
+                    raise CliError(opt + msg[len(prefix):]) from None
+            raise
+    for note in dict.fromkeys(str(w.message) for w in caught):
         err_console.print(f"jaxrank: warning: {note}", markup=False, highlight=False, soft_wrap=True)
 
-    ratings = np.asarray(fit.ratings, np.float64)
-    count = votes.battles_per_model()
-    frame = pd.DataFrame(
-        {
-            "model": list(votes.models),
-            "rating": ratings,
-            "lower": lower,
-            "upper": upper,
-            "rank_ub": np.asarray(rank_upper_bound(lower, upper), np.int64),
-            "battles": count.astype(np.int64) if np.allclose(count, np.rint(count)) else count,
-            "rank": np.asarray(rank_by_rating(ratings), np.int64),
-            "tied_group": tied_groups(ratings, lower, upper).astype(np.int64),
-        }
-    )
-    if plain is not None:
-        frame["rank_change"] = np.asarray(rank_by_rating(np.asarray(plain.ratings, np.float64)), np.int64) - frame["rank"]
-    frame = frame.sort_values(["rating", "model"], ascending=[False, True], kind="stable").reset_index(drop=True)
-
+    frame = lb.frame
+    fit = lb.fits[None] if args.group_by is None else None
+    intervals = lb.intervals[None] if args.group_by is None else None
+    name = votes_path.name
+    title = args.title or f"{name}: {lb.title}"
     if out is not None:
         write_table(frame, out)
     if plot is not None:
         from jaxrank.plots import plot_leaderboard
 
         plot_leaderboard(frame["model"], frame["rating"], frame["lower"], frame["upper"], path=plot,
-                         title=f"{votes_path.name}: {args.ties} ties, {int(args.ci * 100)}% intervals ({method.split(',')[0]})")
+                         title=args.title or f"{name}: {args.ties} ties, {int(args.ci * 100)}% intervals "
+                                             f"({lb.method.split(',')[0]})")
+    if matrix is not None:
+        from jaxrank.plots import plot_matrices
+
+        mats = lb.matrices()
+        plot_matrices(list(frame["model"]), {k: v.to_numpy() for k, v in mats.items()}, path=matrix,
+                      title=args.title or f"{name}: pairwise tables, {lb.fits[None].num_models} models")
     if save is not None:
         save_leaderboard(save, fit, intervals, force=args.force,
                          metadata={"votes": str(votes_path), "ties": args.ties, "bootstrap": args.bootstrap,
-                                   "seed": args.seed, "style": list(style), "resample": args.resample})
+                                   "seed": args.seed, "style": list(style), "resample": args.resample,
+                                   "filters": [list(f) for f in filters]})
 
     from rich.table import Table
 
-    soft = ", soft outcomes" if votes.is_soft else ""
-    table = Table(title=f"{votes_path.name}: {votes.num_models} models, {votes.num_votes} votes{soft}; "
-                        f"{args.ci:.0%} intervals from the {method}"
-                        + (f"; style control on {', '.join(style)}" if style else ""))
-    columns = [("rank", "right"), ("rank (UB)", "right"), ("group", "right"), ("model", "left"), ("rating", "right"),
-               ("lower", "right"), ("upper", "right"), ("battles", "right")]
-    if plain is not None:
-        columns.append(("rank change", "right"))
-    for col, justify in columns:
-        table.add_column(col, justify=justify)
-    for row in frame.itertuples(index=False):
-        cells = [str(row.rank), str(row.rank_ub), str(row.tied_group), str(row.model), f"{row.rating:.1f}",
-                 f"{row.lower:.1f}", f"{row.upper:.1f}", f"{row.battles:g}"]
-        if plain is not None:
-            cells.append(f"{row.rank_change:+d}" if row.rank_change else "0")
-        table.add_row(*cells)
-    console.print(table)
-    if style:
-        beta = np.asarray(fit.beta, np.float64)
-        lo, hi = np.asarray(intervals.beta_lower, np.float64), np.asarray(intervals.beta_upper, np.float64)
-        parts = [f"{name} {b:+.3f} [{l:+.3f}, {h:+.3f}]" for name, b, l, h in zip(style, beta, lo, hi)]
-        console.print(f"style coefficients (log-odds of a win per standard deviation of the normalised difference, "
-                      f"{args.ci:.0%} intervals): {'; '.join(parts)}", highlight=False, soft_wrap=True)
-    written = [str(p) for p in (out, plot, save) if p is not None]
+    for group in lb.groups:
+        rows = frame if group is None else frame[frame["group"] == group]
+        caption = f"win %: predicted win rate against {args.baseline} (a tie counts half)" if args.baseline else None
+        table = Table(title=title if group is None else f"{title}\n{args.group_by} = {group}", caption=caption)
+        columns = [("rank", "right"), ("rank (UB)", "right"), ("group", "right"), ("model", "left"),
+                   ("rating", "right"), ("lower", "right"), ("upper", "right"), ("battles", "right")]
+        if style:
+            columns.append(("rank change", "right"))
+        if args.baseline:
+            columns += [("win %", "right"), ("lo %", "right"), ("hi %", "right")]
+        for col, justify in columns:
+            table.add_column(col, justify=justify, no_wrap=col == "model")
+        for row in rows.itertuples(index=False):
+            cells = [str(row.rank), str(row.rank_ub), str(row.tied_group), str(row.model), f"{row.rating:.1f}",
+                     f"{row.lower:.1f}", f"{row.upper:.1f}", f"{row.battles:g}"]
+            if style:
+                cells.append(f"{row.rank_change:+d}" if row.rank_change else "0")
+            if args.baseline:
+                cells += [f"{row.win_rate:.1f}", f"{row.win_rate_lower:.1f}", f"{row.win_rate_upper:.1f}"]
+            table.add_row(*cells)
+        # Not a terminal (a pipe, a log): rich would squeeze the table into 80 columns and cut the numbers.
+        console.print(table, width=None if console.is_terminal else max(console.width, 140))
+        if style:
+            g_fit, g_iv = lb.fits[group], lb.intervals[group]
+            beta = np.asarray(g_fit.beta, np.float64)
+            lo, hi = np.asarray(g_iv.beta_lower, np.float64), np.asarray(g_iv.beta_upper, np.float64)
+            parts = [f"{n} {b:+.3f} [{l:+.3f}, {h:+.3f}]" for n, b, l, h in zip(style, beta, lo, hi)]
+            console.print(f"style coefficients (log-odds of a win per standard deviation of the normalised difference, "
+                          f"{args.ci:.0%} intervals): {'; '.join(parts)}", highlight=False, soft_wrap=True)
+    written = [p.named for p in (out, plot, matrix, save) if p is not None]
     if written:
         err_console.print(f"wrote {', '.join(written)}", highlight=False)
     return 0
@@ -382,6 +447,8 @@ def _run_design(args: argparse.Namespace, votes_path: pathlib.Path, out, plot, s
         how = f"design-weighted (Horvitz-Thompson); {board.num_labelled} of {len(board.prompt_ids)} prompts labelled"
     design_name = board.sample.design if design is not None else "simple random sample of the judge's prompts"
     if out is not None:
+        from jaxrank.outputs import write_table
+
         write_table(frame, out)
     if plot is not None:
         from jaxrank.plots import plot_leaderboard
@@ -402,7 +469,7 @@ def _run_design(args: argparse.Namespace, votes_path: pathlib.Path, out, plot, s
                       f"{row.lower:.1f}", f"{row.upper:.1f}", f"{row.battles:g}")
     console.print(table)
     console.print(how, highlight=False, soft_wrap=True)
-    written = [str(p) for p in (out, plot) if p is not None]
+    written = [p.named for p in (out, plot) if p is not None]
     if written:
         err_console.print(f"wrote {', '.join(written)}", highlight=False)
     return 0

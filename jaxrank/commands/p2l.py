@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import pathlib
@@ -20,19 +21,20 @@ from typing import Any
 import numpy as np
 
 from jaxrank.commands._common import (
+    FIGURE_FORMATS,
+    TABLE_FORMATS,
     CliError,
     add_vote_arguments,
+    check_distinct,
     console,
     err_console,
     input_path,
     output_path,
     progress,
+    resource_flags,
     vote_options,
-    write_table,
 )
-
-_OUT_FORMATS = (".csv", ".jsonl", ".parquet")
-_PLOT_FORMATS = (".png", ".pdf", ".svg")
+from jaxrank.outputs import Output, check_workdir, write_table
 
 
 def register(subparsers: Any) -> None:
@@ -78,7 +80,8 @@ def register(subparsers: Any) -> None:
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--checkpoint-dir", metavar="DIR", help="training checkpoints (orbax CheckpointManager)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
-    t.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    t.add_argument("--force", action="store_true",
+                   help="replace --out if it is a model directory jaxrank wrote (only once the new one is complete)")
     t.set_defaults(func=run_train)
 
     for name, helptext in (("leaderboard", "aggregate leaderboard of a set of prompts"),
@@ -91,13 +94,16 @@ def register(subparsers: Any) -> None:
         s.add_argument("--cache-dir", metavar="DIR", help="cache computed prompt features here")
         s.add_argument("--max-length", type=int, default=256, help="most tokens read per prompt (default 256)")
         s.add_argument("--out", metavar="FILE", help="write the table (.csv, .jsonl or .parquet)")
-        s.add_argument("--force", action="store_true", help="overwrite outputs if they exist")
+        s.add_argument("--force", action="store_true", help="replace outputs if they exist (files only)")
         if name == "leaderboard":
             s.add_argument("--bootstrap", type=int, default=0, metavar="N",
                            help="bootstrap rounds over prompts for the intervals (default 0)")
             s.add_argument("--ci", type=float, default=0.95, metavar="C", help="interval coverage (default 0.95)")
             s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
             s.add_argument("--plot", metavar="FILE", help="forest plot (.png, .pdf, .svg)")
+            s.add_argument("--per-prompt", metavar="FILE",
+                           help="also write one ranked leaderboard per prompt (.csv, .jsonl or .parquet): columns "
+                                "prompt_id, rank, model, rating, theta")
             s.set_defaults(func=run_leaderboard)
         else:
             s.add_argument("--costs", required=True, metavar="FILE.json",
@@ -108,11 +114,6 @@ def register(subparsers: Any) -> None:
             s.set_defaults(func=run_route)
 
 
-def _check_table_out(path: str | None, force: bool) -> pathlib.Path | None:
-    out = output_path(path, force=force)
-    if out is not None and out.suffix.lower() not in _OUT_FORMATS:
-        raise CliError(f"--out {out}: unknown format {out.suffix or '(none)'!r}; use .csv, .jsonl or .parquet")
-    return out
 
 
 def _load_features(path: str, num_prompts: int) -> np.ndarray:
@@ -140,7 +141,7 @@ def _compute_features(texts: list[str], encoder: str, cache_dir: str | None, max
     def update(stage, advance, total, tokens):
         bar.update(task, advance=advance, rate=f"{tokens / max(time.perf_counter() - start, 1e-9):.0f} tok/s")
 
-    with warnings.catch_warnings(record=True) as caught, bar:
+    with warnings.catch_warnings(record=True) as caught, bar, resource_flags(max_length="--max-length"):
         warnings.simplefilter("always")
         feats = prompt_features(texts, encoder=encoder, cache_dir=cache_dir, max_length=max_length, progress=update)
     _print_warnings(caught)  # e.g. truncated prompts: one `jaxrank: warning:` line, not a source path
@@ -179,6 +180,16 @@ def _print_warnings(caught) -> None:
         err_console.print(f"jaxrank: warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
 
 
+@contextlib.contextmanager
+def _diverged_hint(lr: float):
+    from jaxrank.p2l import TrainingDivergedError
+
+    try:
+        yield
+    except TrainingDivergedError as err:
+        raise CliError(f"{err}; nothing was saved: lower --lr (now {lr:g})") from None
+
+
 def run_train(args: argparse.Namespace) -> int:
     import jax
 
@@ -186,11 +197,17 @@ def run_train(args: argparse.Namespace) -> int:
     from jaxrank.votes import load_votes
 
     votes_path = input_path(args.votes, arg="VOTES")
-    out = pathlib.Path(args.out)
-    if out.exists() and not args.force:
-        raise CliError(f"--out {out} already exists; pass --force to overwrite it")
-    if not out.absolute().parent.exists():
-        raise CliError(f"--out {out}: folder {out.absolute().parent} does not exist")
+    inputs = [votes_path, args.features]
+    # The model directory: checked now, written at the end into a sibling and swapped in (an old model under
+    # --force is replaced only once the new one is complete).
+    out = output_path(args.out, force=args.force, arg="--out", kind="dir", inputs=inputs)
+    for flag, folder in (("--checkpoint-dir", args.checkpoint_dir), ("--cache-dir", args.cache_dir)):
+        if folder:
+            check_workdir(folder, label=flag, inputs=inputs, outputs=[out])
+    if args.checkpoint_dir and args.cache_dir:
+        check_workdir(args.cache_dir, label="--cache-dir", outputs=[Output(pathlib.Path(args.checkpoint_dir).absolute(),
+                                                                           label="--checkpoint-dir",
+                                                                           named=args.checkpoint_dir)])
     if args.resume and not args.checkpoint_dir:
         raise CliError("--resume needs --checkpoint-dir (where the training checkpoints are)")
     # Every option is checked here, before the prompt features (minutes with the default encoder).
@@ -210,8 +227,6 @@ def run_train(args: argparse.Namespace) -> int:
         raise CliError(f"--max-length must be >= 2 tokens, got {args.max_length}")
     if args.checkpoint_dir:
         ckpt = pathlib.Path(args.checkpoint_dir)
-        if ckpt.exists() and not ckpt.is_dir():
-            raise CliError(f"--checkpoint-dir {ckpt} exists and is not a directory")
         holds = ckpt.is_dir() and any(ckpt.iterdir())
         if holds and not args.resume:
             raise CliError(f"--checkpoint-dir {ckpt} is not empty (checkpoints of an earlier run?); pass --resume to "
@@ -247,7 +262,8 @@ def run_train(args: argparse.Namespace) -> int:
     def update(epoch, total, metrics):
         bar.update(task, completed=epoch, rate=f"val NLL {metrics['val_nll']:.4f}")
 
-    with warnings.catch_warnings(record=True) as caught, bar:
+    with warnings.catch_warnings(record=True) as caught, bar, resource_flags(batch_size="--batch-size"), \
+            _diverged_hint(args.lr):
         warnings.simplefilter("always")
         model = train_p2l(
             feats, votes, loss=args.loss, hidden=hidden, learning_rate=args.lr, weight_decay=args.weight_decay,
@@ -257,7 +273,7 @@ def run_train(args: argparse.Namespace) -> int:
             resume=args.resume, encoder=encoder, progress=update,
         )
     _print_warnings(caught)
-    save_p2l(model, out, force=args.force)
+    save_p2l(model, out)
     h = model.history
     best = math.nan if h.get("best_val_nll") is None else h["best_val_nll"]
     glob = math.nan if h.get("baseline_val_nll") is None else h["baseline_val_nll"]
@@ -265,7 +281,7 @@ def run_train(args: argparse.Namespace) -> int:
     chosen = f", L2 {model.config['chosen_delta_l2']:g}" if delta_l2 is not None else ""
     console.print(f"trained {args.loss} P2L head ({kind}{chosen}) on {votes.num_votes} votes: {h['epochs']} epochs, "
                   f"best validation NLL {best:.4f} at epoch {h['best_epoch']} (prompt-blind global fit {glob:.4f}); "
-                  f"saved to {out}")
+                  f"saved to {out.named}")
     return 0
 
 
@@ -306,13 +322,25 @@ def run_leaderboard(args: argparse.Namespace) -> int:
         raise CliError(f"--bootstrap must be 0 or >= 2 rounds, got {args.bootstrap}")
     if not 0.0 < args.ci < 1.0:
         raise CliError(f"--ci must lie strictly between 0 and 1, got {args.ci}")
-    out = _check_table_out(args.out, args.force)
-    plot = output_path(args.plot, force=args.force, arg="--plot")
-    if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
-        raise CliError(f"--plot {plot}: unknown format {plot.suffix or '(none)'!r}; use .png, .pdf or .svg")
+    inputs = [args.model, args.prompts, args.features]
+    out = output_path(args.out, force=args.force, arg="--out", inputs=inputs, suffixes=TABLE_FORMATS)
+    plot = output_path(args.plot, force=args.force, arg="--plot", inputs=inputs, suffixes=FIGURE_FORMATS)
+    per_prompt = output_path(args.per_prompt, force=args.force, arg="--per-prompt", inputs=inputs,
+                             suffixes=TABLE_FORMATS)
+    check_distinct(out, plot, per_prompt)
+    if args.cache_dir:
+        check_workdir(args.cache_dir, label="--cache-dir", inputs=inputs, outputs=[out, plot, per_prompt])
     model, prompts, beta, alpha = _model_and_coefficients(args)
-    lb = aggregate_leaderboard(beta, alpha, loss=model.loss, models=model.models, bootstrap=args.bootstrap,
-                               key=jax.random.key(args.seed), confidence=args.ci)
+    if per_prompt is not None:
+        from jaxrank.outputs import write_table
+        from jaxrank.p2l import per_prompt_leaderboards
+
+        table = per_prompt_leaderboards(beta, models=model.models, prompt_ids=[p.id for p in prompts], loss=model.loss)
+        write_table(table, per_prompt)
+        console.print(f"wrote {per_prompt.named} ({len(prompts)} leaderboards of {len(model.models)} models)")
+    with resource_flags(bootstrap="--bootstrap"):
+        lb = aggregate_leaderboard(beta, alpha, loss=model.loss, models=model.models, bootstrap=args.bootstrap,
+                                   key=jax.random.key(args.seed), confidence=args.ci)
     frame = lb.to_frame()
     from rich.table import Table
 
@@ -324,13 +352,13 @@ def run_leaderboard(args: argparse.Namespace) -> int:
     console.print(table)
     if out is not None:
         write_table(pd.DataFrame(frame), out)
-        console.print(f"wrote {out}")
+        console.print(f"wrote {out.named}")
     if plot is not None:
         from jaxrank.plots import plot_leaderboard
 
         plot_leaderboard(frame.model.tolist(), frame.rating, frame.lower, frame.upper, path=plot,
                          title=f"P2L: {len(prompts)} prompts")
-        console.print(f"wrote {plot}")
+        console.print(f"wrote {plot.named}")
     return 0
 
 
@@ -339,8 +367,11 @@ def run_route(args: argparse.Namespace) -> int:
 
     from jaxrank.p2l import route, route_average_budget
 
-    out = _check_table_out(args.out, args.force)
     costs_path = input_path(args.costs, arg="--costs")
+    inputs = [args.model, args.prompts, args.features, costs_path]
+    out = output_path(args.out, force=args.force, arg="--out", inputs=inputs, suffixes=TABLE_FORMATS)
+    if args.cache_dir:
+        check_workdir(args.cache_dir, label="--cache-dir", inputs=inputs, outputs=[out])
     try:
         costs_map = json.loads(costs_path.read_text())
     except json.JSONDecodeError as err:
@@ -384,5 +415,5 @@ def run_route(args: argparse.Namespace) -> int:
     console.print("chosen: " + ", ".join(f"{m} {c}" for m, c in counts.items()))
     if out is not None:
         write_table(frame, out)
-        console.print(f"wrote {out}")
+        console.print(f"wrote {out.named}")
     return 0

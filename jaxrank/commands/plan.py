@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import pathlib
-import tempfile
 from typing import Any
 
-from jaxrank.commands._common import CliError, console, err_console, input_path, output_path
+from jaxrank.commands._common import TABLE_FORMATS, CliError, console, err_console, input_path, output_path
 
 
 def register(subparsers: Any) -> None:
@@ -73,31 +70,6 @@ def _parse_budget(text: str, num_prompts: int, design: str) -> float:
     return n
 
 
-def write_table_atomic(frame, path: pathlib.Path, *, force: bool) -> None:
-    """Write a table (format from the suffix) into a temporary sibling, then rename it into place; without
-    `force` a file that appeared at `path` meanwhile is never replaced."""
-    suffix = path.suffix.lower()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if suffix == ".csv":
-            frame.to_csv(tmp, index=False)
-        elif suffix == ".jsonl":
-            frame.to_json(tmp, orient="records", lines=True)
-        else:
-            frame.to_parquet(tmp, index=False)
-        if force:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if the target exists: no silent overwrite
-            os.unlink(tmp)
-    except FileExistsError:
-        raise CliError(f"--out {path} appeared while the plan was computed; pass --force to overwrite it") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def run(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
@@ -108,9 +80,7 @@ def run(args: argparse.Namespace) -> int:
     scores_path = input_path(args.scores, arg="--scores")
     if scores_path.is_dir():
         raise CliError(f"--scores {scores_path} is a directory; expected a .csv, .jsonl or .parquet file")
-    out = output_path(args.out, force=args.force, arg="--out")
-    if out.suffix.lower() not in (".csv", ".jsonl", ".parquet"):
-        raise CliError(f"--out {out}: unknown format {out.suffix or '(none)'!r}; use .csv, .jsonl or .parquet")
+    out = output_path(args.out, force=args.force, arg="--out", inputs=[scores_path], suffixes=TABLE_FORMATS)
     if not (math.isfinite(args.uniform_mix) and 0 < args.uniform_mix <= 1):
         raise CliError(f"--uniform-mix must lie in (0, 1], got {args.uniform_mix:g}")
     if not (math.isfinite(args.min_probability) and 0 <= args.min_probability <= 1):
@@ -140,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
         selected = np.asarray(active.draw_sample(jax.random.key(args.seed), pi64, design=args.design))
         sample = active.single_round(selected, pi64, design=args.design)
         frame = active.plan_frame(sample, scores.index.tolist())
-    write_table_atomic(frame, out, force=args.force)
+    from jaxrank.outputs import write_table
+
+    write_table(frame, out)  # a temporary sibling renamed in; never a file that appeared meanwhile
 
     w = frame["weight"].to_numpy()[selected]
     kish = float(w.sum() ** 2 / (w * w).sum()) if w.size else 0.0
@@ -153,5 +125,5 @@ def run(args: argparse.Namespace) -> int:
     table.add_row(str(int(selected.sum())), str(int((pi >= 1).sum())), f"{pi.min():.4g}", f"{1 / pi.min():.4g}",
                   f"{kish:.1f}")
     console.print(table)
-    err_console.print(f"wrote {out}", highlight=False)
+    err_console.print(f"wrote {out.named}", highlight=False)
     return 0

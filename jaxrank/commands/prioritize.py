@@ -11,7 +11,19 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from jaxrank.commands._common import CliError, console, err_console, input_path, output_path, progress
+from jaxrank.commands._common import (
+    CliError,
+    Output,
+    console,
+    err_console,
+    input_path,
+    output_path,
+    progress,
+    resource_flags,
+)
+
+#: `--out` formats: JSON Lines (`.jsonl`, `.ndjson`), or a table (`.csv`, `.tsv`, `.parquet`).
+OUT_FORMATS = (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet")
 
 HELP = "rank prompts by the disagreement of two language models (KL / cross-entropy), most first"
 
@@ -72,8 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "host RAM shared by the CPU devices)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N prompts of the file")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed for sampling (default 0)")
-    p.add_argument("--out", default=None, metavar="FILE", help="write the ranked JSONL here (default: stdout)")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the ranked prompts here: .jsonl (JSON Lines) or a .csv/.tsv/.parquet table "
+                        "(default: JSON Lines on stdout)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (a file only)")
     p.set_defaults(func=run)
 
 
@@ -181,13 +195,25 @@ def memory_plan(args: argparse.Namespace, prompts: list, mesh: Any) -> Any:
     )
 
 
-def write_jsonl(rows: Sequence[dict], path: pathlib.Path | None) -> None:
-    text = "".join(json.dumps(_jsonable(r), ensure_ascii=False) + "\n" for r in rows)
-    if path is None:
-        console.file.write(text)
+def jsonl_text(rows: Sequence[dict]) -> str:
+    """The ranked rows as JSON Lines (NaN as null)."""
+    return "".join(json.dumps(_jsonable(r), ensure_ascii=False) + "\n" for r in rows)
+
+
+def write_rows(rows: Sequence[dict], out: Output | pathlib.Path | None) -> None:
+    """Write the ranked rows: JSON Lines on stdout (`out` None), or atomically to `out` in the format of its
+    suffix (`OUT_FORMATS`)."""
+    from jaxrank.outputs import write_table, write_text
+
+    if out is None:
+        console.file.write(jsonl_text(rows))
         console.file.flush()
+    elif pathlib.Path(out).suffix.lower() in (".jsonl", ".ndjson"):
+        write_text(out, jsonl_text(rows))
     else:
-        path.write_text(text, encoding="utf-8")
+        import pandas as pd
+
+        write_table(pd.DataFrame([_jsonable(r) for r in rows]), out)
 
 
 def _jsonable(row: dict) -> dict:
@@ -214,8 +240,9 @@ class _Progress:
         self.bar.update(self.tasks[stage], advance=advance, rate=f"{self.tokens[stage] / elapsed:,.0f} tok/s")
 
 
-def rank_prompts(args: argparse.Namespace, prompts: list, out: pathlib.Path | None) -> list[dict]:
-    """Load both models, run the pipeline with a progress bar, print warnings as one line each."""
+def rank_prompts(args: argparse.Namespace, prompts: list) -> list[dict]:
+    """Load both models, run the pipeline with a progress bar, print warnings as one line each; the ranked
+    rows (the caller writes them)."""
     import jax
 
     from jaxrank.lm.pipeline import TruncationWarning, prioritize_prompts
@@ -253,7 +280,6 @@ def rank_prompts(args: argparse.Namespace, prompts: list, out: pathlib.Path | No
         chosen = set(prioritize([r["score"] for r in rows], fraction=args.fraction, drop_nan=True).tolist())
         for i, row in enumerate(rows):
             row["selected"] = i in chosen
-    write_jsonl(rows, out)
     return rows
 
 
@@ -307,20 +333,24 @@ def rank_logprobs(args: argparse.Namespace, out: pathlib.Path | None) -> list[di
     for w in caught:
         if issubclass(w.category, (ProcessedLogprobsWarning, UserWarning)):
             err_console.print(f"jaxrank: warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
-    write_jsonl(rows, out)
+    write_rows(rows, out)
     return rows
 
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
-    out = output_path(args.out, force=args.force)
     if args.logprobs_a is not None:
+        inputs = [pathlib.Path(p) for p in (args.logprobs_a, args.logprobs_b) if pathlib.Path(p).exists()]
+        out = output_path(args.out, force=args.force, inputs=inputs, suffixes=OUT_FORMATS)
         rows = rank_logprobs(args, out)
         if out is not None:
             print_table(rows, title="prompts ranked by KL from engine logprobs")
-            err_console.print(f"wrote {len(rows)} ranked prompts to {out}")
+            err_console.print(f"wrote {len(rows)} ranked prompts to {out.named}")
         return 0
     prompts_file = input_path(args.prompts, arg="--prompts")
+    # Before the models load: the target, and the input it must not be.
+    inputs = [prompts_file] + [m for m in (args.model_a, args.model_b) if pathlib.Path(m).exists()]
+    out = output_path(args.out, force=args.force, inputs=inputs, suffixes=OUT_FORMATS)
     from jaxrank.lm.prompts import read_prompts
 
     try:
@@ -343,8 +373,10 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(str(err)) from None
     if args.dry_run:
         return 0
-    rows = rank_prompts(args, prompts, out)
+    with resource_flags(batch_size="--batch-size", max_length="--max-length"):
+        rows = rank_prompts(args, prompts)
+    write_rows(rows, out)
     if out is not None:
         print_table(rows)
-        err_console.print(f"wrote {len(rows)} ranked prompts to {out}")
+        err_console.print(f"wrote {len(rows)} ranked prompts to {out.named}")
     return 0

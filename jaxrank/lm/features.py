@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -236,18 +235,18 @@ def _cache_load(cache_dir: pathlib.Path, key: str, meta: dict[str, Any]) -> np.n
 
 
 def _exclusive_write(target: pathlib.Path, write: Callable[[Any], None]) -> bool:
-    """Write `target` through a temporary file and link it into place only if it does not exist."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Write `target` atomically (`jaxrank.outputs.write_file`) only if it does not exist; False if it did."""
+    from jaxrank.outputs import Output, OutputExistsError, write_file
+
+    def fill(tmp: pathlib.Path) -> None:
+        with open(tmp, "wb") as f:
             write(f)
-        try:
-            os.link(tmp, target)  # fails if `target` exists: never overwrite an entry
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        os.unlink(tmp)
+
+    try:
+        write_file(Output(target.absolute(), label="feature cache entry"), fill)  # never overwrites an entry
+    except OutputExistsError:
+        return False
+    return True
 
 
 def _cache_store(cache_dir: pathlib.Path, key: str, meta: dict[str, Any], feats: np.ndarray) -> None:
@@ -274,6 +273,26 @@ def _last_token_fn(graph: Any):
     return jax.jit(features)
 
 
+def _rows_per_call(config: Any, batch_size: int, length: int, multiple: int) -> int:
+    """Rows per forward pass at this bucket length: `batch_size`, or fewer when the memory plan says that
+    many rows of `length` tokens do not fit (a power of two, a multiple of the mesh's data axis). A feature
+    vector does not depend on the rows beside it, so long buckets simply run in smaller batches. Raises
+    `ResourceError` naming `max_length` when not even one row fits."""
+    from jaxrank.lm.memory import check_forward
+    from jaxrank.resources import ResourceError
+
+    if config is None:
+        return batch_size
+    try:
+        check_forward(config, batch_size, length, what="prompt features")
+        return batch_size
+    except ResourceError as err:
+        if err.option != "batch_size" or err.largest is None or err.largest < multiple:
+            raise
+        rows = 1 << (int(err.largest).bit_length() - 1)
+        return max(multiple, rows // multiple * multiple)
+
+
 def _run_batches(
     fn: Callable,
     state: Any,
@@ -284,19 +303,24 @@ def _run_batches(
     limit: int,
     mesh: Any,
     progress: ProgressFn | None,
+    config: Any = None,
 ) -> np.ndarray:
     out: np.ndarray | None = None
     if progress is not None:
         progress("features", 0, len(rows), 0)
+    multiple = 1 if mesh is None else int(mesh.shape.get("data", 1))
     for batch in length_batches([len(r) for r in rows], batch_size):
         length = bucket_length(max(len(rows[i]) for i in batch), maximum=limit)
-        ids, mask = pad_batch([rows[i] for i in batch], length, batch_size, pad_id)
-        vectors = np.asarray(fn(state, *_shard_rows(mesh, ids, mask)), dtype=np.float32)
-        if out is None:
-            out = np.empty((len(rows), vectors.shape[-1]), np.float32)
-        out[batch] = vectors[: len(batch)]
-        if progress is not None:
-            progress("features", len(batch), len(rows), int(mask[: len(batch)].sum()))
+        per_call = _rows_per_call(config, batch_size, length, multiple)
+        for start in range(0, len(batch), per_call):
+            part = batch[start:start + per_call]
+            ids, mask = pad_batch([rows[i] for i in part], length, per_call, pad_id)
+            vectors = np.asarray(fn(state, *_shard_rows(mesh, ids, mask)), dtype=np.float32)
+            if out is None:
+                out = np.empty((len(rows), vectors.shape[-1]), np.float32)
+            out[part] = vectors[: len(part)]
+            if progress is not None:
+                progress("features", len(part), len(rows), int(mask[: len(part)].sum()))
     assert out is not None
     return out
 
@@ -338,6 +362,7 @@ def _causal_features(loaded, texts, *, batch_size, max_length, chat_template, me
         limit=limit,
         mesh=mesh,
         progress=progress,
+        config=side.config,
     )
 
 
@@ -361,6 +386,7 @@ def _bert_features(loaded, texts, *, batch_size, max_length, mesh, progress) -> 
         limit=limit,
         mesh=mesh,
         progress=progress,
+        config=loaded.config,
     )
 
 
@@ -391,7 +417,8 @@ def prompt_features(
       encoder: a causal LM name ("smollm2-135m-instruct", "gemma3-270m"), a Hugging Face directory
         or `.gguf` file, the sentence encoder "all-minilm-l6-v2" or a sentence-transformers BERT
         directory, or an already loaded `LoadedModel` / `LoadedEncoder`.
-      batch_size: prompts per forward pass (rounded up to a multiple of the mesh's data axis).
+      batch_size: prompts per forward pass (rounded up to a multiple of the mesh's data axis); a bucket of long
+        prompts whose batch would not fit in memory (`jaxrank.lm.memory`) runs in smaller batches.
       max_length: the most tokens read per prompt (capped at the model's context); longer prompts
         lose their start (causal LMs: the question and turn marker are at the end) or their end
         (encoders, as sentence-transformers truncates), with a `TruncationWarning`.
@@ -409,6 +436,8 @@ def prompt_features(
     Raises:
       ValueError: an empty prompt list, a non-string prompt, a bad `batch_size`/`max_length`, an
         unknown encoder name or missing path (a missing weight package names the pip command).
+      jaxrank.resources.ResourceError: (a ValueError) not even one prompt of the longest bucket fits in memory;
+        names `max_length` and the longest that fits.
 
     Example:
       >>> x = prompt_features(["Why is the sky blue?", "Write a haiku."], cache_dir="features/")

@@ -10,6 +10,10 @@ by the number of devices sharing it (CPU). `MemoryPlan.check()` refuses a plan t
 
 The activation estimate is checked against XLA's own memory analysis of the compiled programs in
 `tests/test_lm_sharding.py` (it must not be smaller).
+
+`forward_bytes` / `check_forward` are the per-call activation plan used inside the pipeline and feature
+extraction: checked before each call so that a long prompt or a large batch is refused with the estimate
+(a `jaxrank.resources.ResourceError` naming `batch_size` or `max_length`), never allocated blindly.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from jaxrank.lm.config import ModelConfig
 from jaxrank.lm.sharding import mesh_axis_sizes, param_bytes_per_device, resolve_rules
+from jaxrank.resources import ResourceError, memory_budget
 
 #: Tokens allowed for a chat template around each prompt when prompt lengths are bounded from text.
 TEMPLATE_TOKENS = 256
@@ -307,3 +312,97 @@ def plan_prioritize(
     peak = a.weights + b.weights + max(gen_a, gen_b if b.kv_cache else 0, score_stage)
     return MemoryPlan(models=(a, b), peak=int(peak), available=available[0], source=available[1], mesh=sizes,
                       batch=batch, prompt_tokens=prompt, new_tokens=new_tokens)
+
+
+# Per-call activation plans (pipeline, features): one forward pass, checked against jaxrank.resources.
+
+
+def _get(config: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def forward_bytes(config: Any, rows: int, length: int, *, keys: int | None = None, logit_positions: int = 0,
+                  vocab_block: int | None = None, dtype_bytes: int = 4) -> int:
+    """Estimated peak activation bytes of one forward pass of a transformer over `[rows, length]` tokens.
+
+    Args:
+        config: a `jaxrank.lm.config.ModelConfig` or `jaxrank.lm.bert.BertConfig` (hidden_size,
+            intermediate_size, num_layers, num_heads, num_kv_heads, head_dim, vocab_size).
+        rows, length: the padded batch shape.
+        keys: key positions attended to (the KV cache length of a generation: prompt + new tokens); default
+            `length`. With `keys > length` a KV cache of `keys` positions is counted.
+        logit_positions: positions per row whose logits are formed ([rows, positions, vocab] float32, with a
+            softmax-sized copy); 0 for none (features), 1 for a generation step.
+        vocab_block: when the logits are formed blockwise over the vocabulary (fused / blockwise scoring), the
+            block width instead of the whole vocabulary.
+        dtype_bytes: bytes per activation element (4 for float32, 2 for bfloat16).
+
+    Returns:
+        Bytes.
+    """
+    d = int(_get(config, "hidden_size"))
+    inter = int(_get(config, "intermediate_size", default=4 * d))
+    heads = int(_get(config, "num_heads", "num_attention_heads"))
+    kv_heads = int(_get(config, "num_kv_heads", "num_key_value_heads", default=heads))
+    head_dim = int(_get(config, "head_dim", default=d // heads))
+    layers = int(_get(config, "num_layers", "num_hidden_layers"))
+    vocab = int(_get(config, "vocab_size"))
+    b, t = int(rows), int(length)
+    s = t if keys is None else int(keys)
+    # Scores, masked scores, their exponentials and the normalised probabilities (float32): measured peaks
+    # (benchmarks/memory_plans.py) sit between three and four copies.
+    scores = 4 * b * heads * t * s * 4
+    masks = 7 * b * t * s  # int32 distances, the bool masks of the layer
+    qkv = b * t * (heads + 2 * kv_heads) * head_dim * dtype_bytes
+    mlp = 3 * b * t * inter * dtype_bytes
+    stream = 6 * b * t * d * 4
+    cache = 0 if s <= t else 2 * 2 * layers * b * s * kv_heads * head_dim * dtype_bytes
+    width = vocab if vocab_block is None else min(int(vocab_block), vocab)
+    logits = 3 * b * int(logit_positions) * width * 4
+    return int(scores + masks + qkv + mlp + stream + cache + logits)
+
+
+def check_forward(config: Any, rows: int, length: int, *, what: str, keys: int | None = None,
+                  logit_positions: int = 0, vocab_block: int | None = None, dtype_bytes: int = 4,
+                  models: int = 1) -> int:
+    """Refuse a forward pass (of `models` models of this shape at once) that cannot fit; returns its estimate.
+
+    Raises:
+        jaxrank.resources.ResourceError: naming `batch_size` (and the most rows that fit) when one row fits,
+            else `max_length` (and the longest context, in tokens, that fits in one row).
+    """
+    extra = (0 if keys is None else int(keys) - int(length))
+
+    def need(r: int, t: int) -> int:
+        lp = min(int(logit_positions), t)
+        return models * forward_bytes(config, r, t, keys=t + extra, logit_positions=lp, vocab_block=vocab_block,
+                                      dtype_bytes=dtype_bytes)
+
+    needed = need(rows, length)
+    budget = memory_budget()
+    if needed <= budget:
+        return needed
+    if need(1, length) <= budget:
+        largest = _largest(lambda r: need(r, length) <= budget, int(rows))
+        raise ResourceError(option="batch_size", value=int(rows), needed=needed, available=budget, largest=largest,
+                            what=f"{what} ({rows} rows of {length} tokens)")
+    lo = _largest(lambda t: need(1, t) <= budget, int(length))
+    raise ResourceError(option="max_length", value=int(length + extra), needed=need(1, length), available=budget,
+                        largest=lo + extra if lo > 0 else 0, unit=" tokens",
+                        what=f"{what} (one row of {length} tokens)")
+
+
+def _largest(fits, upper: int) -> int:
+    """The largest n in [0, upper] with fits(n) (fits is monotone: true up to some n); 0 if none."""
+    lo, hi = 0, upper
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

@@ -155,6 +155,7 @@ class _Side:
         self.pad = int(pad) if pad is not None else 0
         self.template = _attr(loaded, "chat_template") or getattr(tok, "chat_template", None)
         config = _attr(loaded, "config") or getattr(self.model, "config", None)
+        self.config = config  # shapes for the memory plan (`jaxrank.lm.memory`)
         self.context = int(getattr(config, "max_position_embeddings", 0) or 0) or None
         self.softcap = getattr(self.model, "logit_softcap", None)
         if isinstance(self.model, nnx.Module):
@@ -466,6 +467,56 @@ def _as_prompts(prompts: Sequence[Prompt | str]) -> list[Prompt]:
     return out
 
 
+def _forward_estimate(side: _Side, rows: int, length: int) -> int:
+    from jaxrank.lm.memory import forward_bytes
+
+    return forward_bytes(side.config, rows, length) if side.config is not None else 0
+
+
+def _plan(side: _Side, rows: int, length: int, *, what: str, **kwargs: Any) -> None:
+    """The memory plan of one call (`jaxrank.lm.memory.check_forward`), before its arrays exist: a batch that
+    cannot fit is refused with the estimate, naming `batch_size` or `max_length`."""
+    if side.config is None:  # a plain callable without a config: nothing to estimate from
+        return
+    from jaxrank.lm.memory import check_forward
+
+    check_forward(side.config, rows, length, what=what, **kwargs)
+
+
+def _is_fused(implementation: str, a: _Side, metrics: Sequence[str]) -> bool:
+    """Token mode: score through the fused (vocabulary-blockwise) kernel rather than materialised logits."""
+    fused = implementation == "fused" or (implementation == "auto" and a.vocab_size > FUSED_VOCAB_THRESHOLD)
+    if fused and "jensen_shannon" in metrics:
+        if implementation == "fused":
+            raise ValueError("metrics 'jensen_shannon' needs implementation='materialized' (materialised logits)")
+        fused = False
+    return fused
+
+
+def _plan_up_front(a: _Side, b: _Side, items: list[_Item], mode: str, batch_size: int, max_new_tokens: int,
+                   context: int | None, symmetric: bool, fused: bool, block_size: int | None,
+                   generates: bool) -> None:
+    """Before any model runs: the memory plan of the longest batch of each stage whose length is known now
+    (batches run shortest first, so a per-batch check alone would refuse only after the shorter ones)."""
+    room = None if context is None else context - max_new_tokens
+    gen_a = bucket_length(max(len(it.ids_a) for it in items), maximum=room)
+    if generates:
+        _plan(a, batch_size, gen_a, keys=gen_a + max_new_tokens, logit_positions=1, what=f"generating with {a.name}")
+    if generates and mode == "sequence" and symmetric:
+        gen_b = bucket_length(max(len(it.ids_b) for it in items), maximum=room)
+        _plan(b, batch_size, gen_b, keys=gen_b + max_new_tokens, logit_positions=1, what=f"generating with {b.name}")
+    longest = max(max(len(it.ids_a), len(it.ids_b)) for it in items) + max_new_tokens
+    t = bucket_length(longest, maximum=context)
+    if mode == "token":
+        big = max((a, b), key=lambda side: _forward_estimate(side, 1, t))
+        positions = bucket_length(max_new_tokens, minimum=8) if fused else t
+        _plan(big, batch_size, t, logit_positions=positions, vocab_block=(block_size or 4096) if fused else None,
+              models=2, what="scoring with both models")
+    else:
+        for side in (a, b):
+            _plan(side, batch_size, t, logit_positions=t, vocab_block=block_size or 4096, what=f"scoring with {side.name}")
+
+
 def _notify(progress: ProgressFn | None, stage: str, advance: int, total: int, tokens: int) -> None:
     if progress is not None:
         progress(stage, advance, total, tokens)
@@ -490,6 +541,7 @@ def _generate(
     _notify(progress, stage, 0, len(rows), 0)  # the stage's clock starts now
     for n, batch in enumerate(length_batches([len(r) for r in rows], batch_size)):
         length = bucket_length(max(len(rows[i]) for i in batch), maximum=None if context is None else context - max_new_tokens)
+        _plan(side, batch_size, length, keys=length + max_new_tokens, logit_positions=1, what=f"{stage} with {side.name}")
         ids, mask = pad_batch([rows[i] for i in batch], length, batch_size, side.pad, side="left")
         tokens, lengths = generate(
             side.model,
@@ -679,6 +731,9 @@ def prioritize_prompts(
             stacklevel=2,
         )
 
+    fused = mode == "token" and _is_fused(implementation, side_a, metrics)
+    _plan_up_front(side_a, side_b, items, mode, batch_size, max_new_tokens, context, symmetric, fused, block_size,
+                   completions is None)
     if mode == "token":
         scores = _run_token_mode(
             side_a, side_b, items, metrics, completions, max_new_tokens, batch_size, temperature, key,
@@ -726,11 +781,7 @@ def _run_token_mode(a, b, items, metrics, completions, max_new_tokens, batch_siz
                 it.completions = [comp[:room]]
         it.texts = [a.decode(it.completions[0])]
 
-    fused = implementation == "fused" or (implementation == "auto" and a.vocab_size > FUSED_VOCAB_THRESHOLD)
-    if fused and "jensen_shannon" in metrics:
-        if implementation == "fused":
-            raise ValueError("metrics 'jensen_shannon' needs implementation='materialized' (materialised logits)")
-        fused = False
+    fused = _is_fused(implementation, a, metrics)
     scorer = _token_scorer(a.graphdef, b.graphdef, metrics, fused, block_size)
     results: dict[int, dict[str, float]] = {}
     total_len = [len(it.ids_a) + len(it.completions[0]) for it in items]
@@ -742,6 +793,10 @@ def _run_token_mode(a, b, items, metrics, completions, max_new_tokens, batch_siz
         seq_b = [it.ids_b + it.completions[0] for it in its]
         t_a = bucket_length(max(map(len, seq_a)), maximum=context)
         t_b = bucket_length(max(map(len, seq_b)), maximum=context)
+        # Both models run in one call: plan it as two of the larger one at the longer length.
+        big = max((a, b), key=lambda side: _forward_estimate(side, 1, max(t_a, t_b)))
+        _plan(big, batch_size, max(t_a, t_b), logit_positions=c_len if fused else max(t_a, t_b),
+              vocab_block=(block_size or 4096) if fused else None, models=2, what="scoring with both models")
         ids_a, mask_a = pad_batch(seq_a, t_a, batch_size, a.pad)
         ids_b, mask_b = pad_batch(seq_b, t_b, batch_size, b.pad)
         at_a = np.zeros((batch_size, c_len), np.int32)
@@ -788,6 +843,7 @@ def _sequence_logprobs(side: _Side, pairs: list[tuple[list[int], list[int]]], ba
     for batch in length_batches([len(p) + len(c) for p, c in pairs], batch_size):
         seqs = [pairs[i][0] + pairs[i][1] for i in batch]
         t = bucket_length(max(map(len, seqs)), maximum=context)
+        _plan(side, batch_size, t, logit_positions=t, vocab_block=block_size or 4096, what=f"{stage}")
         ids, mask = pad_batch(seqs, t, batch_size, side.pad)
         width = bucket_length(max(1, max(len(pairs[i][1]) for i in batch)), minimum=8, maximum=t)
         at = np.zeros((batch_size, width), np.int32)

@@ -4,12 +4,12 @@ A prompt file holds one prompt per record:
 
 - JSONL (`.jsonl`, `.ndjson`) or a JSON list (`.json`): objects with a `prompt` string, or a `turns` list
   of strings (MT-Bench's `question.jsonl`: the first turn is used, since prioritization scores one
-  model reply to one user message), and optionally an `id` or `question_id`.
+  model reply to one user message), and optionally an `id`, `question_id` or `uid` (Arena-Hard).
 - CSV (`.csv`, `.tsv`): a header row with a `prompt` (or `turns`, holding one string) column and an
-  optional `id`/`question_id` column.
+  optional `id`/`question_id`/`uid` column.
 - TXT (any other suffix): one prompt per non-empty line.
 
-Records without an id get their 1-based position in the file.
+Records without an id get their 1-based position in the file; ids must be unique.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pathlib
 from collections.abc import Iterable
 
 PROMPT_FIELDS = ("prompt", "turns")
-ID_FIELDS = ("id", "question_id")
+ID_FIELDS = ("id", "question_id", "uid")  # uid: Arena-Hard's question files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +111,7 @@ def read_prompts(path: str | pathlib.Path) -> list[Prompt]:
     Raises:
       FileNotFoundError: the file does not exist.
       ValueError: the file is empty, a record has no `prompt`/`turns` field (the fields found are named),
-        a JSON line does not parse, or a prompt is blank.
+        a JSON line does not parse, a prompt is blank, or two records share an id (ids and lines named).
 
     Example:
       >>> read_prompts("shared/data/prompts/mt_bench_question.jsonl")[0].id
@@ -134,10 +134,28 @@ def read_prompts(path: str | pathlib.Path) -> list[Prompt]:
         records = _records_csv(path, text, "\t" if suffix == ".tsv" else ",")
     else:
         records = (({"prompt": line}, f"line {i}") for i, line in enumerate(text.splitlines(), start=1) if line.strip())
-    prompts = [_from_record(record, where, i, path) for i, (record, where) in enumerate(records, start=1)]
+    prompts, wheres = [], []
+    for i, (record, where) in enumerate(records, start=1):
+        prompts.append(_from_record(record, where, i, path))
+        wheres.append(where)
     if not prompts:
         raise ValueError(f"PROMPTS {path} holds no prompts")
+    _check_unique_ids(prompts, wheres, path)
     return prompts
+
+
+def _check_unique_ids(prompts: list[Prompt], wheres: list[str], path: pathlib.Path) -> None:
+    """Ids name the output rows (and a record without an id gets its position): two records with one id
+    would be two rows no one can tell apart, so they are refused, naming the ids and where they are."""
+    seen: dict[str, list[str]] = {}
+    for p, where in zip(prompts, wheres):
+        seen.setdefault(p.id, []).append(where)
+    dup = {k: v for k, v in seen.items() if len(v) > 1}
+    if dup:
+        shown = "; ".join(f"id {k!r} at {', '.join(v[:4])}{', ...' if len(v) > 4 else ''}"
+                          for k, v in list(dup.items())[:3])
+        more = f" (and {len(dup) - 3} more ids)" if len(dup) > 3 else ""
+        raise ValueError(f"PROMPTS {path}: duplicate prompt ids: {shown}{more}; every prompt needs its own id")
 
 
 # Written for this project: short, varied user messages on which small chat models tend to differ

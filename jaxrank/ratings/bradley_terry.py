@@ -74,6 +74,8 @@ __all__ = [
     "plan_fit",
     "pad_rows",
     "fit_bradley_terry",
+    "fit_bradley_terry_groups",
+    "group_row_weights",
 ]
 
 GROUNDED = "grounded-rao-kupper"
@@ -1086,3 +1088,124 @@ def _shard_rows(mesh: jax.sharding.Mesh, a, b, outcome, w, features=None):
     if features is not None:
         features = jax.device_put(features, NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names), None)))
     return (*out, features)
+
+
+def group_row_weights(votes: Votes, group: Any, num_groups: int, *, style: Sequence[str] | str | None = None) -> np.ndarray:
+    """float64[G, U]: the fitted rows' weights (`votes.rows(merge=not style).count`) restricted to each group's
+    votes: row u of group g sums what the votes of group g add to u (their weight, multiplicity and soft
+    target), so fitting group g's weights is fitting `votes.subset(group == g)`.
+
+    Args:
+        votes: `jaxrank.Votes`.
+        group: int[N] group index of each vote in [0, G), or -1 for a vote in no group.
+        num_groups: G >= 1.
+        style: the style features of the fit (they decide whether rows are merged).
+    """
+    style = check_style(style)
+    rows = votes.rows(merge=not style)
+    group = np.asarray(group, np.int64)
+    if group.shape != (len(votes),):
+        raise ValueError(f"group must have shape [N] = ({len(votes)},), got {group.shape}")
+    if group.size and (group.min() < -1 or group.max() >= num_groups):
+        raise ValueError(f"group must hold indices in [-1, {num_groups}), got range [{group.min()}, {group.max()}]")
+    vote_row = np.asarray(rows.vote_row, np.int64)                     # [N, S]
+    amount = np.asarray(rows.vote_amount, np.float64) * np.asarray(rows.vote_count, np.float64)[:, None]
+    keep = group >= 0
+    out = np.zeros((num_groups, rows.num_rows), np.float64)
+    slots = vote_row.shape[1]
+    np.add.at(out, (np.repeat(group[keep], slots), vote_row[keep].reshape(-1)), amount[keep].reshape(-1))
+    return out
+
+
+def fit_bradley_terry_groups(
+    votes: Votes,
+    group: Any,
+    num_groups: int,
+    *,
+    ties: str = "half",
+    l2: float = 0.0,
+    scale: float = 400.0,
+    base: float = 10.0,
+    init: float = 1000.0,
+    style: Sequence[str] | str | None = None,
+    style_l2: float = 1.0,
+    max_iter: int = 1000,
+    tol: float = 1e-6,
+    memory_size: int = 20,
+) -> list[BTResult]:
+    """One Bradley–Terry leaderboard per group of votes, all groups fitted in ONE vmapped, jitted call.
+
+    Every group shares the table's rows (`votes.rows()`) and model list; a group is a vector of row weights
+    (`group_row_weights`: zero for the rows it has no votes on), so all groups have one shape and the fit is
+    `vmap`ped over (weights, components). Group g's result equals `fit_bradley_terry(votes.subset(group ==
+    g), ...)`: models without votes in a group are their own component there, at rating `init`.
+
+    Args:
+        votes: `jaxrank.Votes`.
+        group: int[N] group of each vote in [0, G) (-1: in no group).
+        num_groups: G >= 1.
+        ties, l2, scale, base, init, style, style_l2, max_iter, tol, memory_size: as `fit_bradley_terry`
+            (no anchor, no row weights, no mesh).
+
+    Returns:
+        G `BTResult`s, one per group, in group order.
+
+    Raises:
+        ValueError: as `fit_bradley_terry`, and a group with no votes of positive weight.
+    """
+    _check_ties(ties)
+    scale, base, init = check_elo_scale(scale, base, init)
+    if isinstance(l2, bool) or not (isinstance(l2, (int, float, np.integer, np.floating)) and math.isfinite(l2) and l2 >= 0):
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    if not (isinstance(num_groups, (int, np.integer)) and num_groups >= 1):
+        raise ValueError(f"num_groups must be an int >= 1, got {num_groups!r}")
+    style = check_style(style)
+    if style and ties == GROUNDED:
+        raise ValueError("style control is not available with ties='grounded-rao-kupper'")
+    plan = plan_fit(votes, ties=ties, style=style)
+    rows = plan.rows
+    weights = group_row_weights(votes, group, int(num_groups), style=style)
+    if ties == "drop":
+        weights = np.where(np.asarray(rows.outcome)[None, :] >= TIE, 0.0, weights)
+    empty = np.flatnonzero(~(weights > 0).any(axis=1))
+    if empty.size:
+        raise ValueError(f"group(s) {', '.join(map(str, empty[:5].tolist()))} have no votes of positive weight to fit")
+    m = votes.num_models
+    if ties == GROUNDED:
+        components = np.zeros((num_groups, m), np.int32)
+    else:
+        components = np.stack([comparison_components(rows, weights=w) for w in weights]).astype(np.int32)
+    u = rows.num_rows
+    size = bucket_size(u)
+    a, b, outcome, _, _ = pad_rows(size, rows.a, rows.b, rows.outcome, rows.count)
+    w = jnp.asarray(np.pad(weights, ((0, 0), (0, size - u))), jnp.float32)
+    features, feature_axis = None, None
+    if style:
+        # Each group's covariates are normalised over its own votes (as a separate fit would).
+        group_np = np.asarray(group, np.int64)
+        row_vote = np.asarray(rows.row_vote, np.int64)
+        feats = np.zeros((num_groups, size, len(style)), np.float32)
+        for g in range(int(num_groups)):
+            idx = np.flatnonzero(group_np == g)
+            position = np.full(len(votes), -1, np.int64)
+            position[idx] = np.arange(idx.size)
+            in_group = position[row_vote] >= 0
+            x = style_design(votes.subset(idx), style)
+            feats[g, np.flatnonzero(in_group)] = x[position[row_vote[in_group]]]
+        features, feature_axis = jnp.asarray(feats, w.dtype), 0
+    opts = _make_options(l2, max_iter, tol, w.dtype, style_l2)
+    st = _make_static(ties, m, memory_size, len(style))
+    k = jnp.asarray(scale / math.log(base), w.dtype)
+    one = functools.partial(_fit_jit, st=st)
+    fitted = jax.vmap(one, in_axes=(0, None, None, None, 0, None, None, None, None, None, feature_axis))(
+        w, a, b, outcome, jnp.asarray(components), opts, jnp.asarray(-1, jnp.int32), jnp.asarray(init, w.dtype),
+        jnp.asarray(init, w.dtype), k, features,
+    )
+    ratings, theta, tie_param, beta, ll, num_iter, converged = fitted
+    return [
+        BTResult(models=votes.models, ties=ties, scale=float(scale), base=float(base), init=float(init),
+                 ratings=ratings[g], theta=theta[g], tie_param=tie_param[g], log_likelihood=ll[g],
+                 num_iter=num_iter[g], converged=converged[g], beta=beta[g], l2=float(l2), style=style,
+                 style_l2=float(style_l2) if style else 0.0)
+        for g in range(int(num_groups))
+    ]

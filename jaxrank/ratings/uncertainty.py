@@ -40,8 +40,10 @@ from jaxrank.ratings.bradley_terry import (
 from jaxrank.votes.table import VoteRows, Votes, bucket_size
 
 __all__ = [
+    "BootstrapPlan",
     "BootstrapResult",
     "SandwichResult",
+    "bootstrap_plan",
     "bootstrap_ratings",
     "resampled_weights",
     "sandwich_intervals",
@@ -106,6 +108,11 @@ class BootstrapResult:
     def num_rounds(self) -> int:
         return int(self.samples.shape[0])
 
+    def to_frame(self):
+        """pandas DataFrame `model, rating, median, lower, upper, std_error`, best first."""
+        return _interval_frame(self.models, rating=self.fit.ratings, median=self.median, lower=self.lower,
+                               upper=self.upper, std_error=self.std_error)
+
 
 @struct.dataclass
 class SandwichResult:
@@ -134,6 +141,18 @@ class SandwichResult:
     beta_std_error: jax.Array = struct.field(default_factory=lambda: jnp.zeros((0,), jnp.float32))
     beta_lower: jax.Array = struct.field(default_factory=lambda: jnp.zeros((0,), jnp.float32))
     beta_upper: jax.Array = struct.field(default_factory=lambda: jnp.zeros((0,), jnp.float32))
+
+    def to_frame(self):
+        """pandas DataFrame `model, rating, std_error, lower, upper`, best first."""
+        return _interval_frame(self.models, rating=self.ratings, std_error=self.std_error, lower=self.lower,
+                               upper=self.upper)
+
+
+def _interval_frame(models, **columns):
+    import pandas as pd
+
+    frame = pd.DataFrame({"model": list(models), **{k: np.asarray(v, np.float64) for k, v in columns.items()}})
+    return frame.sort_values(list(columns)[0], ascending=False, kind="stable").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -678,6 +697,95 @@ def _resampling(votes: Votes, rows: VoteRows, *, sampler: str, unit: str, num_ro
     return spec, dict(sampler=sampler, identity=kt.identity, num_rows=num_rows, num_votes=kt.num_votes, num_prompts=0)
 
 
+#: Work units (resampled entries + 10 x Newton dimension^3, per round) of one compiled bootstrap call.
+CHUNK_WORK = 1 << 30
+
+
+class BootstrapPlan(NamedTuple):
+    """Memory plan of `bootstrap_ratings` (`bootstrap_plan`).
+
+    Attributes:
+        chunk_size: rounds per compiled call (bounded working memory, `jaxrank.resources.chunk_bytes()`, and
+            about a second of work, `CHUNK_WORK`).
+        chunk_bytes: estimated working memory of one chunk.
+        result_bytes: estimated memory of the result (samples [R, M] and beta samples [R, K] with their sort
+            for the quantiles, the R keys, the convergence flags).
+        sampler: the resampling scheme `"auto"` resolves to (`"prompts"` for `unit="prompts"`).
+    """
+
+    chunk_size: int
+    chunk_bytes: int
+    result_bytes: int
+    sampler: str
+
+
+def _plan(votes: Votes, *, num_rounds: int, ties: str, sampler: str, unit: str, style: Any,
+          chunk_size: int | None) -> tuple[BootstrapPlan, VoteRows, _KindTable | None]:
+    """`bootstrap_plan` with the rows and the kind table it used (so that `bootstrap_ratings` builds them once)."""
+    from jaxrank.resources import check_memory
+    from jaxrank.resources import chunk_bytes as chunk_budget
+
+    if isinstance(num_rounds, bool) or not isinstance(num_rounds, (int, np.integer)) or num_rounds < 2:
+        raise ValueError(f"num_rounds must be an int >= 2, got {num_rounds!r}")
+    if unit not in ("votes", "prompts"):
+        raise ValueError(f"unit must be 'votes' or 'prompts', got {unit!r}")
+    if sampler not in ("auto", "votes", "multinomial"):
+        raise ValueError(f"sampler must be one of 'auto', 'votes', 'multinomial'; got {sampler!r}")
+    if votes.num_votes < 1:
+        raise ValueError("votes has no votes to resample")
+    k = len(check_style(style))
+    rows = votes.rows(merge=not k)
+    m, u_pad = votes.num_models, bucket_size(rows.num_rows)
+    kt = None
+    if unit == "prompts":
+        sampler = "prompts"
+        per_round = u_pad + votes.num_prompts  # the drawn prompts and the rows they scatter into
+    else:
+        kt = _kind_table(rows)
+        if sampler == "auto":
+            sampler = "votes" if kt.num_votes <= 8 * int(np.count_nonzero(kt.count)) else "multinomial"
+        per_round = kt.num_votes if sampler == "votes" else u_pad
+    dim = m + (1 if ties in _FITS_TIE else 0) + k
+    per_round_bytes = 4 * (per_round + (8 + 2 * k) * u_pad + 6 * dim * dim + (m * m if k else 0))
+    # Also at most about a second of work per compiled call (resampling ~ per_round, Newton ~ 10 dim^3), so
+    # that progress moves and Ctrl-C stops the run soon: ~1.3 s for 490 rounds of LLMFAO (59 models,
+    # 8,931 votes) on a loaded 2-core CPU.
+    by_work = max(1, CHUNK_WORK // (per_round + 10 * dim**3))
+    cap = int(max(1, min(num_rounds, chunk_budget() // per_round_bytes, by_work)))
+    auto = -(-int(num_rounds) // -(-int(num_rounds) // cap))  # even chunks, little padding
+    size = int(min(auto if chunk_size is None else min(chunk_size, cap), num_rounds))
+    work_bytes = size * per_round_bytes
+    per_round_result = 3 * 4 * (m + k) + 8 + 1
+    result_bytes = int(num_rounds) * per_round_result
+    check_memory(result_bytes + work_bytes, what=f"the bootstrap samples [R, M] (M = {m} models)",
+                 option="num_rounds", value=int(num_rounds), per_unit=per_round_result, fixed=work_bytes)
+    return BootstrapPlan(chunk_size=size, chunk_bytes=int(work_bytes), result_bytes=result_bytes,
+                         sampler=sampler), rows, kt
+
+
+def bootstrap_plan(votes: Votes, *, num_rounds: int, ties: str = "half", sampler: str = "auto",
+                   unit: str = "votes", style: Any = None, chunk_size: int | None = None) -> BootstrapPlan:
+    """The memory plan of `bootstrap_ratings(key, votes, num_rounds=..., ties=..., ...)`, checked before any work.
+
+    The rounds run in chunks whose working memory is bounded (`jaxrank.resources.chunk_bytes()`: 256 MiB or a
+    quarter of the budget, of resampling and solver state) whatever `num_rounds`; what grows with it is the
+    result, `samples` float32[R, M] (kept, concatenated and sorted once for the quantiles: about 12 M bytes per
+    round) and the R keys (8 bytes each).
+
+    Raises:
+        jaxrank.resources.ResourceError: (a ValueError) the result does not fit in memory; the message names
+            `num_rounds`, the estimate and the most rounds that fit.
+
+    Example:
+        >>> bootstrap_plan(votes, num_rounds=1000).chunk_size   # doctest: +SKIP
+        1000
+    """
+    if not isinstance(votes, Votes):
+        raise TypeError(f"votes must be a jaxrank.Votes (see jaxrank.load_votes), got {type(votes).__name__}")
+    return _plan(votes, num_rounds=num_rounds, ties=ties, sampler=sampler, unit=unit, style=style,
+                 chunk_size=chunk_size)[0]
+
+
 def bootstrap_ratings(
     key: jax.Array,
     votes: Votes,
@@ -716,7 +824,9 @@ def bootstrap_ratings(
         ties: tie model, as for `fit_bradley_terry`.
         confidence: central probability of the intervals, in (0, 1).
         unit: `"votes"` or `"prompts"` (needs prompt ids).
-        chunk_size: rounds per compiled call (default: about 256 MiB of resampling state, <= R).
+        chunk_size: rounds per compiled call (default and upper bound: about 256 MiB of resampling and
+            solver state and about a second of work, <= R; see `bootstrap_plan`, which also refuses an R
+            whose result cannot fit).
         progress: optional callable `progress(done, total)` called after each chunk (and once with 0).
         sampler: for `unit="votes"`: `"votes"` (draw N vote indices: O(R N)), `"multinomial"` (counts of the
             distinct kinds of vote, `jax.random.multinomial`: O(R T)), or `"auto"` (votes when N <= 8 T).
@@ -753,6 +863,10 @@ def bootstrap_ratings(
         raise TypeError(f"progress must be a callable progress(done, total), got {type(progress).__name__}")
     if unit == "prompts" and votes.prompt is None:
         raise ValueError("unit='prompts' needs prompt ids on the votes (load_votes reads a prompt column)")
+    # The memory plan before any work (the full-data fit included).
+    boot_plan, _, kinds = _plan(votes, num_rounds=num_rounds, ties=ties, sampler=sampler, unit=unit,
+                                style=fit.style if isinstance(fit, BTResult) else fit_kwargs.get("style"),
+                                chunk_size=chunk_size)
     fit = _fit_for(votes, ties, fit, fit_kwargs, "bootstrap_ratings")
 
     m = votes.num_models
@@ -769,19 +883,13 @@ def bootstrap_ratings(
     a, b, outcome, _, features = pad_rows(u_pad, rows.a, rows.b, rows.outcome, rows.count, plan.features)
     a, b, outcome = (np.asarray(x) for x in (a, b, outcome))
 
-    spec, statics = _resampling(votes, rows, sampler=sampler, unit=unit, num_rows=u_pad)
+    spec, statics = _resampling(votes, rows, sampler=boot_plan.sampler, unit=unit, num_rows=u_pad, kinds=kinds)
     if ties == _GROUNDED and solver == "newton":
         raise ValueError("solver='newton' does not support ties='grounded-rao-kupper' (its Hessian is not a graph "
                          "Laplacian); use solver='lbfgs' or 'auto'")
     if solver == "auto":
         solver = "newton" if m <= 512 and ties != _GROUNDED else "lbfgs"
-    per_round = statics["num_votes"] if statics["sampler"] == "votes" else u_pad
-    dim = setup.dim
-    if chunk_size is None:
-        per_round_bytes = 4 * (per_round + (8 + 2 * k) * u_pad + 6 * dim * dim + (m * m if k else 0))
-        cap = int(max(1, min(num_rounds, (256 << 20) // per_round_bytes)))
-        chunk_size = -(-int(num_rounds) // -(-int(num_rounds) // cap))  # even chunks, little padding
-    chunk_size = int(min(chunk_size, num_rounds))
+    chunk_size = boot_plan.chunk_size
 
     max_iter = int(fit_kwargs.get("max_iter", 1000))
     if solver == "newton":

@@ -438,6 +438,25 @@ class RoutingResult(NamedTuple):
     expected_cost: jax.Array
     chosen: jax.Array
 
+    def to_frame(self, models=None, prompt_ids=None):
+        """pandas DataFrame, one row per prompt: `prompt, chosen, expected_win_rate, expected_cost` and one
+        `p_<model>` column per model (the policy); `models` / `prompt_ids` name them (default: indices)."""
+        import pandas as pd
+
+        policy = np.asarray(self.policy, np.float64)
+        p, m = policy.shape
+        names = [str(x) for x in models] if models is not None else [str(i) for i in range(m)]
+        if len(names) != m:
+            raise ValueError(f"models must name the {m} models of the policy, got {len(names)}")
+        chosen = np.asarray(self.chosen, np.int64)
+        frame = pd.DataFrame({"prompt": list(prompt_ids) if prompt_ids is not None else np.arange(p),
+                              "chosen": [names[i] for i in chosen],
+                              "expected_win_rate": np.asarray(self.expected_win_rate, np.float64),
+                              "expected_cost": np.asarray(self.expected_cost, np.float64)})
+        for j, name in enumerate(names):
+            frame[f"p_{name}"] = policy[:, j]
+        return frame
+
 
 def _summarise(policy, w, costs) -> RoutingResult:
     return RoutingResult(
