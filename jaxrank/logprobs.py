@@ -376,6 +376,9 @@ class Aligned:
         cap_p, cap_q: `[T]` float32 log of the side's k-th listed probability (an upper limit of every
             token it does not list; 0 when it lists none).
         complete_p, complete_q: `[T]` bool, the side revealed the whole vocabulary.
+        rest_p, rest_q: `[T]` float32 unrevealed mass 1 − Σ p of each side, summed in float64 from the
+            records' log-probabilities (clipped at 0): in float32 the cancellation costs ~1e-7, which
+            the bounds' logs of small tails would amplify.
         tokens: the continuation's token texts.
     """
 
@@ -387,6 +390,8 @@ class Aligned:
     cap_q: np.ndarray
     complete_p: np.ndarray
     complete_q: np.ndarray
+    rest_p: np.ndarray
+    rest_q: np.ndarray
     tokens: list[str | None]
 
 
@@ -446,15 +451,20 @@ def align(a: TokenLogprobs, b: TokenLogprobs, *, vocab_size: int | None = None) 
     shape = (n, width)
     logp, logq = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
     kp, kq = np.zeros(shape, bool), np.zeros(shape, bool)
+    rest_p, rest_q = np.zeros(n, np.float32), np.zeros(n, np.float32)
     for t, (cols, *_rest) in enumerate(rows):
+        mass_p, mass_q = [], []
         for j, (lp, lq) in enumerate(cols.values()):
             if lp is not None and lp > MASKED_LOGPROB:
                 logp[t, j], kp[t, j] = lp, True
+                mass_p.append(math.exp(lp))
             if lq is not None and lq > MASKED_LOGPROB:
                 logq[t, j], kq[t, j] = lq, True
+                mass_q.append(math.exp(lq))
+        rest_p[t], rest_q[t] = max(1.0 - math.fsum(mass_p), 0.0), max(1.0 - math.fsum(mass_q), 0.0)
     cap = lambda i: np.asarray([max(r[i], MASKED_LOGPROB) for r in rows], np.float32)  # noqa: E731
     return Aligned(logp, kp, logq, kq, cap(1), cap(2), np.asarray([r[3] for r in rows]),
-                   np.asarray([r[4] for r in rows]), [r[5] for r in rows])
+                   np.asarray([r[4] for r in rows]), rest_p, rest_q, [r[5] for r in rows])
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,6 +497,8 @@ def topk_bounds(
     complete_q: jax.Array,
     floor: jax.Array | float = 0.0,
     slack: jax.Array | float = DEFAULT_SLACK,
+    rest_p: jax.Array | None = None,
+    rest_q: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """Per-position KL(P ‖ Q) and H(P, Q) from two partial views, with lower and upper bounds.
 
@@ -498,6 +510,9 @@ def topk_bounds(
       floor: ε, assumed lower limit of every probability (only the upper bounds use it; 0 makes them
         +inf whenever they depend on an unrevealed probability).
       slack: uncertainty of the tail masses 1 − Σ p from rounded log-probabilities.
+      rest_p, rest_q: `[T]` the unrevealed masses 1 − Σ p, 1 − Σ q, summed by the caller in higher
+        precision (`align` does, in float64). None sums them here in float32, whose cancellation
+        (~1e-7) is amplified by the logs of small tails and can flip a tail that is positive to 0.
 
     Returns:
       `{name: float32[T]}` for `kl, kl_lower, kl_upper, cross_entropy, cross_entropy_lower,
@@ -510,8 +525,9 @@ def topk_bounds(
     both, only_a, only_b = known_p & known_q, known_p & ~known_q, ~known_p & known_q
     has_b1 = jnp.any(only_b, axis=-1)
     has_a1 = jnp.any(only_a, axis=-1)
-    r_a = jnp.maximum(1.0 - jnp.sum(p, -1), 0.0)
-    r_b = jnp.maximum(1.0 - jnp.sum(q, -1), 0.0)
+    r_a = jnp.maximum(1.0 - jnp.sum(p, -1), 0.0) if rest_p is None else jnp.asarray(rest_p, f32)
+    r_b = jnp.maximum(1.0 - jnp.sum(q, -1), 0.0) if rest_q is None else jnp.asarray(rest_q, f32)
+    rest_b = r_b  # before round-off tails are zeroed: 1 − Σ_I q = rest_b + Σ_{B'} q without cancellation
     # A side that saw everything has no tail; nor has a side whose unrevealed tokens provably do not
     # exist (the other side saw all of them and A' / B' is empty): what remains there is round-off.
     r_a = jnp.where(complete_p | (complete_q & ~has_b1), 0.0, r_a)
@@ -531,7 +547,7 @@ def topk_bounds(
     kl_lo = kl_i + _xlogy_ratio(p_a1 + r_a, q_b1 + r_b + slack)
     log_c_b_q = jnp.log(jnp.maximum(c_b, _TINY))
     q_top_b1 = jnp.max(jnp.where(only_b, q, 0.0), -1)
-    q_max_w = jnp.minimum(1.0 - jnp.sum(jnp.where(both, q, 0.0), -1) + slack,
+    q_max_w = jnp.minimum(rest_b + q_b1 + slack,
                           jnp.maximum(q_top_b1, jnp.where(complete_q, 0.0, c_b)))
     ce_lo = (ce_i - p_a1 * log_c_b_q
              - _times_log(jnp.maximum(r_a - slack, 0.0), jnp.log(jnp.maximum(q_max_w, _TINY))))
@@ -595,7 +611,7 @@ def topk_divergences(
         raise ValueError(f"vocab_size must be a positive int or None, got {vocab_size!r}")
     al = align(a, b, vocab_size=vocab_size)
     out = topk_bounds(al.logp, al.known_p, al.logq, al.known_q, al.cap_p, al.cap_q, al.complete_p, al.complete_q,
-                      jnp.float32(floor), jnp.float32(slack))
+                      jnp.float32(floor), jnp.float32(slack), al.rest_p, al.rest_q)
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 

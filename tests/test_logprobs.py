@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from jaxrank.logprobs import (
@@ -229,6 +229,10 @@ def _record(pid, lp, tokens, k_list, ids=True):
 
 
 @settings(max_examples=40, deadline=None)
+# Tails below float32 resolution (1 − Σ p summed in float32 cancels): A's tail of 8.8e-9 read as empty
+# gave a finite no-floor kl_upper; B's tail of 1.7e-6 off by ~4e-8 moved kl_lower by 7e-4.
+@example(v=4, ka=1, kb=2, seed=3, scale=6.0, use_floor=False)
+@example(v=3, ka=1, kb=2, seed=0, scale=6.0, use_floor=False)
 @given(v=st.integers(2, 30), ka=st.integers(0, 30), kb=st.integers(0, 30), seed=st.integers(0, 10_000),
        scale=st.sampled_from([0.5, 2.0, 6.0]), use_floor=st.booleans())
 def test_bounds_contain_the_full_vocabulary_value(v, ka, kb, seed, scale, use_floor):
