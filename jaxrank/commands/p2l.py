@@ -332,7 +332,6 @@ def run_leaderboard(args: argparse.Namespace) -> int:
         check_workdir(args.cache_dir, label="--cache-dir", inputs=inputs, outputs=[out, plot, per_prompt])
     model, prompts, beta, alpha = _model_and_coefficients(args)
     if per_prompt is not None:
-        from jaxrank.outputs import write_table
         from jaxrank.p2l import per_prompt_leaderboards
 
         table = per_prompt_leaderboards(beta, models=model.models, prompt_ids=[p.id for p in prompts], loss=model.loss)
