@@ -238,6 +238,11 @@ def place(value: Any, dtype: Any, sharding: jax.sharding.Sharding | None = None)
         if value.dtype != dtype:
             value = value.astype(dtype)
         if sharding is not None and not value.sharding.is_equivalent_to(sharding, value.ndim):
+            if value.is_fully_addressable and not sharding.is_fully_addressable:
+                # A mesh spanning processes (jax.distributed), from this process's own copy: each device
+                # takes its slice here. (`device_put` would first gather the whole array from every
+                # process to check the copies agree.)
+                return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
             value = jax.device_put(value, sharding)
         return value
     if sharding is None:
