@@ -144,8 +144,11 @@ def _pin(sharding: ModelSharding | None, x: jax.Array, logical: tuple[str | None
 
 
 def _linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
-    y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype))
-    return y if b is None else y + b.astype(x.dtype)
+    # Accumulated in float32 whatever the compute dtype (bfloat16 products, float32 sums), then cast back.
+    y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+    if b is not None:
+        y = y + b.astype(jnp.float32)
+    return y.astype(x.dtype)
 
 
 def _attention(
