@@ -13,6 +13,9 @@ one host or many.
 - Multi-host: every process calls `initialize_distributed(...)` first, then
   `score_pairs_global(local_a, local_b, local_mask, mesh=make_mesh(...))` with its own slice of the
   global batch; every process gets the scores of the whole global batch back.
+- `to_host(tree)` reads device arrays into NumPy whole on every process, gathering across processes
+  (`process_allgather`) the arrays laid out over other processes' devices too: what the language-model
+  pipeline (`jaxrank.lm.pipeline`) uses wherever it brings results back to the host.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 from jaxrank import _validation as v
 from jaxrank.scoring import _check_options, _Options, check_inputs, score_local, warn_empty
 
-__all__ = ["initialize_distributed", "make_mesh", "score_pairs_global"]
+__all__ = ["initialize_distributed", "make_mesh", "score_pairs_global", "to_host"]
 
 DATA_AXIS = "data"
 VOCAB_AXIS = "vocab"
@@ -175,6 +178,36 @@ def _put(x: Any, mesh: Mesh, spec: P) -> Any:
     if isinstance(x, (np.ndarray, jax.Array)) and v.is_concrete(x):
         return jax.device_put(x, NamedSharding(mesh, spec))
     return x
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of a pytree of arrays, each whole, on every process.
+
+    With several processes (`jax.distributed`), a `jax.Array` laid out over a mesh that spans other
+    processes' devices holds only this process's shards here, so `np.asarray` cannot read it; such
+    arrays are gathered with `jax.experimental.multihost_utils.process_allgather(x, tiled=True)`
+    (resharded to replicated, then read). Arrays this process can read whole (one process, or a mesh
+    of its own devices) and non-JAX leaves are copied without a collective. Whether a leaf is gathered
+    depends only on its sharding, which every process shares, so all processes take the same path;
+    like any collective, every process must call this with the same tree.
+
+    Args:
+      tree: a pytree of `jax.Array`s (any sharding), NumPy arrays or scalars.
+
+    Returns:
+      The same tree with NumPy arrays of the global shapes (identical on every process).
+
+    Example:
+      >>> tokens, lengths = to_host(generate(model, ids, mask, max_new_tokens=8))  # doctest: +SKIP
+    """
+    from jax.experimental import multihost_utils
+
+    def one(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
 
 
 def initialize_distributed(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import pathlib
@@ -24,6 +25,9 @@ from jaxrank.commands._common import (
 
 #: `--out` formats: JSON Lines (`.jsonl`, `.ndjson`), or a table (`.csv`, `.tsv`, `.parquet`).
 OUT_FORMATS = (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet")
+
+#: `--dtype`: the models' compute and storage dtype (scores are float32 either way).
+DTYPES = ("float32", "bfloat16")
 
 HELP = "rank prompts by the disagreement of two language models (KL / cross-entropy), most first"
 
@@ -77,6 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="shard both models over a device mesh, e.g. fsdp=4,tensor=2 (axes data, fsdp, tensor: "
                         "batch rows over data and fsdp, weights' model dimension over fsdp, vocabulary, heads and "
                         "MLP columns over tensor)")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="weights and activations of both models: float32 (default) or bfloat16 (half the weight "
+                        "memory; norms, attention softmax, logits and every score stay float32)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the per-device memory plan (weights, KV cache, activations) and exit without loading")
     p.add_argument("--device-memory", default=None, metavar="SIZE",
@@ -96,7 +103,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if from_logprobs:
         if args.logprobs_a is None or args.logprobs_b is None:
             raise CliError("--logprobs-a and --logprobs-b go together (one file per engine)")
-        given = [f for f in ("model_a", "model_b", "prompts", "mesh") if getattr(args, f) is not None]
+        given = [f for f in ("model_a", "model_b", "prompts", "mesh", "dtype") if getattr(args, f) is not None]
         if given or args.dry_run:
             flags = ", ".join("--" + f.replace("_", "-") for f in given + (["dry_run"] if args.dry_run else []))
             raise CliError(f"--logprobs-a/--logprobs-b rank prompts without models; drop {flags}")
@@ -128,11 +135,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CliError(f"--temperature must be >= 0, got {args.temperature}")
 
 
-def _load(path: str, flag: str, mesh: Any = None) -> Any:
+def _load(path: str, flag: str, mesh: Any = None, dtype: str = "float32") -> Any:
+    import jax.numpy as jnp
+
     from jaxrank.lm import load_model
 
     try:
-        return load_model(path, mesh=mesh)
+        return load_model(path, mesh=mesh, dtype=jnp.dtype(dtype))
     except (ValueError, FileNotFoundError, OSError) as err:
         raise CliError(f"{flag} {path}: {err}") from None
 
@@ -163,7 +172,7 @@ def memory_plan(args: argparse.Namespace, prompts: list, mesh: Any) -> Any:
     import jax
 
     from jaxrank.lm.loading import load_tokenizer
-    from jaxrank.lm.memory import available_memory, parse_bytes, plan_prioritize
+    from jaxrank.lm.memory import available_memory, parse_bytes, plan_prioritize, suggest_fits
     from jaxrank.lm.pipeline import prompt_lengths
 
     configs, longest = [], 0
@@ -186,13 +195,18 @@ def memory_plan(args: argparse.Namespace, prompts: list, mesh: Any) -> Any:
     contexts = [c.max_position_embeddings for c in configs if c.max_position_embeddings]
     if args.max_length:
         contexts.append(args.max_length)
-    return plan_prioritize(
-        configs[0], configs[1], sizes, batch=args.batch_size,
-        prompt_tokens=longest, new_tokens=args.max_new_tokens,
+    width = 2 if getattr(args, "dtype", None) == "bfloat16" else 4
+    options = dict(
+        batch=args.batch_size, prompt_tokens=longest, new_tokens=args.max_new_tokens,
         context=min(contexts) if contexts else None, names=(str(args.model_a), str(args.model_b)),
-        mode=args.mode, symmetric=getattr(args, "symmetric", False),
-        available=available_memory(devices, override),
+        mode=args.mode, symmetric=getattr(args, "symmetric", False), param_bytes=width, dtype_bytes=width,
     )
+    plan = plan_prioritize(configs[0], configs[1], sizes, available=available_memory(devices, override), **options)
+    if not plan.fits:
+        # Name what would fit: bfloat16 on this mesh, or a mesh over every device there is.
+        found = suggest_fits(configs[0], configs[1], sizes, devices=jax.devices(), override=override, **options)
+        plan = dataclasses.replace(plan, suggestions=found)
+    return plan
 
 
 def jsonl_text(rows: Sequence[dict]) -> str:
@@ -250,8 +264,9 @@ def rank_prompts(args: argparse.Namespace, prompts: list) -> list[dict]:
     mesh = _mesh(args)
     model_mesh = mesh if getattr(args, "mesh", None) is not None else None
     with err_console.status(f"loading {args.model_a} and {args.model_b}"):
-        model_a = _load(args.model_a, "--model-a", model_mesh)
-        model_b = _load(args.model_b, "--model-b", model_mesh)
+        dtype = getattr(args, "dtype", None) or "float32"  # `jaxrank demo` has no --dtype
+        model_a = _load(args.model_a, "--model-a", model_mesh, dtype)
+        model_b = _load(args.model_b, "--model-b", model_mesh, dtype)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with progress("prioritize", None) as bar:

@@ -51,6 +51,7 @@ from jaxrank.lm.pipeline import (
     pad_batch,
 )
 from jaxrank.lm.prompts import Prompt
+from jaxrank.sharding import to_host
 
 #: Bumped when the stored features of the same key would change (pooling, formatting).
 CACHE_FORMAT = 1
@@ -167,7 +168,7 @@ def _digest_weights(model: Any) -> str:
         ((tuple(map(str, p)), x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]),
         key=lambda item: item[0],
     ):
-        arr = np.asarray(jax.device_get(leaf))
+        arr = to_host(leaf)
         h.update(repr((path, str(arr.dtype), arr.shape)).encode())
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
@@ -315,7 +316,7 @@ def _run_batches(
         for start in range(0, len(batch), per_call):
             part = batch[start:start + per_call]
             ids, mask = pad_batch([rows[i] for i in part], length, per_call, pad_id)
-            vectors = np.asarray(fn(state, *_shard_rows(mesh, ids, mask)), dtype=np.float32)
+            vectors = to_host(fn(state, *_shard_rows(mesh, ids, mask))).astype(np.float32, copy=False)
             if out is None:
                 out = np.empty((len(rows), vectors.shape[-1]), np.float32)
             out[part] = vectors[: len(part)]

@@ -75,6 +75,7 @@ class MemoryPlan:
     batch: int
     prompt_tokens: int
     new_tokens: int
+    suggestions: tuple[str, ...] = ()
 
     @property
     def devices(self) -> int:
@@ -105,16 +106,21 @@ class MemoryPlan:
         return out
 
     def check(self) -> None:
-        """Raise `MemoryPlanError` when the peak exceeds the available memory."""
+        """Raise `MemoryPlanError` when the peak exceeds the available memory (naming the `suggestions`,
+        the options under which it would fit, when there are any)."""
         if self.fits:
             return
+        if self.suggestions:
+            advice = "it fits with " + ", or ".join(self.suggestions)
+        else:
+            advice = ("use more devices (--mesh fsdp=F,tensor=T), a smaller --batch-size or --max-length, "
+                      "or --dtype bfloat16")
         raise MemoryPlanError(
             f"the memory plan needs {format_bytes(self.peak)} per device "
             f"(weights {format_bytes(sum(m.weights for m in self.models))}, KV cache "
             f"{format_bytes(self.models[0].kv_cache)}, activations up to "
             f"{format_bytes(max(m.activations for m in self.models))}) but {format_bytes(self.available)} "
-            f"are available ({self.source}); use more devices (--mesh fsdp=F,tensor=T), a smaller "
-            "--batch-size or --max-length, or bfloat16 weights"
+            f"are available ({self.source}); {advice}"
         )
 
 
@@ -312,6 +318,73 @@ def plan_prioritize(
     peak = a.weights + b.weights + max(gen_a, gen_b if b.kv_cache else 0, score_stage)
     return MemoryPlan(models=(a, b), peak=int(peak), available=available[0], source=available[1], mesh=sizes,
                       batch=batch, prompt_tokens=prompt, new_tokens=new_tokens)
+
+
+def _meshes_over(n: int) -> list[dict[str, int]]:
+    """`fsdp x tensor` layouts of `n` devices, tensor a power of two (1, 2, 4, ...) dividing `n`."""
+    out, t = [], 1
+    while t <= n:
+        if n % t == 0:
+            out.append({"fsdp": n // t, "tensor": t} if t > 1 else {"fsdp": n})
+        t *= 2
+    return out
+
+
+def _mesh_flag(sizes: dict[str, int]) -> str:
+    return "--mesh " + ",".join(f"{k}={v}" for k, v in sizes.items() if v > 1)
+
+
+def suggest_fits(
+    config_a: ModelConfig,
+    config_b: ModelConfig,
+    mesh: dict[str, int],
+    *,
+    devices: Sequence[Any],
+    override: int | None = None,
+    param_bytes: int = 4,
+    dtype_bytes: int = 4,
+    **plan: Any,
+) -> tuple[str, ...]:
+    """The CLI options under which a plan that does not fit would: `--dtype bfloat16` on the same mesh,
+    and the smallest-peak `--mesh fsdp=F[,tensor=T]` over all `devices` (with `--dtype bfloat16` when
+    float32 does not fit there either). Each suggestion names its peak per device.
+
+    Args:
+      config_a, config_b, mesh: as for `plan_prioritize` (`mesh`: the axis sizes of the refused plan).
+      devices: every device the run could use (`jax.devices()`); a bigger mesh takes the first ones.
+      override: `--device-memory` in bytes, else each candidate's devices are asked (`available_memory`).
+      param_bytes, dtype_bytes: of the refused plan (4: float32); 2 is already bfloat16.
+      **plan: the other keyword arguments of `plan_prioritize` (batch, prompt_tokens, new_tokens, ...).
+
+    Returns:
+      Suggestions such as `"--dtype bfloat16 (peak 1.20 GiB per device)"`, best first; empty when none fits.
+    """
+    sizes = mesh_axis_sizes(mesh)
+    now = math.prod(sizes.values())
+    plan.pop("available", None)
+    dtypes = [(param_bytes, dtype_bytes, "")]
+    if param_bytes > 2:
+        dtypes.append((2, 2, " --dtype bfloat16"))
+
+    def fitting(candidate: dict[str, int], n: int, p: int, d: int) -> MemoryPlan | None:
+        available = available_memory(list(devices)[:n], override)
+        out = plan_prioritize(config_a, config_b, candidate, param_bytes=p, dtype_bytes=d, available=available, **plan)
+        return out if out.available is not None and out.fits else None
+
+    out = []
+    if param_bytes > 2:
+        same = fitting(sizes, now, 2, 2)
+        if same is not None:
+            out.append(f"--dtype bfloat16 (peak {format_bytes(same.peak)} per device)")
+    n = len(devices)
+    if n > now:
+        for p, d, flag in dtypes:
+            found = [(f.peak, c) for c in _meshes_over(n) if (f := fitting(c, n, p, d)) is not None]
+            if found:
+                peak, best = min(found, key=lambda item: item[0])
+                out.append(f"{_mesh_flag(best)}{flag} (peak {format_bytes(peak)} per device, {n} devices)")
+                break
+    return tuple(out)
 
 
 # Per-call activation plans (pipeline, features): one forward pass, checked against jaxrank.resources.

@@ -38,6 +38,7 @@ from jaxrank.lm.fused import fused_divergences, token_log_probs
 from jaxrank.lm.prompts import Prompt
 from jaxrank.lm.transformer import CausalLM
 from jaxrank.scoring import score_pairs, sequence_kl_estimate
+from jaxrank.sharding import to_host
 
 MODES = ("auto", "token", "sequence")
 TOKEN_METRICS = ("kl", "cross_entropy", "entropy", "entropy_q", "jensen_shannon")
@@ -553,7 +554,8 @@ def _generate(
             eos_token_id=side.eos,
             pad_token_id=side.pad,
         )
-        tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+        # Rows laid out over a mesh that spans processes come back whole on every process.
+        tokens, lengths = to_host((tokens, lengths))
         new_tokens = 0
         for j, i in enumerate(batch):
             out[i] = [int(t) for t in tokens[j, : int(lengths[j])]]
@@ -811,7 +813,7 @@ def _run_token_mode(a, b, items, metrics, completions, max_new_tokens, batch_siz
         # Padding rows copy the first row's positions so that no row has an empty mask.
         at_a[len(its) :], at_b[len(its) :], count[len(its) :] = at_a[0], at_b[0], count[0]
         out = scorer(a.state, b.state, *_shard_rows(a.mesh, ids_a, mask_a, at_a, ids_b, mask_b, at_b, count))
-        out = {k: np.asarray(val) for k, val in out.items()}
+        out = to_host(out)
         for j, it in enumerate(its):
             results[it.index] = {k: float(out[k][j]) for k in metrics}
         _notify(progress, "score", len(its), len(items), int(mask_a[: len(its)].sum() + mask_b[: len(its)].sum()))
@@ -855,7 +857,7 @@ def _sequence_logprobs(side: _Side, pairs: list[tuple[list[int], list[int]]], ba
             at[j, : len(c)] = len(p) - 1 + np.arange(len(c))
             targets[j, : len(c)] = c
             count[j, : len(c)] = True
-        lp = np.asarray(scorer(side.state, *_shard_rows(side.mesh, ids, mask, at, targets, count)))
+        lp = to_host(scorer(side.state, *_shard_rows(side.mesh, ids, mask, at, targets, count)))
         out[batch] = lp[: len(batch)]
         _notify(progress, stage, len(batch), len(pairs), int(mask[: len(batch)].sum()))
     return out

@@ -144,8 +144,11 @@ def _pin(sharding: ModelSharding | None, x: jax.Array, logical: tuple[str | None
 
 
 def _linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
-    y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype))
-    return y if b is None else y + b.astype(x.dtype)
+    # Accumulated in float32 whatever the compute dtype (bfloat16 products, float32 sums), then cast back.
+    y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+    if b is not None:
+        y = y + b.astype(jnp.float32)
+    return y.astype(x.dtype)
 
 
 def _attention(
@@ -238,6 +241,11 @@ def place(value: Any, dtype: Any, sharding: jax.sharding.Sharding | None = None)
         if value.dtype != dtype:
             value = value.astype(dtype)
         if sharding is not None and not value.sharding.is_equivalent_to(sharding, value.ndim):
+            if value.is_fully_addressable and not sharding.is_fully_addressable:
+                # A mesh spanning processes (jax.distributed), from this process's own copy: each device
+                # takes its slice here. (`device_put` would first gather the whole array from every
+                # process to check the copies agree.)
+                return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
             value = jax.device_put(value, sharding)
         return value
     if sharding is None:
