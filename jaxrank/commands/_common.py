@@ -150,6 +150,137 @@ class ChunkProgress:
             self.bar.stop()
 
 
+def clock(seconds: float) -> str:
+    """`1:05` / `1:02:05` for a duration in seconds."""
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def progress_interval() -> float:
+    """Seconds between plain progress lines when stderr is not a terminal: `$JAXRANK_PROGRESS_EVERY`, else 10."""
+    try:
+        return max(0.0, float(os.environ.get("JAXRANK_PROGRESS_EVERY", "10")))
+    except ValueError:
+        return 10.0
+
+
+class JobProgress:
+    """One overall progress display for a long job of several phases.
+
+    `phases` are (name, weight) in the order they run; a weight is the phase's share of the work (estimated
+    seconds, or any unit common to the phases). `update(phase, done, total)` reports that `done` of the phase's
+    `total` steps are finished; `items(done)` the items finished (prompts written, rounds, ...). The overall
+    fraction is the weighted sum, and the ETA is measured: elapsed time since the first step finished (which
+    includes compiling) over the work done since, times the work left; before that, the plan's `estimate` (when
+    given) is shown as such.
+
+    On a terminal: one rich bar, `phase i/n: NAME`, items, % of the work, elapsed, ETA (shown once the job has
+    run a second). Otherwise (a log file, CI): a plain line `jaxrank COMMAND: ...` every `every` seconds
+    (`progress_interval()`, `$JAXRANK_PROGRESS_EVERY`), and a last line when the job ends if any was printed.
+    """
+
+    def __init__(self, command: str, phases: Sequence[tuple[str, float]], *, items: int | None = None,
+                 unit: str = "items", estimate: float | None = None, every: float | None = None) -> None:
+        if not phases:
+            raise ValueError("phases is empty")
+        self.command, self.unit, self.total_items, self.estimate = command, unit, items, estimate
+        self.names = [n for n, _ in phases]
+        weights = [max(float(w), 0.0) for _, w in phases]
+        total = sum(weights)
+        self.weights = [w / total for w in weights] if total > 0 else [1.0 / len(weights)] * len(weights)
+        self.done = [0.0] * len(phases)  # fraction of each phase finished
+        self.phase = 0
+        self.items_done = 0
+        self.every = progress_interval() if every is None else every
+        self.tty = err_console.is_terminal
+        self.start = time.perf_counter()
+        self.last_line = self.start
+        self.first: tuple[float, float] | None = None
+        self.printed = False
+        self.bar = None
+        self.task = None
+
+    def plan(self, text: str) -> None:
+        """Print the up-front plan line (on stderr, before any work)."""
+        err_console.print(f"jaxrank {self.command}: plan: {text}", highlight=False, markup=False, soft_wrap=True)
+        self.start = self.last_line = time.perf_counter()
+
+    def _index(self, phase: str | int) -> int:
+        return phase if isinstance(phase, int) else self.names.index(phase)
+
+    def update(self, phase: str | int, done: float, total: float) -> None:
+        i = self._index(phase)
+        self.phase = i
+        self.done[i] = min(1.0, done / total) if total > 0 else 1.0
+        self._show()
+
+    def items(self, done: int) -> None:
+        self.items_done = done
+        self._show()
+
+    def fraction(self) -> float:
+        return sum(w * d for w, d in zip(self.weights, self.done))
+
+    def eta(self, now: float) -> str:
+        f = self.fraction()
+        if self.first is not None and f > self.first[1] and now > self.first[0]:
+            return f"ETA {clock((now - self.first[0]) / (f - self.first[1]) * (1.0 - f))}"
+        if self.estimate is not None:
+            return f"ETA ~{clock(max(self.estimate - (now - self.start), 0))} (estimate; measured after the first batch)"
+        return "ETA after the first batch"
+
+    def status(self, now: float | None = None) -> str:
+        now = time.perf_counter() if now is None else now
+        parts = []
+        if self.total_items is not None:
+            parts.append(f"{self.items_done}/{self.total_items} {self.unit}")
+        name = self.names[self.phase]
+        parts.append(f"phase {self.phase + 1}/{len(self.names)}" + (f" {name}" if name else ""))
+        parts += [f"{self.fraction():.0%} of the work", f"{clock(now - self.start)} elapsed", self.eta(now)]
+        return ", ".join(parts)
+
+    def _show(self) -> None:
+        now = time.perf_counter()
+        f = self.fraction()
+        if self.first is None and f > 0:
+            self.first = (now, f)  # the rate is measured from here: the first step compiled
+        if not self.tty:
+            if now - self.last_line >= self.every and f < 1.0:
+                err_console.print(f"jaxrank {self.command}: {self.status(now)}", highlight=False, markup=False,
+                                  soft_wrap=True)
+                self.last_line, self.printed = now, True
+            return
+        if self.bar is None and now - self.start > 1.0 and f < 1.0:
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
+                                console=err_console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.command, total=1.0, status="")
+        if self.bar is not None:
+            name = self.names[self.phase]
+            status = self.status(now).split(", ")
+            self.bar.update(self.task, completed=f, status=" · ".join(s for s in status if not s.startswith("phase")),
+                            description=f"{self.command} phase {self.phase + 1}/{len(self.names)}"
+                                        + (f": {name}" if name else ""))
+
+    def close(self) -> None:
+        """Stop the bar; without a terminal, a last line when progress lines were printed."""
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        if not self.tty and self.printed:
+            done = f"{self.items_done}/{self.total_items} {self.unit}, " if self.total_items is not None else ""
+            err_console.print(f"jaxrank {self.command}: done, {done}{clock(time.perf_counter() - self.start)} elapsed",
+                              highlight=False, markup=False)
+
+    def __enter__(self) -> "JobProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @contextlib.contextmanager
 def timed(label: str) -> Iterator[None]:
     start = time.perf_counter()
