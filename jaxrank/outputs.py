@@ -683,7 +683,7 @@ class Journal:
             records, good = cls._read(p, kind, label)
             if not resume:
                 raise OutputExistsError(
-                    f"{label} {p} holds {len(records)} finished record(s) of an interrupted run: pass {resume_hint} "
+                    f"{label} {p} holds {len(records) - 1} finished record(s) of an interrupted run: pass {resume_hint} "
                     "to continue it, or delete it to start over")
             old = records.pop(0)["settings"]
             # Values that changed first, then settings only one side has.

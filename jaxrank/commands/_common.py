@@ -6,8 +6,9 @@ import contextlib
 import importlib.util
 import os
 import pathlib
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from rich.console import Console
 from rich.progress import (
@@ -201,11 +202,29 @@ class JobProgress:
         self.printed = False
         self.bar = None
         self.task = None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def plan(self, text: str) -> None:
-        """Print the up-front plan line (on stderr, before any work)."""
+        """Print the up-front plan line (on stderr, before any work) and start the clock; without a terminal,
+        a status line then follows every `every` seconds even while one long step (a first batch that
+        compiles) reports nothing."""
         err_console.print(f"jaxrank {self.command}: plan: {text}", highlight=False, markup=False, soft_wrap=True)
         self.start = self.last_line = time.perf_counter()
+        if self.tty:
+            with self._lock:
+                self._start_bar()
+        elif self.every > 0 and self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick, name="jaxrank-progress", daemon=True)
+            self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(min(self.every, 1.0)):
+            with self._lock:
+                now = time.perf_counter()
+                if now - self.last_line >= self.every and self.fraction() < 1.0:
+                    self._line(now)
 
     def _index(self, phase: str | int) -> int:
         return phase if isinstance(phase, int) else self.names.index(phase)
@@ -227,8 +246,8 @@ class JobProgress:
         f = self.fraction()
         if self.first is not None and f > self.first[1] and now > self.first[0]:
             return f"ETA {clock((now - self.first[0]) / (f - self.first[1]) * (1.0 - f))}"
-        if self.estimate is not None:
-            return f"ETA ~{clock(max(self.estimate - (now - self.start), 0))} (estimate; measured after the first batch)"
+        if self.estimate is not None and now - self.start < self.estimate:
+            return f"ETA ~{clock(self.estimate - (now - self.start))} (estimate; measured after the first batch)"
         return "ETA after the first batch"
 
     def status(self, now: float | None = None) -> str:
@@ -241,22 +260,34 @@ class JobProgress:
         parts += [f"{self.fraction():.0%} of the work", f"{clock(now - self.start)} elapsed", self.eta(now)]
         return ", ".join(parts)
 
+    def _start_bar(self) -> None:
+        if self.bar is None:
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
+                                console=err_console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(f"{self.command} phase 1/{len(self.names)}: {self.names[0]}", total=1.0,
+                                          status=self.eta(time.perf_counter()))
+
+    def _line(self, now: float) -> None:
+        err_console.print(f"jaxrank {self.command}: {self.status(now)}", highlight=False, markup=False,
+                          soft_wrap=True)
+        self.last_line, self.printed = now, True
+
     def _show(self) -> None:
+        with self._lock:
+            self._show_locked()
+
+    def _show_locked(self) -> None:
         now = time.perf_counter()
         f = self.fraction()
         if self.first is None and f > 0:
             self.first = (now, f)  # the rate is measured from here: the first step compiled
         if not self.tty:
             if now - self.last_line >= self.every and f < 1.0:
-                err_console.print(f"jaxrank {self.command}: {self.status(now)}", highlight=False, markup=False,
-                                  soft_wrap=True)
-                self.last_line, self.printed = now, True
+                self._line(now)
             return
         if self.bar is None and now - self.start > 1.0 and f < 1.0:
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
-                                console=err_console, transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(self.command, total=1.0, status="")
+            self._start_bar()
         if self.bar is not None:
             name = self.names[self.phase]
             status = self.status(now).split(", ")
@@ -264,8 +295,28 @@ class JobProgress:
                             description=f"{self.command} phase {self.phase + 1}/{len(self.names)}"
                                         + (f": {name}" if name else ""))
 
+    def sequential(self) -> Callable[[int, int], None]:
+        """A `progress(done, total)` callback for library work whose phases run one after another and each
+        counts from 0 (e.g. one bootstrap per `--group-by` group): a count that goes back starts the next
+        phase. The items finished are the steps of all phases so far."""
+        state = {"last": 0, "before": 0}
+
+        def step(done: int, total: int) -> None:
+            if done < state["last"] or (done == 0 and state["last"] == total and total):
+                state["before"] += state["last"]
+                self.phase = min(self.phase + 1, len(self.names) - 1)  # the next phase started
+            state["last"] = done
+            self.items_done = state["before"] + done
+            self.update(self.phase, done, total)
+
+        return step
+
     def close(self) -> None:
         """Stop the bar; without a terminal, a last line when progress lines were printed."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
         if self.bar is not None:
             self.bar.stop()
             self.bar = None

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Rates", "measure_rates", "model_weights", "stage_seconds", "estimate_seconds"]
+__all__ = ["Rates", "estimate_seconds", "forward_seconds", "measure_rates", "model_weights", "stage_seconds"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,3 +91,9 @@ def stage_seconds(stage: Any, configs: tuple[Any, Any], rates: Rates) -> float:
 def estimate_seconds(plan: Any, rates: Rates) -> list[float]:
     """Seconds of each stage of `plan` (a `jaxrank.lm.pipeline.WorkPlan`), in its order."""
     return [stage_seconds(s, plan.configs, rates) for s in plan.stages]
+
+
+def forward_seconds(parameters: int, positions: int, rates: Rates) -> float:
+    """The cost model's seconds for full forward passes over `positions` (padded) positions through a model of
+    `parameters` weights (e.g. a `jaxrank.lm.features.FeaturePlan`): `2 x parameters` FLOPs per position."""
+    return 2.0 * parameters * positions / rates.full
