@@ -127,30 +127,6 @@ def progress(description: str, total: int | None, *, transient: bool = False) ->
     )
 
 
-class ChunkProgress:
-    """`progress(done, total)` for chunked library work: a rich bar on stderr with a rate, shown only once
-    the work has taken more than a second (short runs print nothing); `close()` when done."""
-
-    def __init__(self, description: str, unit: str) -> None:
-        self.description, self.unit = description, unit
-        self.start = time.perf_counter()
-        self.bar = None
-        self.task = None
-
-    def __call__(self, done: int, total: int) -> None:
-        elapsed = time.perf_counter() - self.start
-        if self.bar is None and elapsed > 1.0 and done < total:
-            self.bar = progress(self.description, total)
-            self.bar.start()
-            self.task = self.bar.add_task(self.description, total=total, rate="")
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, rate=f"{done / max(elapsed, 1e-9):.0f} {self.unit}/s")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def clock(seconds: float) -> str:
     """`1:05` / `1:02:05` for a duration in seconds."""
     seconds = max(0, int(round(seconds)))
@@ -321,9 +297,14 @@ class JobProgress:
             self.bar.stop()
             self.bar = None
         if not self.tty and self.printed:
-            done = f"{self.items_done}/{self.total_items} {self.unit}, " if self.total_items is not None else ""
-            err_console.print(f"jaxrank {self.command}: done, {done}{clock(time.perf_counter() - self.start)} elapsed",
-                              highlight=False, markup=False)
+            now = time.perf_counter()
+            if self.fraction() >= 1.0 - 1e-9:
+                done = f"{self.items_done}/{self.total_items} {self.unit}, " if self.total_items is not None else ""
+                err_console.print(f"jaxrank {self.command}: done, {done}{clock(now - self.start)} elapsed",
+                                  highlight=False, markup=False)
+            else:  # stopped early (an error, Ctrl-C): where it stood
+                err_console.print(f"jaxrank {self.command}: stopped at {self.status(now).rsplit(', ETA', 1)[0]}",
+                                  highlight=False, markup=False, soft_wrap=True)
 
     def __enter__(self) -> "JobProgress":
         return self

@@ -19,8 +19,8 @@ import numpy as np
 from jaxrank.commands._common import (
     FIGURE_FORMATS,
     TABLE_FORMATS,
-    ChunkProgress,
     CliError,
+    JobProgress,
     check_distinct,
     console,
     err_console,
@@ -271,13 +271,14 @@ def run_simulate(args: argparse.Namespace) -> int:
             f"[dim]{thin} of {K} items have identical scores (a thin pool: no variance to learn, one query "
             "gives the pool mean exactly); the allocators differ on the other "
             f"{K - thin}[/dim]", highlight=False)
-    err_console.print(
-        f"[dim]{K} items, {span} score{'s' if max(lengths) > 1 else ''} each; {args.runs} runs × budget {args.budget}"
-        f" (batch {args.batch}); empirical pools drawn with replacement, errors against pool means"
-        + ("; robin uses the pool variances" if "robin" in allocators else "")
-        + "[/dim]"
+    bar = JobProgress("budget simulate", [("simulate", 1.0)], items=args.runs, unit="runs")
+    bar.plan(
+        f"{K} items, {span} score{'s' if max(lengths) > 1 else ''} each; {args.runs} runs × budget {args.budget}"
+        f" (batch {args.batch}) × {len(allocators)} allocator(s); empirical pools drawn with replacement, errors "
+        "against pool means" + ("; robin uses the pool variances" if "robin" in allocators else "")
+        + "; time measured after the first chunk of runs (it compiles)"
     )
-    bar = ChunkProgress("simulate", "runs")
+    step = bar.sequential()
     try:
         with resource_flags(num_runs="--runs"):
             results = allocation.simulate_sweep(
@@ -288,7 +289,7 @@ def run_simulate(args: argparse.Namespace) -> int:
                 num_runs=args.runs,
                 batch_size=args.batch,
                 delta=args.delta,
-                progress=bar,
+                progress=step,
             )
     finally:
         bar.close()

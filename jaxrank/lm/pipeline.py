@@ -931,6 +931,8 @@ def row_keys(key: jax.Array, indices: Sequence[int], samples: int = 1) -> jax.Ar
     """PRNG keys `[len(indices) * samples]`, sample s of prompt i drawing from `fold_in(fold_in(key, i), s)`:
     a prompt's samples depend on its index in the prompt list only, not on the prompts batched with it
     (so a resumed run reproduces an uninterrupted one)."""
+    if not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)  # a raw uint32 key (jax.random.PRNGKey)
     fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
     per_prompt = fold(key, jnp.asarray(list(indices), jnp.uint32))
     steps = jnp.arange(samples, dtype=jnp.uint32)
