@@ -224,7 +224,8 @@ class JobProgress:
             return f"ETA {clock((now - self.first[0]) / (f - self.first[1]) * (1.0 - f))}"
         if self.estimate is not None and now - self.start < self.estimate:
             return f"ETA ~{clock(self.estimate - (now - self.start))} (estimate; measured after the first batch)"
-        return "ETA after the first batch"
+        # The first step (it compiles) only starts the clock: the rate needs one more.
+        return "ETA after the first batch" if self.first is None else "ETA after the next batch"
 
     def status(self, now: float | None = None) -> str:
         now = time.perf_counter() if now is None else now
