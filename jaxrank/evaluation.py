@@ -1458,7 +1458,8 @@ def design_curves(
         num_replays: R >= 2 per design and budget.
         sampling: `"systematic"` (fixed size) or `"poisson"`.
         ties, confidence, scale, base: the fit's tie model, interval level and Elo scale.
-        progress: optional callable `progress(done, total)` after each (design, budget).
+        progress: optional callable `progress(done, total)` after each (design, budget), and once with 0
+            when the inputs are checked and the work starts.
 
     Returns:
         `DesignCurves`.
@@ -1498,6 +1499,8 @@ def design_curves(
     out = {name: np.full(shape, np.nan) for name in ("coverage", "coverage_stderr", "width", "width_sup", "tau", "lam", "eff")}
     total = len(designs) * shares.size
     done = 0
+    if progress is not None:
+        progress(0, total)  # the inputs are checked: the work starts
     for d, name in enumerate(designs):
         mix = uniform_mix if name.endswith("proportional") else 1.0
         use_judge = judge if name.startswith("ppi") else None

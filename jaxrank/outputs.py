@@ -56,6 +56,8 @@ from typing import Any
 
 __all__ = [
     "FIGURE_FORMATS",
+    "JOURNAL_SUFFIX",
+    "Journal",
     "MARKER",
     "TABLE_FORMATS",
     "Output",
@@ -67,10 +69,13 @@ __all__ = [
     "check_output",
     "check_workdir",
     "is_jaxrank_dir",
+    "append_jsonl",
+    "journal_path",
     "new_file",
     "read_marker",
     "write_dir",
     "write_file",
+    "write_state",
     "write_table",
     "write_text",
 ]
@@ -614,3 +619,126 @@ def new_file(folder: str | os.PathLike, stem: str, suffix: str, write: Callable[
             except OutputExistsError:
                 pass  # taken meanwhile: try the next name
         i += 1
+
+
+# --------------------------------------------------------------------------------------------
+# State files jaxrank owns: replaced state, append-only journals
+# --------------------------------------------------------------------------------------------
+
+
+def write_state(path: str | os.PathLike, text: str) -> pathlib.Path:
+    """Replace a state file inside a state directory jaxrank owns (e.g. `budget next --state DIR`) atomically:
+    written aside, then renamed over the old one (no `force`: the file is jaxrank's, not the user's)."""
+    return write_file(path, lambda p: p.write_text(text, encoding="utf-8"), force=True, label="state file")
+
+
+def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """Append records as JSON lines to a log jaxrank owns, flushed and synced before returning (a crash loses
+    at most a torn last line, which `Journal` readers drop)."""
+    with open(path, "a", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+#: The journal of an output file: `OUT` + this suffix, beside it (`journal_path`).
+JOURNAL_SUFFIX = ".journal.jsonl"
+
+
+def journal_path(out: str | os.PathLike | Output) -> pathlib.Path:
+    """Where the journal of output `out` lives: a visible sibling `NAME.journal.jsonl`."""
+    p = out.path if isinstance(out, Output) else _absolute(out)
+    return p.with_name(p.name + JOURNAL_SUFFIX)
+
+
+class Journal:
+    """An append-only JSON Lines file of finished work, so that an interrupted run can resume.
+
+    The first line is a header `{"jaxrank_journal": KIND, "version": 1, "settings": {...}}` (the options
+    that decide the results); every further line is one record, appended and synced as soon as it is
+    done (`append`). The final output is still written atomically (`write_file`); the journal is removed
+    after it (`remove`). Safety rules, as for outputs:
+
+    - a journal is opened for resuming only when its header names the same KIND and settings (a
+      mismatch is refused, naming the settings that differ);
+    - a file at the journal's path that is not a jaxrank journal is never written to or removed;
+    - an existing journal is never restarted silently: without `resume` it is refused (`resume_hint`
+      names the option that continues it);
+    - a torn last line (a run killed mid-write) is dropped, and cut off before appending.
+    """
+
+    VERSION = 1
+
+    def __init__(self, path: pathlib.Path, records: list[dict], label: str) -> None:
+        self.path, self.records, self.label = path, records, label
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, kind: str, settings: dict, resume: bool, label: str = "journal",
+             resume_hint: str = "resume=True") -> Journal:
+        """Create the journal, or with `resume` reopen an existing one (its records in `.records`)."""
+        p = _absolute(path)
+        header = {"jaxrank_journal": kind, "version": cls.VERSION, "settings": settings}
+        if os.path.lexists(p):
+            records, good = cls._read(p, kind, label)
+            if not resume:
+                raise OutputExistsError(
+                    f"{label} {p} holds {len(records) - 1} finished record(s) of an interrupted run: pass {resume_hint} "
+                    "to continue it, or delete it to start over")
+            old = records.pop(0)["settings"]
+            # Values that changed first, then settings only one side has.
+            differ = sorted((k for k in set(old) | set(settings) if old.get(k) != settings.get(k)),
+                            key=lambda k: (not (k in old and k in settings), k))
+            if differ:
+                shown = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now" for k in differ[:4])
+                raise OutputError(f"{label} {p} was written by a run with other settings ({shown}); resume with "
+                                  "the same options, or delete it to start over")
+            if good < p.stat().st_size:
+                os.truncate(p, good)  # a torn last line goes
+            return cls(p, records, label)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(header, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_path(p.parent)
+        return cls(p, [], label)
+
+    @staticmethod
+    def _read(p: pathlib.Path, kind: str, label: str) -> tuple[list[dict], int]:
+        """[header, records...] and the byte length of the complete lines."""
+        if p.is_symlink() or not p.is_file():
+            raise OutputError(f"{label} {p} exists and is not a jaxrank journal; jaxrank never replaces it: move it")
+        data = p.read_bytes()
+        lines, good, pos = [], 0, 0
+        while pos < len(data):
+            end = data.find(b"\n", pos)
+            if end < 0:
+                break  # no newline: torn
+            try:
+                lines.append(json.loads(data[pos:end].decode("utf-8")))
+            except (UnicodeDecodeError, ValueError):
+                if data.find(b"\n", end + 1) >= 0 or end + 1 < len(data):
+                    raise OutputError(f"{label} {p}: line {len(lines) + 1} is not JSON (the file is damaged); "
+                                      "delete it to start over") from None
+                break  # the last line: torn
+            pos = good = end + 1
+        head = lines[0] if lines else None
+        if not isinstance(head, dict) or head.get("jaxrank_journal") is None:
+            raise OutputError(f"{label} {p} exists and is not a jaxrank journal; jaxrank never replaces it: move it")
+        if head.get("jaxrank_journal") != kind or head.get("version") != Journal.VERSION:
+            raise OutputError(f"{label} {p} is a journal of {head.get('jaxrank_journal')!r} (version "
+                              f"{head.get('version')}), not of {kind!r}; delete it to start over")
+        if not all(isinstance(r, dict) for r in lines[1:]):
+            raise OutputError(f"{label} {p}: a record is not a JSON object (the file is damaged); delete it")
+        return lines, good
+
+    def append(self, records: Sequence[dict]) -> None:
+        """Append `records` and sync them to disk."""
+        append_jsonl(self.path, records)
+        self.records.extend(records)
+
+    def remove(self) -> None:
+        """Delete the journal (its work is in the final output now)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)

@@ -183,3 +183,85 @@ def test_truncation_warning_is_one_line(models, tmp_path, capsys):
     warning = [line for line in err.splitlines() if line.startswith("jaxrank: warning:")]
     assert len(warning) == 1 and "1 of 2 prompts" in warning[0]
     assert sorted(r["truncated"] for r in _read(out)) == [False, True]
+
+
+# --- long jobs: plan line, progress lines without a terminal, journal, --resume ---------------------------------
+
+def _seq_argv(models, prompts_file, out):
+    # Sequence mode (different tokenizers), sampled: 4 prompts in 2 groups of 2, 2 samples each.
+    return ["prioritize", "--model-a", models["a"], "--model-b", models["c"], "--prompts", str(prompts_file),
+            "--max-new-tokens", "3", "--batch-size", "2", "--num-samples", "2", "--seed", "3", "--out", str(out)]
+
+
+def test_plan_line_and_plain_progress_lines(models, prompts_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("JAXRANK_PROGRESS_EVERY", "0")  # a line per step (stderr is not a terminal here)
+    out = tmp_path / "ranked.jsonl"
+    assert main(_seq_argv(models, prompts_file, out)) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()
+    plan = [i for i, line in enumerate(err) if line.startswith("jaxrank prioritize: plan: ")]
+    steps = [i for i, line in enumerate(err) if "phase " in line and line.startswith("jaxrank prioritize: ")]
+    assert len(plan) == 1 and steps and plan[0] < steps[0], err
+    assert "4 prompts x 2 samples in 2 group(s) of <= 2, 3 phases each" in err[plan[0]]
+    assert "estimate ~" in err[plan[0]] and "compilation not included" in err[plan[0]]
+    lines = [err[i] for i in steps]
+    assert any("phase 1/3 sample A" in s for s in lines) and any("phase 3/3 score A samples (model_b)" in s for s in lines)
+    assert all("/4 prompts" in s and "of the work" in s and "ETA" in s for s in lines)
+    assert any(line.startswith("jaxrank prioritize: done, 4/4 prompts") for line in err)
+    assert not (tmp_path / "ranked.jsonl.journal.jsonl").exists()  # removed once --out is written
+
+
+def test_resume_gives_the_uninterrupted_output(models, prompts_file, tmp_path, capsys, monkeypatch):
+    from jaxrank.outputs import Journal
+
+    whole = tmp_path / "whole.jsonl"
+    assert main(_seq_argv(models, prompts_file, whole)) == 0, capsys.readouterr().err
+    expected = whole.read_bytes()
+
+    # Killed after the first group of prompts: the journal keeps it, --out is not written.
+    out = tmp_path / "ranked.jsonl"
+    journal = tmp_path / "ranked.jsonl.journal.jsonl"
+    append = Journal.append
+    calls = []
+
+    def append_then_die(self, records):
+        append(self, records)
+        calls.append(len(records))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Journal, "append", append_then_die)
+    assert main(_seq_argv(models, prompts_file, out)) == 130  # Ctrl-C's exit status
+    monkeypatch.setattr(Journal, "append", append)
+    assert calls == [2] and not out.exists()
+    assert "2 finished prompts are kept in" in capsys.readouterr().err
+    lines = journal.read_text().splitlines()
+    assert json.loads(lines[0])["jaxrank_journal"] == "jaxrank prioritize" and len(lines) == 3
+
+    # Without --resume the journal is never restarted silently.
+    assert main(_seq_argv(models, prompts_file, out)) == 2
+    assert "pass --resume to continue it" in capsys.readouterr().err
+
+    # A torn last line (killed mid-write) and only one of the group's two prompts: that group is redone.
+    journal.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
+    assert main(_seq_argv(models, prompts_file, out) + ["--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming from" in err and "1 prompts already done" in err and "(1 already done, skipped)" in err
+    assert out.read_bytes() == expected
+    assert not journal.exists()
+
+
+def test_resume_refuses_other_settings_and_foreign_files(models, prompts_file, tmp_path, capsys):
+    out = tmp_path / "ranked.jsonl"
+    journal = tmp_path / "ranked.jsonl.journal.jsonl"
+    header = {"jaxrank_journal": "jaxrank prioritize", "version": 1,
+              "settings": {"seed": 99, "max_new_tokens": 3}}
+    journal.write_text(json.dumps(header) + "\n")
+    assert main(_seq_argv(models, prompts_file, out) + ["--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other settings" in err and "seed: 99 then, 3 now" in err
+    journal.write_text("my own notes\n")
+    assert main(_seq_argv(models, prompts_file, out) + ["--resume"]) == 2
+    assert "is not a jaxrank journal; jaxrank never replaces it" in capsys.readouterr().err
+    assert journal.read_text() == "my own notes\n"
+    assert main(["prioritize", "--model-a", models["a"], "--model-b", models["b"], "--prompts", str(prompts_file),
+                 "--resume"]) == 2
+    assert "--resume continues a run that writes --out FILE" in capsys.readouterr().err

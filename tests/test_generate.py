@@ -146,3 +146,22 @@ def test_right_padded_prompts_generate_like_left_padded(tiny):
     left, _ = generate(lm, ids, mask, max_new_tokens=7, eos_token_id=[])
     right, _ = generate(lm, right_ids, right_mask, max_new_tokens=7, eos_token_id=[])
     np.testing.assert_array_equal(np.asarray(right), np.asarray(left))
+
+
+def test_per_row_keys_make_a_rows_sample_independent_of_its_batch(tiny):
+    """One key per row: row r's sampled tokens depend on keys[r] only, not on the rows batched with it
+    (what makes a resumed `prioritize` reproduce an uninterrupted one)."""
+    _, lm = tiny
+    ids, mask = prompts()
+    keys = jax.random.split(jax.random.key(7), ids.shape[0])
+    together, n_together = generate(lm, ids, mask, max_new_tokens=6, key=keys, temperature=1.0)
+    # The same rows in another order, and row 0 beside copies of another row: the same samples per key.
+    order = np.arange(ids.shape[0])[::-1]
+    rev, _ = generate(lm, ids[order], mask[order], max_new_tokens=6, key=keys[order], temperature=1.0)
+    np.testing.assert_array_equal(np.asarray(rev)[::-1], np.asarray(together))
+    other = np.array([0] + [1] * (ids.shape[0] - 1))
+    mixed, _ = generate(lm, ids[other], mask[other], max_new_tokens=6, key=keys[other], temperature=1.0)
+    np.testing.assert_array_equal(np.asarray(mixed)[0], np.asarray(together)[0])
+    assert len({tuple(r) for r in np.asarray(together).tolist()}) > 1  # the rows do sample different tokens
+    with pytest.raises(ValueError, match="one key per row needs"):
+        generate(lm, ids, mask, max_new_tokens=2, key=keys[:1], temperature=1.0)

@@ -236,16 +236,21 @@ def test_ctrl_c_stops_a_long_simulation_at_the_chunk_in_flight(tmp_path, monkeyp
     scores.write_text("".join(f'{{"id": "i{i}", "scores": {rng.integers(1, 6, 4).tolist()}}}\n' for i in range(50)))
     seen = {"done": []}
 
-    class Interrupting(budget.ChunkProgress):
-        def __call__(self, done, total):
-            super().__call__(done, total)
-            seen["done"].append(done)
-            seen["total"] = total
-            if done > 0 and "sent" not in seen:  # the first chunk is done: the run is under way
-                seen["sent"] = True
-                threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+    class Interrupting(budget.JobProgress):
+        def sequential(self):
+            step = super().sequential()
 
-    monkeypatch.setattr(budget, "ChunkProgress", Interrupting)
+            def interrupting(done, total):
+                step(done, total)
+                seen["done"].append(done)
+                seen["total"] = total
+                if done > 0 and "sent" not in seen:  # the first chunk is done: the run is under way
+                    seen["sent"] = True
+                    threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+            return interrupting
+
+    monkeypatch.setattr(budget, "JobProgress", Interrupting)
     code = cli.main(["budget", "simulate", str(scores), "--budget", "20000", "--runs", "20000",
                      "--allocator", "robin"])
     err = capsys.readouterr().err

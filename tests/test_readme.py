@@ -26,7 +26,8 @@ SHORTENED = {"--bootstrap": "20", "--runs": "2", "--epochs": "2"}
 # Commands that load language models (minutes on 2 CPU cores) are not run here: the path each one exercises
 # is run, on a small scale, by the test named.
 NOT_RUN_HERE = {
-    "prioritize": "tests/test_cli_prioritize.py (tiny models)",
+    "prioritize": "README.md's: test_readme_prioritize_runs (real models, shortened); others: "
+                  "tests/test_cli_prioritize.py (tiny models)",
     "demo": "tests/test_cli_prioritize.py",
     "p2l train": "tests/test_cli_p2l.py (features of tiny encoders)",
     "p2l leaderboard": "needs `p2l train` output (runs/p2l); tests/test_cli_p2l.py",
@@ -131,3 +132,34 @@ def test_command_runs(index, shared_data, tmp_path, monkeypatch, capsys):
     for opt, value in zip(argv, argv[1:]):
         if opt in OUTPUT_OPTIONS:
             assert pathlib.Path(value).exists(), f"{doc}: `{line}` did not write {opt} {value}"
+
+
+# README.md's `jaxrank prioritize` runs with the real models and file it names, as a faithful shortened copy:
+# the options below replace (or are added to) the README's; every other option is the README's own. As
+# written, the README's example (16 prompts, 2 samples, 24 tokens) takes minutes on a 2-core CPU (see
+# docs/cli.md); this copy takes well under one once the models are loaded.
+SHORTENED_PRIORITIZE = {"--limit": "2", "--num-samples": "2", "--max-new-tokens": "4"}
+README_PRIORITIZE = [i for i, (doc, line) in enumerate(COMMANDS) if doc == "README.md"
+                     and _kind(_argv(line)) == "prioritize"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", README_PRIORITIZE, ids=[COMMANDS[i][1][:60] for i in README_PRIORITIZE])
+def test_readme_prioritize_runs(index, shared_data, smollm2, gemma3_270m, tmp_path, monkeypatch, capsys):
+    import json
+
+    doc, line = COMMANDS[index]
+    monkeypatch.chdir(ROOT)
+    argv = _shortened(_argv(line), tmp_path)
+    for opt, value in SHORTENED_PRIORITIZE.items():
+        if opt in argv:
+            argv[argv.index(opt) + 1] = value
+        else:
+            argv += [opt, value]
+    assert main(argv) == 0, f"{doc}: `{line}` (run as {argv}) failed:\n{capsys.readouterr().err}"
+    err = capsys.readouterr().err
+    assert "jaxrank prioritize: plan: 2 prompts x 2 samples" in err
+    out = pathlib.Path(argv[argv.index("--out") + 1])
+    rows = [json.loads(r) for r in out.read_text().splitlines()]
+    assert [r["rank"] for r in rows] == [1, 2] and all(r["mode"] == "sequence" for r in rows)
+    assert sum(r.get("selected", False) for r in rows) == 1  # --fraction 0.25 of 2: ceil -> 1

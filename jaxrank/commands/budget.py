@@ -19,8 +19,8 @@ import numpy as np
 from jaxrank.commands._common import (
     FIGURE_FORMATS,
     TABLE_FORMATS,
-    ChunkProgress,
     CliError,
+    JobProgress,
     check_distinct,
     console,
     err_console,
@@ -28,6 +28,7 @@ from jaxrank.commands._common import (
     output_path,
     resource_flags,
 )
+from jaxrank.outputs import Output, append_jsonl, write_state, write_text
 
 FORMATS = ("auto", "jsonl", "prometheus")
 CSV_COLUMNS = ("allocator", "budget", "wce_mean", "wce_lower", "wce_upper", "mae_mean", "rmse_mean")
@@ -270,13 +271,14 @@ def run_simulate(args: argparse.Namespace) -> int:
             f"[dim]{thin} of {K} items have identical scores (a thin pool: no variance to learn, one query "
             "gives the pool mean exactly); the allocators differ on the other "
             f"{K - thin}[/dim]", highlight=False)
-    err_console.print(
-        f"[dim]{K} items, {span} score{'s' if max(lengths) > 1 else ''} each; {args.runs} runs × budget {args.budget}"
-        f" (batch {args.batch}); empirical pools drawn with replacement, errors against pool means"
-        + ("; robin uses the pool variances" if "robin" in allocators else "")
-        + "[/dim]"
+    bar = JobProgress("budget simulate", [("simulate", 1.0)], items=args.runs, unit="runs")
+    bar.plan(
+        f"{K} items, {span} score{'s' if max(lengths) > 1 else ''} each; {args.runs} runs × budget {args.budget}"
+        f" (batch {args.batch}) × {len(allocators)} allocator(s); empirical pools drawn with replacement, errors "
+        "against pool means" + ("; robin uses the pool variances" if "robin" in allocators else "")
+        + "; time measured after the first chunk of runs (it compiles)"
     )
-    bar = ChunkProgress("simulate", "runs")
+    step = bar.sequential()
     try:
         with resource_flags(num_runs="--runs"):
             results = allocation.simulate_sweep(
@@ -287,7 +289,7 @@ def run_simulate(args: argparse.Namespace) -> int:
                 num_runs=args.runs,
                 batch_size=args.batch,
                 delta=args.delta,
-                progress=bar,
+                progress=step,
             )
     finally:
         bar.close()
@@ -304,8 +306,8 @@ def run_simulate(args: argparse.Namespace) -> int:
                "final_wce_mean": {a: float(s["wce_mean"][-1]) for a, s in summaries.items()}}
         if head is not None:
             doc.update({k: v for k, v in head.items()})
-        _write_text(summary, json.dumps(doc, indent=2) + "\n")
-        err_console.print(f"[dim]wrote {summary}[/dim]")
+        write_text(summary, json.dumps(doc, indent=2) + "\n")  # checked before the work (`output_path`)
+        err_console.print(f"[dim]wrote {summary.named}[/dim]", highlight=False)
     if out is not None:
         import pandas as pd
 
@@ -355,14 +357,6 @@ def headline(summaries: dict[str, dict[str, Any]], *, fast: str = "robin-hood", 
             f"{need:,.0f} queries, {share:.0%} of the budget (interpolated between the checkpoints"
             f"{'' if j else '; already at the first checkpoint, add smaller --checkpoints to resolve it'})")
     return {"text": text, "target_wce": target, "needed_budget": float(need), "share": float(share)}
-
-
-def _write_text(target, text: str) -> None:
-    """Write atomically (`jaxrank.outputs`): a checked output (`output_path`) as checked, a state file of
-    jaxrank's own state directory replaced in place."""
-    from jaxrank.outputs import Output, write_text
-
-    write_text(target, text, force=not isinstance(target, Output))
 
 
 def _print_table(summaries: dict[str, dict[str, Any]], *, level: float, runs: int) -> None:
@@ -461,10 +455,10 @@ def _save_session(state_dir: pathlib.Path, session: dict, state=None) -> None:
         if old.exists():
             shutil.rmtree(old)
         session["step"] = int(state.step)
-    _write_text(state_dir / SESSION, json.dumps(session, indent=1) + "\n")
+    write_state(state_dir / SESSION, json.dumps(session, indent=1) + "\n")
 
 
-def _report(session: dict, state, out: pathlib.Path | None, *, to=None) -> None:
+def _report(session: dict, state, out: Output | None, *, to=None) -> None:
     import pandas as pd
     from rich.table import Table
 
@@ -485,8 +479,8 @@ def _report(session: dict, state, out: pathlib.Path | None, *, to=None) -> None:
         table.add_row(str(row.id), str(row.queries), f"{row.mean:.4f}", f"{row.std:.4f}", f"{row.std_error:.4f}")
     (to or console).print(table)
     if out is not None:
-        _write_text(out, frame.to_csv(index=False))
-        err_console.print(f"[dim]wrote {out}[/dim]")
+        write_text(out, frame.to_csv(index=False))  # CSV, checked before the work (`output_path`)
+        err_console.print(f"[dim]wrote {out.named}[/dim]", highlight=False)
 
 
 def run_next(args: argparse.Namespace) -> int:
@@ -616,9 +610,8 @@ def run_update(args: argparse.Namespace) -> int:
 
     state = allocation.update(state, jnp.asarray(pending, jnp.int32), jnp.asarray([got[i] for i in pending], jnp.float32))
     session["pending"] = []
-    with (state_dir / ANSWERS).open("a") as f:
-        for i in pending:
-            f.write(json.dumps({"step": int(state.step), "id": session["items"][i], "score": got[i]}) + "\n")
+    append_jsonl(state_dir / ANSWERS, [{"step": int(state.step), "id": session["items"][i], "score": got[i]}
+                                       for i in pending])
     _save_session(state_dir, session, state)
     spent = int(np.asarray(state.counts).sum())
     err_console.print(f"recorded {len(pending)} score(s): {spent} of {session['budget']} queries answered",

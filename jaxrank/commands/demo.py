@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         f"{args.num_samples} samples x {args.max_new_tokens} tokens"
     )
     with resource_flags(batch_size="--batch-size"):
-        rows = rank_prompts(args, prompts)
+        rows = rank_prompts(args, prompts, command="demo")
     out = new_run_file(runs_dir, jsonl_text(rows))
     print_table(rows, title=f"prompts ranked by disagreement of {args.model_a} and {args.model_b}")
     mode = rows[0]["mode"] if rows else args.mode

@@ -18,6 +18,7 @@ from jaxrank.commands._common import (
     FIGURE_FORMATS,
     TABLE_FORMATS,
     CliError,
+    JobProgress,
     add_vote_arguments,
     check_distinct,
     console,
@@ -312,11 +313,8 @@ def run_stability(args: argparse.Namespace) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    import time
-
     import jax
 
-    from jaxrank.commands._common import progress
     from jaxrank.evaluation import design_curves, load_scores
     from jaxrank.votes import load_votes
 
@@ -351,17 +349,22 @@ def run_replay(args: argparse.Namespace) -> int:
         if loaded[arg].prompt is None:
             raise CliError(f"{arg} {path} has no prompt-id column; name yours with --prompt-column NAME")
     votes, judge = loaded["--votes"], loaded.get("--judge")
-    start = time.perf_counter()
-    state: dict[str, Any] = {}
+    designs = ["uniform", "proportional"] + (["ppi", "ppi-proportional"] if judge is not None else [])
+    # One phase per design, one step per budget (each a compiled, vmapped call of R replays).
+    job = JobProgress("evaluate replay", [(d, 1.0) for d in designs], items=len(designs) * len(budgets),
+                      unit="(design, budget) points")
+    plan = (f"{len(designs)} designs x {len(budgets)} budgets x {args.replays} replays = "
+             f"{len(designs) * len(budgets) * args.replays:,} weighted fits of {votes.num_models} models on "
+             f"{votes.num_prompts} prompts, {votes.num_votes} votes; time: measured after the first point (no cost "
+             "model for fits: their iterations depend on the data)")
 
     def step(done: int, total: int) -> None:
-        # The bar starts with the first finished (design, budget): input errors stay one clean line.
-        if "bar" not in state:
-            state["bar"] = progress("replay", total, transient=True)
-            state["bar"].start()
-            state["task"] = state["bar"].add_task("replay", total=total, rate="")
-        rate = f"{done * args.replays / max(time.perf_counter() - start, 1e-9):.1f} fits/s"
-        state["bar"].update(state["task"], completed=done, rate=rate)
+        if done == 0:  # inputs checked (their errors stay one line): the plan, then the work
+            job.plan(plan)
+            return
+        d = min(max(done - 1, 0) // len(budgets), len(designs) - 1)
+        job.items_done = done
+        job.update(d, done - d * len(budgets), len(budgets))
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -377,8 +380,7 @@ def run_replay(args: argparse.Namespace) -> int:
                     raise CliError(f"{flag} {text[len(prefix):].lstrip(': ')}") from None
             raise CliError(text) from None
         finally:
-            if "bar" in state:
-                state["bar"].stop()
+            job.close()
     for note in dict.fromkeys(str(w.message) for w in caught):
         err_console.print(f"jaxrank: warning: {note}", markup=False, highlight=False, soft_wrap=True)
     frame = curves.to_frame()

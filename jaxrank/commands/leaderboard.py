@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import pathlib
-import time
 import warnings
 from typing import Any
 
@@ -13,13 +12,13 @@ from jaxrank.commands._common import (
     FIGURE_FORMATS,
     TABLE_FORMATS,
     CliError,
+    JobProgress,
     add_vote_arguments,
     check_distinct,
     console,
     err_console,
     input_path,
     output_path,
-    progress,
     resource_flags,
     vote_options,
 )
@@ -122,63 +121,6 @@ def parse_style(text: str) -> tuple[tuple[str, ...], dict[str, tuple[str, str]]]
     return tuple(names), columns
 
 
-class _Progress:
-    """Bootstrap progress over one or more phases (one per --group-by group): an up-front plan line, then one
-    overall display (phase i/n, rounds, overall ETA) as a rich bar on a terminal, or plain lines every
-    `every` seconds when stderr is not a terminal (a log, CI); nothing for runs under a second."""
-
-    def __init__(self, *, phases: list[str], rounds: int, every: float = 10.0) -> None:
-        self.start = time.perf_counter()
-        self.phases, self.rounds, self.every = phases, rounds, every
-        self.phase, self.last_done, self.last_line = 0, 0, self.start
-        self.bar = None
-        self.task = None
-        self.first = None
-        self.tty = err_console.is_terminal
-
-    def plan(self, text: str) -> None:
-        err_console.print(f"[dim]{text}[/dim]", highlight=False)
-
-    def __call__(self, done: int, total: int) -> None:
-        if done < self.last_done or (done == 0 and self.last_done == total and total):
-            self.phase = min(self.phase + 1, len(self.phases) - 1)   # the next group's bootstrap started
-        self.last_done = done
-        overall_total = self.rounds * len(self.phases)
-        overall = self.phase * self.rounds + done
-        now = time.perf_counter()
-        if self.first is None:
-            self.start = self.last_line = now          # the clock starts with the bootstrap, not the fit
-        elif self.first[1] == 0 and overall > 0:
-            self.first = (now, overall)                # the rate is measured after the first (compiling) chunk
-        if self.first is None:
-            self.first = (now, 0)
-        elapsed = now - self.start
-        label = (f"bootstrap, phase {self.phase + 1}/{len(self.phases)}" +
-                 (f" ({self.phases[self.phase]})" if self.phases[self.phase] else ""))
-        if not self.tty:
-            if (now - self.last_line >= self.every and overall < overall_total) or (overall == overall_total and elapsed > self.every):
-                t0, n0 = self.first
-                if overall > n0 and now > t0:
-                    eta = f"ETA {(now - t0) / (overall - n0) * (overall_total - overall):.0f} s"
-                else:
-                    eta = "ETA after the first chunk (compiling)"
-                err_console.print(f"jaxrank: {label}: {overall}/{overall_total} rounds, {elapsed:.0f} s elapsed, "
-                                  f"{eta}", highlight=False, markup=False)
-                self.last_line = now
-            return
-        if self.bar is None and elapsed > 1.0 and overall < overall_total:
-            self.bar = progress("bootstrap", overall_total)
-            self.bar.start()
-            self.task = self.bar.add_task(label, total=overall_total, rate="")
-        if self.bar is not None:
-            self.bar.update(self.task, completed=overall, description=label,
-                            rate=f"{overall / max(elapsed, 1e-9):.0f} rounds/s")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def parse_filters(items: list[str]) -> list[tuple[str, str]]:
     """`--filter COL=VALUE` (repeatable) -> [(column, value)]."""
     out = []
@@ -276,8 +218,10 @@ def run(args: argparse.Namespace) -> int:
                 # two of them; never more per chunk than the memory plan allows. Rounds do not depend on chunking.
                 chunk = max(1, min(plan.chunk_size, -(-args.bootstrap // 20)))
                 groups = sorted(set(vote_column(votes, args.group_by).astype(str).tolist())) if args.group_by else [""]
-                bar = _Progress(phases=[f"{args.group_by}={g}" if g else "" for g in groups], rounds=args.bootstrap)
-                bar.plan(f"plan: {args.bootstrap} bootstrap rounds over {args.resample} x {len(groups)} "
+                bar = JobProgress("leaderboard", [(f"bootstrap {args.group_by}={g}" if g else "bootstrap", 1.0)
+                                                  for g in groups],
+                                  items=args.bootstrap * len(groups), unit="rounds")
+                bar.plan(f"{args.bootstrap} bootstrap rounds over {args.resample} x {len(groups)} "
                          f"leaderboard(s); {votes.num_models} models, {votes.num_votes} votes; ~20 compiled chunks "
                          "per leaderboard (the first compiles)")
             try:
@@ -287,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
                         key=jax.random.key(args.seed) if args.bootstrap >= 2 else None, resample=args.resample,
                         confidence=args.ci, l2=args.l2, style=style or None, style_l2=args.style_l2, anchor=anchor,
                         anchor_rating=anchor_rating, filters=filters or None, group_by=args.group_by,
-                        baseline=args.baseline, title=args.title, progress=bar,
+                        baseline=args.baseline, title=args.title,
+                        progress=None if bar is None else bar.sequential(),
                         chunk_size=chunk,
                     )
             finally:

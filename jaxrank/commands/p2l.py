@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import pathlib
-import time
 import warnings
 from typing import Any
 
@@ -24,8 +23,10 @@ from jaxrank.commands._common import (
     FIGURE_FORMATS,
     TABLE_FORMATS,
     CliError,
+    JobProgress,
     add_vote_arguments,
     check_distinct,
+    clock,
     console,
     err_console,
     input_path,
@@ -134,16 +135,28 @@ def _load_features(path: str, num_prompts: int) -> np.ndarray:
 def _compute_features(texts: list[str], encoder: str, cache_dir: str | None, max_length: int) -> np.ndarray:
     from jaxrank.lm.features import prompt_features
 
-    bar = progress("features", len(texts), transient=True)
-    task = bar.add_task("prompt features", total=len(texts), rate="")
-    start = time.perf_counter()
+    job = JobProgress("p2l train", [("features", 1.0)], items=len(texts), unit="prompts")
+
+    def plan(p) -> None:
+        from jaxrank.lm.cost import forward_seconds, measure_rates
+
+        rates = measure_rates(p.hidden_size or 512, p.batch_size)
+        seconds = forward_seconds(p.parameters, p.padded_positions, rates)
+        job.estimate = seconds
+        job.plan(f"prompt features of {p.prompts} prompts with {encoder}: {p.tokens:,} tokens in {p.batches} batches "
+                 f"of {p.batch_size} ({p.padded_positions:,} padded positions, {p.shapes} program(s) to compile on a "
+                 f"first run); estimate ~{clock(seconds)} on this machine ({rates.device}: 2 x {p.parameters:,} "
+                 f"FLOPs per position at the {rates.full / 1e9:.0f} GFLOP/s a matmul measured now; compilation not "
+                 "included)")
 
     def update(stage, advance, total, tokens):
-        bar.update(task, advance=advance, rate=f"{tokens / max(time.perf_counter() - start, 1e-9):.0f} tok/s")
+        job.items_done += advance
+        job.update("features", job.items_done, total)
 
-    with warnings.catch_warnings(record=True) as caught, bar, resource_flags(max_length="--max-length"):
+    with warnings.catch_warnings(record=True) as caught, job, resource_flags(max_length="--max-length"):
         warnings.simplefilter("always")
-        feats = prompt_features(texts, encoder=encoder, cache_dir=cache_dir, max_length=max_length, progress=update)
+        feats = prompt_features(texts, encoder=encoder, cache_dir=cache_dir, max_length=max_length, progress=update,
+                                on_plan=plan)
     _print_warnings(caught)  # e.g. truncated prompts: one `jaxrank: warning:` line, not a source path
     return feats
 

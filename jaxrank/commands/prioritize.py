@@ -7,19 +7,19 @@ import dataclasses
 import json
 import math
 import pathlib
-import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from jaxrank.commands._common import (
     CliError,
+    JobProgress,
+    clock,
     Output,
     console,
     err_console,
     input_path,
     output_path,
-    progress,
     resource_flags,
 )
 
@@ -95,6 +95,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write the ranked prompts here: .jsonl (JSON Lines) or a .csv/.tsv/.parquet table "
                         "(default: JSON Lines on stdout)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (a file only)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: with --out FILE, every prompt finished is in FILE.journal.jsonl "
+                        "(written as prompts finish); --resume skips those and writes the same FILE an uninterrupted "
+                        "run would (same options needed)")
     p.set_defaults(func=run)
 
 
@@ -133,6 +137,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CliError(f"--max-length ({args.max_length}) must exceed --max-new-tokens ({args.max_new_tokens})")
     if args.temperature < 0:
         raise CliError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.resume and (args.out is None or from_logprobs):
+        raise CliError("--resume continues a run that writes --out FILE (its journal is FILE.journal.jsonl); "
+                       "give --out" + (" (and models: --logprobs-* runs are not journaled)" if from_logprobs else ""))
 
 
 def _load(path: str, flag: str, mesh: Any = None, dtype: str = "float32") -> Any:
@@ -235,28 +242,73 @@ def _jsonable(row: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
-class _Progress:
-    """Adapts the pipeline's progress callback to a rich bar per stage with tokens/s."""
+def _plan_text(plan: Any, seconds: list[float] | None, rates: Any) -> str:
+    """The up-front plan line: prompts, samples, tokens, programs, and the estimate (labelled as one)."""
+    gen = sum(st.new_tokens for st in plan.stages)
+    scored = sum(st.tokens for st in plan.stages if st.kind == "score")
+    models = "both models" if plan.mode == "token" else "each model"
+    done = f" ({plan.finished} already done, skipped)" if plan.finished else ""
+    text = (f"{plan.prompts} prompts{done}"
+            + (f" x {plan.samples} samples" if plan.samples > 1 else "")
+            + f" in {plan.chunks} group(s) of <= {plan.batch_size}, {len(plan.stages)} phases each; "
+            + (f"generate <= {gen:,} tokens, " if gen else "")
+            + f"score <= {scored:,} tokens with {models}; "
+            + f"{sum(st.shapes for st in plan.stages)} program(s) to compile on a first run")
+    if seconds is not None:
+        text += (f"; estimate ~{clock(sum(seconds))} on this machine ({rates.device}: cost model at the matmul rates "
+                 f"measured now, {rates.full / 1e9:.0f} GFLOP/s full passes, {rates.decode / 1e9:.0f} GFLOP/s decode "
+                 "steps; compilation not included)")
+    return text
 
-    def __init__(self, bar):
-        self.bar = bar
-        self.tasks: dict[str, Any] = {}
-        self.start: dict[str, float] = {}
-        self.tokens: dict[str, int] = {}
 
-    def __call__(self, stage: str, advance: int, total: int, tokens: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(stage, total=total, rate="")
-            self.start[stage] = time.perf_counter()
-            self.tokens[stage] = 0
-        self.tokens[stage] += tokens
-        elapsed = max(time.perf_counter() - self.start[stage], 1e-9)
-        self.bar.update(self.tasks[stage], advance=advance, rate=f"{self.tokens[stage] / elapsed:,.0f} tok/s")
+class _Job:
+    """The pipeline's hooks for the command line: the plan line, one overall progress display (phase i/n of
+    each group of prompts, prompts finished, overall ETA), and the journal the finished prompts go to."""
+
+    def __init__(self, command: str, journal: Any = None, already: int = 0) -> None:
+        self.command, self.journal, self.already = command, journal, already
+        self.display: JobProgress | None = None
+        self.totals: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+        self.finished = already
+
+    def plan(self, plan: Any) -> None:
+        from jaxrank.lm.cost import estimate_seconds, measure_rates
+
+        seconds = rates = None
+        config = plan.configs[0]
+        if config is not None and plan.prompts:
+            rates = measure_rates(max(c.hidden_size for c in plan.configs if c is not None), plan.batch_size)
+            seconds = estimate_seconds(plan, rates)
+        weights = seconds if seconds is not None and sum(seconds) > 0 else [st.tokens for st in plan.stages]
+        self.display = JobProgress(self.command, list(zip([st.name for st in plan.stages], weights)),
+                                   items=plan.prompts + plan.finished, unit="prompts",
+                                   estimate=None if seconds is None else sum(seconds))
+        self.display.items_done = self.finished
+        self.totals = {st.name: st.rows for st in plan.stages}
+        self.display.plan(_plan_text(plan, seconds, rates))
+
+    def progress(self, stage: str, advance: int, total: int, tokens: int) -> None:
+        self.done[stage] = self.done.get(stage, 0) + advance
+        if self.display is not None:
+            self.display.update(stage, self.done[stage], total)
+
+    def rows(self, rows: list[dict]) -> None:
+        if self.journal is not None:
+            self.journal.append(rows)
+        self.finished += len(rows)
+        if self.display is not None:
+            self.display.items(self.finished)
+
+    def close(self) -> None:
+        if self.display is not None:
+            self.display.close()
 
 
-def rank_prompts(args: argparse.Namespace, prompts: list) -> list[dict]:
-    """Load both models, run the pipeline with a progress bar, print warnings as one line each; the ranked
-    rows (the caller writes them)."""
+def rank_prompts(args: argparse.Namespace, prompts: list, journal: Any = None, *, command: str = "prioritize") -> list[dict]:
+    """Load both models, run the pipeline with the plan line and one progress display, print warnings as one
+    line each; the ranked rows (the caller writes them). With `journal` (`jaxrank.outputs.Journal`), its
+    records are the prompts already finished (skipped), and every prompt finished now is appended to it."""
     import jax
 
     from jaxrank.lm.pipeline import TruncationWarning, prioritize_prompts
@@ -267,9 +319,11 @@ def rank_prompts(args: argparse.Namespace, prompts: list) -> list[dict]:
         dtype = getattr(args, "dtype", None) or "float32"  # `jaxrank demo` has no --dtype
         model_a = _load(args.model_a, "--model-a", model_mesh, dtype)
         model_b = _load(args.model_b, "--model-b", model_mesh, dtype)
+    finished = list(journal.records) if journal is not None else []
+    job = _Job(command, journal, len(finished))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with progress("prioritize", None) as bar:
+        try:
             rows = prioritize_prompts(
                 model_a,
                 model_b,
@@ -282,9 +336,18 @@ def rank_prompts(args: argparse.Namespace, prompts: list) -> list[dict]:
                 temperature=args.temperature,
                 key=jax.random.key(args.seed),
                 max_length=args.max_length,
-                progress=_Progress(bar),
+                progress=job.progress,
                 mesh=mesh,
+                finished=finished,
+                on_rows=job.rows,
+                on_plan=job.plan,
             )
+        except ValueError as err:
+            if finished and str(err).startswith("finished["):
+                raise CliError(f"--resume: {journal.path}: {err}") from None
+            raise
+        finally:
+            job.close()
     for w in caught:
         if issubclass(w.category, TruncationWarning):
             err_console.print(f"jaxrank: warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
@@ -388,10 +451,56 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(str(err)) from None
     if args.dry_run:
         return 0
-    with resource_flags(batch_size="--batch-size", max_length="--max-length"):
-        rows = rank_prompts(args, prompts)
+    journal = _open_journal(args, out, prompts_file) if out is not None else None
+    try:
+        with resource_flags(batch_size="--batch-size", max_length="--max-length"):
+            rows = rank_prompts(args, prompts, journal)
+    except BaseException:
+        if journal is not None and journal.records:
+            err_console.print(f"jaxrank prioritize: {len(journal.records)} finished prompts are kept in {journal.path}; "
+                              "run the same command with --resume to continue", highlight=False, markup=False,
+                              soft_wrap=True)
+        raise
     write_rows(rows, out)
+    if journal is not None:
+        journal.remove()  # everything is in --out now
     if out is not None:
         print_table(rows)
         err_console.print(f"wrote {len(rows)} ranked prompts to {out.named}")
     return 0
+
+
+def run_settings(args: argparse.Namespace, prompts_file: pathlib.Path) -> dict:
+    """The options that decide the results (a journal is resumed only under the same ones)."""
+    import hashlib
+
+    from jaxrank import __version__
+
+    return {
+        "jaxrank": __version__,
+        "model_a": str(args.model_a), "model_b": str(args.model_b),
+        "prompts_sha256": hashlib.sha256(prompts_file.read_bytes()).hexdigest(), "limit": args.limit,
+        "mode": args.mode, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+        "num_samples": args.num_samples, "symmetric": args.symmetric, "temperature": args.temperature,
+        "max_length": args.max_length, "seed": args.seed, "data_parallel": args.data_parallel, "mesh": args.mesh,
+        "dtype": getattr(args, "dtype", None) or "float32",
+    }
+
+
+def _open_journal(args: argparse.Namespace, out: Output, prompts_file: pathlib.Path) -> Any:
+    """The journal beside --out (`jaxrank.outputs.Journal`): new, or with --resume the interrupted run's."""
+    from jaxrank.outputs import Journal, OutputError, journal_path
+
+    path = journal_path(out)
+    if args.resume and not path.exists():
+        err_console.print(f"jaxrank prioritize: --resume: no journal at {path}; starting from the first prompt",
+                          highlight=False, markup=False, soft_wrap=True)
+    try:
+        journal = Journal.open(path, kind="jaxrank prioritize", settings=run_settings(args, prompts_file),
+                               resume=args.resume, label="journal", resume_hint="--resume")
+    except OutputError as err:
+        raise CliError(str(err)) from None
+    if journal.records:
+        err_console.print(f"jaxrank prioritize: resuming from {path}: {len(journal.records)} prompts already done",
+                          highlight=False, markup=False, soft_wrap=True)
+    return journal

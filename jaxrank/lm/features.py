@@ -24,6 +24,7 @@ model. An existing entry is never overwritten.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -294,6 +295,23 @@ def _rows_per_call(config: Any, batch_size: int, length: int, multiple: int) -> 
         return max(multiple, rows // multiple * multiple)
 
 
+@dataclasses.dataclass(frozen=True)
+class FeaturePlan:
+    """What `prompt_features` will compute, known once the prompts are tokenized and before the encoder runs
+    (`on_plan`): prompts, real tokens, padded positions (batches padded to `batch_size` rows and to
+    power-of-two lengths), batches, distinct padded shapes (programs compiled on a first run), and the
+    encoder's parameters and width (for `jaxrank.lm.cost` estimates)."""
+
+    prompts: int
+    tokens: int
+    padded_positions: int
+    batches: int
+    shapes: int
+    parameters: int
+    hidden_size: int
+    batch_size: int
+
+
 def _run_batches(
     fn: Callable,
     state: Any,
@@ -305,8 +323,18 @@ def _run_batches(
     mesh: Any,
     progress: ProgressFn | None,
     config: Any = None,
+    on_plan: Callable[[FeaturePlan], None] | None = None,
 ) -> np.ndarray:
     out: np.ndarray | None = None
+    if on_plan is not None:
+        batches = length_batches([len(r) for r in rows], batch_size)
+        lengths = [bucket_length(max(len(rows[i]) for i in b), maximum=limit) for b in batches]
+        on_plan(FeaturePlan(
+            prompts=len(rows), tokens=sum(map(len, rows)), padded_positions=batch_size * sum(lengths),
+            batches=len(batches), shapes=len(set(lengths)),
+            parameters=int(sum(x.size for x in jax.tree.leaves(state))),
+            hidden_size=int(getattr(config, "hidden_size", 0) or 0), batch_size=batch_size,
+        ))
     if progress is not None:
         progress("features", 0, len(rows), 0)
     multiple = 1 if mesh is None else int(mesh.shape.get("data", 1))
@@ -341,7 +369,7 @@ def _warn_truncated(count: int, total: int, limit: int, where: str) -> None:
         )
 
 
-def _causal_features(loaded, texts, *, batch_size, max_length, chat_template, mesh, progress) -> np.ndarray:
+def _causal_features(loaded, texts, *, batch_size, max_length, chat_template, mesh, progress, on_plan=None) -> np.ndarray:
     side = _Side(loaded, "encoder")
     limit = max_length if side.context is None else min(max_length, side.context)
     rows, truncated = [], 0
@@ -364,10 +392,11 @@ def _causal_features(loaded, texts, *, batch_size, max_length, chat_template, me
         mesh=mesh,
         progress=progress,
         config=side.config,
+        on_plan=on_plan,
     )
 
 
-def _bert_features(loaded, texts, *, batch_size, max_length, mesh, progress) -> np.ndarray:
+def _bert_features(loaded, texts, *, batch_size, max_length, mesh, progress, on_plan=None) -> np.ndarray:
     limit = min(max_length, loaded.config.max_position_embeddings)
     rows, truncated = [], 0
     for text in texts:
@@ -388,6 +417,7 @@ def _bert_features(loaded, texts, *, batch_size, max_length, mesh, progress) -> 
         mesh=mesh,
         progress=progress,
         config=loaded.config,
+        on_plan=on_plan,
     )
 
 
@@ -405,6 +435,7 @@ def prompt_features(
     cache_dir: str | os.PathLike | None = None,
     progress: ProgressFn | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    on_plan: Callable[[FeaturePlan], None] | None = None,
 ) -> np.ndarray:
     """One feature vector per prompt from a pretrained model: `[num_prompts, hidden]` float32.
 
@@ -428,6 +459,8 @@ def prompt_features(
       cache_dir: a folder for cached features (`features-<key>.npy` + `.json`); a call whose key
         (encoder identity, options, prompt texts) is there loads it without running the model.
       progress: `progress(stage, advance, total, tokens)` after every batch (stage "features").
+      on_plan: called once the prompts are tokenized, before the encoder runs, with the `FeaturePlan`
+        (not called when the features come from `cache_dir`).
       mesh: a mesh with a "data" axis (`jaxrank.sharding.make_mesh`): the parameters are
         replicated and each batch's rows split over "data"; the numbers equal the unsharded ones.
 
@@ -486,10 +519,11 @@ def prompt_features(
     if kind == "causal":
         feats = _causal_features(
             loaded, texts, batch_size=batch_size, max_length=max_length, chat_template=bool(chat_template),
-            mesh=mesh, progress=progress,
+            mesh=mesh, progress=progress, on_plan=on_plan,
         )
     else:
-        feats = _bert_features(loaded, texts, batch_size=batch_size, max_length=max_length, mesh=mesh, progress=progress)
+        feats = _bert_features(loaded, texts, batch_size=batch_size, max_length=max_length, mesh=mesh, progress=progress,
+                               on_plan=on_plan)
     if cache_dir is not None:
         _cache_store(cache_dir, key, meta, feats)
     return feats

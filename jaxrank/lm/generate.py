@@ -49,7 +49,7 @@ def _select(logits: jax.Array, key: jax.Array | None, temperature: Any, top_k: i
 
 @functools.lru_cache(maxsize=32)
 def _compiled(graphdef: Any, max_new_tokens: int, sample: bool, top_k: int | None, use_top_p: bool,
-              eos: tuple[int, ...], pad: int):
+              eos: tuple[int, ...], pad: int, per_row: bool = False):
     def run(state, input_ids, mask, key, temperature, top_p):
         model = nnx.merge(graphdef, state)
         b, t = input_ids.shape
@@ -59,8 +59,12 @@ def _compiled(graphdef: Any, max_new_tokens: int, sample: bool, top_k: int | Non
         p = top_p if use_top_p else None
 
         def pick(logits, step):
-            k = jax.random.fold_in(key, step) if sample else None
-            return _select(logits, k, temperature, top_k, p)
+            if not sample:
+                return _select(logits, None, temperature, top_k, p)
+            if per_row:  # row r draws from its own stream: the same tokens whatever the batch around it
+                return jax.vmap(lambda k, row: _select(row[None], jax.random.fold_in(k, step), temperature,
+                                                       top_k, p)[0])(key, logits)
+            return _select(logits, jax.random.fold_in(key, step), temperature, top_k, p)
 
         first = pick(model.logits_from_hidden(h_last), 0)
         # The decode steps read the weights of every layer each step: split them once here, so the
@@ -118,7 +122,8 @@ def generate(
         input_ids: `[batch, prompt_len]` integer token ids.
         attention_mask: `[batch, prompt_len]`, 1 for real tokens (default: all real).
         max_new_tokens: number of decoding steps (>= 1).
-        key: PRNG key, required when `temperature > 0`.
+        key: PRNG key, required when `temperature > 0`; or one key per row (`[batch]` keys), so that each
+            row's sample depends on its own key only, not on the rows batched with it.
         temperature, top_k, top_p: sampling controls.
         eos_token_id: id or ids that end a row; tokens after it are `pad_token_id`.
         pad_token_id: filler after EOS (default: the model's pad id, else the EOS id, else 0).
@@ -161,6 +166,16 @@ def generate(
     sample = temperature > 0
     if sample and key is None:
         raise ValueError("key is required when temperature > 0 (sampling); pass jax.random.key(seed)")
+    per_row = False
+    if sample:
+        key = jnp.asarray(key)
+        if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.wrap_key_data(key)  # a raw uint32 key (jax.random.PRNGKey) or [batch, 2] of them
+        if key.ndim > 1:
+            raise ValueError(f"key must be one PRNG key or a [batch] array of keys, got {key.ndim} dimensions")
+        per_row = key.ndim == 1
+        if per_row and key.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"key: one key per row needs {input_ids.shape[0]} keys (the batch), got {key.shape[0]}")
     if top_k is not None and not (isinstance(top_k, (int, np.integer)) and 1 <= top_k <= model.vocab_size):
         raise ValueError(f"top_k must be an integer in [1, {model.vocab_size}], got {top_k!r}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -172,7 +187,7 @@ def generate(
         input_ids, attention_mask = jax.device_put(input_ids, rows), jax.device_put(attention_mask, rows)
     graphdef, state = nnx.split(model)
     fn = _compiled(graphdef, int(max_new_tokens), sample, int(top_k) if (sample and top_k) else None,
-                   bool(sample and top_p is not None), eos, int(pad_token_id))
+                   bool(sample and top_p is not None), eos, int(pad_token_id), per_row)
     key = key if sample else jax.random.key(0)
     return fn(
         state,

@@ -527,29 +527,34 @@ def _generate(
     side: _Side,
     rows: list[list[int]],
     *,
+    keys: jax.Array | None,
     max_new_tokens: int,
     batch_size: int,
     temperature: float,
-    key: jax.Array,
     context: int | None,
     progress: ProgressFn | None,
     stage: str,
+    total: int,
 ) -> list[list[int]]:
-    """Completions (token ids, up to and including EOS) for each row, in the order of `rows`."""
+    """Completions (token ids, up to and including EOS) for each row, in the order of `rows`; row r samples
+    with `keys[r]` (`row_keys`; None when greedy)."""
     from jaxrank.lm.generate import generate
 
     out: list[list[int]] = [[] for _ in rows]
-    _notify(progress, stage, 0, len(rows), 0)  # the stage's clock starts now
-    for n, batch in enumerate(length_batches([len(r) for r in rows], batch_size)):
+    for batch in length_batches([len(r) for r in rows], batch_size):
         length = bucket_length(max(len(rows[i]) for i in batch), maximum=None if context is None else context - max_new_tokens)
         _plan(side, batch_size, length, keys=length + max_new_tokens, logit_positions=1, what=f"{stage} with {side.name}")
         ids, mask = pad_batch([rows[i] for i in batch], length, batch_size, side.pad, side="left")
+        batch_keys = None
+        if temperature > 0:
+            # Padding rows (copies of the first) reuse its key; their tokens are dropped.
+            batch_keys = keys[np.asarray(batch + [batch[0]] * (batch_size - len(batch)))]
         tokens, lengths = generate(
             side.model,
             jnp.asarray(ids),
             jnp.asarray(mask),
             max_new_tokens=max_new_tokens,
-            key=jax.random.fold_in(key, n),
+            key=batch_keys,
             temperature=temperature,
             eos_token_id=side.eos,
             pad_token_id=side.pad,
@@ -560,7 +565,7 @@ def _generate(
         for j, i in enumerate(batch):
             out[i] = [int(t) for t in tokens[j, : int(lengths[j])]]
             new_tokens += len(out[i]) + len(rows[i])
-        _notify(progress, stage, len(batch), len(rows), new_tokens)
+        _notify(progress, stage, len(batch), total, new_tokens)
     return out
 
 
@@ -598,6 +603,9 @@ def prioritize_prompts(
     block_size: int | None = None,
     progress: ProgressFn | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    finished: Sequence[dict[str, Any]] | None = None,
+    on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
+    on_plan: Callable[[WorkPlan], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Rank prompts by how much two language models disagree on them (highest first).
 
@@ -641,6 +649,17 @@ def prioritize_prompts(
         `token_scores`). A mesh from `jaxrank.sharding.make_mesh(data=N)` replicates the weights and
         splits the batch over "data". Generation runs on the same mesh. The scores equal the
         one-device scores. Without `mesh`, models loaded onto one mesh bring it along.
+      finished: rows of prompts already scored by an earlier run with the same options (as `on_rows`
+        received them, each with its `index`): those prompts are not computed again, and the result
+        equals an uninterrupted run's.
+      on_rows: called with the rows of each group of prompts as soon as they are scored (unranked, each
+        with `index`, the prompt's position in `prompts`): append them to a journal to resume from.
+      on_plan: called once, before any model runs, with the `WorkPlan` (stages, rows, tokens).
+
+    Prompts are processed in groups of `batch_size` prompts of similar length (fixed by the whole list),
+    each through every stage before the next group starts; sampling uses one PRNG stream per prompt
+    (`row_keys`: `fold_in` of the prompt's index into `key`), so a prompt's result depends neither on
+    the prompts batched with it nor on which prompts were skipped as `finished`.
 
     Returns:
       One dict per prompt, sorted by `score` (NaN last): `rank` (1 = most disagreement), `id`,
@@ -736,44 +755,210 @@ def prioritize_prompts(
     fused = mode == "token" and _is_fused(implementation, side_a, metrics)
     _plan_up_front(side_a, side_b, items, mode, batch_size, max_new_tokens, context, symmetric, fused, block_size,
                    completions is None)
-    if mode == "token":
-        scores = _run_token_mode(
-            side_a, side_b, items, metrics, completions, max_new_tokens, batch_size, temperature, key,
-            context, implementation, block_size, progress,
-        )
-    else:
-        scores = _run_sequence_mode(
-            side_a, side_b, items, metrics, completions, max_new_tokens, batch_size, num_samples,
-            symmetric, key, context, block_size, progress,
-        )
-    return _rank(scores)
+    done = _check_finished(finished, items)
+    # Chunks are fixed by the whole prompt list (prompts of similar length together), never by what is already
+    # done: a resumed run computes every remaining prompt in the same batch as an uninterrupted run would.
+    chunks = length_batches([len(it.ids_a) for it in items], batch_size)
+    todo = [c for c in chunks if any(i not in done for i in c)]
+    samples = 1 if (mode == "token" or completions is not None) else num_samples
+    if on_plan is not None:
+        on_plan(_work_plan(side_a, side_b, items, todo, mode=mode, samples=samples, symmetric=symmetric,
+                           generates=completions is None, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           context=context, fused=fused, finished=len(done)))
+    totals = _stage_totals(mode, sum(len(c) for c in todo), samples, symmetric, completions is None)
+    key_a, key_b = jax.random.split(key)
+    rows = {i: dict(row) for i, row in done.items()}
+    for chunk in todo:
+        its = [items[i] for i in chunk]
+        if mode == "token":
+            new = _token_chunk(side_a, side_b, its, metrics, completions, max_new_tokens, batch_size, temperature,
+                               key, context, fused, block_size, progress, totals)
+        else:
+            new = _sequence_chunk(side_a, side_b, its, metrics, completions, max_new_tokens, batch_size, samples,
+                                  symmetric, key_a, key_b, context, block_size, progress, totals)
+        fresh = [r for r in new if r["index"] not in done]
+        for r in fresh:
+            rows[r["index"]] = r
+        if on_rows is not None and fresh:
+            on_rows([dict(r) for r in fresh])
+    return _rank([rows[i] for i in range(len(items))])
+
+
+def _check_finished(finished: Sequence[dict] | None, items: list[_Item]) -> dict[int, dict]:
+    """`finished` rows by prompt index, each checked to belong to this prompt list (same id and text)."""
+    done: dict[int, dict] = {}
+    for n, row in enumerate(finished or ()):
+        if not isinstance(row, dict) or not isinstance(row.get("index"), int):
+            raise ValueError(f"finished[{n}] must be a row dict with an int 'index' (as on_rows receives them)")
+        i = row["index"]
+        if not 0 <= i < len(items) or row.get("id") != items[i].prompt.id or row.get("prompt") != items[i].prompt.text:
+            raise ValueError(f"finished[{n}] (index {i}, id {row.get('id')!r}) is not prompt {i} of these prompts; "
+                             "resume with the prompt list (and --limit) of the run that wrote it")
+        done[i] = row
+    return done
 
 
 def _rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def sort_key(row):
         s = row["score"]
-        return (1, 0.0, row["_index"]) if s is None or math.isnan(s) else (0, -s, row["_index"])
+        return (1, 0.0, row["index"]) if s is None or math.isnan(s) else (0, -s, row["index"])
 
     rows = sorted(rows, key=sort_key)
     out = []
     for rank, row in enumerate(rows, start=1):
-        row.pop("_index")
+        row = {k: val for k, val in row.items() if k != "index"}
         out.append({"rank": rank, **row})
     return out
 
 
-def _run_token_mode(a, b, items, metrics, completions, max_new_tokens, batch_size, temperature, key,
-                    context, implementation, block_size, progress):
+# --------------------------------------------------------------------------------------------
+# The work plan (before any model runs) and per-row PRNG keys
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline's work, named as `progress(stage, ...)` names it.
+
+    Attributes:
+      name: the stage ("generate", "score", "sample A", "score A samples (model_b)", ...).
+      model: "model_a", "model_b" or "both".
+      kind: "generate" or "score".
+      rows: rows it processes (prompts x samples): the `total` its `progress` calls report.
+      batches: padded batches of `batch_size` rows.
+      tokens: real tokens read (prompts, plus at most `max_new_tokens` per completion when scoring).
+      new_tokens: tokens generated, at most (generate stages; 0 otherwise).
+      padded_positions: positions computed by full forward passes (padded batches and length buckets).
+      decode_steps: padded rows x steps decoded one token at a time with the KV cache (generate stages).
+      head_positions: positions passed through the vocabulary head (besides the decode steps).
+      shapes: distinct padded shapes, i.e. programs compiled on a first run (`jit` caches them).
+    """
+
+    name: str
+    model: str
+    kind: str
+    rows: int
+    batches: int
+    tokens: int
+    new_tokens: int
+    padded_positions: int
+    decode_steps: int
+    head_positions: int
+    shapes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkPlan:
+    """What `prioritize_prompts` will compute, known before any model runs (`on_plan`).
+
+    Completion lengths are not known before generation: scoring counts are upper bounds with every
+    completion `max_new_tokens` long (generation always runs `max_new_tokens` steps per batch).
+    """
+
+    mode: str
+    prompts: int  # prompts computed now
+    finished: int  # prompts already done (`finished=`), skipped
+    samples: int  # completions per prompt
+    max_new_tokens: int
+    batch_size: int
+    chunks: int  # groups of prompts finished together (one `on_rows` call each)
+    stages: tuple[Stage, ...]
+    configs: tuple[Any, Any] = (None, None)  # model A's and B's configs (shapes for cost estimates)
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(s.new_tokens for s in self.stages)
+
+    @property
+    def scored_tokens(self) -> int:
+        return sum(s.tokens for s in self.stages if s.kind == "score")
+
+
+def _stage_names(mode: str, symmetric: bool, generates: bool) -> list[tuple[str, str, str]]:
+    """(name, model, kind) of every stage, in the order each chunk runs them."""
+    if mode == "token":
+        return ([("generate", "model_a", "generate")] if generates else []) + [("score", "both", "score")]
+    out = [("sample A", "model_a", "generate")] if generates else []
+    out += [("score A samples (model_a)", "model_a", "score"), ("score A samples (model_b)", "model_b", "score")]
+    if symmetric:
+        out += [("sample B", "model_b", "generate"), ("score B samples (model_b)", "model_b", "score"),
+                ("score B samples (model_a)", "model_a", "score")]
+    return out
+
+
+def _stage_totals(mode: str, prompts: int, samples: int, symmetric: bool, generates: bool) -> dict[str, int]:
+    return {name: prompts * samples for name, _, _ in _stage_names(mode, symmetric, generates)}
+
+
+def _work_plan(a: _Side, b: _Side, items: list[_Item], chunks: list[list[int]], *, mode: str, samples: int,
+               symmetric: bool, generates: bool, max_new_tokens: int, batch_size: int, context: int | None,
+               fused: bool, finished: int) -> WorkPlan:
+    room = None if context is None else context - max_new_tokens
+    stages = []
+    for name, model, kind in _stage_names(mode, symmetric, generates):
+        prompt_of = (lambda it: it.ids_b) if name in ("sample B",) or (model == "model_b" and mode == "sequence") \
+            else (lambda it: it.ids_a)
+        rows = batches = tokens = new = padded = decode = head = 0
+        shapes = set()
+        for chunk in chunks:
+            lengths = sorted(len(prompt_of(items[i])) for i in chunk for _ in range(samples))
+            for start in range(0, len(lengths), batch_size):
+                part = lengths[start:start + batch_size]
+                rows += len(part)
+                batches += 1
+                if kind == "generate":
+                    t = bucket_length(max(part), maximum=room)
+                    tokens += sum(part)
+                    new += len(part) * max_new_tokens
+                    padded += batch_size * t
+                    decode += batch_size * (max_new_tokens - 1)
+                    head += batch_size
+                    shapes.add(t)
+                else:
+                    t = bucket_length(max(part) + max_new_tokens, maximum=context)
+                    c = bucket_length(max_new_tokens, minimum=8)
+                    tokens += sum(part) + len(part) * max_new_tokens
+                    padded += batch_size * t
+                    head += batch_size * c
+                    shapes.add((t, c))
+        stages.append(Stage(name=name, model=model, kind=kind, rows=rows, batches=batches, tokens=tokens,
+                            new_tokens=new, padded_positions=padded, decode_steps=decode, head_positions=head,
+                            shapes=len(shapes)))
+    return WorkPlan(mode=mode, prompts=sum(len(c) for c in chunks), finished=finished, samples=samples,
+                    max_new_tokens=max_new_tokens, batch_size=batch_size, chunks=len(chunks), stages=tuple(stages),
+                    configs=(a.config, b.config))
+
+
+def row_keys(key: jax.Array, indices: Sequence[int], samples: int = 1) -> jax.Array:
+    """PRNG keys `[len(indices) * samples]`, sample s of prompt i drawing from `fold_in(fold_in(key, i), s)`:
+    a prompt's samples depend on its index in the prompt list only, not on the prompts batched with it
+    (so a resumed run reproduces an uninterrupted one)."""
+    if not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)  # a raw uint32 key (jax.random.PRNGKey)
+    fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
+    per_prompt = fold(key, jnp.asarray(list(indices), jnp.uint32))
+    steps = jnp.arange(samples, dtype=jnp.uint32)
+    return jax.vmap(lambda k: fold(k, steps))(per_prompt).reshape(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# One chunk of prompts through every stage
+# --------------------------------------------------------------------------------------------
+
+
+def _token_chunk(a, b, items, metrics, completions, max_new_tokens, batch_size, temperature, key, context, fused,
+                 block_size, progress, totals):
     if completions is None:
+        keys = row_keys(key, [it.index for it in items]) if temperature > 0 else None
         generated = _generate(
-            a, [it.ids_a for it in items], max_new_tokens=max_new_tokens, batch_size=batch_size,
-            temperature=temperature, key=key, context=context, progress=progress, stage="generate",
+            a, [it.ids_a for it in items], keys=keys, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            temperature=temperature, context=context, progress=progress, stage="generate", total=totals["generate"],
         )
         for it, ids in zip(items, generated):
             it.completions = [ids]
     else:
-        for it, text in zip(items, completions):
-            it.completions = [a.text_ids(text)]
+        for it in items:
+            it.completions = [a.text_ids(completions[it.index])]
     for it in items:
         comp = it.completions[0]
         if context is not None:
@@ -783,11 +968,9 @@ def _run_token_mode(a, b, items, metrics, completions, max_new_tokens, batch_siz
                 it.completions = [comp[:room]]
         it.texts = [a.decode(it.completions[0])]
 
-    fused = _is_fused(implementation, a, metrics)
     scorer = _token_scorer(a.graphdef, b.graphdef, metrics, fused, block_size)
     results: dict[int, dict[str, float]] = {}
     total_len = [len(it.ids_a) + len(it.completions[0]) for it in items]
-    _notify(progress, "score", 0, len(items), 0)
     for batch in length_batches(total_len, batch_size):
         its = [items[i] for i in batch]
         c_len = bucket_length(max(max(len(it.completions[0]) for it in its), 1), minimum=8)
@@ -816,13 +999,14 @@ def _run_token_mode(a, b, items, metrics, completions, max_new_tokens, batch_siz
         out = to_host(out)
         for j, it in enumerate(its):
             results[it.index] = {k: float(out[k][j]) for k in metrics}
-        _notify(progress, "score", len(its), len(items), int(mask_a[: len(its)].sum() + mask_b[: len(its)].sum()))
+        _notify(progress, "score", len(its), totals["score"],
+                int(mask_a[: len(its)].sum() + mask_b[: len(its)].sum()))
 
     rows = []
     for it in items:
         r = results[it.index]
         rows.append({
-            "_index": it.index,
+            "index": it.index,
             "id": it.prompt.id,
             "score": r["kl"] if "kl" in r else r[metrics[0]],
             "prompt": it.prompt.text,
@@ -837,11 +1021,10 @@ def _run_token_mode(a, b, items, metrics, completions, max_new_tokens, batch_siz
 
 
 def _sequence_logprobs(side: _Side, pairs: list[tuple[list[int], list[int]]], batch_size: int,
-                       context: int | None, block_size: int | None, progress, stage: str):
+                       context: int | None, block_size: int | None, progress, stage: str, total: int):
     """Sum of log p(completion | prompt) under `side` for each (prompt ids, completion ids) pair."""
     scorer = _logprob_scorer(side.graphdef, block_size)
     out = np.zeros(len(pairs), np.float64)
-    _notify(progress, stage, 0, len(pairs), 0)
     for batch in length_batches([len(p) + len(c) for p, c in pairs], batch_size):
         seqs = [pairs[i][0] + pairs[i][1] for i in batch]
         t = bucket_length(max(map(len, seqs)), maximum=context)
@@ -859,7 +1042,7 @@ def _sequence_logprobs(side: _Side, pairs: list[tuple[list[int], list[int]]], ba
             count[j, : len(c)] = True
         lp = to_host(scorer(side.state, *_shard_rows(side.mesh, ids, mask, at, targets, count)))
         out[batch] = lp[: len(batch)]
-        _notify(progress, stage, len(batch), len(pairs), int(mask[: len(batch)].sum()))
+        _notify(progress, stage, len(batch), total, int(mask[: len(batch)].sum()))
     return out
 
 
@@ -874,10 +1057,11 @@ def _fit(prompt_ids: list[int], comp_ids: list[int], context: int | None, bos: i
 
 
 def _direction(p: _Side, q: _Side, items: list[_Item], texts: list[list[str]], batch_size, context,
-               block_size, progress, label):
-    """log p_P(y) and log p_Q(y) for every sample text y, each model with its own template and tokenizer."""
+               block_size, progress, label, totals):
+    """log p_P(y) and log p_Q(y) for every sample text y, each model with its own template and tokenizer;
+    `owners[k]` is the position in `items` of the prompt of pair k."""
     pairs_p, pairs_q, owners, nbytes = [], [], [], []
-    for it, samples in zip(items, texts):
+    for pos, (it, samples) in enumerate(zip(items, texts)):
         prompt_p = it.ids_a if p.label == "model_a" else it.ids_b
         prompt_q = it.ids_b if p.label == "model_a" else it.ids_a
         for text in samples:
@@ -891,10 +1075,11 @@ def _direction(p: _Side, q: _Side, items: list[_Item], texts: list[list[str]], b
                 pq, cq, _ = _fit(prompt_q, q.text_ids(text), context, q.bos)
             pairs_p.append((pp, cp))
             pairs_q.append((pq, cq))
-            owners.append(it.index)
+            owners.append(pos)
             nbytes.append(len(text.encode("utf-8")) if cp and cq else 0)
-    lp_p = _sequence_logprobs(p, pairs_p, batch_size, context, block_size, progress, f"score {label} ({p.label})")
-    lp_q = _sequence_logprobs(q, pairs_q, batch_size, context, block_size, progress, f"score {label} ({q.label})")
+    stage_p, stage_q = f"score {label} ({p.label})", f"score {label} ({q.label})"
+    lp_p = _sequence_logprobs(p, pairs_p, batch_size, context, block_size, progress, stage_p, totals[stage_p])
+    lp_q = _sequence_logprobs(q, pairs_q, batch_size, context, block_size, progress, stage_q, totals[stage_q])
     return lp_p, lp_q, np.asarray(nbytes), owners
 
 
@@ -907,19 +1092,25 @@ def _per_prompt(values: np.ndarray, owners: list[int], n_items: int, width: int)
     return out
 
 
-def _run_sequence_mode(a, b, items, metrics, completions, max_new_tokens, batch_size, num_samples,
-                       symmetric, key, context, block_size, progress):
-    key_a, key_b = jax.random.split(key)
+def _sample_texts(side: _Side, items: list[_Item], key: jax.Array, samples: int, max_new_tokens, batch_size,
+                  context, progress, stage, total) -> list[list[str]]:
+    prompt_of = (lambda it: it.ids_a) if side.label == "model_a" else (lambda it: it.ids_b)
+    rows = [prompt_of(it) for it in items for _ in range(samples)]
+    gen = _generate(side, rows, keys=row_keys(key, [it.index for it in items], samples),
+                    max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=1.0, context=context,
+                    progress=progress, stage=stage, total=total)
+    return [[side.decode(gen[i * samples + s]) for s in range(samples)] for i in range(len(items))]
+
+
+def _sequence_chunk(a, b, items, metrics, completions, max_new_tokens, batch_size, samples, symmetric, key_a, key_b,
+                    context, block_size, progress, totals):
     if completions is not None:
-        texts_a = [[c] for c in completions]
-        samples = 1
+        texts_a = [[completions[it.index]] for it in items]
     else:
-        rows = [it.ids_a for it in items for _ in range(num_samples)]
-        gen = _generate(a, rows, max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=1.0,
-                        key=key_a, context=context, progress=progress, stage="sample A")
-        texts_a = [[a.decode(gen[i * num_samples + s]) for s in range(num_samples)] for i in range(len(items))]
-        samples = num_samples
-    lp_a, lp_b, nbytes, owners = _direction(a, b, items, texts_a, batch_size, context, block_size, progress, "A samples")
+        texts_a = _sample_texts(a, items, key_a, samples, max_new_tokens, batch_size, context, progress,
+                                "sample A", totals["sample A"])
+    lp_a, lp_b, nbytes, owners = _direction(a, b, items, texts_a, batch_size, context, block_size, progress,
+                                            "A samples", totals)
     n = len(items)
     la = _per_prompt(lp_a, owners, n, samples)
     lb = _per_prompt(lp_b, owners, n, samples)
@@ -931,12 +1122,10 @@ def _run_sequence_mode(a, b, items, metrics, completions, max_new_tokens, batch_
     kl, se = np.asarray(kl_ab, np.float64), np.asarray(se_ab, np.float64)
     extra: dict[str, np.ndarray] = {}
     if symmetric:
-        rows = [it.ids_b for it in items for _ in range(num_samples)]
-        gen = _generate(b, rows, max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=1.0,
-                        key=key_b, context=context, progress=progress, stage="sample B")
-        texts_b = [[b.decode(gen[i * num_samples + s]) for s in range(num_samples)] for i in range(n)]
+        texts_b = _sample_texts(b, items, key_b, samples, max_new_tokens, batch_size, context, progress,
+                                "sample B", totals["sample B"])
         lq_b, lq_a, nbytes_b, owners_b = _direction(b, a, items, texts_b, batch_size, context, block_size,
-                                                    progress, "B samples")
+                                                    progress, "B samples", totals)
         kl_ba, se_ba = sequence_kl_estimate(
             _per_prompt(lq_b, owners_b, n, samples), _per_prompt(lq_a, owners_b, n, samples),
             _per_prompt(nbytes_b, owners_b, n, samples),
@@ -948,22 +1137,21 @@ def _run_sequence_mode(a, b, items, metrics, completions, max_new_tokens, batch_
     values = {"kl": kl, "cross_entropy": np.asarray(ce, np.float64), "entropy": np.asarray(ent, np.float64)}
     valid = (nb > 0).sum(axis=1)
     rows = []
-    for it in items:
-        i = it.index
-        r = {m: float(values[m][i]) for m in metrics}
+    for pos, it in enumerate(items):
+        r = {m: float(values[m][pos]) for m in metrics}
         rows.append({
-            "_index": i,
+            "index": it.index,
             "id": it.prompt.id,
-            "score": float(values["kl"][i]) if "kl" in metrics else r[metrics[0]],
+            "score": float(values["kl"][pos]) if "kl" in metrics else r[metrics[0]],
             "prompt": it.prompt.text,
-            "completion": texts_a[i][0],
+            "completion": texts_a[pos][0],
             **r,
-            **{k: float(val[i]) for k, val in extra.items()},
-            "stderr": float(se[i]),
-            "num_samples": int(valid[i]),
+            **{k: float(val[pos]) for k, val in extra.items()},
+            "stderr": float(se[pos]),
+            "num_samples": int(valid[pos]),
             "truncated": it.truncated,
             "prompt_tokens": len(it.ids_a),
-            "completion_tokens": len(a.text_ids(texts_a[i][0])),
+            "completion_tokens": len(a.text_ids(texts_a[pos][0])),
             "mode": "sequence",
         })
     return rows
