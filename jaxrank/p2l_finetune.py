@@ -60,6 +60,7 @@ __all__ = [
     "FINETUNE_MODES",
     "LORA_TARGETS",
     "tokenize_prompts",
+    "frozen_prefix",
     "PromptVotes",
     "prompt_votes",
     "FinetunedP2L",
@@ -291,9 +292,9 @@ class FinetunedP2L:
     def _static(self, model: Any) -> _Static:
         return _static_for(model, self.config)
 
-    def features(self, model: Any, ids: Any, mask: Any, *, batch_size: int = 16) -> np.ndarray:
+    def features(self, model: Any, ids: Any, mask: Any, *, batch_size: int = 16, prefix: Any = None) -> np.ndarray:
         """float32[P, hidden] prompt features of the fine-tuned backbone (`model`: the frozen base model it was
-        trained from, a `CausalLM`)."""
+        trained from, a `CausalLM`; `prefix`: optional `frozen_prefix` of these ids, last-k only)."""
         model = _frozen(model, self.config["dtype"])
         st = self._static(model)
         _, state = nnx.split(model)
@@ -302,15 +303,19 @@ class FinetunedP2L:
         for s in range(0, ids.shape[0], batch_size):
             i, m = _pad_rows(ids[s:s + batch_size], mask[s:s + batch_size], batch_size)
             residual = None
-            if st.mode == "last-k":
+            if st.mode == "last-k" and prefix is not None:
+                r = np.asarray(prefix[s:s + batch_size], np.float32)
+                residual = jnp.asarray(np.concatenate([r, np.zeros((batch_size - r.shape[0], *r.shape[1:]), r.dtype)]),
+                                       st.dtype)
+            elif st.mode == "last-k":
                 residual = _prefix_jit(st.model_graph, state, i, m, stop=st.start)
             out.append(np.asarray(_features_jit(st, self.backbone, state, i, m, residual))[: min(batch_size, ids.shape[0] - s)])
         return np.concatenate(out)
 
-    def coefficients(self, model: Any, ids: Any, mask: Any, *, batch_size: int = 16):
+    def coefficients(self, model: Any, ids: Any, mask: Any, *, batch_size: int = 16, prefix: Any = None):
         """`(beta float32[P, M], alpha float32[P] or None)` for tokenized prompts (`tokenize_prompts`)."""
         st = self._static(_frozen(model, self.config["dtype"]))
-        feats = jnp.asarray(self.features(model, ids, mask, batch_size=batch_size))
+        feats = jnp.asarray(self.features(model, ids, mask, batch_size=batch_size, prefix=prefix))
         return _head_apply(st, self.head, self.head_stats, feats)
 
 
@@ -452,6 +457,7 @@ def train_p2l_finetune(
     resume: bool = False,
     stop_after: int | None = None,
     encoder: str | None = None,
+    prefix: Any = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> FinetunedP2L:
     r"""Train P2L with the backbone fine-tuned: the last `k` blocks, or LoRA adapters on every block.
@@ -486,6 +492,8 @@ def train_p2l_finetune(
         mesh: optional `jax.sharding.Mesh`; the prompts of each micro-batch are split over all its devices.
         checkpoint_dir, checkpoint_every, resume, stop_after: orbax checkpoints and exact resume (as `train_p2l`).
         encoder: the backbone's name, recorded.
+        prefix: optional `frozen_prefix(model, ids, mask, k=k, dtype=dtype)` computed once for several
+            trainings (seeds, splits, options) of the same prompts; None: computed here.
         progress: `progress(epoch, max_epochs, {"train_loss", "val_nll"})` after each epoch.
 
     Returns:
@@ -616,12 +624,16 @@ def train_p2l_finetune(
     residual = None
     feat_batch = max(micro, 1)
     if mode == "last-k":
-        parts = []
-        for s in range(0, num_prompts, feat_batch):
-            i, m = _pad_rows(ids[s:s + feat_batch], mask[s:s + feat_batch], feat_batch)
-            parts.append(np.asarray(_prefix_jit(model_graph, model_state, _rows(mesh, i), _rows(mesh, m),
-                                                stop=st.start).astype(jnp.float32))[: min(feat_batch, num_prompts - s)])
-        residual = place(np.concatenate(parts).astype(dtype))
+        if prefix is None:
+            prefix = _run_prefix(model_graph, model_state, ids, mask, st.start, feat_batch, mesh)
+        else:
+            want = (num_prompts, ids.shape[1], model.config.hidden_size)
+            if tuple(np.shape(prefix)) != want:
+                raise ValueError(f"prefix must have shape [P, T, hidden] = {want} (frozen_prefix of these ids with "
+                                 f"k={k}), got {tuple(np.shape(prefix))}")
+        residual = place(jnp.asarray(prefix, dtype))
+    elif prefix is not None:
+        raise ValueError("prefix is the cached frozen blocks of mode='last-k'; LoRA adapts every block")
     # Features at the start: the head's standardisation (of the training prompts).
     feats0 = []
     for s in range(0, num_prompts, feat_batch):
@@ -774,6 +786,29 @@ def train_p2l_finetune(
                         backbone=jax.tree_util.tree_map(jnp.asarray, best["backbone"]),
                         head=jax.tree_util.tree_map(jnp.asarray, best["head"]),
                         head_stats=jax.tree_util.tree_map(jnp.asarray, jax.device_get(head_stats)), history=history)
+
+
+def _run_prefix(graph, state, ids, mask, stop, batch, mesh):
+    parts = []
+    n = ids.shape[0]
+    for s in range(0, n, batch):
+        i, m = _pad_rows(ids[s:s + batch], mask[s:s + batch], batch)
+        parts.append(np.asarray(_prefix_jit(graph, state, _rows(mesh, i), _rows(mesh, m), stop=stop)
+                                .astype(jnp.float32))[: min(batch, n - s)])
+    return np.concatenate(parts)
+
+
+def frozen_prefix(model: Any, ids: Any, mask: Any, *, k: int, dtype: Any = jnp.bfloat16,
+                  batch_size: int = 16) -> np.ndarray:
+    """float32[P, T, hidden]: the residual stream entering block `L - k` of `model` (in `dtype`) for every prompt,
+    the frozen part of `mode="last-k"` run once; pass it as `train_p2l_finetune(prefix=...)` to share it
+    between trainings."""
+    ids, mask = _check_tokens(ids, mask)
+    layers = model.config.num_layers
+    if not 1 <= _check_int("k", k, 1) <= layers:
+        raise ValueError(f"k must be in [1, {layers}] (the model's blocks), got {k}")
+    graph, state = nnx.split(_frozen(model, dtype))
+    return _run_prefix(graph, state, ids, mask, layers - k, _check_int("batch_size", batch_size, 1), None)
 
 
 def _rows(mesh, x, axis: int = 0):

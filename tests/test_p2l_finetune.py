@@ -203,7 +203,8 @@ def test_resume_equals_uninterrupted(data, uninterrupted, tmp_path):
     ft.train_p2l_finetune(model, ids, mask, votes, stop_after=1, **kw)
     with pytest.raises(ValueError, match="already holds checkpoints"):
         ft.train_p2l_finetune(model, ids, mask, votes, **kw)
-    resumed = ft.train_p2l_finetune(model, ids, mask, votes, resume=True, **kw)
+    prefix = ft.frozen_prefix(model, ids, mask, k=2, dtype=jnp.float32, batch_size=8)
+    resumed = ft.train_p2l_finetune(model, ids, mask, votes, resume=True, prefix=prefix, **kw)
     _assert_same(resumed, uninterrupted, exact=True)
     assert resumed.history == uninterrupted.history
     # Saved and loaded: the same coefficients.
@@ -211,6 +212,8 @@ def test_resume_equals_uninterrupted(data, uninterrupted, tmp_path):
     loaded = ft.load_p2l_finetune(path, model)
     np.testing.assert_array_equal(np.asarray(loaded.coefficients(model, ids, mask)[0]),
                                   np.asarray(resumed.coefficients(model, ids, mask)[0]))
+    np.testing.assert_allclose(np.asarray(loaded.coefficients(model, ids, mask, prefix=prefix)[0]),
+                               np.asarray(resumed.coefficients(model, ids, mask)[0]), rtol=1e-5, atol=1e-6)
 
 
 def test_sharded_equals_unsharded(data, uninterrupted):
