@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--ft-head-lr", type=float, default=3e-3, help="fine-tuning: the head's peak learning rate")
     parser.add_argument("--ft-delta-l2", type=float, default=1e-2, help="fine-tuning: L2 on the head's Delta")
     parser.add_argument("--ft-seeds", default=None, help="seeds of the fine-tuning rows (default: --seeds)")
+    parser.add_argument("--lora-seeds", default=None, help="seeds of the LoRA rows (default: --ft-seeds)")
     parser.add_argument("--out", default=None, help="CSV (default benchmarks/results/p2l_<dataset>_heldout.csv)")
     args = parser.parse_args()
 
@@ -127,6 +128,7 @@ def main() -> None:
     methods = args.methods.split(",")
     ft_methods = [m for m in methods if m in ("last-k", "lora")]
     ft_seeds = {int(x) for x in (args.ft_seeds or args.seeds).split(",")}
+    lora_seeds = {int(x) for x in args.lora_seeds.split(",")} if args.lora_seeds else ft_seeds
     lm = ids = mask = prefix = None
     if ft_methods:
         from jaxrank.lm import load_model
@@ -144,10 +146,11 @@ def main() -> None:
                   f"{ids.shape[1]} tokens: {prefix_seconds:.1f} s", flush=True)
     for encoder in args.encoders.split(","):
         t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a few long prompts are truncated (a TruncationWarning)
-            feats = prompt_features(texts, encoder=encoder, cache_dir=args.cache_dir, max_length=args.max_length)
-        print(f"{encoder}: features {feats.shape} in {time.perf_counter() - t0:.1f} s")
+        if any(m in ("head", "residual") for m in methods):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a few long prompts are truncated (a TruncationWarning)
+                feats = prompt_features(texts, encoder=encoder, cache_dir=args.cache_dir, max_length=args.max_length)
+            print(f"{encoder}: features {feats.shape} in {time.perf_counter() - t0:.1f} s")
         for seed in (int(s) for s in args.seeds.split(",")):
             rng = np.random.default_rng(seed)
             present = np.unique(votes.prompt)
@@ -165,7 +168,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 ft_row = {}
                 if method in ("last-k", "lora"):
-                    if encoder != "smollm2-135m-instruct" or seed not in ft_seeds:
+                    if encoder != "smollm2-135m-instruct" or seed not in (lora_seeds if method == "lora" else ft_seeds):
                         continue
                     fit = train_p2l_finetune(
                         lm.model, ids, mask, train, mode=method, k=args.k, lora_rank=args.lora_rank,

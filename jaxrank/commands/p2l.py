@@ -383,7 +383,10 @@ def _finetuned_coefficients(model_dir: pathlib.Path, args: argparse.Namespace, p
     _, meta = restore_state(model_dir)
     loaded = load_model(meta["encoder"])
     fit = load_p2l_finetune(model_dir, loaded.model)
-    ids, mask = tokenize_prompts(loaded, [p.text for p in prompts], max_length=args.max_length)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ids, mask = tokenize_prompts(loaded, [p.text for p in prompts], max_length=args.max_length)
+    _print_warnings(caught)
     beta, alpha = fit.coefficients(loaded.model, ids, mask)
     return fit, prompts, beta, alpha
 
