@@ -188,6 +188,13 @@ def main() -> None:
                     cmp = compare_heldout(jax.random.key(1000 + seed), vote_nll(beta, None, test, loss="bt-tie"), base,
                                           rounds=args.bootstrap)
                     h = fit.history
+                    # Against the fine-tuning's own start (Delta = 0: the head's base, the L2-regularised global fit),
+                    # which is not the plain maximum-likelihood `global` row.
+                    start = np.asarray(fit.head_stats["base"][...], np.float32)
+                    vs_start = compare_heldout(jax.random.key(2000 + seed), vote_nll(beta, None, test, loss="bt-tie"),
+                                               vote_nll(start, None, test, loss="bt-tie"), rounds=args.bootstrap)
+                    ft_row.update(diff_vs_start=vs_start.difference, diff_vs_start_lo=vs_start.lower,
+                                  diff_vs_start_hi=vs_start.upper)
                     row = dict(dataset=args.dataset, encoder=encoder, method=method, seed=seed,
                                train_prompts=present.size - n_test, test_prompts=cmp.num_prompts,
                                test_votes=round(cmp.num_votes, 1), nll=cmp.nll, global_nll=cmp.baseline_nll,
@@ -201,6 +208,26 @@ def main() -> None:
                           f"diff {cmp.difference:+.4f} [{cmp.lower:+.4f}, {cmp.upper:+.4f}] best epoch "
                           f"{h['best_epoch']} ({seconds[method]:.1f} s; uptime "
                           f"{subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()})", flush=True)
+                    continue
+                if method == "start":
+                    # The start of the residual and fine-tuned heads: the global fit with the weak L2 prior
+                    # (solve_bradley_terry, l2 = 1e-3, as train_p2l / train_p2l_finetune fit their base).
+                    from jaxrank.ratings.bradley_terry import solve_bradley_terry
+
+                    r = train.rows(merge=False)
+                    theta0 = np.asarray(solve_bradley_terry(np.asarray(r.count, np.float32), r.a, r.b, r.outcome,
+                                                            num_models=train.num_models, ties="half", l2=1e-3).theta,
+                                        np.float32)
+                    seconds[method] = time.perf_counter() - t0
+                    cmp = compare_heldout(jax.random.key(1000 + seed), vote_nll(theta0, None, test, loss="bt-tie"),
+                                          base, rounds=args.bootstrap)
+                    rows.append(dict(dataset=args.dataset, encoder=encoder, method=method, seed=seed,
+                                     train_prompts=present.size - n_test, test_prompts=cmp.num_prompts,
+                                     test_votes=round(cmp.num_votes, 1), nll=cmp.nll, global_nll=cmp.baseline_nll,
+                                     diff=cmp.difference, diff_lo=cmp.lower, diff_hi=cmp.upper,
+                                     train_seconds=round(seconds[method], 2), uptime=load_avg))
+                    print(f"  {method:>8s} seed {seed}: NLL {cmp.nll:.4f} global {cmp.baseline_nll:.4f} diff "
+                          f"{cmp.difference:+.4f} [{cmp.lower:+.4f}, {cmp.upper:+.4f}]", flush=True)
                     continue
                 if method == "head":
                     model = train_p2l(feats, train, learning_rate=args.lr, weight_decay=args.weight_decay,
