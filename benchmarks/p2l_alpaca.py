@@ -210,8 +210,8 @@ def main() -> None:
                           f"{subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()})", flush=True)
                     continue
                 if method == "start":
-                    # The start of the residual and fine-tuned heads: the global fit with the weak L2 prior
-                    # (solve_bradley_terry, l2 = 1e-3, as train_p2l / train_p2l_finetune fit their base).
+                    # The estimator of the residual and fine-tuned heads' base (solve_bradley_terry, l2 = 1e-3), here
+                    # on ALL training votes (the heads fit it on their training split, without validation prompts).
                     from jaxrank.ratings.bradley_terry import solve_bradley_terry
 
                     r = train.rows(merge=False)
