@@ -21,6 +21,14 @@ leaderboard of the category's held-out prompts (`aggregate_leaderboard`), and of
 category's training votes; and each leaderboard's Spearman correlation with the plain fit on the category's
 held-out votes. Written to `<out stem>_categories.csv`.
 
+- `last-k`, `lora` (`jaxrank.p2l_finetune.train_p2l_finetune`, encoder smollm2-135m-instruct only): the same
+  residual head with the backbone fine-tuned: its last `--k` blocks on the frozen prefix computed ONCE for all
+  prompts and seeds (`frozen_prefix`), or LoRA (rank `--lora-rank`) on every block; prompts cut to
+  `--ft-max-length` tokens (their end kept), `--ft-epochs` epochs of `--ft-batch-prompts` prompts per step, bf16
+  compute with f32 master weights, the L2 on Delta `--ft-delta-l2`, the best epoch on a `--val-fraction` split
+  of the training prompts (the start, i.e. the global fit, a candidate). On a 2-core CPU these are short runs:
+  the rows say exactly what ran (`ft_*` columns).
+
 Features: `prompt_features`, cached under benchmarks/.cache/ (ignored by git).
 
     PYTHONPATH=$PWD flock /tmp/jaxrank-bench.lock python benchmarks/p2l_alpaca.py
@@ -91,6 +99,16 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap rounds over held-out prompts")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--cache-dir", default=str(REPO / "benchmarks" / ".cache"))
+    parser.add_argument("--k", type=int, default=2, help="last-k: blocks fine-tuned")
+    parser.add_argument("--lora-rank", type=int, default=4)
+    parser.add_argument("--ft-max-length", type=int, default=32, help="fine-tuning: tokens per prompt (end kept)")
+    parser.add_argument("--ft-epochs", type=int, default=2)
+    parser.add_argument("--ft-batch-prompts", type=int, default=16)
+    parser.add_argument("--ft-lr", type=float, default=1e-4, help="fine-tuning: the backbone's peak learning rate")
+    parser.add_argument("--ft-head-lr", type=float, default=3e-3, help="fine-tuning: the head's peak learning rate")
+    parser.add_argument("--ft-delta-l2", type=float, default=1e-2, help="fine-tuning: L2 on the head's Delta")
+    parser.add_argument("--ft-seeds", default=None, help="seeds of the fine-tuning rows (default: --seeds)")
+    parser.add_argument("--lora-seeds", default=None, help="seeds of the LoRA rows (default: --ft-seeds)")
     parser.add_argument("--out", default=None, help="CSV (default benchmarks/results/p2l_<dataset>_heldout.csv)")
     args = parser.parse_args()
 
@@ -107,12 +125,32 @@ def main() -> None:
     print(f"{args.dataset}: {votes}")
     grid = [float(v) for v in args.delta_l2.split(",")]
     rows, cat_rows = [], []
+    methods = args.methods.split(",")
+    ft_methods = [m for m in methods if m in ("last-k", "lora")]
+    ft_seeds = {int(x) for x in (args.ft_seeds or args.seeds).split(",")}
+    lora_seeds = {int(x) for x in args.lora_seeds.split(",")} if args.lora_seeds else ft_seeds
+    lm = ids = mask = prefix = None
+    if ft_methods:
+        from jaxrank.lm import load_model
+        from jaxrank.p2l_finetune import frozen_prefix, tokenize_prompts, train_p2l_finetune
+
+        lm = load_model("smollm2-135m-instruct")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ids, mask = tokenize_prompts(lm, texts, max_length=args.ft_max_length)
+        if "last-k" in ft_methods:
+            t0 = time.perf_counter()
+            prefix = frozen_prefix(lm.model, ids, mask, k=args.k, batch_size=args.ft_batch_prompts)
+            prefix_seconds = time.perf_counter() - t0
+            print(f"frozen prefix (blocks 0..{lm.model.config.num_layers - args.k - 1}) of {ids.shape[0]} prompts x "
+                  f"{ids.shape[1]} tokens: {prefix_seconds:.1f} s", flush=True)
     for encoder in args.encoders.split(","):
         t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a few long prompts are truncated (a TruncationWarning)
-            feats = prompt_features(texts, encoder=encoder, cache_dir=args.cache_dir, max_length=args.max_length)
-        print(f"{encoder}: features {feats.shape} in {time.perf_counter() - t0:.1f} s")
+        if any(m in ("head", "residual") for m in methods):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a few long prompts are truncated (a TruncationWarning)
+                feats = prompt_features(texts, encoder=encoder, cache_dir=args.cache_dir, max_length=args.max_length)
+            print(f"{encoder}: features {feats.shape} in {time.perf_counter() - t0:.1f} s")
         for seed in (int(s) for s in args.seeds.split(",")):
             rng = np.random.default_rng(seed)
             present = np.unique(votes.prompt)
@@ -126,8 +164,71 @@ def main() -> None:
             theta = np.asarray(bt.theta, np.float32)
             base = vote_nll(theta, None, test, loss="bt-tie")
             betas = {}
-            for method in args.methods.split(","):
+            for method in methods:
                 t0 = time.perf_counter()
+                ft_row = {}
+                if method in ("last-k", "lora"):
+                    if encoder != "smollm2-135m-instruct" or seed not in (lora_seeds if method == "lora" else ft_seeds):
+                        continue
+                    fit = train_p2l_finetune(
+                        lm.model, ids, mask, train, mode=method, k=args.k, lora_rank=args.lora_rank,
+                        delta_l2=args.ft_delta_l2, learning_rate=args.ft_lr, head_learning_rate=args.ft_head_lr,
+                        batch_prompts=args.ft_batch_prompts, max_epochs=args.ft_epochs, val_fraction=args.val_fraction,
+                        key=jax.random.key(seed), prefix=prefix if method == "last-k" else None)
+                    seconds[method] = time.perf_counter() - t0
+                    beta = np.asarray(fit.coefficients(lm.model, ids, mask, batch_size=args.ft_batch_prompts,
+                                                       prefix=prefix if method == "last-k" else None)[0])
+                    ft_row = dict(ft_max_length=int(ids.shape[1]), ft_epochs=args.ft_epochs,
+                                  ft_k=args.k if method == "last-k" else None,
+                                  ft_lora_rank=args.lora_rank if method == "lora" else None,
+                                  ft_batch_prompts=args.ft_batch_prompts, ft_lr=args.ft_lr, ft_head_lr=args.ft_head_lr,
+                                  delta_l2_ft=args.ft_delta_l2,
+                                  prefix_seconds=round(prefix_seconds, 1) if method == "last-k" else None)
+                    betas[method] = beta
+                    cmp = compare_heldout(jax.random.key(1000 + seed), vote_nll(beta, None, test, loss="bt-tie"), base,
+                                          rounds=args.bootstrap)
+                    h = fit.history
+                    # Against the fine-tuning's own start (Delta = 0: the head's base, the L2-regularised global fit),
+                    # which is not the plain maximum-likelihood `global` row.
+                    start = np.asarray(fit.head_stats["base"][...], np.float32)
+                    vs_start = compare_heldout(jax.random.key(2000 + seed), vote_nll(beta, None, test, loss="bt-tie"),
+                                               vote_nll(start, None, test, loss="bt-tie"), rounds=args.bootstrap)
+                    ft_row.update(diff_vs_start=vs_start.difference, diff_vs_start_lo=vs_start.lower,
+                                  diff_vs_start_hi=vs_start.upper)
+                    row = dict(dataset=args.dataset, encoder=encoder, method=method, seed=seed,
+                               train_prompts=present.size - n_test, test_prompts=cmp.num_prompts,
+                               test_votes=round(cmp.num_votes, 1), nll=cmp.nll, global_nll=cmp.baseline_nll,
+                               diff=cmp.difference, diff_lo=cmp.lower, diff_hi=cmp.upper, epochs=h["epochs"],
+                               best_epoch=h["best_epoch"], val_nll=h.get("best_val_nll"),
+                               global_val_nll=h.get("baseline_val_nll"), delta_l2=args.ft_delta_l2,
+                               train_seconds=round(seconds[method], 2), global_seconds=round(seconds["global"], 3),
+                               uptime=load_avg, **ft_row)
+                    rows.append(row)
+                    print(f"  {encoder} {method:>8s} seed {seed}: NLL {cmp.nll:.4f} global {cmp.baseline_nll:.4f} "
+                          f"diff {cmp.difference:+.4f} [{cmp.lower:+.4f}, {cmp.upper:+.4f}] best epoch "
+                          f"{h['best_epoch']} ({seconds[method]:.1f} s; uptime "
+                          f"{subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()})", flush=True)
+                    continue
+                if method == "start":
+                    # The estimator of the residual and fine-tuned heads' base (solve_bradley_terry, l2 = 1e-3), here
+                    # on ALL training votes (the heads fit it on their training split, without validation prompts).
+                    from jaxrank.ratings.bradley_terry import solve_bradley_terry
+
+                    r = train.rows(merge=False)
+                    theta0 = np.asarray(solve_bradley_terry(np.asarray(r.count, np.float32), r.a, r.b, r.outcome,
+                                                            num_models=train.num_models, ties="half", l2=1e-3).theta,
+                                        np.float32)
+                    seconds[method] = time.perf_counter() - t0
+                    cmp = compare_heldout(jax.random.key(1000 + seed), vote_nll(theta0, None, test, loss="bt-tie"),
+                                          base, rounds=args.bootstrap)
+                    rows.append(dict(dataset=args.dataset, encoder=encoder, method=method, seed=seed,
+                                     train_prompts=present.size - n_test, test_prompts=cmp.num_prompts,
+                                     test_votes=round(cmp.num_votes, 1), nll=cmp.nll, global_nll=cmp.baseline_nll,
+                                     diff=cmp.difference, diff_lo=cmp.lower, diff_hi=cmp.upper,
+                                     train_seconds=round(seconds[method], 2), uptime=load_avg))
+                    print(f"  {method:>8s} seed {seed}: NLL {cmp.nll:.4f} global {cmp.baseline_nll:.4f} diff "
+                          f"{cmp.difference:+.4f} [{cmp.lower:+.4f}, {cmp.upper:+.4f}]", flush=True)
+                    continue
                 if method == "head":
                     model = train_p2l(feats, train, learning_rate=args.lr, weight_decay=args.weight_decay,
                                       batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,

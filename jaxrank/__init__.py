@@ -15,7 +15,8 @@ The public API, re-exported name by name:
   `filter_votes`, `pairwise_matrices`;
 - judge budgets: the `allocation` module (`init`/`select`/`update`, `simulate`, `simulate_sweep`);
 - Prompt-to-Leaderboard (`jaxrank.p2l`): `prompt_features` (model files load only when called),
-  `train_p2l`, `P2LModel`, `save_p2l` / `load_p2l`, `aggregate_leaderboard`, `p2l_loss`, and routing
+  `train_p2l`, `choose_delta_l2`, `P2LModel`, `save_p2l` / `load_p2l`, `aggregate_leaderboard`, `p2l_loss`,
+  the backbone fine-tuned (`jaxrank.p2l_finetune`): `train_p2l_finetune`, `FinetunedP2L`, and routing
   under a cost budget: `route`, `route_average_budget`, `router_rating`, `win_probabilities`;
 - evaluation: `tie_reduction`, `leaderboard_stability`, `budget_curves`, the rank metrics `kendall_tau`,
   `spearman`, `pairs_agreement`, and `load_scores`.
@@ -72,8 +73,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     # p2l heads, training, aggregation
     "jaxrank.p2l": (
         "P2LHead", "P2LLeaderboard", "P2LModel", "aggregate_leaderboard", "load_p2l", "p2l_loss", "save_p2l",
-        "train_p2l",
+        "train_p2l", "choose_delta_l2",
     ),
+    # P2L with the backbone fine-tuned (last-k blocks or LoRA)
+    "jaxrank.p2l_finetune": ("FinetunedP2L", "train_p2l_finetune", "save_p2l_finetune", "load_p2l_finetune"),
     # The persistent XLA compilation cache.
     "jaxrank.cache": ("enable_compilation_cache",),
 }

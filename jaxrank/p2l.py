@@ -74,6 +74,8 @@ __all__ = [
     "vote_nll",
     "HeldoutComparison",
     "compare_heldout",
+    "DeltaL2Choice",
+    "choose_delta_l2",
     # routing (jaxrank.routing), re-exported
     "RoutingResult",
     "win_probabilities",
@@ -604,6 +606,7 @@ def train_p2l(
     checkpoint_every: int = 1,
     resume: bool = False,
     stop_after: int | None = None,
+    val_prompts: Any = None,
     encoder: str | None = None,
     init_global: bool = True,
     progress: Callable[[int, int, dict[str, float]], Any] | None = None,
@@ -667,6 +670,8 @@ def train_p2l(
         checkpoint_every: epochs between checkpoints.
         resume: continue from the latest checkpoint in `checkpoint_dir`.
         stop_after: stop after this many epochs in total (as if preempted; resume later).
+        val_prompts: optional prompt indices (into `votes.prompt`'s table) to hold out for validation instead
+            of a random `val_fraction` of them (`choose_delta_l2` passes its folds here).
         encoder: the name of the encoder that produced `features` (recorded for `P2LModel.predict`).
         init_global: start from the global (prompt-blind) Bradley–Terry fit instead of all zeros.
         progress: optional `progress(epoch, max_epochs, {"train_loss", "val_nll"})` after each epoch (the
@@ -714,7 +719,7 @@ def train_p2l(
                            or not math.isfinite(v) or v < 0 for v in grid):
             raise ValueError(f"delta_l2 must be a finite number >= 0 or a non-empty sequence of them, got {delta_l2!r}")
         grid = tuple(float(v) for v in grid)
-        if len(grid) > 1 and val_fraction == 0:
+        if len(grid) > 1 and val_fraction == 0 and val_prompts is None:
             raise ValueError("delta_l2 with several values is chosen on validation prompts: val_fraction must be > 0")
     else:
         grid = (0.0,)
@@ -743,7 +748,16 @@ def train_p2l(
     k_split, k_init, k_shuffle = jax.random.split(key, 3)
     seed = int(np.asarray(jax.random.randint(k_init, (), 0, 2**31 - 1)))
 
-    train_mask, val_mask = _split_by_prompt(k_split, votes, float(val_fraction))
+    if val_prompts is not None:
+        held = np.unique(np.asarray(val_prompts, np.int64).reshape(-1))
+        present = np.unique(votes.prompt)
+        if not held.size or not np.isin(held, present).all() or np.isin(present, held).all():
+            raise ValueError("val_prompts must be a non-empty set of the votes' prompt indices that leaves training "
+                             "prompts")
+        val_mask = np.isin(votes.prompt, held)
+        train_mask = ~val_mask
+    else:
+        train_mask, val_mask = _split_by_prompt(k_split, votes, float(val_fraction))
     train, val = _training_rows(votes.subset(train_mask)), _training_rows(votes.subset(val_mask))
     if loss == "bt":
         if not (train.weight[train.outcome < TIE] > 0).any():
@@ -771,6 +785,8 @@ def train_p2l(
         max_epochs=int(max_epochs), val_fraction=float(val_fraction), patience=patience,
         num_votes=votes.num_votes, num_prompts=int(num_prompts), init_global=bool(init_global),
     )
+    if val_prompts is not None:
+        cfg["val_prompts"] = [int(x) for x in held]
     if residual:
         cfg.update(residual=True, delta_l2=list(grid))
     head = _build_head(cfg)
@@ -947,6 +963,84 @@ def train_p2l(
     return P2LModel(models=votes.models, loss=loss, encoder=encoder, config=cfg_out,
                     params=jax.tree_util.tree_map(jnp.asarray, best_params),
                     stats=jax.tree_util.tree_map(jnp.asarray, stats), history=history)
+
+
+class DeltaL2Choice(NamedTuple):
+    """The residual head's L2 strength chosen by K-fold cross-validation over prompts (`choose_delta_l2`).
+
+    Attributes:
+        chosen: the grid value with the lowest mean validation NLL.
+        grid: the candidate strengths [G].
+        fold_nll: float64[K, G] the best-epoch validation NLL of each fold and strength.
+        mean_nll: float64[G] their vote-weighted mean over the folds.
+        global_nll: float64[K] each fold's prompt-blind (global fit) validation NLL.
+    """
+
+    chosen: float
+    grid: tuple[float, ...]
+    fold_nll: np.ndarray
+    mean_nll: np.ndarray
+    global_nll: np.ndarray
+
+
+def choose_delta_l2(
+    features: Any, votes: Votes, grid: Sequence[float], *, folds: int = 5, key: jax.Array | None = None,
+    **train_kwargs: Any,
+) -> DeltaL2Choice:
+    r"""Choose the residual head's `delta_l2` by K-fold cross-validation over PROMPTS.
+
+    The distinct prompts are split at random into `folds` parts; for each part, `train_p2l(features, votes,
+    delta_l2=grid, val_prompts=part, ...)` trains the whole grid at once on the other parts and reports each
+    strength's best-epoch NLL on the held-out part (`history["delta_l2_val_nll"]`). The chosen strength
+    minimises the vote-weighted mean over the folds: every prompt is held out once, so the choice does not
+    rest on one small validation split. Early stopping uses the same held-out part (equally for every grid
+    value). Train the final head with `train_p2l(..., delta_l2=choice.chosen)`.
+
+    Args:
+        features, votes: as `train_p2l`.
+        grid: candidate L2 strengths (>= 0).
+        folds: K >= 2.
+        key: PRNG key of the fold assignment and of each fold's training (`fold_in(key, f)`).
+        **train_kwargs: other `train_p2l` options (loss, learning_rate, max_epochs, patience, ...).
+
+    Returns:
+        `DeltaL2Choice`.
+
+    Example:
+        >>> choice = choose_delta_l2(feats, votes, (1e-3, 1e-2, 1e-1, 1.0), folds=5)       # doctest: +SKIP
+        >>> model = train_p2l(feats, votes, delta_l2=choice.chosen)                          # doctest: +SKIP
+    """
+    if not isinstance(votes, Votes) or votes.prompt is None:
+        raise ValueError("votes must be a jaxrank.Votes with prompts")
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds must be an int >= 2, got {folds!r}")
+    for name in ("delta_l2", "val_prompts", "val_fraction", "checkpoint_dir", "resume"):
+        if name in train_kwargs:
+            raise ValueError(f"choose_delta_l2 sets {name} itself; do not pass it")
+    grid = tuple(float(v) for v in grid)
+    if not grid or not all(math.isfinite(v) and v >= 0 for v in grid):
+        raise ValueError(f"grid must be a non-empty sequence of finite numbers >= 0, got {grid!r}")
+    present = np.unique(votes.prompt)
+    if present.size < folds:
+        raise ValueError(f"folds={folds} needs at least as many prompts, the votes have {present.size}")
+    k_folds, k_train = jax.random.split(jax.random.key(0) if key is None else key)
+    order = present[np.asarray(jax.random.permutation(k_folds, present.size))]
+    parts = np.array_split(order, folds)
+    fold_nll = np.zeros((folds, len(grid)))
+    weights = np.zeros(folds)
+    global_nll = np.zeros(folds)
+    rows = votes.rows(merge=False)
+    vote_weight = np.bincount(np.asarray(votes.prompt)[np.asarray(rows.row_vote)], weights=np.asarray(rows.count),
+                              minlength=votes.num_prompts)
+    for f, part in enumerate(parts):
+        model = train_p2l(features, votes, delta_l2=grid, val_prompts=part, key=jax.random.fold_in(k_train, f),
+                          **train_kwargs)
+        fold_nll[f] = [math.nan if v is None else v for v in model.history["delta_l2_val_nll"]]
+        global_nll[f] = model.history["baseline_val_nll"]
+        weights[f] = vote_weight[part].sum()
+    mean = (weights[:, None] * fold_nll).sum(axis=0) / weights.sum()
+    return DeltaL2Choice(chosen=grid[int(np.nanargmin(mean))], grid=grid, fold_nll=fold_nll, mean_nll=mean,
+                         global_nll=global_nll)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -159,8 +159,14 @@ def test_route_follows_the_prompt(trained, workdir, capsys):
      "--delta-l2: expected comma-separated numbers or 'none'"),
     (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--delta-l2", "-1"],
      "--delta-l2: strengths must be finite numbers >= 0"),
-    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--val-fraction", "0"],
-     "--val-fraction must be > 0"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--val-fraction", "0",
+      "--folds", "0"], "--val-fraction must be > 0"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--folds", "1"],
+     "--folds must be 0 or >= 2"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--features", "FEATS", "--finetune",
+      "last-k"], "--finetune trains the encoder itself"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--finetune",
+      "lora", "--batch-prompts", "6", "--accumulate", "4"], "--batch-prompts 6 must be a multiple of --accumulate 4"),
 ])
 def test_errors_are_one_line(trained, workdir, capsys, args, message):
     (workdir / "badcosts.json").write_text(json.dumps({"alpha": 1.0, "beta": 0.1}))
@@ -228,3 +234,29 @@ def test_train_with_columns_and_winner_labels(workdir, capsys):
                  str(workdir / "never")])
     err = capsys.readouterr().err
     assert code == 2 and "unknown winner label(s) '0'" in err and err.count("\n") == 1
+
+
+def test_finetune_last_k_end_to_end(workdir, tmp_path, capsys):
+    """`--finetune last-k` on a tiny random Llama checkpoint: trains, saves, and the saved model gives leaderboards."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_cli_prioritize import _save_llama, _tokenizer
+
+    from jaxrank.lm import load_model
+    from jaxrank.p2l_finetune import load_p2l_finetune
+
+    lm_dir = _save_llama(tmp_path / "lm", _tokenizer(300), 0)
+    code = main(["p2l", "train", str(workdir / "votes.csv"), "--prompts-column", "question", "--encoder", str(lm_dir),
+                 "--out", str(tmp_path / "ft"), "--finetune", "last-k", "--k", "1", "--epochs", "2",
+                 "--delta-l2", "0.01", "--batch-prompts", "8", "--lr", "0.01", "--max-length", "16"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "fine-tuned" in out and "last 1 blocks" in out
+    fit = load_p2l_finetune(tmp_path / "ft", load_model(str(lm_dir)).model)
+    assert fit.config["mode"] == "last-k" and fit.config["k"] == 1 and fit.history["epochs"] >= 1
+    code = main(["p2l", "leaderboard", str(tmp_path / "ft"), str(workdir / "prompts.txt"), "--max-length", "16",
+                 "--out", str(tmp_path / "lb.csv")])
+    assert code == 0, capsys.readouterr().err
+    frame = pd.read_csv(tmp_path / "lb.csv")
+    assert sorted(frame.model) == sorted(MODELS) and np.isfinite(frame.rating).all()

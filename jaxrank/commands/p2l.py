@@ -79,6 +79,21 @@ def register(subparsers: Any) -> None:
     t.add_argument("--val-fraction", type=float, default=0.1, help="share of prompts held out (default 0.1)")
     t.add_argument("--patience", type=int, default=5, help="early stopping patience in epochs (default 5)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--finetune", choices=("last-k", "lora"),
+                   help="fine-tune the encoder (a causal LM) with the residual head: its last K blocks (the frozen "
+                        "blocks run once and are cached) or LoRA adapters on every block (jaxrank.p2l_finetune); "
+                        "default: a head on frozen features")
+    t.add_argument("--k", type=int, default=2, help="--finetune last-k: blocks trained (default 2)")
+    t.add_argument("--lora-rank", type=int, default=8, help="--finetune lora: adapter rank (default 8)")
+    t.add_argument("--backbone-lr", type=float, default=1e-4,
+                   help="--finetune: peak learning rate of the backbone's weights (default 1e-4; --lr is the head's)")
+    t.add_argument("--batch-prompts", type=int, default=8,
+                   help="--finetune: prompts (with all their votes) per optimiser step (default 8)")
+    t.add_argument("--accumulate", type=int, default=1,
+                   help="--finetune: micro-batches per step (gradient accumulation; default 1)")
+    t.add_argument("--folds", type=int, default=5,
+                   help="folds over prompts choosing --delta-l2 from several values (default 5; 0: the validation "
+                        "split, as before)")
     t.add_argument("--checkpoint-dir", metavar="DIR", help="training checkpoints (orbax CheckpointManager)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
     t.add_argument("--force", action="store_true",
@@ -248,8 +263,28 @@ def run_train(args: argparse.Namespace) -> int:
             raise CliError(f"--resume: --checkpoint-dir {ckpt} holds no checkpoint")
     hidden = _hidden(args.hidden)
     delta_l2 = _delta_l2(args.delta_l2)
-    if delta_l2 is not None and len(delta_l2) > 1 and args.val_fraction == 0:
-        raise CliError("--delta-l2 with several strengths chooses one on validation prompts: --val-fraction must be > 0")
+    if args.folds < 0 or args.folds == 1:
+        raise CliError(f"--folds must be 0 or >= 2, got {args.folds}")
+    if args.finetune:
+        if args.features:
+            raise CliError("--finetune trains the encoder itself: it reads the prompt texts, not --features")
+        if args.encoder.lower() in ("all-minilm-l6-v2",):
+            raise CliError("--finetune needs a causal LM --encoder (e.g. smollm2-135m-instruct), not a sentence encoder")
+        if delta_l2 is None:
+            raise CliError("--finetune trains the residual head: --delta-l2 must be numbers, not 'none'")
+        if hidden:
+            raise CliError("--finetune trains a linear residual head: drop --hidden")
+        for flag, value, lo in (("--k", args.k, 1), ("--lora-rank", args.lora_rank, 1),
+                                ("--batch-prompts", args.batch_prompts, 1), ("--accumulate", args.accumulate, 1)):
+            if value < lo:
+                raise CliError(f"{flag} must be >= {lo}, got {value}")
+        if args.batch_prompts % args.accumulate:
+            raise CliError(f"--batch-prompts {args.batch_prompts} must be a multiple of --accumulate {args.accumulate}")
+        if not (math.isfinite(args.backbone_lr) and args.backbone_lr > 0):
+            raise CliError(f"--backbone-lr must be a finite number > 0, got {args.backbone_lr}")
+    if delta_l2 is not None and len(delta_l2) > 1 and args.val_fraction == 0 and args.folds == 0:
+        raise CliError("--delta-l2 with several strengths and --folds 0 chooses one on validation prompts: "
+                       "--val-fraction must be > 0")
     read = vote_options(args, columns_extra={"prompt": args.prompts_column} if args.prompts_column else None)
     votes = load_votes(votes_path, **read)
     if votes.prompt_text is None:
@@ -268,6 +303,22 @@ def run_train(args: argparse.Namespace) -> int:
     feats = aligned
     err_console.print(f"[dim]{votes.num_votes} votes, {len(prompts)} prompts, {votes.num_models} models, "
                       f"features {feats.shape[1]}-d[/dim]")
+    if delta_l2 is not None and len(delta_l2) > 1 and args.folds:
+        from jaxrank.p2l import choose_delta_l2
+
+        with warnings.catch_warnings(record=True) as caught, resource_flags(batch_size="--batch-size"), \
+                _diverged_hint(args.lr):
+            warnings.simplefilter("always")
+            choice = choose_delta_l2(feats, votes, delta_l2, folds=args.folds, key=jax.random.key(args.seed),
+                                     loss=args.loss, hidden=hidden, learning_rate=args.lr,
+                                     weight_decay=args.weight_decay, batch_size=args.batch_size,
+                                     max_epochs=args.epochs, patience=args.patience)
+        _print_warnings(caught)
+        err_console.print(f"[dim]--delta-l2 {choice.chosen:g} chosen by {args.folds}-fold cross-validation over "
+                          f"prompts (mean NLL {min(choice.mean_nll):.4f})[/dim]")
+        delta_l2 = (choice.chosen,)
+    if args.finetune:
+        return _run_finetune(args, votes, out, delta_l2[0])
 
     bar = progress("training", args.epochs, transient=True)
     task = bar.add_task("training", total=args.epochs, rate="")
@@ -298,6 +349,61 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_finetune(args: argparse.Namespace, votes: Any, out: Any, delta_l2: float) -> int:
+    import jax
+
+    from jaxrank.lm import load_model
+    from jaxrank.p2l_finetune import save_p2l_finetune, tokenize_prompts, train_p2l_finetune
+
+    loaded = load_model(args.encoder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ids, mask = tokenize_prompts(loaded, list(votes.prompt_text), max_length=args.max_length)
+    _print_warnings(caught)
+    bar = progress("fine-tuning", args.epochs, transient=True)
+    task = bar.add_task("fine-tuning", total=args.epochs, rate="")
+
+    def update(epoch, total, metrics):
+        bar.update(task, completed=epoch, rate=f"val NLL {metrics['val_nll']:.4f}")
+
+    with bar, _diverged_hint(args.lr):
+        fit = train_p2l_finetune(
+            loaded.model, ids, mask, votes, mode=args.finetune, k=args.k, lora_rank=args.lora_rank, loss=args.loss,
+            delta_l2=delta_l2, learning_rate=args.backbone_lr, head_learning_rate=args.lr,
+            weight_decay=args.weight_decay or 0.0, batch_prompts=args.batch_prompts, accumulate=args.accumulate,
+            max_epochs=args.epochs, val_fraction=args.val_fraction, patience=args.patience,
+            key=jax.random.key(args.seed), checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+            encoder=args.encoder, progress=update)
+    save_p2l_finetune(fit, out)
+    h = fit.history
+    best = math.nan if h.get("best_val_nll") is None else h["best_val_nll"]
+    glob = math.nan if h.get("baseline_val_nll") is None else h["baseline_val_nll"]
+    what = f"last {args.k} blocks" if args.finetune == "last-k" else f"LoRA rank {args.lora_rank}"
+    console.print(f"fine-tuned {args.encoder} ({what}) with a residual {args.loss} P2L head (L2 {delta_l2:g}) on "
+                  f"{votes.num_votes} votes: {h['epochs']} epochs, best validation NLL {best:.4f} at epoch "
+                  f"{h['best_epoch']} (prompt-blind global fit {glob:.4f}); saved to {out.named}")
+    return 0
+
+
+def _finetuned_coefficients(model_dir: pathlib.Path, args: argparse.Namespace, prompts: list) -> tuple:
+    from jaxrank.lm import load_model
+    from jaxrank.p2l_finetune import load_p2l_finetune, tokenize_prompts
+
+    if args.features:
+        raise CliError(f"DIR {model_dir} fine-tuned its encoder: it reads the prompt texts, not --features")
+    from jaxrank.checkpoint import restore_state
+
+    _, meta = restore_state(model_dir)
+    loaded = load_model(meta["encoder"])
+    fit = load_p2l_finetune(model_dir, loaded.model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ids, mask = tokenize_prompts(loaded, [p.text for p in prompts], max_length=args.max_length)
+    _print_warnings(caught)
+    beta, alpha = fit.coefficients(loaded.model, ids, mask)
+    return fit, prompts, beta, alpha
+
+
 def _model_and_coefficients(args: argparse.Namespace):
     from jaxrank.lm.prompts import read_prompts
     from jaxrank.p2l import load_p2l
@@ -307,7 +413,11 @@ def _model_and_coefficients(args: argparse.Namespace):
         raise CliError(f"DIR {model_dir} is not a directory (train one with jaxrank p2l train --out DIR)")
     try:
         model = load_p2l(model_dir)
-    except (ValueError, FileNotFoundError) as err:
+    except ValueError as err:
+        if "jaxrank.p2l-finetune" not in str(err):
+            raise CliError(f"DIR {model_dir}: {err}") from None
+        return _finetuned_coefficients(model_dir, args, read_prompts(input_path(args.prompts, arg="PROMPTS")))
+    except FileNotFoundError as err:
         raise CliError(f"DIR {model_dir}: {err}") from None
     except Exception as err:  # orbax raises several types for a folder that is not a checkpoint
         raise CliError(f"DIR {model_dir} is not a P2L model ({type(err).__name__})") from None

@@ -369,7 +369,20 @@ def _warn_truncated(count: int, total: int, limit: int, where: str) -> None:
         )
 
 
-def _causal_features(loaded, texts, *, batch_size, max_length, chat_template, mesh, progress, on_plan=None) -> np.ndarray:
+def prompt_token_ids(loaded: Any, prompts: Sequence[str], *, max_length: int = 256,
+                     chat_template: bool = True) -> tuple[list[list[int]], int]:
+    """The token ids a causal LM reads for each prompt in `prompt_features`, and the padding id.
+
+    Each prompt rendered as `prompt_features` renders it (the chat template with the generation prompt, or
+    the raw text), longer than `max_length` (capped at the model's context) left-truncated with a leading BOS
+    kept, and a `TruncationWarning` when any was cut. Its last token is the one whose final hidden state is
+    the prompt's feature vector (what `jaxrank.p2l_finetune` trains on).
+
+    Returns:
+        `(rows, pad_id)`: one list of ids per prompt, and the id to right-pad them with.
+    """
+    texts = _check_prompts(prompts)
+    max_length = _check_count(max_length, "max_length", 2)
     side = _Side(loaded, "encoder")
     limit = max_length if side.context is None else min(max_length, side.context)
     rows, truncated = [], 0
@@ -382,6 +395,13 @@ def _causal_features(loaded, texts, *, batch_size, max_length, chat_template, me
             ids = _truncate_left(ids, limit, side.bos)
         rows.append(ids)
     _warn_truncated(truncated, len(texts), limit, "from the start (the end of the prompt is kept)")
+    return rows, side.pad
+
+
+def _causal_features(loaded, texts, *, batch_size, max_length, chat_template, mesh, progress, on_plan=None) -> np.ndarray:
+    side = _Side(loaded, "encoder")
+    limit = max_length if side.context is None else min(max_length, side.context)
+    rows, _ = prompt_token_ids(loaded, texts, max_length=max_length, chat_template=chat_template)
     return _run_batches(
         _last_token_fn(side.graphdef),
         _replicated(side.state, mesh),

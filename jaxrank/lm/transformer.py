@@ -384,8 +384,22 @@ class CausalLM(nnx.Module):
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
         layers: list[dict[str, jax.Array]] | None = None,
+        start_layer: int = 0,
+        stop_layer: int | None = None,
+        residual: jax.Array | None = None,
+        block_weights: dict[str, jax.Array] | None = None,
+        final_norm: bool = True,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final hidden states `[B, T, hidden]` (float32, final norm applied) and the updated cache.
+
+        A slice of the blocks (no cache): `start_layer`, `stop_layer` run blocks `start..stop-1` only, on
+        `residual [B, T, hidden]` (the residual stream entering block `start_layer`, from a call with
+        `stop_layer=start_layer, final_norm=False`; None: the embedding of `input_ids`, which needs
+        `start_layer=0`). `block_weights`: stacked weights `[stop - start, ...]` of those blocks by name
+        (`layer_param_shapes`), used instead of the module's (fine-tuned or adapted copies). With
+        `final_norm=False` the residual stream is returned as it is (in the compute dtype), not normed.
+        `model.hidden_states(ids, stop_layer=j, final_norm=False)` fed to
+        `model.hidden_states(ids, start_layer=j, residual=...)` equals `model.hidden_states(ids)`.
 
         `logits == softcap(h @ model.unembedding())`.
 
@@ -396,15 +410,28 @@ class CausalLM(nnx.Module):
         """
         input_ids, attention_mask = _check_inputs(input_ids, attention_mask, positions, cache)
         c = self.config
-        stacked = None if layers is not None else {name: getattr(self, name)[...] for name in self._layer_names}
+        lo, hi = _check_block_range(c, start_layer, stop_layer, residual, block_weights, layers, cache,
+                                         input_ids.shape, self._layer_names)
+        if layers is not None:
+            stacked = None
+        elif block_weights is not None:
+            stacked = dict(block_weights)
+        elif (lo, hi) == (0, c.num_layers):
+            stacked = {name: getattr(self, name)[...] for name in self._layer_names}
+        else:
+            stacked = {name: getattr(self, name)[lo:hi] for name in self._layer_names}
         shard = self.sharding
         input_ids = _pin(shard, input_ids, ("batch", "length"))
         attention_mask = _pin(shard, attention_mask, ("batch", "length"))
-        # A vocabulary-sharded table: GSPMD looks each id up on the shard that holds it (masked
-        # local gather + all-reduce over "tensor"), never gathering the table.
-        x = _pin(shard, jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype), ("batch", "length", "act_embed"))
-        if c.embed_scale:
-            x = x * jnp.asarray(c.hidden_size**0.5, dtype=self.param_dtype).astype(self.dtype)
+        if residual is not None:
+            x = _pin(shard, residual.astype(self.dtype), ("batch", "length", "act_embed"))
+        else:
+            # A vocabulary-sharded table: GSPMD looks each id up on the shard that holds it (masked
+            # local gather + all-reduce over "tensor"), never gathering the table.
+            x = _pin(shard, jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype),
+                     ("batch", "length", "act_embed"))
+            if c.embed_scale:
+                x = x * jnp.asarray(c.hidden_size**0.5, dtype=self.param_dtype).astype(self.dtype)
         b, t = input_ids.shape
         if positions is None:
             start = None if cache is None else cache.next_position
@@ -433,8 +460,8 @@ class CausalLM(nnx.Module):
         freqs = c.layer_inverse_frequencies()
         distinct, which = np.unique(freqs, axis=0, return_inverse=True)
         cos_all, sin_all = rope_tables(positions, jnp.asarray(distinct))  # [K, B, T, Dh]
-        which = jnp.asarray(np.asarray(which).reshape(-1), jnp.int32)
-        windows = jnp.asarray(c.layer_windows())
+        which = jnp.asarray(np.asarray(which).reshape(-1)[lo:hi], jnp.int32)
+        windows = jnp.asarray(np.asarray(c.layer_windows())[lo:hi])
 
         def body(x, scanned):
             p, kind, window, kv = scanned
@@ -446,7 +473,9 @@ class CausalLM(nnx.Module):
         if cache is not None:
             cache_axes = ("layers", "batch", "length", "kv_heads", "head_dim")
             kv_in = (_pin(shard, cache.keys, cache_axes), _pin(shard, cache.values, cache_axes))
-        if layers is None:
+        if hi == lo:
+            kv_out = None
+        elif layers is None:
             x, kv_out = jax.lax.scan(body, x, (stacked, which, windows, kv_in))
         else:
             if len(layers) != c.num_layers:
@@ -460,6 +489,8 @@ class CausalLM(nnx.Module):
             kv_out = (keys, values)
         if cache is not None:
             new_cache = new_cache.replace(keys=kv_out[0], values=kv_out[1])
+        if not final_norm:
+            return x, new_cache
         h = rms_norm(x, self.final_norm[...], c.rms_norm_eps, c.norm_offset)
         return h.astype(jnp.float32), new_cache
 
@@ -489,6 +520,34 @@ class CausalLM(nnx.Module):
         h, cache = self.hidden_states(input_ids, attention_mask=attention_mask, positions=positions, cache=cache,
                                       layers=layers)
         return self.logits_from_hidden(h), cache
+
+
+def _check_block_range(config, start, stop, residual, block_weights, layers, cache, shape, names):
+    """`(start, stop)` of a slice of the blocks, after checking the slice options of `hidden_states`."""
+    n = config.num_layers
+    stop = n if stop is None else stop
+    for name, value in (("start_layer", start), ("stop_layer", stop)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= n:
+            raise ValueError(f"{name} must be an int in [0, {n}] (the model's layers), got {value!r}")
+    if stop < start:
+        raise ValueError(f"stop_layer={stop} must be >= start_layer={start}")
+    sliced = (start, stop) != (0, n) or residual is not None or block_weights is not None
+    if sliced and (cache is not None or layers is not None):
+        raise ValueError("start_layer, stop_layer, residual and block_weights run without cache and layers")
+    if residual is None and start != 0:
+        raise ValueError(f"start_layer={start} needs residual [B, T, hidden], the residual stream entering that block")
+    if residual is not None and tuple(residual.shape) != (*shape, config.hidden_size):
+        raise ValueError(f"residual must have shape [B, T, hidden] = {(*shape, config.hidden_size)}, "
+                         f"got {tuple(residual.shape)}")
+    if block_weights is not None:
+        missing = sorted(set(names) - set(block_weights))
+        if missing:
+            raise ValueError(f"block_weights is missing {missing}")
+        for name in names:
+            if block_weights[name].shape[0] != stop - start:
+                raise ValueError(f"block_weights[{name!r}] has {block_weights[name].shape[0]} layers, expected "
+                                 f"stop_layer - start_layer = {stop - start}")
+    return int(start), int(stop)
 
 
 def _check_inputs(input_ids, attention_mask, positions, cache):
