@@ -16,7 +16,7 @@
 # arena-rank runs in .venv-arena/ (created by the benchmarks when absent: pip install arena-rank==0.1.1).
 set -u
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-/work/main/.venv/bin/python}"
+PYTHON="${PYTHON:-.venv/bin/python}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 RES=benchmarks/results
 LOG=$RES/speed_table_runs.csv
