@@ -128,11 +128,11 @@ def bench_smollm2(prompts: list[str], batch_size: int, repeats: int) -> list[dic
 
     from jaxrank import prompt_features
     from jaxrank.lm import load_model
-    from jaxrank.lm.pipeline import _Side, _truncate_left
+    from jaxrank.lm.pipeline import ModelSide, truncate_left
 
     lm = load_model("smollm2-135m-instruct")
-    side = _Side(lm, "encoder")
-    rows = [_truncate_left(side.prompt_ids(p), 256, side.bos) for p in prompts]
+    side = ModelSide(lm, "encoder")
+    rows = [truncate_left(side.prompt_ids(p), 256, side.bos) for p in prompts]
     pt = _torch_from_gguf(lm.path).model  # LlamaModel: last_hidden_state after the final norm
 
     def torch_features():

@@ -32,15 +32,15 @@ CHILD = r"""
 import json, sys, threading, time
 import jax, jax.numpy as jnp, numpy as np
 from jaxrank.lm import load_model
-from jaxrank.lm.features import _last_token_fn
+from jaxrank.lm.features import last_token_fn
 from jaxrank.lm.generate import generate
 from jaxrank.lm.memory import forward_bytes
-from jaxrank.lm.pipeline import _Side
+from jaxrank.lm.pipeline import ModelSide
 
 stage, rows, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 lm = load_model("smollm2-135m-instruct")
-side = _Side(lm, "A")
-fn = _last_token_fn(side.graphdef)
+side = ModelSide(lm, "A")
+fn = last_token_fn(side.graphdef)
 
 def call(b, t):
     ids = np.full((b, t), 5, np.int32); mask = np.ones((b, t), bool)

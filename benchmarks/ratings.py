@@ -48,7 +48,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 from jaxrank import load_votes  # noqa: E402
 from jaxrank.ratings import bootstrap_ratings, elo_permutations, fit_bradley_terry, synthetic_votes  # noqa: E402

@@ -599,7 +599,7 @@ def _compiled(allocators: tuple[str, ...], num_items, m, steps, checkpoints: tup
     return jax.jit(simulation)
 
 
-def _default_checkpoints(budget: int, num_items: int, m: int) -> list[int]:
+def default_checkpoints(budget: int, num_items: int, m: int) -> list[int]:
     pts = sorted({(budget * j // 10) // m * m for j in range(1, 11)} | {budget})
     return [p for p in pts if p >= num_items] or [budget]
 
@@ -625,7 +625,7 @@ def _prepare(sampler, allocators, budget, checkpoints, batch_size, delta, num_ru
                 f"(⌈4 ln(1/δ)⌉ = {warmup_rounds(delta)} rounds × {K} items, δ = {delta:g})"
             )
     if checkpoints is None:
-        ck = _default_checkpoints(budget, K, m)
+        ck = default_checkpoints(budget, K, m)
     else:
         ck = sorted({_check_int(int(c) if isinstance(c, np.integer) else c, "checkpoints", minimum=1)
                      for c in checkpoints})

@@ -541,7 +541,7 @@ def _blockwise_bwd(cfg: _Config, res, cotangents):
         return g[name][:, None] if name in metrics else None
 
     g_kl, g_ce, g_h, g_hq, g_js = (coef(n) for n in METRICS)
-    lp = p = lq = q = lm = tp = tq = None
+    lp = p = lq = q = lm = None
     if xp is not None:
         lp, p = _log_probs_block(xp, st.lse_p, inv_t)
     if xq is not None:

@@ -34,7 +34,7 @@ class EmptySequenceWarning(UserWarning):
     """Some sequences had no counted position (an all-False mask row); their scores are NaN."""
 
 
-class _Options(NamedTuple):
+class ScoreOptions(NamedTuple):
     """Static (hashable) options of one compiled scoring function."""
 
     metrics: tuple[str, ...]
@@ -145,7 +145,7 @@ def score_pairs(
     logits_b = v.as_array(logits_b, "logits_b")
     if mask is not None:
         mask = v.as_array(mask, "mask")
-    options = _check_options(
+    options = check_options(
         metrics=metrics,
         reduction=reduction,
         log_probs=log_probs,
@@ -238,7 +238,7 @@ def check_inputs(
     v.check_logit_values(logits_b, name_b, counted=counted, reject_empty_rows=True)
 
 
-def _check_options(
+def check_options(
     *,
     metrics: Any,
     reduction: Any,
@@ -246,7 +246,7 @@ def _check_options(
     temperature: Any,
     implementation: Any,
     block_size: Any,
-) -> _Options:
+) -> ScoreOptions:
     if isinstance(metrics, str):
         metrics = (metrics,)
     try:
@@ -281,14 +281,14 @@ def _check_options(
             raise TypeError(f"block_size must be a positive int or None, got {block_size!r}")
         v.check_positive(int(block_size), "block_size")
         block_size = int(block_size)
-    return _Options(metrics, reduction, bool(log_probs), float(temperature), implementation, block_size)
+    return ScoreOptions(metrics, reduction, bool(log_probs), float(temperature), implementation, block_size)
 
 
 def score_local(
     logits_a: jax.Array,
     logits_b: jax.Array,
     mask: jax.Array | None,
-    options: _Options,
+    options: ScoreOptions,
     axis_name: str | None,
 ) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
     """Traceable core: per-sequence scores and the number of counted positions, `[batch]` each, and
@@ -327,7 +327,7 @@ def score_local(
 
 
 @functools.lru_cache(maxsize=128)
-def _compiled_local(options: _Options, axis_name: str | None):
+def _compiled_local(options: ScoreOptions, axis_name: str | None):
     def run(logits_a, logits_b, mask):
         return score_local(logits_a, logits_b, mask, options, axis_name)
 

@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxrank import _validation as v
-from jaxrank.scoring import _check_options, _Options, check_inputs, score_local, warn_empty
+from jaxrank.scoring import check_options, ScoreOptions, check_inputs, score_local, warn_empty
 
 __all__ = ["initialize_distributed", "make_mesh", "score_pairs_global", "to_host"]
 
@@ -107,7 +107,7 @@ def check_mesh(mesh: Any) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_sharded(mesh: Mesh, options: _Options):
+def _compiled_sharded(mesh: Mesh, options: ScoreOptions):
     n_data, n_vocab = check_mesh(mesh)
     vocab_axis = VOCAB_AXIS if n_vocab > 1 else None
     logits_spec = P(DATA_AXIS, None, vocab_axis)
@@ -158,7 +158,7 @@ def _place(x: jax.Array, mesh: Mesh, spec: P) -> jax.Array:
 
 
 def sharded_scores(
-    mesh: Mesh, options: _Options, logits_a: Any, logits_b: Any, mask: Any
+    mesh: Mesh, options: ScoreOptions, logits_a: Any, logits_b: Any, mask: Any
 ) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
     """`score_pairs(..., mesh=mesh)` after validation: per-sequence scores, counted positions and
     the kernel's per-position value flags (`jaxrank.scoring.score_local`)."""
@@ -327,7 +327,7 @@ def score_pairs_global(
     """
     from jax.experimental import multihost_utils
 
-    options = _check_options(
+    options = check_options(
         metrics=metrics,
         reduction=reduction,
         log_probs=log_probs,

@@ -34,7 +34,6 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             frames.append(frame)
             for d, design in enumerate(curves.designs):
                 if design.startswith("ppi") or judge_name == list(data["judges"])[0]:
-                    at = {f"coverage_min_ge20": float(np.nanmin(curves.coverage[d][(curves.budgets >= 0.2) & (curves.budgets < 1)]))}
+                    at = {"coverage_min_ge20": float(np.nanmin(curves.coverage[d][(curves.budgets >= 0.2) & (curves.budgets < 1)]))}
                     headline.append({"data": name, "judge": judge_name if design.startswith("ppi") else "",
                                      "design": design, "labels_to_match_full_uniform": curves.labels_to_match[d],
                                      "equivalent_uniform_at_30": float(np.interp(0.3, curves.budgets, curves.equivalent_uniform[d])),

@@ -176,7 +176,7 @@ def _make_scorer(graphdef: Any):
 
 
 def _encode(items, side, *, max_prompt_tokens: int, max_response_tokens: int):
-    from jaxrank.lm.pipeline import _truncate_left
+    from jaxrank.lm.pipeline import truncate_left
 
     eos = side.eos[0] if isinstance(side.eos, (list, tuple)) else side.eos
     enc = []
@@ -184,7 +184,7 @@ def _encode(items, side, *, max_prompt_tokens: int, max_response_tokens: int):
         p = side.prompt_ids(prompt_text(item))
         p_trunc = len(p) > max_prompt_tokens
         # Keep the end of a long prompt (it holds the input and the assistant turn marker).
-        p = _truncate_left(p, max_prompt_tokens, side.bos)
+        p = truncate_left(p, max_prompt_tokens, side.bos)
         row = {"prompt": p, "prompt_truncated": p_trunc}
         for k in ("1", "2"):
             r = side.text_ids(item[f"response{k}"])
@@ -201,9 +201,9 @@ def score_items(items, loaded, *, batch_size: int = 8, max_prompt_tokens: int = 
     import jax
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from jaxrank.lm.pipeline import _Side, bucket_length, length_batches, pad_batch
+    from jaxrank.lm.pipeline import ModelSide, bucket_length, length_batches, pad_batch
 
-    side = _Side(loaded, "model")
+    side = ModelSide(loaded, "model")
     enc = _encode(items, side, max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens)
     scorer = _make_scorer(side.graphdef)
     n = len(items)
@@ -260,10 +260,10 @@ def score_items(items, loaded, *, batch_size: int = 8, max_prompt_tokens: int = 
 
 def _self_check(side, enc, batch, ll, *, log):
     """The KV-cache scorer against the pipeline's sequence scorer (prompt + response in one pass)."""
-    from jaxrank.lm.pipeline import _sequence_logprobs
+    from jaxrank.lm.pipeline import sequence_logprobs
 
     pairs = [(enc[i]["prompt"], enc[i][f"r{k}"]) for i in batch for k in ("1", "2")]
-    reference = _sequence_logprobs(side, pairs, len(pairs), None, None, None, "check").reshape(len(batch), 2)
+    reference = sequence_logprobs(side, pairs, len(pairs), None, None, None, "check").reshape(len(batch), 2)
     ours = ll[batch]
     err = float(np.max(np.abs(reference - ours) / np.maximum(1.0, np.abs(reference))))
     log(f"self-check: KV-cache log-likelihoods vs jaxrank.lm.pipeline sequence scorer on {len(batch)} items: "

@@ -10,7 +10,7 @@ import pytest
 
 from jaxrank.lm import features as features_module
 from jaxrank.lm.features import prompt_features
-from jaxrank.lm.pipeline import TruncationWarning, _Side, _truncate_left
+from jaxrank.lm.pipeline import TruncationWarning, ModelSide, truncate_left
 
 from lm_tokenizer import TEMPLATE, bpe_chat_tokenizer
 
@@ -39,7 +39,7 @@ def smollm2_features(smollm2):
 
 
 def test_features_are_the_last_token_hidden_state_of_the_unpadded_prompt(smollm2, smollm2_features):
-    side = _Side(smollm2, "encoder")
+    side = ModelSide(smollm2, "encoder")
     assert smollm2_features.shape == (len(PROMPTS), smollm2.config.hidden_size)
     assert smollm2_features.dtype == np.float32
     for i, text in enumerate(PROMPTS):
@@ -67,7 +67,7 @@ def test_features_on_a_data_mesh_equal_one_device(smollm2, smollm2_features):
 
 def test_raw_text_and_left_truncation(smollm2):
     text = PROMPTS[0]
-    side = _Side(smollm2, "encoder")
+    side = ModelSide(smollm2, "encoder")
     raw = list(smollm2.tokenizer.encode(text))
     with pytest.warns(TruncationWarning, match="1 of 2 prompts are longer than 8 tokens"):
         x = prompt_features([text, "Hi"], encoder=smollm2, max_length=8, chat_template=False)
@@ -76,7 +76,7 @@ def test_raw_text_and_left_truncation(smollm2):
     # With the template, the kept end is the turn marker; the BOS-less SmolLM2 keeps no extra token.
     with pytest.warns(TruncationWarning):
         y = prompt_features([text], encoder=smollm2, max_length=8)
-    kept = _truncate_left(side.prompt_ids(text), 8, side.bos)
+    kept = truncate_left(side.prompt_ids(text), 8, side.bos)
     assert len(kept) == 8
     np.testing.assert_allclose(y[0], _direct(smollm2, kept), atol=ATOL, rtol=RTOL)
 

@@ -255,7 +255,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             raise CliError(f"--checkpoints {too_big} exceed --budget {args.budget}")
         budgets = sorted(set(checkpoints) | {args.budget})
     else:
-        budgets = allocation._default_checkpoints(args.budget, K, args.batch)
+        budgets = allocation.default_checkpoints(args.budget, K, args.batch)
 
     import jax
 

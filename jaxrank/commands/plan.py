@@ -14,7 +14,8 @@ import argparse
 import math
 from typing import Any
 
-from jaxrank.commands._common import TABLE_FORMATS, CliError, console, err_console, input_path, output_path
+from jaxrank.commands._common import CliError, console, err_console, input_path, output_path
+from jaxrank.outputs import TABLE_FORMATS
 
 
 def register(subparsers: Any) -> None:

@@ -437,11 +437,11 @@ class LoadedEncoder:
         limit = min(max_length or self.max_seq_length, self.config.max_position_embeddings)
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="np")
         graphdef, state = nnx.split(self.model)
-        return np.asarray(_jitted_encode(graphdef)(state, batch["input_ids"], batch["attention_mask"].astype(bool)))
+        return np.asarray(jitted_encode(graphdef)(state, batch["input_ids"], batch["attention_mask"].astype(bool)))
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_encode(graphdef: Any):
+def jitted_encode(graphdef: Any):
     """`encode` of the module with graph `graphdef`, jitted (compiled once per input shape)."""
     return jax.jit(lambda state, ids, mask: nnx.merge(graphdef, state).encode(ids, mask))
 

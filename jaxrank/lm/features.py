@@ -43,10 +43,10 @@ from jaxrank.lm import bert as _bert
 from jaxrank.lm.pipeline import (
     ProgressFn,
     TruncationWarning,
-    _merge,
-    _shard_rows,
-    _Side,
-    _truncate_left,
+    merge_model,
+    shard_rows,
+    ModelSide,
+    truncate_left,
     bucket_length,
     length_batches,
     pad_batch,
@@ -265,9 +265,9 @@ def _cache_store(cache_dir: pathlib.Path, key: str, meta: dict[str, Any], feats:
 
 
 @functools.lru_cache(maxsize=16)
-def _last_token_fn(graph: Any):
+def last_token_fn(graph: Any):
     def features(state, ids, mask):
-        model = _merge(graph, state)
+        model = merge_model(graph, state)
         h, _ = model.hidden_states(ids, attention_mask=mask)  # [B, T, d] float32, final norm applied
         last = jnp.sum(mask, axis=-1, dtype=jnp.int32) - 1  # right padding: the last real token
         return jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
@@ -344,7 +344,7 @@ def _run_batches(
         for start in range(0, len(batch), per_call):
             part = batch[start:start + per_call]
             ids, mask = pad_batch([rows[i] for i in part], length, per_call, pad_id)
-            vectors = to_host(fn(state, *_shard_rows(mesh, ids, mask))).astype(np.float32, copy=False)
+            vectors = to_host(fn(state, *shard_rows(mesh, ids, mask))).astype(np.float32, copy=False)
             if out is None:
                 out = np.empty((len(rows), vectors.shape[-1]), np.float32)
             out[part] = vectors[: len(part)]
@@ -383,7 +383,7 @@ def prompt_token_ids(loaded: Any, prompts: Sequence[str], *, max_length: int = 2
     """
     texts = _check_prompts(prompts)
     max_length = _check_count(max_length, "max_length", 2)
-    side = _Side(loaded, "encoder")
+    side = ModelSide(loaded, "encoder")
     limit = max_length if side.context is None else min(max_length, side.context)
     rows, truncated = [], 0
     for i, text in enumerate(texts):
@@ -392,18 +392,18 @@ def prompt_token_ids(loaded: Any, prompts: Sequence[str], *, max_length: int = 2
             raise ValueError(f"prompts[{i}] gives no tokens (an empty prompt without chat_template)")
         if len(ids) > limit:
             truncated += 1
-            ids = _truncate_left(ids, limit, side.bos)
+            ids = truncate_left(ids, limit, side.bos)
         rows.append(ids)
     _warn_truncated(truncated, len(texts), limit, "from the start (the end of the prompt is kept)")
     return rows, side.pad
 
 
 def _causal_features(loaded, texts, *, batch_size, max_length, chat_template, mesh, progress, on_plan=None) -> np.ndarray:
-    side = _Side(loaded, "encoder")
+    side = ModelSide(loaded, "encoder")
     limit = max_length if side.context is None else min(max_length, side.context)
     rows, _ = prompt_token_ids(loaded, texts, max_length=max_length, chat_template=chat_template)
     return _run_batches(
-        _last_token_fn(side.graphdef),
+        last_token_fn(side.graphdef),
         _replicated(side.state, mesh),
         rows,
         pad_id=side.pad,
@@ -428,7 +428,7 @@ def _bert_features(loaded, texts, *, batch_size, max_length, mesh, progress, on_
     _warn_truncated(truncated, len(texts), limit, "at the end")
     graphdef, state = nnx.split(loaded.model)
     return _run_batches(
-        _bert._jitted_encode(graphdef),
+        _bert.jitted_encode(graphdef),
         _replicated(state, mesh),
         rows,
         pad_id=loaded.pad_token_id,

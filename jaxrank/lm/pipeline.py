@@ -105,7 +105,7 @@ def pad_batch(
     return ids, mask
 
 
-def _truncate_left(ids: list[int], limit: int, bos: int | None) -> list[int]:
+def truncate_left(ids: list[int], limit: int, bos: int | None) -> list[int]:
     """Keep the last `limit` tokens (the end of a chat prompt holds the question and the turn
     marker), re-attaching a leading BOS when the original started with one."""
     if len(ids) <= limit:
@@ -128,7 +128,7 @@ def _attr(obj: Any, *names: str) -> Any:
     return None
 
 
-class _Side:
+class ModelSide:
     """A loaded model with its tokenizer, chat template, special ids and functional state."""
 
     def __init__(self, loaded: Any, label: str):
@@ -190,7 +190,7 @@ class _Side:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def same_vocabulary(self, other: _Side) -> bool:
+    def same_vocabulary(self, other: ModelSide) -> bool:
         if self.vocab_size != other.vocab_size:
             return False
         return self.tokenizer.get_vocab() == other.tokenizer.get_vocab()
@@ -202,7 +202,7 @@ def prompt_lengths(loaded: Any, prompts: Sequence[Prompt | str]) -> list[int]:
     `loaded` may come from `jaxrank.lm.loading.load_tokenizer` (no weights): memory plans use this
     before any model is loaded.
     """
-    side = _Side(loaded, "model")
+    side = ModelSide(loaded, "model")
     return [len(side.prompt_ids(p.text if isinstance(p, Prompt) else str(p))) for p in prompts]
 
 
@@ -212,7 +212,7 @@ def _is_model_mesh(mesh: jax.sharding.Mesh) -> bool:
     return set(mesh.axis_names) <= set(MESH_AXES)
 
 
-def _place_side(side: _Side, mesh: jax.sharding.Mesh) -> None:
+def _place_side(side: ModelSide, mesh: jax.sharding.Mesh) -> None:
     """Lay `side`'s parameters out on `mesh` and shard its batches over the mesh's batch axes.
 
     A model mesh (`jaxrank.lm.sharding.make_model_mesh`: "data", "fsdp", "tensor") shards the weights
@@ -246,7 +246,7 @@ def _batch_multiple(mesh: jax.sharding.Mesh) -> int:
     return math.prod(int(mesh.shape[a]) for a in _batch_axes(mesh))
 
 
-def _shard_rows(mesh: jax.sharding.Mesh | None, *arrays: np.ndarray) -> tuple[Any, ...]:
+def shard_rows(mesh: jax.sharding.Mesh | None, *arrays: np.ndarray) -> tuple[Any, ...]:
     """Host `[batch, ...]` arrays split over the mesh's batch axes (unchanged without a mesh); the
     jitted scorers then run partitioned by GSPMD, one slice of the batch per device."""
     if mesh is None:
@@ -264,7 +264,7 @@ class _Static:
     model: Any
 
 
-def _merge(graphdef: Any, state: Any) -> Any:
+def merge_model(graphdef: Any, state: Any) -> Any:
     if isinstance(graphdef, _Static):
         return graphdef.model
     return nnx.merge(graphdef, state)
@@ -398,7 +398,7 @@ def token_scores(
 @functools.lru_cache(maxsize=64)
 def _token_scorer(graph_a: Any, graph_b: Any, metrics: tuple[str, ...], fused: bool, block_size: int | None):
     def score(state_a, state_b, *arrays):
-        return token_scores(_merge(graph_a, state_a), _merge(graph_b, state_b), *arrays, metrics=metrics,
+        return token_scores(merge_model(graph_a, state_a), merge_model(graph_b, state_b), *arrays, metrics=metrics,
                             fused=fused, block_size=block_size)
 
     return jax.jit(score)
@@ -412,7 +412,7 @@ def _logprob_scorer(graph: Any, block_size: int | None):
         Only the scored positions reach the head (`[B, C, d]` gathered from `[B, T, d]`): the prompt's
         positions cost no `d x vocab` work.
         """
-        model = _merge(graph, state)
+        model = merge_model(graph, state)
         h, _ = model.hidden_states(ids, attention_mask=mask)
         h = _gather(h, at)  # [B, C, d]
         b, c, d = h.shape
@@ -468,13 +468,13 @@ def _as_prompts(prompts: Sequence[Prompt | str]) -> list[Prompt]:
     return out
 
 
-def _forward_estimate(side: _Side, rows: int, length: int) -> int:
+def _forward_estimate(side: ModelSide, rows: int, length: int) -> int:
     from jaxrank.lm.memory import forward_bytes
 
     return forward_bytes(side.config, rows, length) if side.config is not None else 0
 
 
-def _plan(side: _Side, rows: int, length: int, *, what: str, **kwargs: Any) -> None:
+def _plan(side: ModelSide, rows: int, length: int, *, what: str, **kwargs: Any) -> None:
     """The memory plan of one call (`jaxrank.lm.memory.check_forward`), before its arrays exist: a batch that
     cannot fit is refused with the estimate, naming `batch_size` or `max_length`."""
     if side.config is None:  # a plain callable without a config: nothing to estimate from
@@ -484,7 +484,7 @@ def _plan(side: _Side, rows: int, length: int, *, what: str, **kwargs: Any) -> N
     check_forward(side.config, rows, length, what=what, **kwargs)
 
 
-def _is_fused(implementation: str, a: _Side, metrics: Sequence[str]) -> bool:
+def _is_fused(implementation: str, a: ModelSide, metrics: Sequence[str]) -> bool:
     """Token mode: score through the fused (vocabulary-blockwise) kernel rather than materialised logits."""
     fused = implementation == "fused" or (implementation == "auto" and a.vocab_size > FUSED_VOCAB_THRESHOLD)
     if fused and "jensen_shannon" in metrics:
@@ -494,7 +494,7 @@ def _is_fused(implementation: str, a: _Side, metrics: Sequence[str]) -> bool:
     return fused
 
 
-def _plan_up_front(a: _Side, b: _Side, items: list[_Item], mode: str, batch_size: int, max_new_tokens: int,
+def _plan_up_front(a: ModelSide, b: ModelSide, items: list[_Item], mode: str, batch_size: int, max_new_tokens: int,
                    context: int | None, symmetric: bool, fused: bool, block_size: int | None,
                    generates: bool) -> None:
     """Before any model runs: the memory plan of the longest batch of each stage whose length is known now
@@ -524,7 +524,7 @@ def _notify(progress: ProgressFn | None, stage: str, advance: int, total: int, t
 
 
 def _generate(
-    side: _Side,
+    side: ModelSide,
     rows: list[list[int]],
     *,
     keys: jax.Array | None,
@@ -569,7 +569,7 @@ def _generate(
     return out
 
 
-def _resolve_mode(mode: str, a: _Side, b: _Side) -> str:
+def _resolve_mode(mode: str, a: ModelSide, b: ModelSide) -> str:
     v.check_choice(mode, "mode", MODES)
     same = a.same_vocabulary(b)
     if mode == "auto":
@@ -671,7 +671,7 @@ def prioritize_prompts(
       >>> rows = prioritize_prompts(a, b, ["Why is the sky blue?", "2+2?"], mode="sequence")
       >>> rows[0]["rank"], rows[0]["kl"], rows[0]["stderr"]
     """
-    side_a, side_b = _Side(model_a, "model_a"), _Side(model_b, "model_b")
+    side_a, side_b = ModelSide(model_a, "model_a"), ModelSide(model_b, "model_b")
     items_prompts = _as_prompts(prompts)
     mode = _resolve_mode(mode, side_a, side_b)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -740,8 +740,8 @@ def prioritize_prompts(
             limit = context - max_new_tokens
             if len(ids_a) > limit or len(ids_b) > limit:
                 item.truncated = True
-                item.ids_a = _truncate_left(ids_a, limit, side_a.bos)
-                item.ids_b = _truncate_left(ids_b, limit, side_b.bos)
+                item.ids_a = truncate_left(ids_a, limit, side_a.bos)
+                item.ids_b = truncate_left(ids_b, limit, side_b.bos)
         items.append(item)
     n_truncated = sum(it.truncated for it in items)
     if n_truncated:
@@ -890,7 +890,7 @@ def _stage_totals(mode: str, prompts: int, samples: int, symmetric: bool, genera
     return {name: prompts * samples for name, _, _ in _stage_names(mode, symmetric, generates)}
 
 
-def _work_plan(a: _Side, b: _Side, items: list[_Item], chunks: list[list[int]], *, mode: str, samples: int,
+def _work_plan(a: ModelSide, b: ModelSide, items: list[_Item], chunks: list[list[int]], *, mode: str, samples: int,
                symmetric: bool, generates: bool, max_new_tokens: int, batch_size: int, context: int | None,
                fused: bool, finished: int) -> WorkPlan:
     room = None if context is None else context - max_new_tokens
@@ -995,7 +995,7 @@ def _token_chunk(a, b, items, metrics, completions, max_new_tokens, batch_size, 
             count[j, :n] = True
         # Padding rows copy the first row's positions so that no row has an empty mask.
         at_a[len(its) :], at_b[len(its) :], count[len(its) :] = at_a[0], at_b[0], count[0]
-        out = scorer(a.state, b.state, *_shard_rows(a.mesh, ids_a, mask_a, at_a, ids_b, mask_b, at_b, count))
+        out = scorer(a.state, b.state, *shard_rows(a.mesh, ids_a, mask_a, at_a, ids_b, mask_b, at_b, count))
         out = to_host(out)
         for j, it in enumerate(its):
             results[it.index] = {k: float(out[k][j]) for k in metrics}
@@ -1020,7 +1020,7 @@ def _token_chunk(a, b, items, metrics, completions, max_new_tokens, batch_size, 
     return rows
 
 
-def _sequence_logprobs(side: _Side, pairs: list[tuple[list[int], list[int]]], batch_size: int,
+def sequence_logprobs(side: ModelSide, pairs: list[tuple[list[int], list[int]]], batch_size: int,
                        context: int | None, block_size: int | None, progress, stage: str, total: int):
     """Sum of log p(completion | prompt) under `side` for each (prompt ids, completion ids) pair."""
     scorer = _logprob_scorer(side.graphdef, block_size)
@@ -1040,7 +1040,7 @@ def _sequence_logprobs(side: _Side, pairs: list[tuple[list[int], list[int]]], ba
             at[j, : len(c)] = len(p) - 1 + np.arange(len(c))
             targets[j, : len(c)] = c
             count[j, : len(c)] = True
-        lp = to_host(scorer(side.state, *_shard_rows(side.mesh, ids, mask, at, targets, count)))
+        lp = to_host(scorer(side.state, *shard_rows(side.mesh, ids, mask, at, targets, count)))
         out[batch] = lp[: len(batch)]
         _notify(progress, stage, len(batch), total, int(mask[: len(batch)].sum()))
     return out
@@ -1051,12 +1051,12 @@ def _fit(prompt_ids: list[int], comp_ids: list[int], context: int | None, bos: i
     if context is None or len(prompt_ids) + len(comp_ids) <= context:
         return prompt_ids, comp_ids, False
     comp_ids = comp_ids[: context - 1]
-    prompt_ids = _truncate_left(prompt_ids, max(1, context - len(comp_ids)), bos)
+    prompt_ids = truncate_left(prompt_ids, max(1, context - len(comp_ids)), bos)
     comp_ids = comp_ids[: context - len(prompt_ids)]
     return prompt_ids, comp_ids, True
 
 
-def _direction(p: _Side, q: _Side, items: list[_Item], texts: list[list[str]], batch_size, context,
+def _direction(p: ModelSide, q: ModelSide, items: list[_Item], texts: list[list[str]], batch_size, context,
                block_size, progress, label, totals):
     """log p_P(y) and log p_Q(y) for every sample text y, each model with its own template and tokenizer;
     `owners[k]` is the position in `items` of the prompt of pair k."""
@@ -1078,8 +1078,8 @@ def _direction(p: _Side, q: _Side, items: list[_Item], texts: list[list[str]], b
             owners.append(pos)
             nbytes.append(len(text.encode("utf-8")) if cp and cq else 0)
     stage_p, stage_q = f"score {label} ({p.label})", f"score {label} ({q.label})"
-    lp_p = _sequence_logprobs(p, pairs_p, batch_size, context, block_size, progress, stage_p, totals[stage_p])
-    lp_q = _sequence_logprobs(q, pairs_q, batch_size, context, block_size, progress, stage_q, totals[stage_q])
+    lp_p = sequence_logprobs(p, pairs_p, batch_size, context, block_size, progress, stage_p, totals[stage_p])
+    lp_q = sequence_logprobs(q, pairs_q, batch_size, context, block_size, progress, stage_q, totals[stage_q])
     return lp_p, lp_q, np.asarray(nbytes), owners
 
 
@@ -1092,7 +1092,7 @@ def _per_prompt(values: np.ndarray, owners: list[int], n_items: int, width: int)
     return out
 
 
-def _sample_texts(side: _Side, items: list[_Item], key: jax.Array, samples: int, max_new_tokens, batch_size,
+def _sample_texts(side: ModelSide, items: list[_Item], key: jax.Array, samples: int, max_new_tokens, batch_size,
                   context, progress, stage, total) -> list[list[str]]:
     prompt_of = (lambda it: it.ids_a) if side.label == "model_a" else (lambda it: it.ids_b)
     rows = [prompt_of(it) for it in items for _ in range(samples)]

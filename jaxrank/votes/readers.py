@@ -39,7 +39,6 @@ from jaxrank.votes.table import (
     TIE,
     Votes,
     id_strings,
-    is_missing,
     missing_mask,
     outcome_codes,
 )
