@@ -170,11 +170,10 @@ def main() -> None:
                 if method in ("last-k", "lora"):
                     if encoder != "smollm2-135m-instruct" or seed not in (lora_seeds if method == "lora" else ft_seeds):
                         continue
-                    fit = train_p2l_finetune(
+                    fit = train_p2l_finetune(jax.random.key(seed),
                         lm.model, ids, mask, train, mode=method, k=args.k, lora_rank=args.lora_rank,
                         delta_l2=args.ft_delta_l2, learning_rate=args.ft_lr, head_learning_rate=args.ft_head_lr,
-                        batch_prompts=args.ft_batch_prompts, max_epochs=args.ft_epochs, val_fraction=args.val_fraction,
-                        key=jax.random.key(seed), prefix=prefix if method == "last-k" else None)
+                        batch_prompts=args.ft_batch_prompts, max_epochs=args.ft_epochs, val_fraction=args.val_fraction, prefix=prefix if method == "last-k" else None)
                     seconds[method] = time.perf_counter() - t0
                     beta = np.asarray(fit.coefficients(lm.model, ids, mask, batch_size=args.ft_batch_prompts,
                                                        prefix=prefix if method == "last-k" else None)[0])

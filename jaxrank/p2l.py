@@ -984,7 +984,7 @@ class DeltaL2Choice(NamedTuple):
 
 
 def choose_delta_l2(
-    features: Any, votes: Votes, grid: Sequence[float], *, folds: int = 5, key: jax.Array | None = None,
+    key: jax.Array, features: Any, votes: Votes, grid: Sequence[float], *, folds: int = 5,
     **train_kwargs: Any,
 ) -> DeltaL2Choice:
     r"""Choose the residual head's `delta_l2` by K-fold cross-validation over PROMPTS.
@@ -1007,7 +1007,7 @@ def choose_delta_l2(
         `DeltaL2Choice`.
 
     Example:
-        >>> choice = choose_delta_l2(feats, votes, (1e-3, 1e-2, 1e-1, 1.0), folds=5)       # doctest: +SKIP
+        >>> choice = choose_delta_l2(jax.random.key(0), feats, votes, (1e-3, 1e-2, 1e-1, 1.0), folds=5)       # doctest: +SKIP
         >>> model = train_p2l(feats, votes, delta_l2=choice.chosen)                          # doctest: +SKIP
     """
     if not isinstance(votes, Votes) or votes.prompt is None:
@@ -1023,7 +1023,7 @@ def choose_delta_l2(
     present = np.unique(votes.prompt)
     if present.size < folds:
         raise ValueError(f"folds={folds} needs at least as many prompts, the votes have {present.size}")
-    k_folds, k_train = jax.random.split(jax.random.key(0) if key is None else key)
+    k_folds, k_train = jax.random.split(key)
     order = present[np.asarray(jax.random.permutation(k_folds, present.size))]
     parts = np.array_split(order, folds)
     fold_nll = np.zeros((folds, len(grid)))

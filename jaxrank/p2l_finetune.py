@@ -32,7 +32,7 @@ Example:
     >>> from jaxrank.lm import load_model                                              # doctest: +SKIP
     >>> lm = load_model("smollm2-135m-instruct")                                        # doctest: +SKIP
     >>> ids, mask = tokenize_prompts(lm, votes.prompt_text, max_length=64)              # doctest: +SKIP
-    >>> fit = train_p2l_finetune(lm.model, ids, mask, votes, mode="last-k", k=2)        # doctest: +SKIP
+    >>> fit = train_p2l_finetune(jax.random.key(0), lm.model, ids, mask, votes, mode="last-k", k=2)        # doctest: +SKIP
     >>> beta, _ = fit.coefficients(lm.model, ids, mask)                                  # doctest: +SKIP
 """
 
@@ -427,6 +427,7 @@ def _unflat(flat: dict[str, Any], like: Any) -> Any:
 
 
 def train_p2l_finetune(
+    key: jax.Array,
     model: Any,
     ids: Any,
     mask: Any,
@@ -450,7 +451,6 @@ def train_p2l_finetune(
     val_fraction: float = 0.1,
     patience: int | None = None,
     dtype: Any = jnp.bfloat16,
-    key: jax.Array | None = None,
     mesh: jax.sharding.Mesh | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
@@ -488,7 +488,7 @@ def train_p2l_finetune(
             candidate); 0: keep the last.
         patience: epochs without validation improvement before stopping (None: never).
         dtype: compute and frozen-weight dtype (bfloat16 default; float32 for exact comparisons).
-        key: PRNG key (split, shuffle, LoRA initialisation); default `jax.random.key(0)`.
+        key: PRNG key (split, shuffle, LoRA initialisation), first and required like every random function's.
         mesh: optional `jax.sharding.Mesh`; the prompts of each micro-batch are split over all its devices.
         checkpoint_dir, checkpoint_every, resume, stop_after: orbax checkpoints and exact resume (as `train_p2l`).
         encoder: the backbone's name, recorded.
@@ -561,7 +561,8 @@ def train_p2l_finetune(
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
-    key = jax.random.key(0) if key is None else key
+    if not isinstance(key, jax.Array):
+        raise TypeError(f"key must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__}")
     k_split, k_init, k_shuffle = jax.random.split(key, 3)
     seed = int(np.asarray(jax.random.randint(k_init, (), 0, 2**31 - 1)))
 
@@ -801,7 +802,7 @@ def _run_prefix(graph, state, ids, mask, stop, batch, mesh):
 def frozen_prefix(model: Any, ids: Any, mask: Any, *, k: int, dtype: Any = jnp.bfloat16,
                   batch_size: int = 16) -> np.ndarray:
     """float32[P, T, hidden]: the residual stream entering block `L - k` of `model` (in `dtype`) for every prompt,
-    the frozen part of `mode="last-k"` run once; pass it as `train_p2l_finetune(prefix=...)` to share it
+    the frozen part of `mode="last-k"` run once; pass it as `train_p2l_finetune(key, ..., prefix=...)` to share it
     between trainings."""
     ids, mask = _check_tokens(ids, mask)
     layers = model.config.num_layers

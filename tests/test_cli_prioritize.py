@@ -265,3 +265,18 @@ def test_resume_refuses_other_settings_and_foreign_files(models, prompts_file, t
     assert main(["prioritize", "--model-a", models["a"], "--model-b", models["b"], "--prompts", str(prompts_file),
                  "--resume"]) == 2
     assert "--resume continues a run that writes --out FILE" in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_any_prompt_finished_leaves_no_journal(models, prompts_file, tmp_path, monkeypatch):
+    # Ctrl-C while the models load (minutes for real checkpoints): nothing finished, so no journal may remain
+    # to refuse the next run (with the same or other options) until the user deletes it by hand.
+    import jaxrank.commands.prioritize as cmd
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cmd, "_load", interrupted)
+    out = tmp_path / "ranked.jsonl"
+    assert main(_seq_argv(models, prompts_file, out)) == 130
+    assert not out.exists() and not (tmp_path / "ranked.jsonl.journal.jsonl").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.jsonl"]  # no hidden temporary sibling either

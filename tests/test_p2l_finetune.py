@@ -170,7 +170,7 @@ def test_accumulated_micro_batches_equal_one_batch(data, mode):
 @pytest.fixture(scope="module")
 def uninterrupted(data):
     model, ids, mask, votes = data
-    return ft.train_p2l_finetune(model, ids, mask, votes, mode="last-k", key=jax.random.key(5), **OPTS)
+    return ft.train_p2l_finetune(jax.random.key(5), model, ids, mask, votes, mode="last-k", **OPTS)
 
 
 def _assert_same(fit_a, fit_b, exact: bool):
@@ -199,12 +199,12 @@ def test_training_starts_at_the_global_fit_and_learns(data, uninterrupted):
 
 def test_resume_equals_uninterrupted(data, uninterrupted, tmp_path):
     model, ids, mask, votes = data
-    kw = dict(mode="last-k", key=jax.random.key(5), checkpoint_dir=tmp_path / "ck", **OPTS)
-    ft.train_p2l_finetune(model, ids, mask, votes, stop_after=1, **kw)
+    kw = dict(mode="last-k", checkpoint_dir=tmp_path / "ck", **OPTS)
+    ft.train_p2l_finetune(jax.random.key(5), model, ids, mask, votes, stop_after=1, **kw)
     with pytest.raises(ValueError, match="already holds checkpoints"):
-        ft.train_p2l_finetune(model, ids, mask, votes, **kw)
+        ft.train_p2l_finetune(jax.random.key(5), model, ids, mask, votes, **kw)
     prefix = ft.frozen_prefix(model, ids, mask, k=2, dtype=jnp.float32, batch_size=8)
-    resumed = ft.train_p2l_finetune(model, ids, mask, votes, resume=True, prefix=prefix, **kw)
+    resumed = ft.train_p2l_finetune(jax.random.key(5), model, ids, mask, votes, resume=True, prefix=prefix, **kw)
     _assert_same(resumed, uninterrupted, exact=True)
     assert resumed.history == uninterrupted.history
     # Saved and loaded: the same coefficients.
@@ -221,7 +221,7 @@ def test_sharded_equals_unsharded(data, uninterrupted):
     if jax.device_count() < 8:
         pytest.skip("needs 8 (faked) devices")
     mesh = jax.make_mesh((8,), ("data",), devices=jax.devices()[:8])
-    sharded = ft.train_p2l_finetune(model, ids, mask, votes, mode="last-k", key=jax.random.key(5), mesh=mesh, **OPTS)
+    sharded = ft.train_p2l_finetune(jax.random.key(5), model, ids, mask, votes, mode="last-k", mesh=mesh, **OPTS)
     _assert_same(sharded, uninterrupted, exact=False)
     np.testing.assert_allclose(sharded.history["val_nll"], uninterrupted.history["val_nll"], rtol=1e-5)
 
@@ -229,20 +229,20 @@ def test_sharded_equals_unsharded(data, uninterrupted):
 def test_bad_inputs(data):
     model, ids, mask, votes = data
     with pytest.raises(ValueError, match="mode must be one of"):
-        ft.train_p2l_finetune(model, ids, mask, votes, mode="full")
+        ft.train_p2l_finetune(jax.random.key(0), model, ids, mask, votes, mode="full")
     with pytest.raises(ValueError, match=r"k must be in \[1, 4\]"):
-        ft.train_p2l_finetune(model, ids, mask, votes, k=5)
+        ft.train_p2l_finetune(jax.random.key(0), model, ids, mask, votes, k=5)
     with pytest.raises(ValueError, match="multiple of accumulate"):
-        ft.train_p2l_finetune(model, ids, mask, votes, batch_prompts=6, accumulate=4)
+        ft.train_p2l_finetune(jax.random.key(0), model, ids, mask, votes, batch_prompts=6, accumulate=4)
     with pytest.raises(ValueError, match="lora_targets must name"):
-        ft.train_p2l_finetune(model, ids, mask, votes, mode="lora", lora_targets=("attn_norm",))
+        ft.train_p2l_finetune(jax.random.key(0), model, ids, mask, votes, mode="lora", lora_targets=("attn_norm",))
     with pytest.raises(ValueError, match="mask must have the shape"):
-        ft.train_p2l_finetune(model, ids, mask[:, :3], votes)
+        ft.train_p2l_finetune(jax.random.key(0), model, ids, mask[:, :3], votes)
     holed = mask.copy()
     holed[:, 1], holed[:, 2] = False, True
     with pytest.raises(ValueError, match="right padding"):
-        ft.train_p2l_finetune(model, ids, holed, votes)
+        ft.train_p2l_finetune(jax.random.key(0), model, ids, holed, votes)
     with pytest.raises(ValueError, match="indexes prompt"):
-        ft.train_p2l_finetune(model, ids[:4], mask[:4], votes)
+        ft.train_p2l_finetune(jax.random.key(0), model, ids[:4], mask[:4], votes)
     with pytest.raises(TypeError, match="CausalLM"):
-        ft.train_p2l_finetune(object(), ids, mask, votes)
+        ft.train_p2l_finetune(jax.random.key(0), object(), ids, mask, votes)

@@ -231,17 +231,17 @@ def test_kfold_choice_of_delta_l2():
 
     opts = {k: v for k, v in CONFIG.items() if k not in ("delta_l2", "val_fraction")}
     x, votes = arena(3, informative=True)
-    good = choose_delta_l2(x, votes, GRID, folds=3, key=jax.random.key(0), **opts)
+    good = choose_delta_l2(jax.random.key(0), x, votes, GRID, folds=3, **opts)
     assert good.fold_nll.shape == (3, len(GRID)) and np.isfinite(good.fold_nll).all()
     assert good.chosen == GRID[0]
     assert (good.fold_nll[:, 0] < good.global_nll).all()
     noise = np.random.default_rng(4).normal(size=x.shape).astype(np.float32)
-    bad = choose_delta_l2(noise, votes, GRID, folds=3, key=jax.random.key(0), **opts)
+    bad = choose_delta_l2(jax.random.key(0), noise, votes, GRID, folds=3, **opts)
     assert bad.chosen == GRID[-1]
     np.testing.assert_allclose(bad.mean_nll[-1], np.average(bad.global_nll, weights=None), rtol=2e-2)
     with pytest.raises(ValueError, match="folds must be an int >= 2"):
-        choose_delta_l2(x, votes, GRID, folds=1)
+        choose_delta_l2(jax.random.key(0), x, votes, GRID, folds=1)
     with pytest.raises(ValueError, match="sets val_fraction itself"):
-        choose_delta_l2(x, votes, GRID, val_fraction=0.2)
+        choose_delta_l2(jax.random.key(0), x, votes, GRID, val_fraction=0.2)
     with pytest.raises(ValueError, match="val_prompts must be"):
         train_p2l(x, votes, val_prompts=[10_000], **opts)

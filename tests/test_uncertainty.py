@@ -15,6 +15,7 @@ from jaxrank.ratings.uncertainty import (
     BootstrapResult,
     SandwichResult,
     bootstrap_ratings,
+    multinomial_counts,
     resampled_weights,
     load_leaderboard,
     rank_upper_bound,
@@ -75,23 +76,48 @@ def test_rank_upper_bound_hand_example():
         rank_upper_bound(lower, upper[:3])
 
 
-def test_bootstrap_rounds_are_exact_refits(small):
+@pytest.mark.parametrize("sampler", ["votes", "multinomial"])
+def test_bootstrap_rounds_are_exact_refits(small, sampler):
     key = jax.random.key(7)
-    boot = bootstrap_ratings(key, small, num_rounds=8, chunk_size=5, sampler="votes")
+    boot = bootstrap_ratings(key, small, num_rounds=8, chunk_size=5, sampler=sampler)
     assert boot.samples.shape == (8, M) and bool(boot.converged.all())
     count = np.asarray(small.rows().count)
-    weights = np.asarray(resampled_weights(key, small, num_rounds=8, sampler="votes"))
+    weights = np.asarray(resampled_weights(key, small, num_rounds=8, sampler=sampler))
     for r in (0, 7):  # the second chunk's last round too
         w = weights[r][: count.size]
         assert w.sum() == count.sum()
         ref = 1000.0 + K * scipy_fit_half(w.astype(np.float64))
         np.testing.assert_allclose(np.asarray(boot.samples[r]), ref, atol=0.01)
+    if sampler == "multinomial":  # the rounds do not depend on how they are chunked
+        other = bootstrap_ratings(key, small, num_rounds=8, chunk_size=3, sampler=sampler)
+        np.testing.assert_allclose(np.asarray(other.samples), np.asarray(boot.samples), atol=1e-3)
+        return
     # L-BFGS rounds (cold start) land on the same optima as the warm-started Newton rounds.
     lb = bootstrap_ratings(key, small, num_rounds=8, chunk_size=8, solver="lbfgs", sampler="votes")
     np.testing.assert_allclose(np.asarray(lb.samples), np.asarray(boot.samples), atol=0.05)
     r = np.asarray(boot.samples, np.float64)
     np.testing.assert_allclose(np.asarray(boot.lower), np.quantile(r, 0.025, axis=0), atol=1e-3)
     np.testing.assert_allclose(np.asarray(boot.median), np.quantile(r, 0.5, axis=0), atol=1e-3)
+
+
+def test_multinomial_counts_are_exact_multinomial_draws_keyed_per_round():
+    n, prob, rounds = 50, np.array([0.1, 0.2, 0.3, 0.4, 0.0]), 4000
+    keys = jax.random.split(jax.random.key(3), rounds)
+    c = np.asarray(multinomial_counts(keys, n, prob), np.float64)
+    assert c.shape == (rounds, 5) and np.all(c.sum(axis=1) == n) and np.all(c[:, 4] == 0)
+    assert np.all(c == np.round(c)) and np.all(c >= 0)
+    # moments: mean n p and covariance n (diag p - p p^T), within Monte-Carlo error
+    se_mean = np.sqrt(n * prob * (1 - prob) / rounds)
+    assert np.all(np.abs(c.mean(0) - n * prob) <= 4 * se_mean + 1e-12), (c.mean(0) - n * prob) / (se_mean + 1e-12)
+    cov = n * (np.diag(prob) - np.outer(prob, prob))
+    np.testing.assert_allclose(np.cov(c[:, :4].T), cov[:4, :4], atol=0.15 * n * 0.25)
+    # each round is a function of its own key: a prefix of the keys gives a prefix of the rounds
+    np.testing.assert_array_equal(np.asarray(multinomial_counts(keys[:7], n, prob)), c[:7])
+    assert abs(np.corrcoef(c[:-1, 3], c[1:, 3])[0, 1]) < 0.06  # neighbouring rounds independent
+    for bad, match in [((keys[0], n, prob), "keys must be a 1-D"), ((keys, -1, prob), "n must be a non-negative"),
+                       ((keys, n, np.zeros(3)), "prob must be"), ((keys, n, np.array([0.5, np.nan])), "prob must be")]:
+        with pytest.raises(ValueError, match=match):
+            multinomial_counts(*bad)
 
 
 def test_bootstrap_multinomial_sampler_and_progress(small):

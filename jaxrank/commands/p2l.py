@@ -294,6 +294,8 @@ def run_train(args: argparse.Namespace) -> int:
     present, first = np.unique(np.asarray(votes.prompt), return_index=True)
     appearance = present[np.argsort(first, kind="stable")]  # prompt-table index of the r-th prompt to appear
     prompts = [votes.prompt_text[i] for i in appearance]
+    if args.finetune and not (len(delta_l2) > 1 and args.folds):
+        return _run_finetune(args, votes, out, delta_l2[0])  # frozen features are only needed to choose the L2
     if args.features:
         feats, encoder = _load_features(args.features, len(prompts)), None
     else:
@@ -309,7 +311,7 @@ def run_train(args: argparse.Namespace) -> int:
         with warnings.catch_warnings(record=True) as caught, resource_flags(batch_size="--batch-size"), \
                 _diverged_hint(args.lr):
             warnings.simplefilter("always")
-            choice = choose_delta_l2(feats, votes, delta_l2, folds=args.folds, key=jax.random.key(args.seed),
+            choice = choose_delta_l2(jax.random.key(args.seed), feats, votes, delta_l2, folds=args.folds,
                                      loss=args.loss, hidden=hidden, learning_rate=args.lr,
                                      weight_decay=args.weight_decay, batch_size=args.batch_size,
                                      max_epochs=args.epochs, patience=args.patience)
@@ -367,12 +369,11 @@ def _run_finetune(args: argparse.Namespace, votes: Any, out: Any, delta_l2: floa
         bar.update(task, completed=epoch, rate=f"val NLL {metrics['val_nll']:.4f}")
 
     with bar, _diverged_hint(args.lr):
-        fit = train_p2l_finetune(
+        fit = train_p2l_finetune(jax.random.key(args.seed),
             loaded.model, ids, mask, votes, mode=args.finetune, k=args.k, lora_rank=args.lora_rank, loss=args.loss,
             delta_l2=delta_l2, learning_rate=args.backbone_lr, head_learning_rate=args.lr,
             weight_decay=args.weight_decay or 0.0, batch_prompts=args.batch_prompts, accumulate=args.accumulate,
-            max_epochs=args.epochs, val_fraction=args.val_fraction, patience=args.patience,
-            key=jax.random.key(args.seed), checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+            max_epochs=args.epochs, val_fraction=args.val_fraction, patience=args.patience, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
             encoder=args.encoder, progress=update)
     save_p2l_finetune(fit, out)
     h = fit.history

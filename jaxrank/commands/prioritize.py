@@ -456,7 +456,9 @@ def run(args: argparse.Namespace) -> int:
         with resource_flags(batch_size="--batch-size", max_length="--max-length"):
             rows = rank_prompts(args, prompts, journal)
     except BaseException:
-        if journal is not None and journal.records:
+        if journal is not None and not journal.records:
+            journal.remove()  # nothing finished: a rerun (with any options) starts cleanly
+        elif journal is not None:
             err_console.print(f"jaxrank prioritize: {len(journal.records)} finished prompts are kept in {journal.path}; "
                               "run the same command with --resume to continue", highlight=False, markup=False,
                               soft_wrap=True)

@@ -46,6 +46,7 @@ __all__ = [
     "bootstrap_plan",
     "bootstrap_ratings",
     "resampled_weights",
+    "multinomial_counts",
     "sandwich_intervals",
     "rank_upper_bound",
     "rank_by_rating",
@@ -494,7 +495,13 @@ def multinomial_counts(keys: jax.Array, n: int, prob: Any) -> jax.Array:
     bootstrap of 7,040 votes on CPU, against a few milliseconds here; the counts then move to the device
     once. `prob` (float64 [T], summing to 1 over its non-zero entries) should be exact shares (`count / n`).
     """
+    if not isinstance(keys, jax.Array) or keys.ndim != 1:
+        raise ValueError(f"keys must be a 1-D array of JAX keys (one per round), got {getattr(keys, 'shape', type(keys))}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be a non-negative integer (the number of draws per round), got {n!r}")
     prob = np.asarray(prob, np.float64)
+    if prob.ndim != 1 or not np.all(np.isfinite(prob)) or np.any(prob < 0) or not prob.sum() > 0:
+        raise ValueError("prob must be a 1-D array of finite, non-negative shares with a positive sum")
     prob = prob / prob.sum()
     words = np.asarray(jax.random.key_data(keys)).reshape(keys.shape[0], -1).astype(np.uint64)
     out = np.empty((keys.shape[0], prob.shape[0]), np.float32)
@@ -613,7 +620,9 @@ def _newton(x0, weight, a, b, outcome, component, tables, features, setup: _Setu
         x = centre(jnp.where(take, state.x - t * step, state.x))
         moved = jnp.where(take, jnp.max(jnp.abs(t * step), axis=0), 0.0)
         done = state.done | (moved < tol) | ~ok
-        return _NewtonState(x, jnp.where(take, v, state.value), jnp.where(active, moved, state.step_size),
+        # A round whose line search failed stops where it is, NOT converged (its step size is not small).
+        step_size = jnp.where(active & ~ok, jnp.inf, jnp.where(active, moved, state.step_size))
+        return _NewtonState(x, jnp.where(take, v, state.value), step_size,
                             state.num_iter + 1, done)
 
     x_init = jnp.broadcast_to(x0[:, None], (dim, num_rounds))
