@@ -20,7 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from jaxrank.outputs import FIGURE_FORMATS, Output, check_output
+from jaxrank.outputs import FIGURE_FORMATS, TABLE_FORMATS, Output, check_distinct, check_output  # noqa: F401 (re-exported for the commands)
 from jaxrank.resources import ResourceError
 
 
