@@ -347,7 +347,7 @@ def run_train(args: argparse.Namespace) -> int:
     chosen = f", L2 {model.config['chosen_delta_l2']:g}" if delta_l2 is not None else ""
     console.print(f"trained {args.loss} P2L head ({kind}{chosen}) on {votes.num_votes} votes: {h['epochs']} epochs, "
                   f"best validation NLL {best:.4f} at epoch {h['best_epoch']} (prompt-blind global fit {glob:.4f}); "
-                  f"saved to {out.named}")
+                  f"saved to {out.named}", soft_wrap=True, highlight=False, markup=False)
     return 0
 
 
@@ -382,7 +382,8 @@ def _run_finetune(args: argparse.Namespace, votes: Any, out: Any, delta_l2: floa
     what = f"last {args.k} blocks" if args.finetune == "last-k" else f"LoRA rank {args.lora_rank}"
     console.print(f"fine-tuned {args.encoder} ({what}) with a residual {args.loss} P2L head (L2 {delta_l2:g}) on "
                   f"{votes.num_votes} votes: {h['epochs']} epochs, best validation NLL {best:.4f} at epoch "
-                  f"{h['best_epoch']} (prompt-blind global fit {glob:.4f}); saved to {out.named}")
+                  f"{h['best_epoch']} (prompt-blind global fit {glob:.4f}); saved to {out.named}", soft_wrap=True,
+                  highlight=False, markup=False)
     return 0
 
 
