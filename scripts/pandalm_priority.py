@@ -263,7 +263,7 @@ def _self_check(side, enc, batch, ll, *, log):
     from jaxrank.lm.pipeline import sequence_logprobs
 
     pairs = [(enc[i]["prompt"], enc[i][f"r{k}"]) for i in batch for k in ("1", "2")]
-    reference = sequence_logprobs(side, pairs, len(pairs), None, None, None, "check").reshape(len(batch), 2)
+    reference = sequence_logprobs(side, pairs, len(pairs), None, None, None, "check", len(pairs)).reshape(len(batch), 2)
     ours = ll[batch]
     err = float(np.max(np.abs(reference - ours) / np.maximum(1.0, np.abs(reference))))
     log(f"self-check: KV-cache log-likelihoods vs jaxrank.lm.pipeline sequence scorer on {len(batch)} items: "
