@@ -133,3 +133,68 @@ def describe_error(err: BaseException, limit: int = 160) -> str:
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# Training checkpoints (one step per epoch), shared by the P2L trainers
+
+
+def flat_leaves(tree: Any) -> dict[str, Any]:
+    """The leaves of any pytree under zero-padded index keys (orbax-friendly, order-preserving)."""
+    return {f"{i:06d}": leaf for i, leaf in enumerate(jax.tree_util.tree_leaves(tree))}
+
+
+def unflat_leaves(flat: Mapping[str, Any], like: Any, *, cast: bool = False) -> Any:
+    """Inverse of `flat_leaves`: the leaves put back into the structure of `like`, checked leaf by leaf
+    (count and shapes; `cast=True` also gives each leaf `like`'s dtype)."""
+    leaves = [jnp.asarray(flat[k]) for k in sorted(flat)]
+    treedef = jax.tree_util.tree_structure(like)
+    if len(leaves) != treedef.num_leaves:
+        raise ValueError(f"checkpoint holds {len(leaves)} arrays, expected {treedef.num_leaves} (other options?)")
+    wants = jax.tree_util.tree_leaves(like)
+    for got, want in zip(leaves, wants):
+        if got.shape != want.shape:
+            raise ValueError(f"checkpoint array of shape {got.shape} does not fit (expected {want.shape})")
+    if cast:
+        leaves = [x.astype(w.dtype) for x, w in zip(leaves, wants)]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def open_training_checkpoints(checkpoint_dir: str | os.PathLike, *, resume: bool,
+                              config: Mapping[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    """An orbax `CheckpointManager` over `checkpoint_dir` (items `state` and `meta`, the last 2 steps kept)
+    and, with `resume=True`, its latest step restored: `{"state": flat leaves, "meta": dict}`.
+
+    Refuses (ValueError, the manager closed) a path that is not a directory, checkpoints there without
+    `resume`, `resume` with none, and a checkpoint written with another `config` (naming the keys that
+    differ); a damaged latest step raises `UnreadableCheckpointError`.
+    """
+    path = pathlib.Path(checkpoint_dir).absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"checkpoint_dir {path} exists and is not a directory")
+    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
+        max_to_keep=2, create=True, enable_async_checkpointing=False), item_names=("state", "meta"))
+    latest = manager.latest_step()
+    if latest is not None and not resume:
+        manager.close()
+        raise ValueError(f"checkpoint_dir {path} already holds checkpoints (latest epoch {latest}); pass "
+                         "resume=True to continue, or use a new directory")
+    if not resume:
+        return manager, None
+    if latest is None:
+        manager.close()
+        raise ValueError(f"resume=True but checkpoint_dir {path} holds no checkpoint")
+    try:
+        restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                    meta=ocp.args.JsonRestore()))
+    except Exception as err:  # orbax/tensorstore raise many types for a damaged step
+        manager.close()
+        raise UnreadableCheckpointError(
+            f"checkpoint_dir {path}: the latest checkpoint (epoch {latest}) is incomplete or damaged "
+            f"({describe_error(err)}); remove that step's folder to resume from the one before") from err
+    meta = dict(restored["meta"])
+    if meta["config"] != dict(config):
+        diff = sorted(k for k in config if meta["config"].get(k) != config[k])
+        manager.close()
+        raise ValueError(f"resume=True with other options than the checkpoint's: {', '.join(diff)} differ")
+    return manager, {"state": restored["state"], "meta": meta}

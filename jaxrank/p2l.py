@@ -434,23 +434,6 @@ def _check_features(features: Any, name: str) -> jax.Array:
 # Training
 
 
-def _flat(tree: Any) -> dict[str, jax.Array]:
-    """Leaves of any pytree under zero-padded index keys (orbax-friendly; order-preserving)."""
-    return {f"{i:06d}": leaf for i, leaf in enumerate(jax.tree_util.tree_leaves(tree))}
-
-
-def _unflat(flat: dict[str, Any], like: Any) -> Any:
-    leaves = [jnp.asarray(flat[k]) for k in sorted(flat)]
-    treedef = jax.tree_util.tree_structure(like)
-    if len(leaves) != treedef.num_leaves:
-        raise ValueError(f"checkpoint holds {len(leaves)} arrays, expected {treedef.num_leaves} (a different head?)")
-    for got, want in zip(leaves, jax.tree_util.tree_leaves(like)):
-        if got.shape != want.shape:
-            raise ValueError(f"checkpoint array of shape {got.shape} does not fit the head (expected {want.shape})")
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-@functools.lru_cache(maxsize=32)
 def _make_optimizer(learning_rate: float, weight_decay: float, warmup_fraction: float, end_lr_factor: float,
                     clip_norm: float, total_steps: int):
     """`(optax transformation, schedule)`; cached, so equal options reuse one compiled epoch."""
@@ -845,42 +828,13 @@ def train_p2l(
         best_val = [float(v) for v in np.asarray(s0) / np.maximum(np.asarray(n0), 1e-30)]
     manager = None
     if checkpoint_dir is not None:
-        import orbax.checkpoint as ocp
+        from jaxrank.checkpoint import flat_leaves, open_training_checkpoints, unflat_leaves
 
-        ckpt_path = pathlib.Path(checkpoint_dir).absolute()
-        if ckpt_path.exists() and not ckpt_path.is_dir():
-            raise ValueError(f"checkpoint_dir {ckpt_path} exists and is not a directory")
-        manager = ocp.CheckpointManager(
-            ckpt_path,
-            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False),
-            item_names=("state", "meta"),
-        )
-        latest = manager.latest_step()
-        if latest is not None and not resume:
-            manager.close()
-            raise ValueError(f"checkpoint_dir {ckpt_path} already holds checkpoints (latest epoch {latest}); pass "
-                             "resume=True to continue, or use a new directory")
-        if resume:
-            if latest is None:
-                manager.close()
-                raise ValueError(f"resume=True but checkpoint_dir {ckpt_path} holds no checkpoint")
-            try:
-                restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                                            meta=ocp.args.JsonRestore()))
-            except Exception as err:  # orbax/tensorstore raise many types for a damaged step
-                from jaxrank.checkpoint import UnreadableCheckpointError, describe_error
-
-                manager.close()
-                raise UnreadableCheckpointError(
-                    f"checkpoint_dir {ckpt_path}: the latest checkpoint (epoch {latest}) is incomplete or damaged "
-                    f"({describe_error(err)}); remove that step's folder to resume from the one before") from err
-            meta = dict(restored["meta"])
-            if meta["config"] != cfg:
-                diff = sorted(k for k in cfg if meta["config"].get(k) != cfg[k])
-                manager.close()
-                raise ValueError(f"resume=True with other options than the checkpoint's: {', '.join(diff)} differ")
+        manager, restored = open_training_checkpoints(checkpoint_dir, resume=resume, config=cfg)
+        if restored is not None:
+            meta = restored["meta"]
             like = {"params": params, "opt_state": opt_state, "best_params": params}
-            state = _unflat(restored["state"], like)
+            state = unflat_leaves(restored["state"], like)
             params, opt_state, best_params = state["params"], state["opt_state"], state["best_params"]
             if mesh is not None:
                 params, opt_state, best_params = jax.device_put((params, opt_state, best_params), replicated)
@@ -890,7 +844,7 @@ def train_p2l(
     def save(epoch_done: int) -> None:
         import orbax.checkpoint as ocp
 
-        state = _flat({"params": params, "opt_state": opt_state, "best_params": best_params})
+        state = flat_leaves({"params": params, "opt_state": opt_state, "best_params": best_params})
         meta = {"config": cfg, "history": history, "best_val": [None if math.isinf(v) else v for v in best_val],
                 "bad_epochs": bad_epochs, "epoch": epoch_done}
         manager.save(epoch_done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -1062,18 +1016,18 @@ def save_p2l(model: P2LModel, path: str | os.PathLike, *, force: bool = False) -
         >>> save_p2l(model, "runs/p2l")          # doctest: +SKIP
         >>> model2 = load_p2l("runs/p2l")        # doctest: +SKIP
     """
-    from jaxrank.checkpoint import save_state
+    from jaxrank.checkpoint import flat_leaves, save_state
 
     if not isinstance(model, P2LModel):
         raise TypeError(f"model must be a P2LModel, got {type(model).__name__}")
     meta = {"kind": "jaxrank.p2l", "models": list(model.models), "loss": model.loss, "encoder": model.encoder,
             "config": model.config, "history": model.history}
-    return save_state(path, {"params": _flat(model.params), "stats": _flat(model.stats)}, metadata=meta, force=force)
+    return save_state(path, {"params": flat_leaves(model.params), "stats": flat_leaves(model.stats)}, metadata=meta, force=force)
 
 
 def load_p2l(path: str | os.PathLike) -> P2LModel:
     """Restore what `save_p2l` wrote, bit for bit."""
-    from jaxrank.checkpoint import restore_state
+    from jaxrank.checkpoint import restore_state, unflat_leaves
 
     state, meta = restore_state(path)
     if meta.get("kind") != "jaxrank.p2l":
@@ -1082,7 +1036,7 @@ def load_p2l(path: str | os.PathLike) -> P2LModel:
     _, params_like, stats_like = nnx.split(_build_head(config), nnx.Param, ...)
     return P2LModel(
         models=tuple(meta["models"]), loss=meta["loss"], encoder=meta.get("encoder"), config=config,
-        params=_unflat(state["params"], params_like), stats=_unflat(state["stats"], stats_like),
+        params=unflat_leaves(state["params"], params_like), stats=unflat_leaves(state["stats"], stats_like),
         history=dict(meta["history"]),
     )
 

@@ -410,22 +410,6 @@ def _optimizer(learning_rate, head_learning_rate, weight_decay, warmup_fraction,
     return tx
 
 
-def _flat(tree: Any) -> dict[str, Any]:
-    return {f"{i:06d}": leaf for i, leaf in enumerate(jax.tree_util.tree_leaves(tree))}
-
-
-def _unflat(flat: dict[str, Any], like: Any) -> Any:
-    leaves = [jnp.asarray(flat[k]) for k in sorted(flat)]
-    treedef = jax.tree_util.tree_structure(like)
-    if len(leaves) != treedef.num_leaves:
-        raise ValueError(f"checkpoint holds {len(leaves)} arrays, expected {treedef.num_leaves} (other options?)")
-    for got, want in zip(leaves, jax.tree_util.tree_leaves(like)):
-        if got.shape != want.shape:
-            raise ValueError(f"checkpoint array of shape {got.shape} does not fit (expected {want.shape})")
-    return jax.tree_util.tree_unflatten(treedef, [x.astype(w.dtype) for x, w in
-                                                  zip(leaves, jax.tree_util.tree_leaves(like))])
-
-
 def train_p2l_finetune(
     key: jax.Array,
     model: Any,
@@ -687,39 +671,13 @@ def train_p2l_finetune(
 
     manager = None
     if checkpoint_dir is not None:
-        import orbax.checkpoint as ocp
+        from jaxrank.checkpoint import flat_leaves, open_training_checkpoints, unflat_leaves
 
-        path = pathlib.Path(checkpoint_dir).absolute()
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"checkpoint_dir {path} exists and is not a directory")
-        manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
-            max_to_keep=2, create=True, enable_async_checkpointing=False), item_names=("state", "meta"))
-        latest = manager.latest_step()
-        if latest is not None and not resume:
-            manager.close()
-            raise ValueError(f"checkpoint_dir {path} already holds checkpoints (latest epoch {latest}); pass "
-                             "resume=True to continue, or use a new directory")
-        if resume:
-            if latest is None:
-                manager.close()
-                raise ValueError(f"resume=True but checkpoint_dir {path} holds no checkpoint")
-            try:
-                restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                                            meta=ocp.args.JsonRestore()))
-            except Exception as err:  # orbax/tensorstore raise many types for a damaged step
-                from jaxrank.checkpoint import UnreadableCheckpointError, describe_error
-
-                manager.close()
-                raise UnreadableCheckpointError(
-                    f"checkpoint_dir {path}: the latest checkpoint (epoch {latest}) is incomplete or damaged "
-                    f"({describe_error(err)}); remove that step's folder to resume from the one before") from err
-            meta = dict(restored["meta"])
-            if meta["config"] != cfg:
-                diff = sorted(x for x in cfg if meta["config"].get(x) != cfg[x])
-                manager.close()
-                raise ValueError(f"resume=True with other options than the checkpoint's: {', '.join(diff)} differ")
+        manager, restored = open_training_checkpoints(checkpoint_dir, resume=resume, config=cfg)
+        if restored is not None:
+            meta = restored["meta"]
             like = {"params": params, "opt_state": opt_state, "best": params}
-            state = _unflat(restored["state"], like)
+            state = unflat_leaves(restored["state"], like, cast=True)
             params, opt_state, best = jax.tree_util.tree_map(place, (state["params"], state["opt_state"],
                                                                       state["best"]))
             history, epoch, bad = meta["history"], int(meta["epoch"]), int(meta["bad"])
@@ -731,7 +689,7 @@ def train_p2l_finetune(
         meta = {"config": cfg, "history": history, "epoch": done, "bad": bad,
                 "best_val": None if math.isinf(best_val) else best_val}
         manager.save(done, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_flat({"params": params, "opt_state": opt_state, "best": best})),
+            state=ocp.args.StandardSave(flat_leaves({"params": params, "opt_state": opt_state, "best": best})),
             meta=ocp.args.JsonSave(meta)), force=True)
 
     last = max_epochs if stop_after is None else min(max_epochs, int(stop_after))
@@ -829,19 +787,19 @@ def _rows(mesh, x, axis: int = 0):
 def save_p2l_finetune(fit: FinetunedP2L, path: str | os.PathLike, *, force: bool = False) -> pathlib.Path:
     """Save a `FinetunedP2L` (trained weights, head, options, history) with orbax; the base model is not
     saved (it is named by `encoder`)."""
-    from jaxrank.checkpoint import save_state
+    from jaxrank.checkpoint import flat_leaves, save_state
 
     if not isinstance(fit, FinetunedP2L):
         raise TypeError(f"fit must be a FinetunedP2L, got {type(fit).__name__}")
     meta = {"kind": "jaxrank.p2l-finetune", "models": list(fit.models), "loss": fit.loss, "encoder": fit.encoder,
             "config": fit.config, "history": fit.history}
-    state = {"backbone": _flat(fit.backbone), "head": _flat(fit.head), "head_stats": _flat(fit.head_stats)}
+    state = {"backbone": flat_leaves(fit.backbone), "head": flat_leaves(fit.head), "head_stats": flat_leaves(fit.head_stats)}
     return save_state(path, state, metadata=meta, force=force)
 
 
 def load_p2l_finetune(path: str | os.PathLike, model: Any) -> FinetunedP2L:
     """Restore what `save_p2l_finetune` wrote, for the base `model` it was trained from (a `CausalLM`)."""
-    from jaxrank.checkpoint import restore_state
+    from jaxrank.checkpoint import restore_state, unflat_leaves
 
     state, meta = restore_state(path)
     if meta.get("kind") != "jaxrank.p2l-finetune":
@@ -859,5 +817,5 @@ def load_p2l_finetune(path: str | os.PathLike, model: Any) -> FinetunedP2L:
         like = {n: {"a": jnp.zeros((layers, getattr(model, n).shape[1], r), jnp.float32),
                     "b": jnp.zeros((layers, r, getattr(model, n).shape[2]), jnp.float32)} for n in cfg["lora_targets"]}
     return FinetunedP2L(models=tuple(meta["models"]), loss=meta["loss"], encoder=meta.get("encoder"), config=cfg,
-                        backbone=_unflat(state["backbone"], like), head=_unflat(state["head"], head_like),
-                        head_stats=_unflat(state["head_stats"], stats_like), history=dict(meta["history"]))
+                        backbone=unflat_leaves(state["backbone"], like, cast=True), head=unflat_leaves(state["head"], head_like, cast=True),
+                        head_stats=unflat_leaves(state["head_stats"], stats_like, cast=True), history=dict(meta["history"]))
