@@ -920,6 +920,24 @@ def _compare(ratings: np.ndarray, reference: np.ndarray, present: np.ndarray) ->
     )
 
 
+def _check_replay_memory(num_replays: int, num_models: int, num_rows: int, num_units: int, chunk_size: int, *,
+                         judge_rows: int = 0) -> None:
+    """Refuse (`jaxrank.resources.ResourceError`) a `design_curves` whose replays cannot fit in memory.
+
+    Every replay of one (design, budget) keeps its ratings, three standard errors and presence flags [M]
+    (~44 M bytes) and a few scalars; `chunk_size` replays at a time hold their sample (inclusion flags and
+    weights over the U human and J judge rows, ~24 bytes a row), the unit tables (~16 P bytes) and the fit's
+    Hessian and score sandwich [M, M] (~8 M^2 bytes)."""
+    from jaxrank.resources import check_memory
+
+    per_result = num_models * (3 * 12 + 8) + 32
+    chunk = max(1, min(int(chunk_size), int(num_replays)))
+    per_work = 4 * (6 * (num_rows + judge_rows) + 4 * num_units + 2 * num_models * num_models + 8 * num_models)
+    check_memory(num_replays * per_result + chunk * per_work,
+                 what=f"the design replays [num_replays, M] (M = {num_models} models, {num_rows} vote rows)",
+                 option="num_replays", value=num_replays, per_unit=per_result, fixed=chunk * per_work)
+
+
 def _stability_plan(method: str, num_f: int, num_prompts: int, num_votes: int, num_models: int, num_random: int,
                     num_bootstrap: int, num_permutations: int, chunk: int) -> None:
     """Refuse (`jaxrank.resources.ResourceError`) a `leaderboard_stability` whose lanes cannot fit in memory.
@@ -1488,6 +1506,8 @@ def design_curves(
     u = np.asarray(scores, np.float64)
     p_units = u.shape[0]
     counts = np.maximum(2, np.rint(shares * p_units)).astype(np.int64)
+    _check_replay_memory(num_replays, num_models, int(np.shape(human.a)[0]), p_units, chunk_size,
+                         judge_rows=0 if judge is None else int(np.shape(judge.a)[0]))
     full_sample = active.single_round(np.ones(p_units, bool), np.ones(p_units))
     full = active.fit_design_weighted(active.restrict_rows(human, np.ones(p_units, bool)), full_sample,
                                       num_models=num_models, ties=ties)

@@ -48,6 +48,7 @@ def work(tmp_path_factory):
 @pytest.fixture
 def no_work(monkeypatch):
     """Every command's work, replaced by a failure: a check that comes after it shows as a traceback."""
+    import jaxrank.active
     import jaxrank.allocation
     import jaxrank.evaluation
     import jaxrank.lm
@@ -59,6 +60,7 @@ def no_work(monkeypatch):
 
     for module, name in ((jaxrank.ratings, "fit_bradley_terry"), (jaxrank.allocation, "simulate_sweep"),
                          (jaxrank.evaluation, "tie_reduction"), (jaxrank.evaluation, "leaderboard_stability"),
+                         (jaxrank.evaluation, "design_curves"), (jaxrank.active, "inclusion_probabilities"),
                          (jaxrank.p2l, "train_p2l"), (jaxrank.p2l, "load_p2l"), (jaxrank.lm, "load_model")):
         monkeypatch.setattr(module, name, started)
 
@@ -71,6 +73,9 @@ def _commands(d: pathlib.Path) -> dict[str, tuple[list[str], str]]:
         "evaluate ties": (["evaluate", "ties", "--scores", d / "scores.csv", "--votes", d / "votes.csv"], "--out"),
         "evaluate stability": (["evaluate", "stability", "--scores", d / "scores.csv", "--votes", d / "votes.csv"],
                                "--out"),
+        "evaluate replay": (["evaluate", "replay", "--scores", d / "scores.csv", "--votes", d / "votes.csv",
+                             "--prompt-column", "prompt_id", "--replays", "4", "--budgets", "0.5"], "--out"),
+        "plan": (["plan", "--scores", d / "scores.csv", "--budget", "5"], "--out"),
         "p2l train": (["p2l", "train", d / "votes.csv", "--prompts-column", "question", "--features", d / "feats.npy"],
                       "--out"),
         "p2l leaderboard": (["p2l", "leaderboard", d / "model", d / "prompts.txt", "--features", d / "feats.npy"],
@@ -82,7 +87,7 @@ def _commands(d: pathlib.Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-COMMANDS = ["leaderboard", "budget", "evaluate ties", "evaluate stability", "p2l train", "p2l leaderboard",
+COMMANDS = ["leaderboard", "budget", "evaluate ties", "evaluate stability", "evaluate replay", "plan", "p2l train", "p2l leaderboard",
             "p2l route", "prioritize"]
 DIR_OUTPUT = {"p2l train"}  # --out is a model directory
 
@@ -117,7 +122,8 @@ CLASSES = {
     "missing folder": (lambda d, c, tmp: tmp / "no" / "such" / ("m" if c in DIR_OUTPUT else "x.csv"), "does not exist"),
     "parent is a file": (lambda d, c, tmp: d / "votes.csv" / ("m" if c in DIR_OUTPUT else "x.csv"), "is not a folder"),
     "output is the input": (lambda d, c, tmp: d / ("prompts.txt" if c in ("p2l leaderboard", "p2l route", "prioritize")
-                                                   else "votes.csv" if c != "budget" else "judge.jsonl"),
+                                                   else "scores.csv" if c == "plan"
+                                                   else "judge.jsonl" if c == "budget" else "votes.csv"),
                             "the input"),
     "unknown suffix": (lambda d, c, tmp: tmp / "x.xlsx", "unknown format '.xlsx'"),
 }
@@ -204,6 +210,7 @@ def test_p2l_train_out_dot_and_out_as_checkpoint_dir(work, tmp_path, no_work, ca
     (["--num-random", "100000000", "--bootstrap", "2"], "evaluate stability", "--num-random"),
     (["--num-random", "2", "--bootstrap", "100000000"], "evaluate stability", "--bootstrap"),
     (["--bootstrap", "1000000000"], "p2l leaderboard", "--bootstrap"),
+    (["--replays", "1000000000"], "evaluate replay", "--replays"),
 ])
 def test_sizes_that_cannot_fit_are_refused_with_the_estimate(argv_tail, command, flag, work, monkeypatch, capsys):
     monkeypatch.setenv("JAXRANK_MEMORY_LIMIT", "256M")

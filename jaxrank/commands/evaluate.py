@@ -369,9 +369,10 @@ def run_replay(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            curves = design_curves(jax.random.key(args.seed), votes, scores, judge=judge, budgets=budgets,
-                                   uniform_mix=args.uniform_mix, num_replays=args.replays, sampling=args.sampling,
-                                   ties=args.ties, confidence=args.ci, progress=step)
+            with resource_flags(num_replays="--replays"):  # the replays' results must fit before any fit
+                curves = design_curves(jax.random.key(args.seed), votes, scores, judge=judge, budgets=budgets,
+                                       uniform_mix=args.uniform_mix, num_replays=args.replays,
+                                       sampling=args.sampling, ties=args.ties, confidence=args.ci, progress=step)
         except ValueError as err:
             text = str(err)
             for prefix, flag in (("scores", f"--scores {scores_path}:"), ("votes", f"--votes {votes_path}:"),
