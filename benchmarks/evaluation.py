@@ -207,9 +207,9 @@ def main() -> None:
     rows = []
     machine = f"{platform.machine()} {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.default_backend()}); shared, loaded"
     if args.library_defaults:
-        calls = (("ties", lambda: E.tie_reduction(values, votes)),
-                 ("stability-bt", lambda: E.leaderboard_stability(values, votes)),
-                 ("stability-elo", lambda: E.leaderboard_stability(values, votes, method="elo")))
+        calls = (("ties", lambda: E.tie_reduction(jax.random.key(0), values, votes)),
+                 ("stability-bt", lambda: E.leaderboard_stability(jax.random.key(0), values, votes)),
+                 ("stability-elo", lambda: E.leaderboard_stability(jax.random.key(0), values, votes, method="elo")))
         for task, fn in calls:
             _, w, c = timed(fn)
             rows.append(dict(task=task, implementation="jaxrank (library defaults, first call)", wall_s=round(w, 2),
@@ -233,8 +233,8 @@ def main() -> None:
         return out, w, c, w1
 
     # Tie reduction.
-    res, w, c, w1 = twice(lambda: E.tie_reduction(values, votes, fractions=fractions, num_random=args.tie_random,
-                                                  key=jax.random.key(args.seed)))
+    res, w, c, w1 = twice(lambda: E.tie_reduction(jax.random.key(args.seed), values, votes, fractions=fractions,
+                                                  num_random=args.tie_random))
     ref, wn, cn = timed(lambda: ties_numpy(values, votes, fractions, args.tie_random, args.seed))
     # Same top rates exactly; the Monte-Carlo columns agree within their noise (different random streams).
     diff = float(np.max(np.abs(ref[:, 0] - res.tie_rate_top)))
@@ -245,7 +245,7 @@ def main() -> None:
 
     # Stability, Bradley-Terry.
     opts = dict(fractions=fractions, num_random=args.num_random, num_bootstrap=args.num_bootstrap)
-    st, w, c, w1 = twice(lambda: E.leaderboard_stability(values, votes, key=jax.random.key(args.seed), **opts))
+    st, w, c, w1 = twice(lambda: E.leaderboard_stability(jax.random.key(args.seed), values, votes, **opts))
     (gold, top), wn, cn = timed(lambda: stability_scipy(values, votes, fractions, args.num_random, args.num_bootstrap,
                                                         args.seed))
     nf = int(np.sum(E._subset_sizes(np.asarray(fractions), votes.num_prompts) < votes.num_prompts))  # q < 1
@@ -257,7 +257,7 @@ def main() -> None:
 
     # Stability, Elo.
     opts = dict(fractions=fractions, num_random=args.num_random, num_permutations=args.num_permutations, method="elo")
-    se, w, c, w1 = twice(lambda: E.leaderboard_stability(values, votes, key=jax.random.key(args.seed), **opts))
+    se, w, c, w1 = twice(lambda: E.leaderboard_stability(jax.random.key(args.seed), values, votes, **opts))
     gold_py, wn, cn = timed(lambda: stability_elo_python(votes, values, fractions, args.num_random,
                                                          args.num_permutations, args.seed))
     lanes = args.num_permutations * (1 + nf) + nf * args.num_random

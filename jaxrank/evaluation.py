@@ -253,10 +253,8 @@ def _check_confidence(confidence: Any) -> float:
 
 
 def _check_key(key: Any) -> jax.Array:
-    if key is None:
-        return jax.random.key(0)
     if not isinstance(key, jax.Array):
-        raise TypeError(f"key must be a jax.random.key, got {type(key).__name__}")
+        raise TypeError(f"key must be a jax.random.key (the first argument), got {type(key).__name__}")
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key) if key.dtype == jnp.uint32 and key.shape == (2,) else key
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -606,13 +604,14 @@ def _reduction(top: np.ndarray, random: np.ndarray) -> np.ndarray:
 
 
 def tie_reduction(
+    key: jax.Array,
     scores: Any,
     votes: Votes,
     *,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     num_random: int = 1000,
     confidence: float = 0.95,
-    key: jax.Array | None = None,
+    progress: Any = None,
 ) -> TieReductionResult:
     r"""How much labelling the highest-priority prompts first reduces ties, against random prompts.
 
@@ -646,13 +645,15 @@ def tie_reduction(
     `jaxrank.resources.ResourceError`).
 
     Args:
+        key: PRNG key (required) of the random subsets and the bootstrap replicates.
         scores: priority per prompt: a mapping / pandas Series prompt id -> score (`load_scores`; ids as
             in `votes.prompt_ids`, extra ids ignored), or a float array [P] aligned with `votes.prompt_ids`.
         votes: `jaxrank.Votes` with prompt ids (`jaxrank.load_votes`).
         fractions: the q grid, values in (0, 1] (sorted in the result).
         num_random: random subsets for the baseline, and bootstrap replicates for the interval, >= 2.
         confidence: central probability of the interval, in (0, 1).
-        key: PRNG key (default `jax.random.key(0)`).
+        progress: optional callable `progress(done, total)`: once with 0 when the inputs are checked and
+            the work starts, then after each chunk of replicates.
 
     Returns:
         `TieReductionResult`; `.to_frame()` has the columns `fraction, tie_rate_top, tie_rate_random,
@@ -662,8 +663,8 @@ def tie_reduction(
         ValueError: scores missing for prompts with votes, NaN scores, votes without any tie, bad options.
 
     Example:
-        >>> res = tie_reduction({"p0": 2.0, "p1": 1.0}, votes, fractions=[0.5, 1.0])  # doctest: +SKIP
-        >>> res.to_frame()                                                              # doctest: +SKIP
+        >>> res = tie_reduction(jax.random.key(0), {"p0": 2.0, "p1": 1.0}, votes)  # doctest: +SKIP
+        >>> res.to_frame()                                                        # doctest: +SKIP
     """
     from jaxrank.scoring import prioritize
 
@@ -695,11 +696,16 @@ def tie_reduction(
     # whatever `num_random`, and Ctrl-C stops between two chunks.
     random_sum = np.zeros(sizes.size, np.float64)
     boot = np.empty((num_random, sizes.size), np.float64)
-    for start in range(0, num_random, chunk):
+    num_chunks = -(-num_random // chunk)
+    if progress is not None:
+        progress(0, num_chunks)
+    for c, start in enumerate(range(0, num_random, chunk)):
         n = min(chunk, num_random - start)
         r, bt, br = _tie_kernel(*args, jnp.uint32(start), num_random=chunk)
         random_sum += np.asarray(r[:n], np.float64).sum(axis=0)
         boot[start:start + n] = _reduction(np.asarray(bt[:n]), np.asarray(br[:n]))
+        if progress is not None:
+            progress(c + 1, num_chunks)
     tie_rate_random = random_sum / num_random
     reduction = _reduction(top, tie_rate_random)
     full = sizes == num_prompts
@@ -833,8 +839,9 @@ def _bt_chunk(prompt_weights, prompt_index, vote_row, vote_amount, a, b, outcome
 
 
 def _bt_lanes(prompt_weights: np.ndarray, votes: Votes, *, ties: str, l2: float, max_iter: int,
-              chunk: int) -> np.ndarray:
-    """float32[L, M] Bradley–Terry ratings of every lane, `chunk` lanes per call (one compiled shape).
+              chunk: int, progress: Any = None) -> np.ndarray:
+    """float32[L, M] Bradley–Terry ratings of every lane, `chunk` lanes per call (one compiled shape);
+    `progress(done, total)` after each call.
 
     A vmapped fit iterates until its slowest lane converges, and small subsets take the most iterations;
     lanes are therefore grouped by their number of votes (sorted, then put back in order)."""
@@ -851,10 +858,13 @@ def _bt_lanes(prompt_weights: np.ndarray, votes: Votes, *, ties: str, l2: float,
     common = dict(num_rows=rows.num_rows, num_models=votes.num_models, ties=ties, l2=float(l2), max_iter=max_iter)
     pidx = jnp.asarray(votes.prompt)
     amount = rows.vote_amount * rows.vote_count[:, None]
-    outs = [
-        np.asarray(_bt_chunk(pw[s:s + chunk], pidx, rows.vote_row, amount, rows.a, rows.b, rows.outcome, **common))
-        for s in range(0, total + pad, chunk)
-    ]
+    starts = range(0, total + pad, chunk)
+    outs = []
+    for c, s in enumerate(starts):
+        outs.append(np.asarray(_bt_chunk(pw[s:s + chunk], pidx, rows.vote_row, amount, rows.a, rows.b, rows.outcome,
+                                         **common)))
+        if progress is not None:
+            progress(c + 1, len(starts))
     ratings = np.empty((total, votes.num_models), np.float32)
     ratings[by_size] = np.concatenate(outs)[:total]
     return ratings
@@ -872,14 +882,14 @@ def _restrict(orders: np.ndarray, selected: np.ndarray, n: int) -> np.ndarray:
 
 
 def _elo_replay(perms: np.ndarray, lane_perm: np.ndarray, lane_prompts: np.ndarray, votes: Votes, *,
-                k: float, chunk: int) -> np.ndarray:
+                k: float, chunk: int, progress: Any = None) -> np.ndarray:
     """Online Elo ratings float32[L, M]: lane l replays the votes on its prompts (`lane_prompts[l]`, bool[P])
     in the order `perms[lane_perm[l]]` (an order of all N votes, restricted to the lane's votes).
 
     Reuses the online-Elo scan of `jaxrank.ratings.elo` (the kernel behind `elo_permutations`) with one
     extra vote between two extra models as the padding: it moves only the extra models' ratings, which
     are dropped. Lanes run `chunk` at a time (one compiled shape); a chunk's orders are built when it
-    runs, so memory is about `(num_permutations + chunk) x N` indices.
+    runs, so memory is about `(num_permutations + chunk) x N` indices. `progress(done, total)` after each chunk.
     """
     from jaxrank.ratings.elo import replay_elo
 
@@ -889,7 +899,8 @@ def _elo_replay(perms: np.ndarray, lane_perm: np.ndarray, lane_prompts: np.ndarr
     b_ext = jnp.asarray(np.append(votes.b, m + 1), jnp.int32)
     s_ext = jnp.asarray(np.append(votes.score_a(), 0.5), jnp.float32)
     outs = []
-    for start in range(0, total, chunk):
+    starts = range(0, total, chunk)
+    for c, start in enumerate(starts):
         idx = np.arange(start, min(start + chunk, total))
         part = _restrict(perms[lane_perm[idx]], lane_prompts[idx][:, votes.prompt], n)
         lanes = part.shape[0]
@@ -898,6 +909,8 @@ def _elo_replay(perms: np.ndarray, lane_perm: np.ndarray, lane_prompts: np.ndarr
         r = replay_elo(a_ext, b_ext, s_ext, jnp.asarray(np.ascontiguousarray(part.T)), num_models=m + 2,
                         k=k, scale=400.0, base=10.0, init=1000.0, unroll=4)
         outs.append(np.asarray(r)[:lanes, :m])
+        if progress is not None:
+            progress(c + 1, len(starts))
     return np.concatenate(outs)
 
 
@@ -962,6 +975,7 @@ def _stability_plan(method: str, num_f: int, num_prompts: int, num_votes: int, n
 
 
 def leaderboard_stability(
+    key: jax.Array,
     scores: Any,
     votes: Votes,
     *,
@@ -976,7 +990,7 @@ def leaderboard_stability(
     max_iter: int = 1000,
     elo_k: float = 4.0,
     chunk_size: int = 256,
-    key: jax.Array | None = None,
+    progress: Any = None,
 ) -> StabilityResult:
     r"""How close the leaderboard from the top-q prompts' votes is to the leaderboard from all votes.
 
@@ -1024,6 +1038,7 @@ def leaderboard_stability(
     small subsets; `l2 > 0` (a prior, also on gold) keeps every rating finite.
 
     Args:
+        key: PRNG key (required) of the random subsets, the bootstrap rounds and the vote orders.
         scores: priority per prompt, as for `tie_reduction`.
         votes: `jaxrank.Votes` with prompt ids.
         fractions: the q grid in (0, 1].
@@ -1037,13 +1052,14 @@ def leaderboard_stability(
         max_iter: BT L-BFGS iteration cap.
         elo_k: Elo K-factor.
         chunk_size: lanes per compiled call (memory ~ chunk_size x votes).
-        key: PRNG key (default `jax.random.key(0)`).
+        progress: optional callable `progress(done, total)`: once with 0 when the inputs are checked and the
+            fits start, then after each compiled call of `chunk_size` lanes.
 
     Returns:
         `StabilityResult`; `.to_frame()` gives the CSV columns (see `StabilityResult.columns()`).
 
     Example:
-        >>> res = leaderboard_stability(scores, votes, fractions=[0.25, 0.5, 1.0], method="bt")  # doctest: +SKIP
+        >>> res = leaderboard_stability(jax.random.key(0), scores, votes, fractions=[0.5, 1.0])  # doctest: +SKIP
         >>> res.to_frame()[["fraction", "kendall_tau", "random_kendall_tau"]]                     # doctest: +SKIP
     """
     from jaxrank.ratings.bradley_terry import TIE_MODELS
@@ -1100,7 +1116,10 @@ def leaderboard_stability(
         same[(rounds[:, None] + 1 + full[None, :]).reshape(-1)] = np.repeat(rounds, full.size)
         same[(1 + num_f + nb + full[:, None] * num_random + np.arange(num_random)[None, :]).reshape(-1)] = 0
         fitted, where = np.unique(same, return_inverse=True)
-        ratings = _bt_lanes(lanes[fitted], votes, ties=ties, l2=float(l2), max_iter=max_iter, chunk=chunk_size)
+        if progress is not None:
+            progress(0, -(-fitted.size // min(chunk_size, fitted.size)))
+        ratings = _bt_lanes(lanes[fitted], votes, ties=ties, l2=float(l2), max_iter=max_iter, chunk=chunk_size,
+                            progress=progress)
         ratings = ratings[where.reshape(-1)]
         present = _presence(lanes, votes, decisive_only=decisive_only)
         ref = np.zeros(lanes.shape[0], np.int64)  # gold, except bootstrap rounds: their own gold*
@@ -1133,7 +1152,10 @@ def leaderboard_stability(
         rand_full = (full[:, None] * num_random + np.arange(num_random)[None, :]).reshape(-1)
         same[num_top + rand_full] = which[rand_full] * (1 + num_f)
         replayed, where = np.unique(same, return_inverse=True)
-        ratings = _elo_replay(perm, lane_perm[replayed], lane_prompts[replayed], votes, k=elo_k, chunk=chunk_size)
+        if progress is not None:
+            progress(0, -(-replayed.size // min(chunk_size, replayed.size)))
+        ratings = _elo_replay(perm, lane_perm[replayed], lane_prompts[replayed], votes, k=elo_k, chunk=chunk_size,
+                              progress=progress)
         ratings = ratings[where.reshape(-1)]
         per_order = ratings[:num_top].reshape(num_permutations, 1 + num_f, m)
         medians = np.median(per_order, axis=0)  # [1 + F, M]

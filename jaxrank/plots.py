@@ -251,7 +251,7 @@ def plot_tie_reduction(result: Any, path: str | os.PathLike, *, title: str | Non
         The path written.
 
     Example:
-        >>> plot_tie_reduction(tie_reduction(scores, votes), "ties.png")  # doctest: +SKIP
+        >>> plot_tie_reduction(tie_reduction(jax.random.key(0), scores, votes), "ties.png")  # doctest: +SKIP
     """
     cols = ("fraction", "tie_rate_top", "tie_rate_random", "reduction", "lower", "upper")
     d = _result_arrays(result, cols, "TieReductionResult")
@@ -311,7 +311,7 @@ def plot_stability(
         The path written.
 
     Example:
-        >>> plot_stability(leaderboard_stability(scores, votes), "stability.png")  # doctest: +SKIP
+        >>> plot_stability(leaderboard_stability(jax.random.key(0), scores, votes), "stability.png")  # doctest: +SKIP
     """
     if metric not in _STABILITY_LABELS:
         raise ValueError(f"metric must be one of {', '.join(repr(m) for m in _STABILITY_LABELS)}, got {metric!r}")

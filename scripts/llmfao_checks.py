@@ -208,13 +208,13 @@ def stability(crowd, scores, *, fractions, num_random, num_bootstrap, num_permut
     for i, (name, score) in enumerate(scores.items()):
         key = jax.random.fold_in(jax.random.key(seed), i)
         results[name] = {
-            "bt": leaderboard_stability(score.to_dict(), votes, fractions=fractions, method="bt", num_random=num_random,
-                                        num_bootstrap=num_bootstrap, confidence=confidence, key=key),
-            "elo": leaderboard_stability(score.to_dict(), votes, fractions=fractions, method="elo",
+            "bt": leaderboard_stability(key, score.to_dict(), votes, fractions=fractions, method="bt",
+                                        num_random=num_random, num_bootstrap=num_bootstrap, confidence=confidence),
+            "elo": leaderboard_stability(key, score.to_dict(), votes, fractions=fractions, method="elo",
                                          num_random=num_random, num_permutations=num_permutations,
-                                         confidence=confidence, key=key),
-            "ties": tie_reduction(score.to_dict(), votes, fractions=fractions, num_random=num_random,
-                                  confidence=confidence, key=key),
+                                         confidence=confidence),
+            "ties": tie_reduction(key, score.to_dict(), votes, fractions=fractions, num_random=num_random,
+                                  confidence=confidence),
         }
     stab = pd.concat([r[m].to_frame().assign(score=name, method=m) for name, r in results.items() for m in ("bt", "elo")],
                      ignore_index=True)

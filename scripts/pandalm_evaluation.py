@@ -137,11 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         scores = load_scores(runs / f"scores_{args.variant}.csv")
         if "kendall_tau" in cli.columns:  # a `jaxrank evaluate stability --out` table (default options)
             what = "stability"
-            lib = leaderboard_stability(scores, votes, fractions=cli["fraction"].tolist(), method="bt",
-                                        num_random=args.stability_random, num_bootstrap=args.bootstrap, key=key).to_frame()
+            lib = leaderboard_stability(key, scores, votes, fractions=cli["fraction"].tolist(), method="bt",
+                                        num_random=args.stability_random, num_bootstrap=args.bootstrap).to_frame()
         else:
             what = "ties"
-            lib = tie_reduction(scores, votes, fractions=cli["fraction"].tolist(), num_random=args.random, key=key).to_frame()
+            lib = tie_reduction(key, scores, votes, fractions=cli["fraction"].tolist(),
+                                num_random=args.random).to_frame()
         diff = float(np.nanmax(np.abs(cli[lib.columns].to_numpy(np.float64) - lib.to_numpy(np.float64))))
         print(f"jaxrank evaluate {what} ({args.compare_cli}) vs jaxrank.evaluation ({args.variant}): "
               f"max |difference| over {lib.size} cells = {diff:.2e}")
@@ -158,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     all_scores[BASELINE] = pd.Series(items[BASELINE].to_numpy(), index=items["prompt_id"].astype(str))
     for variant, scores in all_scores.items():
         t0 = time.perf_counter()
-        ties = tie_reduction(scores, votes, fractions=FRACTIONS, num_random=args.random, key=key)
-        bt = leaderboard_stability(scores, votes, fractions=FRACTIONS, method="bt", num_random=args.stability_random,
-                                   num_bootstrap=args.bootstrap, key=key)
-        elo = leaderboard_stability(scores, votes, fractions=FRACTIONS, method="elo",
-                                    num_random=args.stability_random, num_permutations=args.permutations, key=key)
+        ties = tie_reduction(key, scores, votes, fractions=FRACTIONS, num_random=args.random)
+        bt = leaderboard_stability(key, scores, votes, fractions=FRACTIONS, method="bt",
+                                   num_random=args.stability_random, num_bootstrap=args.bootstrap)
+        elo = leaderboard_stability(key, scores, votes, fractions=FRACTIONS, method="elo",
+                                    num_random=args.stability_random, num_permutations=args.permutations)
         res[variant] = (ties, bt, elo)
         ties_frames.append(ties.to_frame().assign(score=variant, num_prompts=ties.num_prompts, num_votes=ties.num_votes))
         stab_frames += [bt.to_frame().assign(score=variant, method="bt"), elo.to_frame().assign(score=variant, method="elo")]

@@ -71,14 +71,14 @@ def scores(votes) -> dict:
 
 @pytest.fixture(scope="module")
 def stability_bt(votes, scores):
-    return E.leaderboard_stability(scores, votes, fractions=FRACTIONS, num_random=NUM_RANDOM,
-                                   num_bootstrap=NUM_BOOTSTRAP, key=jax.random.key(0))
+    return E.leaderboard_stability(jax.random.key(0), scores, votes, fractions=FRACTIONS, num_random=NUM_RANDOM,
+                                   num_bootstrap=NUM_BOOTSTRAP)
 
 
 @pytest.fixture(scope="module")
 def stability_elo(votes, scores):
-    return E.leaderboard_stability(scores, votes, fractions=FRACTIONS, method="elo", num_random=NUM_RANDOM,
-                                   num_permutations=NUM_PERMUTATIONS, key=jax.random.key(0))
+    return E.leaderboard_stability(jax.random.key(0), scores, votes, fractions=FRACTIONS, method="elo",
+                                   num_random=NUM_RANDOM, num_permutations=NUM_PERMUTATIONS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,8 +126,9 @@ def test_prompt_votes_checks_and_helpers(votes):
     padded = votes.replace(prompt_ids=votes.prompt_ids + ("unvoted",))
     assert padded.num_prompts == 25 and padded.drop_empty_prompts().prompt_ids == votes.prompt_ids
     scores = {p: float(i) for i, p in enumerate(padded.prompt_ids)}
-    np.testing.assert_array_equal(E.tie_reduction(scores, padded, fractions=[0.5, 1.0], num_random=4).reduction,
-                                  E.tie_reduction(scores, votes, fractions=[0.5, 1.0], num_random=4).reduction)
+    key = jax.random.key(0)
+    np.testing.assert_array_equal(E.tie_reduction(key, scores, padded, fractions=[0.5, 1.0], num_random=4).reduction,
+                                  E.tie_reduction(key, scores, votes, fractions=[0.5, 1.0], num_random=4).reduction)
     rows = votes.rows()
     assert votes.num_votes == 144 and float(rows.count.sum()) == votes.num_votes
 
@@ -143,7 +144,7 @@ def test_subset_sizes_round_as_prioritize():
 def test_load_prompt_votes_errors(frame, tmp_path):
     no_prompts = load_votes(frame.drop(columns="prompt_id"))
     with pytest.raises(ValueError, match="votes have no prompt ids"):
-        E.tie_reduction({"q00": 1.0}, no_prompts)
+        E.tie_reduction(jax.random.key(0), {"q00": 1.0}, no_prompts)
     with pytest.raises(ValueError, match="missing column.*'model_b'"):
         load_votes(frame.drop(columns="model_b"))
     bad = frame.copy()
@@ -203,9 +204,9 @@ def test_load_scores(tmp_path, votes):
     # Prompts with votes but no score: how many, and a few named.
     partial = {p: 1.0 for p in votes.prompt_ids[:20]}
     with pytest.raises(ValueError, match=r"4 of the 24 prompts with votes have no score, e.g. 'q20', 'q21'"):
-        E.tie_reduction(partial, votes)
+        E.tie_reduction(jax.random.key(0), partial, votes)
     with pytest.raises(ValueError, match=r"shape \[P\] = \(24,\)"):
-        E.tie_reduction(np.ones(5), votes)
+        E.tie_reduction(jax.random.key(0), np.ones(5), votes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -342,8 +343,7 @@ def test_tie_reduction_perfect_scores_hand_computed():
     num_random = 2000
     # Two score values for ten prompts: equal scores break in prompt-id order, and a warning says so.
     with pytest.warns(UserWarning, match=r"scores are heavily tied: 10 of the 10 prompts.*prompt id in string order"):
-        res = E.tie_reduction(scores, votes, fractions=[0.1, 0.6, 0.8, 1.0], num_random=num_random,
-                              key=jax.random.key(3))
+        res = E.tie_reduction(jax.random.key(3), scores, votes, fractions=[0.1, 0.6, 0.8, 1.0], num_random=num_random)
     np.testing.assert_array_equal(res.num_prompts, [1, 6, 8, 10])
     np.testing.assert_array_equal(res.num_votes, [3, 18, 24, 30])
     # Top q: no ties up to 60 % (the maximal reduction, 1); at 80 % prompts 6 and 7 join: 3 ties of 24 votes.
@@ -362,7 +362,7 @@ def test_tie_reduction_perfect_scores_hand_computed():
     frame = res.to_frame()
     assert list(frame.columns) == ["fraction", "tie_rate_top", "tie_rate_random", "reduction", "lower", "upper"]
     # The worst priority (most ties first) raises the tie rate: 1 - 1 / 0.3 at 20 %.
-    worst = E.tie_reduction({str(p): float(t) + 0.1 * p for p, t in enumerate(ties)}, votes,
+    worst = E.tie_reduction(jax.random.key(0), {str(p): float(t) + 0.1 * p for p, t in enumerate(ties)}, votes,
                             fractions=[0.1, 0.2, 0.8, 1.0], num_random=num_random)
     assert worst.tie_rate_top[1] == 1.0 and worst.reduction[1] == pytest.approx(1 - 1 / 0.3, abs=0.1)
     # One prompt (q = 10 %): 6 of the 10 single-prompt random subsets have no tie. Each replicate averages
@@ -379,7 +379,7 @@ def test_tie_reduction_perfect_scores_hand_computed():
 
 def test_tie_reduction_warns_on_constant_scores(votes):
     with pytest.warns(UserWarning, match=r"scores are constant \(2 for all 24 prompts\)"):
-        res = E.tie_reduction(np.full(24, 2.0), votes, fractions=FRACTIONS, num_random=256)
+        res = E.tie_reduction(jax.random.key(0), np.full(24, 2.0), votes, fractions=FRACTIONS, num_random=256)
     assert res.num_prompts[0] == 6
 
 
@@ -421,7 +421,7 @@ def test_random_scores_give_no_reduction_in_expectation(votes):
     reductions = []
     for seed in range(120):
         s = rng.random(votes.num_prompts)
-        res = E.tie_reduction(s, votes, fractions=FRACTIONS, num_random=256, key=jax.random.key(seed))
+        res = E.tie_reduction(jax.random.key(seed), s, votes, fractions=FRACTIONS, num_random=256)
         reductions.append(res.reduction)
     r = np.asarray(reductions)  # [seeds, F]
     mean = r.mean(axis=0)
@@ -436,26 +436,26 @@ def test_tie_interval_holds_the_point_estimate(votes):
     the point estimate for every score vector tried, and is finite."""
     rng = np.random.default_rng(8)
     for seed in range(12):
-        res = E.tie_reduction(rng.random(votes.num_prompts), votes, fractions=FRACTIONS, num_random=256,
-                              key=jax.random.key(seed))
+        res = E.tie_reduction(jax.random.key(seed), rng.random(votes.num_prompts), votes, fractions=FRACTIONS,
+                              num_random=256)
         assert np.all(np.isfinite(res.lower) & np.isfinite(res.upper)), res.to_frame()
         assert np.all((res.lower <= res.reduction) & (res.reduction <= res.upper)), res.to_frame()
 
 
 def test_tie_reduction_validation(votes, scores):
     with pytest.raises(ValueError, match="fractions must lie in"):
-        E.tie_reduction(scores, votes, fractions=[0.0, 0.5])
+        E.tie_reduction(jax.random.key(0), scores, votes, fractions=[0.0, 0.5])
     with pytest.raises(ValueError, match="num_random must be an int >= 2"):
-        E.tie_reduction(scores, votes, num_random=1)
+        E.tie_reduction(jax.random.key(0), scores, votes, num_random=1)
     with pytest.raises(ValueError, match="confidence"):
-        E.tie_reduction(scores, votes, confidence=1.5)
+        E.tie_reduction(jax.random.key(0), scores, votes, confidence=1.5)
     with pytest.raises(TypeError, match="jaxrank.Votes"):
-        E.tie_reduction(scores, "votes.csv")
+        E.tie_reduction(jax.random.key(0), scores, "votes.csv")
     with pytest.raises(ValueError, match="NaN"):
-        E.tie_reduction({**scores, "q03": float("nan")}, votes)
+        E.tie_reduction(jax.random.key(0), {**scores, "q03": float("nan")}, votes)
     no_ties = Votes(models=("x", "y"), a=[0, 1], b=[1, 0], outcome=[0, 1], prompt=[0, 0], prompt_ids=("p",))
     with pytest.raises(ValueError, match="no ties"):
-        E.tie_reduction([1.0], no_ties)
+        E.tie_reduction(jax.random.key(0), [1.0], no_ties)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -528,8 +528,8 @@ def test_stability_bt_no_bootstrap_is_point_estimate(votes, scores, stability_bt
     fitted = []
     bt_lanes = E._bt_lanes
     monkeypatch.setattr(E, "_bt_lanes", lambda lanes, *a, **k: fitted.append(len(lanes)) or bt_lanes(lanes, *a, **k))
-    res = E.leaderboard_stability(scores, votes, fractions=FRACTIONS, num_random=NUM_RANDOM, num_bootstrap=0,
-                                  key=jax.random.key(0))
+    res = E.leaderboard_stability(jax.random.key(0), scores, votes, fractions=FRACTIONS, num_random=NUM_RANDOM,
+                                  num_bootstrap=0)
     # Gold, then the top-q and random lanes of q < 1 only (at q = 1 they are gold).
     assert fitted == [1 + 2 + 2 * NUM_RANDOM]
     assert res.kendall_tau[-1] == 1.0 and res.random_kendall_tau_upper[-1] == 1.0
@@ -557,13 +557,13 @@ def test_stability_elo(votes, stability_elo):
 
 def test_stability_validation(votes, scores):
     with pytest.raises(ValueError, match="method must be"):
-        E.leaderboard_stability(scores, votes, method="glicko")
+        E.leaderboard_stability(jax.random.key(0), scores, votes, method="glicko")
     with pytest.raises(ValueError, match="ties must be one of"):
-        E.leaderboard_stability(scores, votes, ties="none")
+        E.leaderboard_stability(jax.random.key(0), scores, votes, ties="none")
     with pytest.raises(ValueError, match="num_bootstrap must be 0"):
-        E.leaderboard_stability(scores, votes, num_bootstrap=1)
+        E.leaderboard_stability(jax.random.key(0), scores, votes, num_bootstrap=1)
     with pytest.raises(ValueError, match="l2 must be"):
-        E.leaderboard_stability(scores, votes, l2=-1.0)
+        E.leaderboard_stability(jax.random.key(0), scores, votes, l2=-1.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -608,7 +608,7 @@ def test_budget_curves(curves):
 def test_plots_written(tmp_path, votes, scores, stability_bt, curves):
     from jaxrank import plots
 
-    ties = E.tie_reduction(scores, votes, fractions=FRACTIONS, num_random=256)
+    ties = E.tie_reduction(jax.random.key(0), scores, votes, fractions=FRACTIONS, num_random=256)
     paths = [
         plots.plot_tie_reduction(ties, tmp_path / "ties.png", title="ties"),
         plots.plot_stability(stability_bt, tmp_path / "tau.png"),
@@ -669,12 +669,14 @@ def test_cli_ties_round_trip(tmp_path, files, capsys):
     args = ["evaluate", "ties", "--scores", str(scores_path), "--votes", str(votes_path), "--fractions", "0.25,0.5,1",
             "--num-random", "256", "--seed", "1", "--out", str(out), "--plot", str(plot)]
     assert main(args) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert "reduction" in text and "24 prompts, 144 votes" in text
+    assert captured.err.startswith("jaxrank evaluate ties: plan: 3 fractions x 256 random subsets"), captured.err
     table = pd.read_csv(out)
     assert list(table.columns) == ["fraction", "tie_rate_top", "tie_rate_random", "reduction", "lower", "upper"]
-    lib = E.tie_reduction(E.load_scores(scores_path), load_votes(votes_path), fractions=FRACTIONS,
-                          num_random=256, key=jax.random.key(1)).to_frame()
+    lib = E.tie_reduction(jax.random.key(1), E.load_scores(scores_path), load_votes(votes_path), fractions=FRACTIONS,
+                          num_random=256).to_frame()
     np.testing.assert_allclose(table.to_numpy(), lib.to_numpy(), rtol=1e-9)
     assert plot.stat().st_size > 1000
     # Refuses to overwrite without --force.
@@ -689,8 +691,10 @@ def test_cli_stability_round_trip(tmp_path, files, capsys, stability_bt):
     out = tmp_path / "stability.csv"
     assert main(["evaluate", "stability", "--scores", str(scores_path), "--votes", str(votes_path), "--fractions",
                  "0.25,0.5,1", "--num-random", str(NUM_RANDOM), "--bootstrap", str(NUM_BOOTSTRAP), "--out", str(out)]) == 0
-    text = " ".join(capsys.readouterr().out.split())
+    captured = capsys.readouterr()
+    text = " ".join(captured.out.split())
     assert "tau" in text and f"{NUM_BOOTSTRAP} bootstrap rounds over prompts" in text and "over votes" not in text
+    assert captured.err.startswith("jaxrank evaluate stability: plan: bt leaderboards of 5 models"), captured.err
     table = pd.read_csv(out)
     assert tuple(table.columns) == E.StabilityResult.columns()
     np.testing.assert_allclose(table["kendall_tau"], stability_bt.kendall_tau, atol=1e-6)

@@ -144,26 +144,48 @@ def prompt_votes():
 
 def test_tie_reduction_chunks_give_the_same_numbers(prompt_votes, monkeypatch):
     scores = {p: float(i) for i, p in enumerate(prompt_votes.prompt_ids)}
-    whole = E.tie_reduction(scores, prompt_votes, fractions=[0.2, 0.5, 1.0], num_random=50, key=jax.random.key(1))
+    whole = E.tie_reduction(jax.random.key(1), scores, prompt_votes, fractions=[0.2, 0.5, 1.0], num_random=50)
     monkeypatch.setattr(E, "_tie_chunk_size", lambda *a: 7)  # 7, 7, ..., 1
-    chunked = E.tie_reduction(scores, prompt_votes, fractions=[0.2, 0.5, 1.0], num_random=50, key=jax.random.key(1))
+    calls = []
+    chunked = E.tie_reduction(jax.random.key(1), scores, prompt_votes, fractions=[0.2, 0.5, 1.0], num_random=50,
+                              progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 8) for i in range(9)]  # the start, then each of the 8 chunks
     # The same replicates (counter-based draws); the float32 kernel's sums may round differently per shape.
     np.testing.assert_allclose(chunked.tie_rate_random, whole.tie_rate_random, rtol=1e-6)
     np.testing.assert_allclose(chunked.lower, whole.lower, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(chunked.upper, whole.upper, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["bt", "elo"])
+def test_stability_progress_counts_the_chunks(prompt_votes, method):
+    scores = {p: float(i) for i, p in enumerate(prompt_votes.prompt_ids)}
+    calls = []
+    E.leaderboard_stability(jax.random.key(0), scores, prompt_votes, fractions=[0.5, 1.0], method=method,
+                            num_random=3, num_bootstrap=2, num_permutations=2, chunk_size=2,
+                            progress=lambda done, total: calls.append((done, total)))
+    total = calls[0][1]
+    assert total >= 2 and calls == [(i, total) for i in range(total + 1)], calls
+
+
+def test_random_evaluations_need_their_key_first(prompt_votes):
+    scores = {p: float(i) for i, p in enumerate(prompt_votes.prompt_ids)}
+    with pytest.raises(TypeError, match="key must be a jax.random.key"):
+        E.tie_reduction(None, scores, prompt_votes)
+    with pytest.raises(TypeError, match="key must be a jax.random.key"):
+        E.leaderboard_stability(scores, prompt_votes, prompt_votes)
+
+
 def test_evaluation_plans_refuse_before_work(prompt_votes, monkeypatch):
     scores = {p: float(i) for i, p in enumerate(prompt_votes.prompt_ids)}
     monkeypatch.setenv("JAXRANK_MEMORY_LIMIT", "64M")
     with pytest.raises(ResourceError) as info:
-        E.tie_reduction(scores, prompt_votes, num_random=10**9)
+        E.tie_reduction(jax.random.key(0), scores, prompt_votes, num_random=10**9)
     assert info.value.option == "num_random"
     with pytest.raises(ResourceError) as info:
-        E.leaderboard_stability(scores, prompt_votes, num_random=10**8, num_bootstrap=10)
+        E.leaderboard_stability(jax.random.key(0), scores, prompt_votes, num_random=10**8, num_bootstrap=10)
     assert info.value.option == "num_random"
     with pytest.raises(ResourceError) as info:
-        E.leaderboard_stability(scores, prompt_votes, num_random=10, num_bootstrap=10**8)
+        E.leaderboard_stability(jax.random.key(0), scores, prompt_votes, num_random=10, num_bootstrap=10**8)
     assert info.value.option == "num_bootstrap"
 
 

@@ -200,14 +200,26 @@ def _load(args: argparse.Namespace):
     return scores, votes, out, plot, fractions, votes_path, scores_path
 
 
-def _evaluate(fn, args: argparse.Namespace, scores_path, votes_path, **kwargs):
-    """Run `fn(**kwargs)`: its errors name the CLI flag they come from (`scores: ...` -> `--scores FILE: ...`),
-    and its warnings are printed as one `jaxrank: warning:` line each."""
+def _evaluate(fn, args: argparse.Namespace, scores_path, votes_path, *, command: str, plan: str, unit: str,
+              **kwargs):
+    """Run `fn(**kwargs, progress=...)` under one progress display (`plan` printed once the inputs are
+    checked, then one step per compiled chunk of `unit`): its errors name the CLI flag they come from
+    (`scores: ...` -> `--scores FILE: ...`), and its warnings are printed as one `jaxrank: warning:` line each."""
+    job = JobProgress(command, [(command, 1.0)], unit=unit)
+
+    def step(done: int, total: int) -> None:
+        if done == 0:  # inputs checked (their errors stay one line): the plan, then the work
+            job.total_items = total
+            job.plan(plan)
+            return
+        job.items_done = done
+        job.update(0, done, total)
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             with resource_flags(**_FLAGS):
-                res = fn(**kwargs)
+                res = fn(**kwargs, progress=step)
         except ValueError as err:
             text = str(err)
             if text.startswith("scores"):
@@ -215,6 +227,8 @@ def _evaluate(fn, args: argparse.Namespace, scores_path, votes_path, **kwargs):
             if text.startswith(("votes", "prompt_ids")):
                 raise CliError(f"--votes {votes_path}: {text}") from None
             raise CliError(text) from None
+        finally:
+            job.close()
     for note in dict.fromkeys(str(w.message) for w in caught):
         note = f"--scores {scores_path}: {note}" if note.startswith("scores") else note
         err_console.print(f"jaxrank: warning: {note}", markup=False, highlight=False, soft_wrap=True)
@@ -232,8 +246,11 @@ def run_ties(args: argparse.Namespace) -> int:
     from jaxrank.outputs import write_table
 
     scores, votes, out, plot, fractions, votes_path, scores_path = _load(args)
-    res = _evaluate(tie_reduction, args, scores_path, votes_path, scores=scores, votes=votes, fractions=fractions,
-                    num_random=args.num_random, confidence=args.ci, key=jax.random.key(args.seed))
+    plan = (f"{len(fractions)} fractions x {args.num_random:,} random subsets and as many bootstrap replicates "
+            f"over {votes.num_prompts} prompts ({votes.num_votes} votes), in compiled chunks")
+    res = _evaluate(tie_reduction, args, scores_path, votes_path, command="evaluate ties", plan=plan,
+                    unit="chunks", scores=scores, votes=votes, fractions=fractions, num_random=args.num_random,
+                    confidence=args.ci, key=jax.random.key(args.seed))
     frame = res.to_frame()
     if out is not None:
         write_table(frame, out)
@@ -272,8 +289,15 @@ def run_stability(args: argparse.Namespace) -> int:
     if not args.l2 >= 0:
         raise CliError(f"--l2 must be >= 0, got {args.l2}")
     scores, votes, out, plot, fractions, votes_path, scores_path = _load(args)
+    if args.method == "bt":
+        lanes = f"{len(fractions)} x {args.num_random:,} random subsets and {args.bootstrap:,} bootstrap rounds"
+    else:
+        lanes = f"{args.permutations:,} vote orders and {len(fractions)} x {args.num_random:,} random subsets"
+    plan = (f"{args.method} leaderboards of {votes.num_models} models for {lanes} on {votes.num_prompts} prompts "
+            f"({votes.num_votes} votes), fitted in compiled chunks of lanes")
     res = _evaluate(
-        leaderboard_stability, args, scores_path, votes_path, scores=scores, votes=votes, fractions=fractions,
+        leaderboard_stability, args, scores_path, votes_path, command="evaluate stability", plan=plan,
+        unit="chunks", scores=scores, votes=votes, fractions=fractions,
         method=args.method, ties=args.ties, num_random=args.num_random, num_permutations=args.permutations,
         num_bootstrap=args.bootstrap, confidence=args.ci, l2=args.l2, key=jax.random.key(args.seed),
     )
