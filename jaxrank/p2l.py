@@ -402,7 +402,7 @@ class P2LModel:
         Args:
             prompts: P prompt strings.
             **feature_kwargs: passed to `jaxrank.lm.features.prompt_features` (batch_size, max_length,
-                cache_dir, progress, mesh).
+                cache_dir, progress, mesh); `max_length` defaults to the one recorded at training, if any.
         """
         if self.encoder is None:
             raise ValueError("this P2L model records no encoder (it was trained on supplied features); compute the "
@@ -411,6 +411,8 @@ class P2LModel:
 
         if isinstance(prompts, str):
             raise TypeError("prompts must be a sequence of strings, not one string")
+        if "max_length" in self.config:
+            feature_kwargs.setdefault("max_length", int(self.config["max_length"]))
         return self.coefficients(prompt_features(list(prompts), encoder=self.encoder, **feature_kwargs))
 
     def leaderboard(self, features: Any, **kwargs: Any) -> "P2LLeaderboard":
@@ -591,6 +593,7 @@ def train_p2l(
     stop_after: int | None = None,
     val_prompts: Any = None,
     encoder: str | None = None,
+    max_length: int | None = None,
     init_global: bool = True,
     progress: Callable[[int, int, dict[str, float]], Any] | None = None,
 ) -> P2LModel:
@@ -656,6 +659,8 @@ def train_p2l(
         val_prompts: optional prompt indices (into `votes.prompt`'s table) to hold out for validation instead
             of a random `val_fraction` of them (`choose_delta_l2` passes its folds here).
         encoder: the name of the encoder that produced `features` (recorded for `P2LModel.predict`).
+        max_length: the token limit the features were computed with (`prompt_features(max_length=...)`),
+            recorded so that `P2LModel.predict` and `jaxrank p2l leaderboard|route` read new prompts the same way.
         init_global: start from the global (prompt-blind) Bradley–Terry fit instead of all zeros.
         progress: optional `progress(epoch, max_epochs, {"train_loss", "val_nll"})` after each epoch (the
             best over the `delta_l2` grid).
@@ -770,6 +775,10 @@ def train_p2l(
     )
     if val_prompts is not None:
         cfg["val_prompts"] = [int(x) for x in held]
+    if max_length is not None:
+        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 2:
+            raise ValueError(f"max_length must be an int >= 2 (tokens), got {max_length!r}")
+        cfg["max_length"] = int(max_length)
     if residual:
         cfg.update(residual=True, delta_l2=list(grid))
     head = _build_head(cfg)

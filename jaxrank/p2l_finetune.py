@@ -318,6 +318,23 @@ class FinetunedP2L:
         feats = jnp.asarray(self.features(model, ids, mask, batch_size=batch_size, prefix=prefix))
         return _head_apply(st, self.head, self.head_stats, feats)
 
+    def tokenize(self, loaded: Any, prompts: Sequence[str], *, max_length: int | None = None) -> tuple:
+        """`tokenize_prompts(loaded, prompts)` as at training: the recorded `max_length` (unless given) and
+        chat template."""
+        if max_length is None:
+            max_length = int(self.config.get("max_length", 256))
+        return tokenize_prompts(loaded, prompts, max_length=max_length,
+                                chat_template=bool(self.config.get("chat_template", True)))
+
+    def predict(self, loaded: Any, prompts: Sequence[str], *, batch_size: int = 16,
+                max_length: int | None = None) -> tuple:
+        """Coefficients for prompt texts: `tokenize` (as at training), then `coefficients` (`loaded`: the
+        `jaxrank.lm.LoadedModel` of the base model it was trained from)."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a sequence of strings, not one string")
+        ids, mask = self.tokenize(loaded, list(prompts), max_length=max_length)
+        return self.coefficients(loaded.model, ids, mask, batch_size=batch_size)
+
 
 def _frozen(model: Any, dtype: Any) -> Any:
     """`model` with its weights and compute in `dtype` (itself when it already is)."""
@@ -441,6 +458,8 @@ def train_p2l_finetune(
     resume: bool = False,
     stop_after: int | None = None,
     encoder: str | None = None,
+    max_length: int | None = None,
+    chat_template: bool = True,
     prefix: Any = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> FinetunedP2L:
@@ -476,6 +495,9 @@ def train_p2l_finetune(
         mesh: optional `jax.sharding.Mesh`; the prompts of each micro-batch are split over all its devices.
         checkpoint_dir, checkpoint_every, resume, stop_after: orbax checkpoints and exact resume (as `train_p2l`).
         encoder: the backbone's name, recorded.
+        max_length, chat_template: how `ids` were made (`tokenize_prompts(..., max_length=, chat_template=)`),
+            recorded so that `FinetunedP2L.predict` and `jaxrank p2l leaderboard|route` read new prompts the
+            same way (`max_length` None: not recorded; readers then use `tokenize_prompts`' default).
         prefix: optional `frozen_prefix(model, ids, mask, k=k, dtype=dtype)` computed once for several
             trainings (seeds, splits, options) of the same prompts; None: computed here.
         progress: `progress(epoch, max_epochs, {"train_loss", "val_nll"})` after each epoch.
@@ -523,6 +545,8 @@ def train_p2l_finetune(
     accumulate = _check_int("accumulate", accumulate, 1)
     max_epochs = _check_int("max_epochs", max_epochs, 1)
     checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
+    if max_length is not None:
+        max_length = _check_int("max_length", max_length, 2)
     if batch_prompts % accumulate:
         raise ValueError(f"batch_prompts={batch_prompts} must be a multiple of accumulate={accumulate}")
     micro = batch_prompts // accumulate
@@ -581,7 +605,10 @@ def train_p2l_finetune(
                batch_prompts=batch_prompts, accumulate=accumulate, max_epochs=max_epochs,
                val_fraction=float(val_fraction), patience=patience, dtype=dtype.name, seed=seed,
                num_models=votes.num_models, hidden_size=model.config.hidden_size, num_prompts=int(num_prompts),
-               seq_len=int(ids.shape[1]), num_votes=votes.num_votes, num_layers=layers)
+               seq_len=int(ids.shape[1]), num_votes=votes.num_votes, num_layers=layers,
+               chat_template=bool(chat_template))
+    if max_length is not None:
+        cfg["max_length"] = max_length
     head = _build_head(cfg)
     head_graph = nnx.split(head, nnx.Param, ...)[0]
     st = _static_for(frozen, cfg, head_graph)

@@ -167,6 +167,8 @@ def test_route_follows_the_prompt(trained, workdir, capsys):
       "last-k"], "--finetune trains the encoder itself"),
     (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--finetune",
       "lora", "--batch-prompts", "6", "--accumulate", "4"], "--batch-prompts 6 must be a multiple of --accumulate 4"),
+    (["train", "VOTES", "--out", "NEW", "--prompts-column", "question", "--encoder", "NOENC", "--finetune",
+      "last-k", "--val-fraction", "0.001"], "--val-fraction 0.001 of 30 prompts leaves no validation"),
 ])
 def test_errors_are_one_line(trained, workdir, capsys, args, message):
     (workdir / "badcosts.json").write_text(json.dumps({"alpha": 1.0, "beta": 0.1}))
@@ -244,7 +246,7 @@ def test_finetune_last_k_end_to_end(workdir, tmp_path, capsys):
     from test_cli_prioritize import _save_llama, _tokenizer
 
     from jaxrank.lm import load_model
-    from jaxrank.p2l_finetune import load_p2l_finetune
+    from jaxrank.p2l_finetune import load_p2l_finetune, tokenize_prompts
 
     lm_dir = _save_llama(tmp_path / "lm", _tokenizer(300), 0)
     code = main(["p2l", "train", str(workdir / "votes.csv"), "--prompts-column", "question", "--encoder", str(lm_dir),
@@ -255,8 +257,30 @@ def test_finetune_last_k_end_to_end(workdir, tmp_path, capsys):
     assert "fine-tuned" in out and "last 1 blocks" in out
     fit = load_p2l_finetune(tmp_path / "ft", load_model(str(lm_dir)).model)
     assert fit.config["mode"] == "last-k" and fit.config["k"] == 1 and fit.history["epochs"] >= 1
-    code = main(["p2l", "leaderboard", str(tmp_path / "ft"), str(workdir / "prompts.txt"), "--max-length", "16",
-                 "--out", str(tmp_path / "lb.csv")])
-    assert code == 0, capsys.readouterr().err
+    assert fit.config["max_length"] == 16 and fit.config["chat_template"] is True
+    # New prompts are read as the training prompts were: without --max-length, the recorded 16 tokens.
+    code = main(["p2l", "leaderboard", str(tmp_path / "ft"), str(workdir / "prompts.txt"), "--out",
+                 str(tmp_path / "lb.csv")])
+    err = capsys.readouterr().err
+    assert code == 0 and "was trained on" not in err, err
     frame = pd.read_csv(tmp_path / "lb.csv")
     assert sorted(frame.model) == sorted(MODELS) and np.isfinite(frame.rating).all()
+    code = main(["p2l", "leaderboard", str(tmp_path / "ft"), str(workdir / "prompts.txt"), "--max-length", "16",
+                 "--out", str(tmp_path / "lb16.csv")])
+    err = capsys.readouterr().err
+    assert code == 0 and "was trained on" not in err and err.count("were truncated") == 1, err
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "lb16.csv"), frame)
+    loaded = load_model(str(lm_dir))
+    prompts = (workdir / "prompts.txt").read_text().splitlines()
+    beta, _ = fit.predict(loaded, prompts)
+    ids, mask = tokenize_prompts(loaded, prompts, max_length=16)
+    np.testing.assert_array_equal(np.asarray(beta), np.asarray(fit.coefficients(loaded.model, ids, mask)[0]))
+    code = main(["p2l", "leaderboard", str(tmp_path / "ft"), str(workdir / "prompts.txt"), "--max-length", "8"])
+    assert code == 0
+    assert "was trained on prompts read with --max-length 16; --max-length 8 reads" in capsys.readouterr().err
+    # --k beyond the model's blocks: refused once the model's config is read, before any tokenizing or training.
+    code = main(["p2l", "train", str(workdir / "votes.csv"), "--prompts-column", "question", "--encoder", str(lm_dir),
+                 "--out", str(tmp_path / "ft99"), "--finetune", "last-k", "--k", "99"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("jaxrank: error: --k 99: --encoder") and "blocks" in err, err
+    assert not (tmp_path / "ft99").exists()

@@ -108,7 +108,8 @@ def register(subparsers: Any) -> None:
         s.add_argument("prompts", metavar="PROMPTS", help="prompts file")
         s.add_argument("--features", metavar="FILE.npy", help="precomputed [P, D] features of PROMPTS, in file order")
         s.add_argument("--cache-dir", metavar="DIR", help="cache computed prompt features here")
-        s.add_argument("--max-length", type=int, default=256, help="most tokens read per prompt (default 256)")
+        s.add_argument("--max-length", type=int, default=None,
+                       help="most tokens read per prompt (default: what DIR was trained with, else 256)")
         s.add_argument("--out", metavar="FILE", help="write the table (.csv, .jsonl or .parquet)")
         s.add_argument("--force", action="store_true", help="replace outputs if they exist (files only)")
         if name == "leaderboard":
@@ -204,8 +205,8 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def _print_warnings(caught) -> None:
-    for w in caught:
-        err_console.print(f"jaxrank: warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
+    for note in dict.fromkeys(str(w.message) for w in caught):  # each warning once
+        err_console.print(f"jaxrank: warning: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -294,8 +295,12 @@ def run_train(args: argparse.Namespace) -> int:
     present, first = np.unique(np.asarray(votes.prompt), return_index=True)
     appearance = present[np.argsort(first, kind="stable")]  # prompt-table index of the r-th prompt to appear
     prompts = [votes.prompt_text[i] for i in appearance]
+    if args.finetune and args.val_fraction > 0 and not 1 <= round(args.val_fraction * len(prompts)) < len(prompts):
+        raise CliError(f"--val-fraction {args.val_fraction} of {len(prompts)} prompts leaves no validation or "
+                       "training prompts")
+    loaded = _finetune_backbone(args) if args.finetune else None  # its checks before any features or training
     if args.finetune and not (len(delta_l2) > 1 and args.folds):
-        return _run_finetune(args, votes, out, delta_l2[0])  # frozen features are only needed to choose the L2
+        return _run_finetune(args, loaded, votes, out, delta_l2[0])  # frozen features only serve to choose the L2
     if args.features:
         feats, encoder = _load_features(args.features, len(prompts)), None
     else:
@@ -320,7 +325,7 @@ def run_train(args: argparse.Namespace) -> int:
                           f"prompts (mean NLL {min(choice.mean_nll):.4f})[/dim]")
         delta_l2 = (choice.chosen,)
     if args.finetune:
-        return _run_finetune(args, votes, out, delta_l2[0])
+        return _run_finetune(args, loaded, votes, out, delta_l2[0])
 
     bar = progress("training", args.epochs, transient=True)
     task = bar.add_task("training", total=args.epochs, rate="")
@@ -336,7 +341,8 @@ def run_train(args: argparse.Namespace) -> int:
             delta_l2=delta_l2,
             batch_size=args.batch_size, max_epochs=args.epochs, val_fraction=args.val_fraction,
             patience=args.patience, key=jax.random.key(args.seed), checkpoint_dir=args.checkpoint_dir,
-            resume=args.resume, encoder=encoder, progress=update,
+            resume=args.resume, encoder=encoder, max_length=None if encoder is None else args.max_length,
+            progress=update,
         )
     _print_warnings(caught)
     save_p2l(model, out)
@@ -351,13 +357,22 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_finetune(args: argparse.Namespace, votes: Any, out: Any, delta_l2: float) -> int:
-    import jax
-
+def _finetune_backbone(args: argparse.Namespace) -> Any:
+    """The --encoder to fine-tune, loaded (seconds), and the options that depend on it checked."""
     from jaxrank.lm import load_model
-    from jaxrank.p2l_finetune import save_p2l_finetune, tokenize_prompts, train_p2l_finetune
 
     loaded = load_model(args.encoder)
+    layers = loaded.model.config.num_layers
+    if args.finetune == "last-k" and args.k > layers:
+        raise CliError(f"--k {args.k}: --encoder {args.encoder} has {layers} blocks; --k must be in [1, {layers}]")
+    return loaded
+
+
+def _run_finetune(args: argparse.Namespace, loaded: Any, votes: Any, out: Any, delta_l2: float) -> int:
+    import jax
+
+    from jaxrank.p2l_finetune import save_p2l_finetune, tokenize_prompts, train_p2l_finetune
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ids, mask = tokenize_prompts(loaded, list(votes.prompt_text), max_length=args.max_length)
@@ -373,8 +388,9 @@ def _run_finetune(args: argparse.Namespace, votes: Any, out: Any, delta_l2: floa
             loaded.model, ids, mask, votes, mode=args.finetune, k=args.k, lora_rank=args.lora_rank, loss=args.loss,
             delta_l2=delta_l2, learning_rate=args.backbone_lr, head_learning_rate=args.lr,
             weight_decay=args.weight_decay or 0.0, batch_prompts=args.batch_prompts, accumulate=args.accumulate,
-            max_epochs=args.epochs, val_fraction=args.val_fraction, patience=args.patience, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-            encoder=args.encoder, progress=update)
+            max_epochs=args.epochs, val_fraction=args.val_fraction, patience=args.patience,
+            checkpoint_dir=args.checkpoint_dir, resume=args.resume, encoder=args.encoder, max_length=args.max_length,
+            progress=update)
     save_p2l_finetune(fit, out)
     h = fit.history
     best = math.nan if h.get("best_val_nll") is None else h["best_val_nll"]
@@ -387,9 +403,24 @@ def _run_finetune(args: argparse.Namespace, votes: Any, out: Any, delta_l2: floa
     return 0
 
 
+def _max_length(args: argparse.Namespace, config: dict, model_dir: pathlib.Path) -> int:
+    """--max-length, else the one the model was trained with (recorded in its config), else 256; a warning
+    when the two differ (the prompts are then read unlike the training prompts)."""
+    trained = config.get("max_length")
+    if args.max_length is None:
+        return 256 if trained is None else int(trained)
+    if args.max_length < 2:
+        raise CliError(f"--max-length must be >= 2 tokens, got {args.max_length}")
+    if trained is not None and int(trained) != args.max_length:
+        err_console.print(f"jaxrank: warning: DIR {model_dir} was trained on prompts read with --max-length {trained}; "
+                          f"--max-length {args.max_length} reads these differently", markup=False, highlight=False,
+                          soft_wrap=True)
+    return args.max_length
+
+
 def _finetuned_coefficients(model_dir: pathlib.Path, args: argparse.Namespace, prompts: list) -> tuple:
     from jaxrank.lm import load_model
-    from jaxrank.p2l_finetune import load_p2l_finetune, tokenize_prompts
+    from jaxrank.p2l_finetune import load_p2l_finetune
 
     if args.features:
         raise CliError(f"DIR {model_dir} fine-tuned its encoder: it reads the prompt texts, not --features")
@@ -400,7 +431,8 @@ def _finetuned_coefficients(model_dir: pathlib.Path, args: argparse.Namespace, p
     fit = load_p2l_finetune(model_dir, loaded.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ids, mask = tokenize_prompts(loaded, [p.text for p in prompts], max_length=args.max_length)
+        ids, mask = fit.tokenize(loaded, [p.text for p in prompts],
+                                 max_length=_max_length(args, fit.config, model_dir))
     _print_warnings(caught)
     beta, alpha = fit.coefficients(loaded.model, ids, mask)
     return fit, prompts, beta, alpha
@@ -429,7 +461,8 @@ def _model_and_coefficients(args: argparse.Namespace):
     else:
         if model.encoder is None:
             raise CliError(f"DIR {model_dir} was trained on --features (no encoder recorded); pass --features")
-        feats = _compute_features([p.text for p in prompts], model.encoder, args.cache_dir, args.max_length)
+        feats = _compute_features([p.text for p in prompts], model.encoder, args.cache_dir,
+                                  _max_length(args, model.config, model_dir))
     if feats.shape[1] != int(model.config["in_features"]):
         raise CliError(f"--features has {feats.shape[1]} columns but the model was trained on "
                        f"{model.config['in_features']}-d features")
