@@ -592,6 +592,7 @@ def train_p2l(
     resume: bool = False,
     stop_after: int | None = None,
     val_prompts: Any = None,
+    heldout_prompts: Any = None,
     encoder: str | None = None,
     max_length: int | None = None,
     init_global: bool = True,
@@ -657,7 +658,12 @@ def train_p2l(
         resume: continue from the latest checkpoint in `checkpoint_dir`.
         stop_after: stop after this many epochs in total (as if preempted; resume later).
         val_prompts: optional prompt indices (into `votes.prompt`'s table) to hold out for validation instead
-            of a random `val_fraction` of them (`choose_delta_l2` passes its folds here).
+            of a random `val_fraction` of them.
+        heldout_prompts: optional prompt indices kept out of training AND validation, only scored: after each
+            epoch their NLL is computed, and `history["heldout_nll"]` is the returned head's at its best
+            (validation) epoch, `history["baseline_heldout_nll"]` the global fit's, and with `delta_l2`
+            `history["delta_l2_heldout_nll"]` each grid value's at its own best epoch (`choose_delta_l2`
+            scores its folds so: nothing of a held-out fold steers its training or early stopping).
         encoder: the name of the encoder that produced `features` (recorded for `P2LModel.predict`).
         max_length: the token limit the features were computed with (`prompt_features(max_length=...)`),
             recorded so that `P2LModel.predict` and `jaxrank p2l leaderboard|route` read new prompts the same way.
@@ -736,17 +742,28 @@ def train_p2l(
     k_split, k_init, k_shuffle = jax.random.split(key, 3)
     seed = int(np.asarray(jax.random.randint(k_init, (), 0, 2**31 - 1)))
 
+    out_mask = np.zeros(len(votes), bool)  # the held-out (scored only) votes
+    if heldout_prompts is not None:
+        scored = np.unique(np.asarray(heldout_prompts, np.int64).reshape(-1))
+        present = np.unique(votes.prompt)
+        if not scored.size or not np.isin(scored, present).all() or np.isin(present, scored).all():
+            raise ValueError("heldout_prompts must be a non-empty set of the votes' prompt indices that leaves "
+                             "training prompts")
+        out_mask = np.isin(votes.prompt, scored)
     if val_prompts is not None:
         held = np.unique(np.asarray(val_prompts, np.int64).reshape(-1))
-        present = np.unique(votes.prompt)
+        present = np.unique(votes.prompt[~out_mask])
         if not held.size or not np.isin(held, present).all() or np.isin(present, held).all():
             raise ValueError("val_prompts must be a non-empty set of the votes' prompt indices that leaves training "
-                             "prompts")
+                             "prompts (and none of heldout_prompts)")
         val_mask = np.isin(votes.prompt, held)
-        train_mask = ~val_mask
+        train_mask = ~val_mask & ~out_mask
     else:
-        train_mask, val_mask = _split_by_prompt(k_split, votes, float(val_fraction))
+        inner_train, inner_val = _split_by_prompt(k_split, votes.subset(~out_mask), float(val_fraction))
+        train_mask, val_mask = np.zeros(len(votes), bool), np.zeros(len(votes), bool)
+        train_mask[~out_mask], val_mask[~out_mask] = inner_train, inner_val
     train, val = _training_rows(votes.subset(train_mask)), _training_rows(votes.subset(val_mask))
+    out = _training_rows(votes.subset(out_mask)) if out_mask.any() else None
     if loss == "bt":
         if not (train.weight[train.outcome < TIE] > 0).any():
             raise ValueError("loss='bt' drops ties, and the training votes hold no decisive vote")
@@ -775,6 +792,8 @@ def train_p2l(
     )
     if val_prompts is not None:
         cfg["val_prompts"] = [int(x) for x in held]
+    if out is not None:
+        cfg["heldout_prompts"] = [int(x) for x in scored]
     if max_length is not None:
         if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 2:
             raise ValueError(f"max_length must be an int >= 2 (tokens), got {max_length!r}")
@@ -803,11 +822,12 @@ def train_p2l(
     devices = 1 if mesh is None else mesh.size
     train_batch = min(int(batch_size), -(-max(train.num_rows, 1) // devices) * devices)
     val_batch = min(int(batch_size), -(-max(val.num_rows, 1) // devices) * devices)
-    baseline_val = None
-    if val.num_rows:
-        beta0 = jnp.broadcast_to(sol.theta.astype(jnp.float32), (val.num_rows, votes.num_models))
-        alpha_rows = jnp.full((val.num_rows,), global_alpha, jnp.float32) if loss in _FITS_TIE else None
-        baseline_val = float(p2l_loss(beta0, alpha_rows, val.a, val.b, val.outcome, loss=loss, weight=val.weight))
+    def global_nll(rows):
+        beta0 = jnp.broadcast_to(sol.theta.astype(jnp.float32), (rows.num_rows, votes.num_models))
+        alpha_rows = jnp.full((rows.num_rows,), global_alpha, jnp.float32) if loss in _FITS_TIE else None
+        return float(p2l_loss(beta0, alpha_rows, rows.a, rows.b, rows.outcome, loss=loss, weight=rows.weight))
+
+    baseline_val = global_nll(val) if val.num_rows else None
     steps_per_epoch = max(1, -(-train.num_rows // batch_size))
     tx, schedule = _make_optimizer(cfg["learning_rate"], cfg["weight_decay"], cfg["warmup_fraction"],
                                    cfg["end_lr_factor"], cfg["clip_norm"], steps_per_epoch * max_epochs)
@@ -823,10 +843,21 @@ def train_p2l(
     if mesh is not None:
         params, opt_state, stats, anchor, l2s = jax.device_put((params, opt_state, stats, anchor, l2s), replicated)
     val_batches = _batches(val, np.arange(val.num_rows), val_batch, mesh) if val.num_rows else None
+    out_batches = None
+    if out is not None:
+        out_batch = min(int(batch_size), -(-max(out.num_rows, 1) // devices) * devices)
+        out_batches = _batches(out, np.arange(out.num_rows), out_batch, mesh)
+
+    def heldout_nll(p) -> list[float]:
+        s, n = _eval_sum_jit(p, feats, out_batches, graphdef=graphdef, stats=stats, loss=loss)
+        return [float(v) for v in np.asarray(s).reshape(-1) / np.maximum(np.asarray(n).reshape(-1), 1e-30)]
 
     # Per-epoch lists hold one value per head until the end, where the chosen head's column is kept.
     history: dict[str, Any] = {"train_loss": [], "val_nll": [], "learning_rate": [], "best_epoch": [0] * num_heads,
                                "baseline_val_nll": baseline_val}
+    if out is not None:
+        history["baseline_heldout_nll"] = global_nll(out)
+        history["heldout_best"] = [None] * num_heads  # each head's held-out NLL at its best epoch so far
     best_params = params
     best_val = [math.inf] * num_heads
     bad_epochs = [0] * num_heads
@@ -835,6 +866,8 @@ def train_p2l(
         # The start (the global fit) is a candidate: the returned head is never worse on validation.
         s0, n0 = _eval_sum_jit(params, feats, val_batches, graphdef=graphdef, stats=stats, loss=loss)
         best_val = [float(v) for v in np.asarray(s0) / np.maximum(np.asarray(n0), 1e-30)]
+        if out is not None:
+            history["heldout_best"] = heldout_nll(params)
     manager = None
     if checkpoint_dir is not None:
         from jaxrank.checkpoint import flat_leaves, open_training_checkpoints, unflat_leaves
@@ -886,10 +919,13 @@ def train_p2l(
                     best_params = jax.tree_util.tree_map(
                         lambda new, old: jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
                         params, best_params)
+                scored_now = heldout_nll(params) if out is not None and any(better) else None
                 for g in range(num_heads):
                     if better[g]:
                         best_val[g], bad_epochs[g] = val_nll[g], 0
                         history["best_epoch"][g] = epoch
+                        if scored_now is not None:
+                            history["heldout_best"][g] = scored_now[g]
                     else:
                         bad_epochs[g] += 1
                 # Heads that ran out of patience keep training (their best is kept) until all have.
@@ -897,6 +933,8 @@ def train_p2l(
             else:
                 best_params = params
                 history["best_epoch"] = [epoch] * num_heads
+                if out is not None:
+                    history["heldout_best"] = heldout_nll(params)
             if progress is not None:
                 progress(epoch, max_epochs, {"train_loss": min(history["train_loss"][-1]),
                                              "val_nll": min(history["val_nll"][-1]) if history["val_nll"] else math.nan})
@@ -915,6 +953,11 @@ def train_p2l(
     history["best_val_nll"] = None if math.isinf(best_val[chosen]) else best_val[chosen]
     if residual:
         history["delta_l2_val_nll"] = [None if math.isinf(v) else v for v in best_val]
+    if out is not None:
+        scored_best = history.pop("heldout_best")
+        history["heldout_nll"] = scored_best[chosen]
+        if residual:
+            history["delta_l2_heldout_nll"] = scored_best
     cfg_out = dict(cfg)
     if residual:
         cfg_out["chosen_delta_l2"] = grid[chosen]
@@ -953,18 +996,21 @@ def choose_delta_l2(
     r"""Choose the residual head's `delta_l2` by K-fold cross-validation over PROMPTS.
 
     The distinct prompts are split at random into `folds` parts; for each part, `train_p2l(features, votes,
-    delta_l2=grid, val_prompts=part, ...)` trains the whole grid at once on the other parts and reports each
-    strength's best-epoch NLL on the held-out part (`history["delta_l2_val_nll"]`). The chosen strength
-    minimises the vote-weighted mean over the folds: every prompt is held out once, so the choice does not
-    rest on one small validation split. Early stopping uses the same held-out part (equally for every grid
-    value). Train the final head with `train_p2l(..., delta_l2=choice.chosen)`.
+    delta_l2=grid, heldout_prompts=part, ...)` trains the whole grid at once on the other parts, each
+    strength early-stopped on a validation split of THOSE parts (`val_fraction` of their prompts), and
+    reports each strength's NLL on the held-out part at its best epoch (`history["delta_l2_heldout_nll"]`):
+    the held-out part steers neither training nor early stopping, so its NLL is an honest estimate. The
+    chosen strength minimises the vote-weighted mean over the folds: every prompt is held out once, so the
+    choice does not rest on one small validation split. Train the final head with
+    `train_p2l(..., delta_l2=choice.chosen)`.
 
     Args:
         features, votes: as `train_p2l`.
         grid: candidate L2 strengths (>= 0).
         folds: K >= 2.
         key: PRNG key of the fold assignment and of each fold's training (`fold_in(key, f)`).
-        **train_kwargs: other `train_p2l` options (loss, learning_rate, max_epochs, patience, ...).
+        **train_kwargs: other `train_p2l` options (loss, learning_rate, max_epochs, patience, `val_fraction`
+            of each training split held out for early stopping, default 0.1, ...).
 
     Returns:
         `DeltaL2Choice`.
@@ -977,7 +1023,7 @@ def choose_delta_l2(
         raise ValueError("votes must be a jaxrank.Votes with prompts")
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
         raise ValueError(f"folds must be an int >= 2, got {folds!r}")
-    for name in ("delta_l2", "val_prompts", "val_fraction", "checkpoint_dir", "resume"):
+    for name in ("delta_l2", "val_prompts", "heldout_prompts", "checkpoint_dir", "resume"):
         if name in train_kwargs:
             raise ValueError(f"choose_delta_l2 sets {name} itself; do not pass it")
     grid = tuple(float(v) for v in grid)
@@ -996,10 +1042,10 @@ def choose_delta_l2(
     vote_weight = np.bincount(np.asarray(votes.prompt)[np.asarray(rows.row_vote)], weights=np.asarray(rows.count),
                               minlength=votes.num_prompts)
     for f, part in enumerate(parts):
-        model = train_p2l(features, votes, delta_l2=grid, val_prompts=part, key=jax.random.fold_in(k_train, f),
+        model = train_p2l(features, votes, delta_l2=grid, heldout_prompts=part, key=jax.random.fold_in(k_train, f),
                           **train_kwargs)
-        fold_nll[f] = [math.nan if v is None else v for v in model.history["delta_l2_val_nll"]]
-        global_nll[f] = model.history["baseline_val_nll"]
+        fold_nll[f] = [math.nan if v is None else v for v in model.history["delta_l2_heldout_nll"]]
+        global_nll[f] = model.history["baseline_heldout_nll"]
         weights[f] = vote_weight[part].sum()
     mean = (weights[:, None] * fold_nll).sum(axis=0) / weights.sum()
     return DeltaL2Choice(chosen=grid[int(np.nanargmin(mean))], grid=grid, fold_nll=fold_nll, mean_nll=mean,

@@ -241,7 +241,33 @@ def test_kfold_choice_of_delta_l2():
     np.testing.assert_allclose(bad.mean_nll[-1], np.average(bad.global_nll, weights=None), rtol=2e-2)
     with pytest.raises(ValueError, match="folds must be an int >= 2"):
         choose_delta_l2(jax.random.key(0), x, votes, GRID, folds=1)
-    with pytest.raises(ValueError, match="sets val_fraction itself"):
-        choose_delta_l2(jax.random.key(0), x, votes, GRID, val_fraction=0.2)
+    with pytest.raises(ValueError, match="sets heldout_prompts itself"):
+        choose_delta_l2(jax.random.key(0), x, votes, GRID, heldout_prompts=[0])
     with pytest.raises(ValueError, match="val_prompts must be"):
         train_p2l(x, votes, val_prompts=[10_000], **opts)
+
+
+def test_heldout_prompts_steer_nothing():
+    """`heldout_prompts` (what `choose_delta_l2` scores each fold on) are only scored: turning their votes around
+    changes their NLL but not one trained weight nor the early-stopping epochs, and the reported held-out NLL is
+    the returned head's on those votes (float64 reference)."""
+    import dataclasses
+
+    opts = {k: v for k, v in CONFIG.items() if k != "delta_l2"}
+    x, votes = arena(5, informative=True)
+    held = np.arange(0, votes.num_prompts, 4)
+    flip = np.isin(votes.prompt, held)
+    turned = dataclasses.replace(votes, a=np.where(flip, votes.b, votes.a), b=np.where(flip, votes.a, votes.b))
+    fits = [train_p2l(x, v, delta_l2=GRID, heldout_prompts=held, key=jax.random.key(2), **opts) for v in (votes, turned)]
+    for leaf_a, leaf_b in zip(jax.tree_util.tree_leaves(fits[0].params), jax.tree_util.tree_leaves(fits[1].params)):
+        np.testing.assert_array_equal(np.asarray(leaf_a), np.asarray(leaf_b))
+    assert fits[0].history["best_epoch"] == fits[1].history["best_epoch"]
+    assert fits[0].history["delta_l2_val_nll"] == fits[1].history["delta_l2_val_nll"]
+    assert abs(fits[0].history["heldout_nll"] - fits[1].history["heldout_nll"]) > 0.05
+    # The reported number is the returned head's NLL on the held-out votes.
+    sub = votes.subset(flip)
+    beta, _ = fits[0].coefficients(x)
+    ref = vote_nll(np.asarray(beta, np.float64), None, sub, loss=CONFIG["loss"])  # bt-tie: no tie parameter
+    np.testing.assert_allclose(fits[0].history["heldout_nll"], ref.mean(), rtol=1e-4)
+    chosen = GRID.index(fits[0].config["chosen_delta_l2"])
+    assert fits[0].history["delta_l2_heldout_nll"][chosen] == fits[0].history["heldout_nll"]
