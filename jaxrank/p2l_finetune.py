@@ -643,6 +643,7 @@ def train_p2l_finetune(
             if tuple(np.shape(prefix)) != want:
                 raise ValueError(f"prefix must have shape [P, T, hidden] = {want} (frozen_prefix of these ids with "
                                  f"k={k}), got {tuple(np.shape(prefix))}")
+            _check_prefix(prefix, model_graph, model_state, ids, mask, st.start, k)
         residual = place(jnp.asarray(prefix, dtype))
     elif prefix is not None:
         raise ValueError("prefix is the cached frozen blocks of mode='last-k'; LoRA adapts every block")
@@ -772,6 +773,23 @@ def train_p2l_finetune(
                         backbone=jax.tree_util.tree_map(jnp.asarray, best["backbone"]),
                         head=jax.tree_util.tree_map(jnp.asarray, best["head"]),
                         head_stats=jax.tree_util.tree_map(jnp.asarray, jax.device_get(head_stats)), history=history)
+
+
+def _check_prefix(prefix, graph, state, ids, mask, stop, k) -> None:
+    """Refuse a `prefix` that is not this model's frozen blocks of these ids with this `k` (a cache of other
+    prompts, another k or dtype, another model): its first and last prompts are recomputed (two short
+    rows) and must agree to within the compute dtype's rounding (2 % of the mean magnitude)."""
+    for row in sorted({0, ids.shape[0] - 1}):
+        probe = np.asarray(_prefix_jit(graph, state, jnp.asarray(ids[row:row + 1]), jnp.asarray(mask[row:row + 1]),
+                                       stop=stop), np.float32)[0]
+        given = np.asarray(prefix[row], np.float32)
+        on = np.asarray(mask[row], bool)
+        scale = float(np.abs(probe[on]).mean())
+        gap = float(np.abs(given[on] - probe[on]).mean())
+        if not gap <= 0.02 * max(scale, 1e-30):
+            raise ValueError(f"prefix is not frozen_prefix(model, ids, mask, k={k}) of these prompts: its row {row} "
+                             f"differs from the recomputed one by {gap:.3g} on average (magnitude {scale:.3g}); "
+                             "recompute it for these ids, this model, k and dtype")
 
 
 def _run_prefix(graph, state, ids, mask, stop, batch, mesh):

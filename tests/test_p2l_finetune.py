@@ -246,3 +246,10 @@ def test_bad_inputs(data):
         ft.train_p2l_finetune(jax.random.key(0), model, ids[:4], mask[:4], votes)
     with pytest.raises(TypeError, match="CausalLM"):
         ft.train_p2l_finetune(jax.random.key(0), object(), ids, mask, votes)
+    # A cached prefix of another k (same shape), or of other prompts, is refused before training.
+    other_k = ft.frozen_prefix(model, ids, mask, k=1, dtype=jnp.float32, batch_size=8)
+    with pytest.raises(ValueError, match=r"prefix is not frozen_prefix\(model, ids, mask, k=2\)"):
+        ft.train_p2l_finetune(jax.random.key(0), model, ids, mask, votes, k=2, dtype=jnp.float32, prefix=other_k)
+    shuffled = ft.frozen_prefix(model, ids[::-1], mask[::-1], k=2, dtype=jnp.float32, batch_size=8)
+    with pytest.raises(ValueError, match="prefix is not frozen_prefix"):
+        ft.train_p2l_finetune(jax.random.key(0), model, ids, mask, votes, k=2, dtype=jnp.float32, prefix=shuffled)
