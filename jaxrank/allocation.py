@@ -446,6 +446,40 @@ def _block_shape(num_items: int) -> tuple[int, int]:
     return -(-num_items // bs), bs
 
 
+def _bulk_rounds(words, sampler, true_means, is_ckpt, slot, *, num_items, steps, num_ckpt, rounds):
+    """The first `rounds` round-robin rounds of one run with one query per step (robin-hood's warm-up):
+    `(counts, mean, m2, errs)` after them.
+
+    Step r·K + i is the r-th query of item i. Each item's Welford updates are independent of the others', so a
+    round is one vectorised update over all items (the same float32 operations in the same order per item as
+    step by step, so the same numbers), and `rounds` rounds replace rounds·K scan steps. Checkpoint c inside
+    the rounds sees round ⌈c/K⌉ for the items i < c - (⌈c/K⌉ - 1)·K and the round before for the others.
+    """
+    K = num_items
+    ck_at = jnp.zeros((num_ckpt,), jnp.int32).at[jnp.where(is_ckpt, slot, num_ckpt)].set(
+        jnp.arange(1, steps + 1, dtype=jnp.int32), mode="drop"
+    )
+    item_ids = jnp.arange(K, dtype=jnp.int32)
+
+    def round_(carry, r):
+        mean, m2, errs = carry
+        x = pull_scores(words, sampler, item_ids, r)
+        d = x - mean
+        mu1 = mean + d / (r + 1).astype(jnp.float32)
+        m21 = m2 + d * (x - mu1)
+        p = ck_at - r * K  # items of this round already queried at each checkpoint
+        here = (p > 0) & (p <= K)
+        e = jnp.where(item_ids[None, :] < p[:, None], mu1[None, :], mean[None, :]) - true_means
+        ae = jnp.abs(e)
+        rows = jnp.stack([jnp.max(ae, axis=1), jnp.mean(ae, axis=1), jnp.sqrt(jnp.mean(e * e, axis=1))], 1)
+        return (mu1, m21, jnp.where(here[:, None], rows, errs)), None
+
+    zeros = jnp.zeros((K,), jnp.float32)
+    (mean, m2, errs), _ = lax.scan(round_, (zeros, zeros, jnp.zeros((num_ckpt, 3), jnp.float32)),
+                                   jnp.arange(rounds, dtype=jnp.int32))
+    return jnp.full((K,), rounds, jnp.int32), mean, m2, errs
+
+
 def _run(
     words, sampler, true_means, variances, is_ckpt, slot, *, allocator, num_items, m, steps, num_ckpt, delta
 ):
@@ -486,7 +520,7 @@ def _run(
         elif allocator == "robin":
             items = pick(index, bmax)
         elif use_blocks:
-            items = pick(index, bmax)  # the warm-up ran before the scan (`bulk_warmup`)
+            items = pick(index, bmax)  # the warm-up ran before the scan (`_bulk_rounds`)
         else:
             # top-m is a sort: skip it during the warm-up (the predicate depends on the step only, so under vmap
             # this stays a real branch).
@@ -509,38 +543,12 @@ def _run(
         errs = lax.cond(ck, lambda: record(errs, mean, c), lambda: errs)
         return (counts, mean, m2, index, bmax, errs), None
 
-    def bulk_warmup():
-        # With one query per step the warm-up is W round-robin rounds: step r·K + i is the r-th query of item i.
-        # Each item's Welford updates are independent of the others', so a round is one vectorised update over
-        # all items (the same float32 operations in the same order per item as step by step, so the same
-        # numbers), and W rounds replace W·K scan steps. Checkpoint c inside the warm-up sees round ⌈c/K⌉
-        # for the items i < c - (⌈c/K⌉ - 1)·K and the round before for the others.
-        ck_at = jnp.zeros((num_ckpt,), jnp.int32).at[jnp.where(is_ckpt, slot, num_ckpt)].set(
-            jnp.arange(1, steps + 1, dtype=jnp.int32), mode="drop"
-        )
-        item_ids = jnp.arange(K, dtype=jnp.int32)
-
-        def round_(carry, r):
-            mean, m2, errs = carry
-            x = pull_scores(words, sampler, item_ids, r)
-            d = x - mean
-            mu1 = mean + d / (r + 1).astype(jnp.float32)
-            m21 = m2 + d * (x - mu1)
-            p = ck_at - r * K  # items of this round already queried at each checkpoint
-            here = (p > 0) & (p <= K)
-            e = jnp.where(item_ids[None, :] < p[:, None], mu1[None, :], mean[None, :]) - true_means
-            ae = jnp.abs(e)
-            rows = jnp.stack([jnp.max(ae, axis=1), jnp.mean(ae, axis=1), jnp.sqrt(jnp.mean(e * e, axis=1))], 1)
-            return (mu1, m21, jnp.where(here[:, None], rows, errs)), None
-
-        zeros = jnp.zeros((K,), jnp.float32)
-        rounds = jnp.arange(warm_steps // K, dtype=jnp.int32)
-        (mean, m2, errs), _ = lax.scan(round_, (zeros, zeros, jnp.zeros((num_ckpt, 3), jnp.float32)), rounds)
-        return jnp.full((K,), warm_steps // K, jnp.int32), mean, m2, errs
-
-    if use_blocks and warm_steps:
-        counts0, mean0, m20, errs0 = bulk_warmup()
-        start = warm_steps
+    # With one query per step robin-hood's warm-up runs as vectorised rounds before the scan (`_bulk_rounds`).
+    rounds = warm_steps // K if use_blocks else 0
+    if rounds:
+        counts0, mean0, m20, errs0 = _bulk_rounds(words, sampler, true_means, is_ckpt, slot, num_items=K,
+                                                  steps=steps, num_ckpt=num_ckpt, rounds=rounds)
+        start = rounds * K
     else:
         counts0 = jnp.zeros((K,), jnp.int32)
         mean0 = m20 = jnp.zeros((K,), jnp.float32)
@@ -550,6 +558,93 @@ def _run(
     xs = (jnp.arange(start, steps, dtype=jnp.int32), is_ckpt[start:], slot[start:])
     (counts, mean, _, _, _, errs), _ = lax.scan(body, (counts0, mean0, m20, index0, bmax0, errs0), xs)
     return counts, mean, errs
+
+
+def _scatter_rows(x: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
+    """`x.at[rows].set(values)` for `x` `[N, ...]` and distinct in-bounds `rows` `[R]`, as one plain scatter (no
+    index normalisation in front of it)."""
+    window = tuple(range(1, x.ndim))
+    dims = lax.ScatterDimensionNumbers(update_window_dims=window, inserted_window_dims=(0,),
+                                       scatter_dims_to_operand_dims=(0,))
+    return lax.scatter(x, rows[:, None], values.astype(x.dtype), dims, indices_are_sorted=False,
+                       unique_indices=True, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _robin_hood_runs(words, sampler, true_means, is_ckpt, slot, *, num_items, steps, num_ckpt, delta):
+    """R robin-hood runs with one query per step (`words` `[R, 2]`), all runs in one batched `lax.scan`.
+
+    The same choices and numbers as `_run` vmapped over the runs, laid out for the CPU: robin-hood's choices
+    depend on each run's draws, so under `vmap` every step's reads and writes of the `[R, K]` state are batched
+    gathers and scatters, which XLA's CPU backend runs as slow generic loops, a dozen per step. Here each item's
+    state is one row `(count, mean, M2)` of a flat `[R * K', 3]` table (K' = K padded to whole blocks of the
+    two-level argmax; the count stored bit for bit as a float32), so a step reads the chosen block of each run
+    with one gather of R blocks and writes the queried items with one R-row scatter. The priority index is not stored:
+    the chosen block's index is recomputed from its counts and M2 (the same elementwise float32 operations, so
+    the same values), leaving only the per-block maxima as state.
+    """
+    K = num_items
+    runs = words.shape[0]
+    log_inv_delta = math.log(1.0 / delta)
+    rounds = warmup_rounds(delta)
+    nb, bs = _block_shape(K)
+    kp = nb * bs
+    counts, mean, m2, errs = jax.vmap(
+        functools.partial(_bulk_rounds, num_items=K, steps=steps, num_ckpt=num_ckpt, rounds=rounds),
+        in_axes=(0, None, None, None, None),
+    )(words, sampler, true_means, is_ckpt, slot)
+
+    def index_of(c, q, ok):
+        return jnp.where(ok, _robin_hood_index(c, q, log_inv_delta), -jnp.inf)
+
+    def padded(x):
+        return jnp.pad(x, ((0, 0), (0, kp - K)))
+
+    valid = (jnp.arange(kp) < K).reshape(nb, bs)
+    bmax = jnp.max(index_of(padded(counts).reshape(runs, nb, bs), padded(m2).reshape(runs, nb, bs), valid), axis=2)
+    table = jnp.stack([lax.bitcast_convert_type(padded(counts), jnp.float32), padded(mean), padded(m2)], axis=-1)
+    table = table.reshape(runs * kp, 3)  # row run * K' + i: item i of the run
+    block_dims = lax.GatherDimensionNumbers(offset_dims=(1, 2), collapsed_slice_dims=(), start_index_map=(0,))
+    run_ids = jnp.arange(runs, dtype=jnp.int32)
+    lanes = jnp.arange(bs, dtype=jnp.int32)
+    draw = jax.vmap(pull_scores, in_axes=(0, None, 0, 0))
+
+    def record(errs, table, c):
+        e = table[:, 1].reshape(runs, kp)[:, :K] - true_means
+        ae = jnp.abs(e)
+        rows = jnp.stack([jnp.max(ae, axis=1), jnp.mean(ae, axis=1), jnp.sqrt(jnp.mean(e * e, axis=1))], 1)
+        return errs.at[:, c].set(rows)
+
+    def body(carry, xs):
+        ck, c = xs
+        table, bmax, errs = carry
+        b = _first_argmax(bmax)  # [R]
+        block = lax.gather(table, (run_ids * kp + b * bs)[:, None], block_dims, (bs, 3), indices_are_sorted=True,
+                           mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)  # [R, bs, 3]: each run's chosen block
+        c_row = lax.bitcast_convert_type(block[..., 0], jnp.int32)
+        row = index_of(c_row, block[..., 2], (b * bs)[:, None] + lanes < K)
+        j = _first_argmax(row)
+        items = b * bs + j
+        here = jnp.take_along_axis(block, j[:, None, None], axis=1)[:, 0]  # [R, 3]
+        n = lax.bitcast_convert_type(here[:, 0], jnp.int32)
+        x = draw(words, sampler, items, n)
+        n1 = n + 1
+        mu = here[:, 1]
+        d = x - mu
+        mu1 = mu + d / n1.astype(jnp.float32)
+        m21 = here[:, 2] + d * (x - mu1)
+        new = _robin_hood_index(n1, m21, log_inv_delta)
+        hit = lanes == j[:, None]
+        item_row = jnp.stack([lax.bitcast_convert_type(n1, jnp.float32), mu1, m21], axis=-1)
+        table = _scatter_rows(table, run_ids * kp + items, item_row)
+        bmax = _scatter_rows(bmax.reshape(-1), run_ids * nb + b, jnp.max(jnp.where(hit, new[:, None], row), axis=1))
+        bmax = bmax.reshape(runs, nb)
+        errs = lax.cond(ck, lambda: record(errs, table, c), lambda: errs)
+        return (table, bmax, errs), None
+
+    start = rounds * K
+    (table, _, errs), _ = lax.scan(body, (table, bmax, errs), (is_ckpt[start:], slot[start:]))
+    table = table.reshape(runs, kp, 3)[:, :K]
+    return lax.bitcast_convert_type(table[..., 0], jnp.int32), table[..., 1], errs
 
 
 @functools.lru_cache(maxsize=32)
@@ -569,6 +664,10 @@ def _compiled(allocators: tuple[str, ...], num_items, m, steps, checkpoints: tup
             run = functools.partial(
                 _run, allocator=a, num_items=num_items, m=m, steps=steps, num_ckpt=num_ckpt, delta=delta
             )
+            if a == "robin-hood" and m == 1:
+                out[a] = _robin_hood_runs(words, sampler, true_means, is_ckpt, slot, num_items=num_items,
+                                          steps=steps, num_ckpt=num_ckpt, delta=delta)
+                continue
             out[a] = jax.vmap(run, in_axes=(0, None, None, None, None, None))(
                 words, sampler, true_means, variances, is_ckpt, slot
             )
