@@ -601,50 +601,51 @@ def _robin_hood_runs(words, sampler, true_means, is_ckpt, slot, *, num_items, st
 
     valid = (jnp.arange(kp) < K).reshape(nb, bs)
     bmax = jnp.max(index_of(padded(counts).reshape(runs, nb, bs), padded(m2).reshape(runs, nb, bs), valid), axis=2)
-    table = jnp.stack([lax.bitcast_convert_type(padded(counts), jnp.float32), padded(mean), padded(m2)], axis=-1)
-    table = table.reshape(runs * kp, 3)  # row run * K' + i: item i of the run
-    block_dims = lax.GatherDimensionNumbers(offset_dims=(1, 2), collapsed_slice_dims=(), start_index_map=(0,))
+    counts, mean, m2 = (padded(x).reshape(-1) for x in (counts, mean, m2))  # item i of run r at r * K' + i
     run_ids = jnp.arange(runs, dtype=jnp.int32)
     lanes = jnp.arange(bs, dtype=jnp.int32)
     draw = jax.vmap(pull_scores, in_axes=(0, None, 0, 0))
+    block_dims = lax.GatherDimensionNumbers(offset_dims=(1,), collapsed_slice_dims=(), start_index_map=(0,))
 
-    def record(errs, table, c):
-        e = table[:, 1].reshape(runs, kp)[:, :K] - true_means
+    def blocks(x, first):  # [R, bs]: each run's chosen block of a flat state array
+        return lax.gather(x, first[:, None], block_dims, (bs,), indices_are_sorted=True,
+                          mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+    def record(errs, mean, c):
+        e = mean.reshape(runs, kp)[:, :K] - true_means
         ae = jnp.abs(e)
         rows = jnp.stack([jnp.max(ae, axis=1), jnp.mean(ae, axis=1), jnp.sqrt(jnp.mean(e * e, axis=1))], 1)
         return errs.at[:, c].set(rows)
 
     def body(carry, xs):
         ck, c = xs
-        table, bmax, errs = carry
+        counts, mean, m2, bmax, errs = carry
         b = _first_argmax(bmax)  # [R]
-        block = lax.gather(table, (run_ids * kp + b * bs)[:, None], block_dims, (bs, 3), indices_are_sorted=True,
-                           mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)  # [R, bs, 3]: each run's chosen block
-        c_row = lax.bitcast_convert_type(block[..., 0], jnp.int32)
-        row = index_of(c_row, block[..., 2], (b * bs)[:, None] + lanes < K)
+        first = run_ids * kp + b * bs
+        c_row = blocks(counts, first)
+        row = index_of(c_row, blocks(m2, first), (b * bs)[:, None] + lanes < K)
         j = _first_argmax(row)
         items = b * bs + j
-        here = jnp.take_along_axis(block, j[:, None, None], axis=1)[:, 0]  # [R, 3]
-        n = lax.bitcast_convert_type(here[:, 0], jnp.int32)
+        at = first + j
+        n = counts[at]
         x = draw(words, sampler, items, n)
         n1 = n + 1
-        mu = here[:, 1]
+        mu = mean[at]
         d = x - mu
         mu1 = mu + d / n1.astype(jnp.float32)
-        m21 = here[:, 2] + d * (x - mu1)
+        m21 = m2[at] + d * (x - mu1)
+        counts = _scatter_rows(counts, at, n1)
+        mean = _scatter_rows(mean, at, mu1)
+        m2 = _scatter_rows(m2, at, m21)
         new = _robin_hood_index(n1, m21, log_inv_delta)
-        hit = lanes == j[:, None]
-        item_row = jnp.stack([lax.bitcast_convert_type(n1, jnp.float32), mu1, m21], axis=-1)
-        table = _scatter_rows(table, run_ids * kp + items, item_row)
-        bmax = _scatter_rows(bmax.reshape(-1), run_ids * nb + b, jnp.max(jnp.where(hit, new[:, None], row), axis=1))
-        bmax = bmax.reshape(runs, nb)
-        errs = lax.cond(ck, lambda: record(errs, table, c), lambda: errs)
-        return (table, bmax, errs), None
+        new_max = jnp.max(jnp.where(lanes == j[:, None], new[:, None], row), axis=1)
+        bmax = _scatter_rows(bmax.reshape(-1), run_ids * nb + b, new_max).reshape(runs, nb)
+        errs = lax.cond(ck, lambda: record(errs, mean, c), lambda: errs)
+        return (counts, mean, m2, bmax, errs), None
 
     start = rounds * K
-    (table, _, errs), _ = lax.scan(body, (table, bmax, errs), (is_ckpt[start:], slot[start:]))
-    table = table.reshape(runs, kp, 3)[:, :K]
-    return lax.bitcast_convert_type(table[..., 0], jnp.int32), table[..., 1], errs
+    (counts, mean, _, _, errs), _ = lax.scan(body, (counts, mean, m2, bmax, errs), (is_ckpt[start:], slot[start:]))
+    return counts.reshape(runs, kp)[:, :K], mean.reshape(runs, kp)[:, :K], errs
 
 
 @functools.lru_cache(maxsize=32)
