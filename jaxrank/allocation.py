@@ -829,7 +829,7 @@ def _execute(key, sampler, allocators, budget, checkpoints, batch_size, delta, n
         out = jax.block_until_ready(fn(key, *rest))
         if progress is not None:
             progress(total, total)
-        return out
+        return {a: out[a] for a in allocators}  # the allocators' order (a jitted dict comes back sorted by key)
     # Runs in chunks of one compiled shape (the last padded by repeating its final run): each run has its own
     # key words, so the numbers do not depend on the chunking.
     words = run_key_words(key, num_runs)
