@@ -906,8 +906,8 @@ def _elo_replay(perms: np.ndarray, lane_perm: np.ndarray, lane_prompts: np.ndarr
         lanes = part.shape[0]
         if lanes < chunk:
             part = np.concatenate([part, np.full((chunk - lanes, n), n, np.int32)])
-        r = replay_elo(a_ext, b_ext, s_ext, jnp.asarray(np.ascontiguousarray(part.T)), num_models=m + 2,
-                        k=k, scale=400.0, base=10.0, init=1000.0, unroll=4)
+        r = replay_elo(a_ext, b_ext, s_ext, jnp.asarray(part), num_models=m + 2,
+                        k=k, scale=400.0, base=10.0, init=1000.0, unroll=4, lane_major=True)
         outs.append(np.asarray(r)[:lanes, :m])
         if progress is not None:
             progress(c + 1, len(starts))
@@ -1138,7 +1138,7 @@ def leaderboard_stability(
     else:
         # Lanes: for each order p, all votes then the F top-q sets (each the order restricted to the set);
         # then random subset j in order j mod num_permutations. One compiled replay.
-        perm = np.asarray(random_vote_orders(jax.random.split(k_perm, num_permutations), n)).T  # [Pm, N]
+        perm = np.asarray(random_vote_orders(jax.random.split(k_perm, num_permutations), n, lane_major=True))  # [Pm, N]
         sets = np.concatenate([np.ones((1, num_prompts), bool), top_mask])  # [1 + F, P]
         which = np.arange(rand_mask.shape[0]) % num_permutations
         lane_perm = np.concatenate([np.repeat(np.arange(num_permutations), 1 + num_f), which])
