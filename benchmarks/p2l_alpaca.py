@@ -337,7 +337,7 @@ def main_kfold(args) -> None:
     import pandas as pd
 
     from jaxrank.lm.features import prompt_features
-    from jaxrank.p2l import aggregate_leaderboard, crossfit_heldout, vote_nll
+    from jaxrank.p2l import VoteNLL, aggregate_leaderboard, compare_heldout, crossfit_heldout, vote_nll
     from jaxrank.ratings import fit_bradley_terry
 
     load_avg = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -362,6 +362,7 @@ def main_kfold(args) -> None:
                 opts["delta_l2"] = grid
             else:
                 opts["weight_decay"] = args.weight_decay
+            evs = []
             for seed in (int(s) for s in args.seeds.split(",")):
                 t0 = time.perf_counter()
                 ev = crossfit_heldout(jax.random.key(seed), feats, votes, folds=args.folds, loss="bt-tie",
@@ -380,6 +381,7 @@ def main_kfold(args) -> None:
                 if args.dataset == "alpaca":
                     row.update(baseline_check(votes, ev.beta))
                 rows.append(row)
+                evs.append(ev)
                 print(f"  {encoder} {method:>8s} seed {seed}: NLL {cmp.nll:.4f} global {cmp.baseline_nll:.4f} diff "
                       f"{cmp.difference:+.4f} [{cmp.lower:+.4f}, {cmp.upper:+.4f}] over {cmp.num_prompts} prompts; "
                       f"folds {row['fold_diffs']} l2 {row['fold_delta_l2']} best epochs {row['fold_best_epoch']} "
@@ -419,11 +421,26 @@ def main_kfold(args) -> None:
                     print(f"    {c:>12s}: out-of-fold NLL global {r['nll_global']:.4f} p2l {r['nll_p2l']:.4f} "
                           f"category fit {r['nll_category_fit']:.4f}; Spearman vs the category's plain fit: global "
                           f"{r['spearman_global']:.3f} p2l aggregate {r['spearman_p2l_aggregate']:.3f}", flush=True)
+            if len(evs) > 1:
+                # Repeated cross-fitting: every prompt's votes scored once per seed; the mean over the seeds (each
+                # row's weight / S) with ONE bootstrap over the prompts (all seeds' rows of a prompt move together).
+                pooled = [VoteNLL(np.concatenate([getattr(e, side).nll for e in evs]),
+                                  np.concatenate([getattr(e, side).weight for e in evs]) / len(evs),
+                                  np.concatenate([getattr(e, side).prompt for e in evs])) for side in ("model", "baseline")]
+                cmp = compare_heldout(jax.random.key(10_000), pooled[0], pooled[1], rounds=args.bootstrap)
+                rows.append(dict(dataset=args.dataset, encoder=encoder, method=method, seed="mean", split="kfold",
+                                 folds=args.folds, test_prompts=cmp.num_prompts, test_votes=round(cmp.num_votes, 1),
+                                 nll=cmp.nll, global_nll=cmp.baseline_nll, diff=cmp.difference, diff_lo=cmp.lower,
+                                 diff_hi=cmp.upper, excludes_0=bool(cmp.upper < 0 or cmp.lower > 0),
+                                 uptime=load_avg))
+                print(f"  {encoder} {method:>8s} mean of {len(evs)} seeds: NLL {cmp.nll:.4f} global "
+                      f"{cmp.baseline_nll:.4f} diff {cmp.difference:+.4f} [{cmp.lower:+.4f}, {cmp.upper:+.4f}]",
+                      flush=True)
     frame = pd.DataFrame(rows)
     out = pathlib.Path(args.out or REPO / "benchmarks" / "results" / f"p2l_{args.dataset}_kfold.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False, float_format="%.5f")
-    print(frame.groupby(["encoder", "method"]).agg(
+    print(frame[frame.seed != "mean"].groupby(["encoder", "method"]).agg(
         diff=("diff", "mean"), seeds=("seed", "count"), excludes_0=("excludes_0", "sum"),
         better_significant=("diff_hi", lambda d: int((d < 0).sum())),
         worse_significant=("diff_lo", lambda d: int((d > 0).sum())),

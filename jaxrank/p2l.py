@@ -1592,7 +1592,7 @@ class CrossFitEvaluation(NamedTuple):
 
 def crossfit_heldout(
     key: jax.Array, features: Any, votes: Votes, *, folds: int = 5, loss: str = "bt-tie", rounds: int = 2000,
-    confidence: float = 0.95, **train_kwargs: Any,
+    confidence: float = 0.95, refit_base: bool = True, **train_kwargs: Any,
 ) -> CrossFitEvaluation:
     r"""Cross-fitted K-fold-by-prompt held-out NLL of a P2L head against the global Bradley–Terry fit.
 
@@ -1605,6 +1605,12 @@ def crossfit_heldout(
     the prompts: K times the prompts of one 1/K split, at the cost of K trainings. The folds' models
     differ, so the pooled number evaluates the training PROCEDURE, not one fitted head (cross-fitting).
 
+    A residual head (`delta_l2` given) is `beta = beta_global + Delta(prompt)`; `train_p2l` fits its
+    `beta_global` on the training split WITHOUT its validation prompts. With `refit_base` (default) the
+    head's base is then replaced by the fold's global fit of all its training votes (the baseline itself):
+    `beta = theta_fold + centre(Delta(prompt))`, so a head that keeps its start (best epoch 0, or an
+    uninformative representation) scores exactly as the global fit, and the comparison isolates `Delta`.
+
     Args:
         key: PRNG key: the fold assignment, each fold's training (`fold_in(key, f)`) and the bootstrap.
         features: float[P, D] prompt features, rows indexed by `votes.prompt` (as `train_p2l`).
@@ -1612,6 +1618,8 @@ def crossfit_heldout(
         folds: K >= 2 (at most the number of prompts with votes).
         loss: `"bt"` or `"bt-tie"` (a global fit without a tie parameter to carry per fold).
         rounds, confidence: of the prompt bootstrap (`compare_heldout`).
+        refit_base: a residual head's base replaced by the fold's global fit (see above); no effect on a
+            plain head.
         **train_kwargs: other `train_p2l` options (`delta_l2`, `learning_rate`, `val_fraction`, ...); not
             `val_prompts`, `checkpoint_dir` or `resume`.
 
@@ -1651,6 +1659,11 @@ def crossfit_heldout(
         head = train_p2l(x_np, train, loss=loss, key=jax.random.fold_in(k_train, f), **train_kwargs)
         part = fold == f
         beta_all[part] = np.asarray(head.coefficients(x_np[part])[0])
+        module = head.head()
+        if refit_base and module.base is not None:
+            base = np.asarray(module.base[...], np.float32)
+            shift = thetas[f] - (base - base.mean() if module.centre else base)
+            beta_all[part] += shift
         m, b0 = vote_nll(beta_all, None, test, loss=loss), vote_nll(thetas[f], None, test, loss=loss)
         model_parts.append(m)
         base_parts.append(b0)

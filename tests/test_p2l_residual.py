@@ -287,6 +287,15 @@ def test_crossfit_noise_features_give_no_gain():
     noise = np.random.default_rng(7).normal(size=(votes.num_prompts, 3)).astype(np.float32)
     ev = crossfit_heldout(jax.random.key(1), noise, votes, folds=3, rounds=500, **CONFIG)
     assert ev.comparison.upper > 0 and abs(ev.comparison.difference) < 0.01, ev.comparison
+    # A representation that cannot tell prompts apart: Delta = 0, and with the base refit on each fold's training
+    # votes the head IS the fold's global fit (difference exactly 0); without the refit its base is fit without
+    # the validation prompts, another leaderboard.
+    const = np.ones_like(noise)
+    same = crossfit_heldout(jax.random.key(1), const, votes, folds=3, rounds=500, **CONFIG)
+    np.testing.assert_allclose(same.model.nll, same.baseline.nll, atol=1e-5)
+    assert abs(same.comparison.difference) < 1e-6
+    split_base = crossfit_heldout(jax.random.key(1), const, votes, folds=3, rounds=500, refit_base=False, **CONFIG)
+    assert np.abs(split_base.model.nll - split_base.baseline.nll).max() > 1e-4
     with pytest.raises(ValueError, match="folds must be an int >= 2"):
         crossfit_heldout(jax.random.key(0), noise, votes, folds=1)
     with pytest.raises(ValueError, match="does not take val_prompts"):
