@@ -91,6 +91,8 @@ def main() -> None:
                         help="random: one --test-fraction split by prompt per seed; kfold: cross-fitted K folds by "
                         "prompt per seed (jaxrank.p2l.crossfit_heldout), every prompt held out once, pooled")
     parser.add_argument("--folds", type=int, default=5, help="--split kfold: K")
+    parser.add_argument("--inner-folds", type=int, default=None, help="--split kfold: choose the residual head's "
+                        "L2 by K-fold over each training fold's prompts (nested CV) instead of one validation split")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -366,11 +368,12 @@ def main_kfold(args) -> None:
             for seed in (int(s) for s in args.seeds.split(",")):
                 t0 = time.perf_counter()
                 ev = crossfit_heldout(jax.random.key(seed), feats, votes, folds=args.folds, loss="bt-tie",
-                                      rounds=args.bootstrap, **opts)
+                                      rounds=args.bootstrap,
+                                      inner_folds=args.inner_folds if method == "residual" else None, **opts)
                 seconds = time.perf_counter() - t0
                 cmp = ev.comparison
                 row = dict(dataset=args.dataset, encoder=encoder, method=method, seed=seed, split="kfold",
-                           folds=args.folds, test_prompts=cmp.num_prompts, test_votes=round(cmp.num_votes, 1),
+                           folds=args.folds, inner_folds=args.inner_folds, test_prompts=cmp.num_prompts, test_votes=round(cmp.num_votes, 1),
                            nll=cmp.nll, global_nll=cmp.baseline_nll, diff=cmp.difference, diff_lo=cmp.lower,
                            diff_hi=cmp.upper, excludes_0=bool(cmp.upper < 0 or cmp.lower > 0),
                            fold_diffs=";".join(f"{d:+.4f}" for d in ev.fold_difference),

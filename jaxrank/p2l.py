@@ -1592,7 +1592,7 @@ class CrossFitEvaluation(NamedTuple):
 
 def crossfit_heldout(
     key: jax.Array, features: Any, votes: Votes, *, folds: int = 5, loss: str = "bt-tie", rounds: int = 2000,
-    confidence: float = 0.95, refit_base: bool = True, **train_kwargs: Any,
+    confidence: float = 0.95, refit_base: bool = True, inner_folds: int | None = None, **train_kwargs: Any,
 ) -> CrossFitEvaluation:
     r"""Cross-fitted K-fold-by-prompt held-out NLL of a P2L head against the global Bradley–Terry fit.
 
@@ -1620,6 +1620,10 @@ def crossfit_heldout(
         rounds, confidence: of the prompt bootstrap (`compare_heldout`).
         refit_base: a residual head's base replaced by the fold's global fit (see above); no effect on a
             plain head.
+        inner_folds: None: a residual head's `delta_l2` grid is chosen by `train_p2l` on its one validation
+            split. An int >= 2: chosen by `choose_delta_l2` (K-fold over the TRAINING fold's prompts, nested
+            cross-validation; `inner_folds` more trainings per fold), then the head is trained with the chosen
+            strength (its validation split still stops it early and keeps the start as a candidate).
         **train_kwargs: other `train_p2l` options (`delta_l2`, `learning_rate`, `val_fraction`, ...); not
             `val_prompts`, `checkpoint_dir` or `resume`.
 
@@ -1640,6 +1644,11 @@ def crossfit_heldout(
     for name in ("val_prompts", "checkpoint_dir", "resume", "stop_after"):
         if name in train_kwargs:
             raise ValueError(f"crossfit_heldout does not take {name} (each fold trains from scratch)")
+    if inner_folds is not None:
+        if isinstance(inner_folds, bool) or not isinstance(inner_folds, (int, np.integer)) or inner_folds < 2:
+            raise ValueError(f"inner_folds must be None or an int >= 2, got {inner_folds!r}")
+        if train_kwargs.get("delta_l2") is None:
+            raise ValueError("inner_folds chooses a residual head's delta_l2: pass a delta_l2 grid")
     x_np = np.asarray(_check_features(features, "features"))
     present = np.unique(votes.prompt)
     if present.size < folds:
@@ -1656,7 +1665,14 @@ def crossfit_heldout(
     for f in range(folds):
         train, test = votes.subset(vote_fold != f), votes.subset(vote_fold == f)
         thetas[f] = np.asarray(fit_bradley_terry(train, ties=LOSS_TIES[loss]).theta, np.float32)
-        head = train_p2l(x_np, train, loss=loss, key=jax.random.fold_in(k_train, f), **train_kwargs)
+        k_f = jax.random.fold_in(k_train, f)
+        opts = dict(train_kwargs)
+        if inner_folds is not None:
+            grid = opts.pop("delta_l2")
+            inner = {k: v for k, v in opts.items() if k != "val_fraction"}
+            opts["delta_l2"] = choose_delta_l2(jax.random.fold_in(k_f, 1), x_np, train, np.atleast_1d(grid).tolist(),
+                                               folds=inner_folds, loss=loss, **inner).chosen
+        head = train_p2l(x_np, train, loss=loss, key=k_f, **opts)
         part = fold == f
         beta_all[part] = np.asarray(head.coefficients(x_np[part])[0])
         module = head.head()

@@ -302,3 +302,19 @@ def test_crossfit_noise_features_give_no_gain():
         crossfit_heldout(jax.random.key(0), noise, votes, val_prompts=[0])
     with pytest.raises(ValueError, match="loss"):
         crossfit_heldout(jax.random.key(0), noise, votes, loss="rao-kupper")
+
+
+def test_crossfit_nested_choice_of_delta_l2():
+    """inner_folds: the L2 of each outer fold chosen by K-fold over that fold's training prompts only (nested):
+    informative prompts get a weak L2 and the pooled gain excludes 0."""
+    from jaxrank.p2l import crossfit_heldout
+
+    x, votes = arena(8, informative=True, num_prompts=60, votes_per_prompt=16)
+    ev = crossfit_heldout(jax.random.key(2), x, votes, folds=2, inner_folds=2, rounds=500, **CONFIG)
+    assert all(c < max(GRID) for c in ev.chosen_delta_l2), ev.chosen_delta_l2
+    assert ev.comparison.upper < 0 and ev.comparison.num_prompts == 60
+    opts = {k: v for k, v in CONFIG.items() if k != "delta_l2"}
+    with pytest.raises(ValueError, match="inner_folds chooses"):
+        crossfit_heldout(jax.random.key(0), x, votes, inner_folds=2, **opts)
+    with pytest.raises(ValueError, match="inner_folds must be"):
+        crossfit_heldout(jax.random.key(0), x, votes, inner_folds=1, **CONFIG)
