@@ -29,10 +29,23 @@ held-out votes. Written to `<out stem>_categories.csv`.
   of the training prompts (the start, i.e. the global fit, a candidate). On a 2-core CPU these are short runs:
   the rows say exactly what ran (`ft_*` columns).
 
+`--split kfold` (`--folds K`, default 5; `--inner-folds J` optional): cross-fitted evaluation
+(`jaxrank.p2l.crossfit_heldout`) instead of one 80/20 split. For each seed (a fold assignment) the
+instructions are split into K folds; for each fold the global fit (`fit_bradley_terry`, maximum likelihood) and
+the head (residual: L2 grid and early stopping on a `--val-fraction` split of the TRAINING folds' prompts, or
+with `--inner-folds` the L2 by J-fold over them; its base then replaced by the fold's global fit) are fit on
+the other folds; every instruction is held out exactly once and the pooled per-vote NLL difference over ALL
+instructions gets one prompt bootstrap (`--bootstrap` rounds). A `seed = mean` row averages the seeds' out-of-
+fold NLLs per vote (one bootstrap over prompts, all seeds' rows of a prompt resampled together). AlpacaEval
+rows also record the fixed-baseline check (`baseline_check`). Per category: out-of-fold NLL of the global fit,
+P2L and the category's own plain fit (of the other folds), and Spearman of the P2L aggregate and of the global
+fit with the plain fit of all the category's votes. Written to `p2l_<dataset>_kfold[_categories].csv`.
+
 Features: `prompt_features`, cached under benchmarks/.cache/ (ignored by git).
 
     PYTHONPATH=$PWD flock /tmp/jaxrank-bench.lock python benchmarks/p2l_alpaca.py
     PYTHONPATH=$PWD flock /tmp/jaxrank-bench.lock python benchmarks/p2l_alpaca.py --dataset pandalm
+    PYTHONPATH=$PWD flock /tmp/jaxrank-bench.lock python benchmarks/p2l_alpaca.py --split kfold --methods residual
 """
 
 from __future__ import annotations
