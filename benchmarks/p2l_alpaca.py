@@ -386,7 +386,8 @@ def main_kfold(args) -> None:
                 seconds = time.perf_counter() - t0
                 cmp = ev.comparison
                 row = dict(dataset=args.dataset, encoder=encoder, method=method, seed=seed, split="kfold",
-                           folds=args.folds, inner_folds=args.inner_folds, test_prompts=cmp.num_prompts, test_votes=round(cmp.num_votes, 1),
+                           folds=args.folds, inner_folds=args.inner_folds,
+                           test_prompts=cmp.num_prompts, test_votes=round(cmp.num_votes, 1),
                            nll=cmp.nll, global_nll=cmp.baseline_nll, diff=cmp.difference, diff_lo=cmp.lower,
                            diff_hi=cmp.upper, excludes_0=bool(cmp.upper < 0 or cmp.lower > 0),
                            fold_diffs=";".join(f"{d:+.4f}" for d in ev.fold_difference),
@@ -442,7 +443,8 @@ def main_kfold(args) -> None:
                 # row's weight / S) with ONE bootstrap over the prompts (all seeds' rows of a prompt move together).
                 pooled = [VoteNLL(np.concatenate([getattr(e, side).nll for e in evs]),
                                   np.concatenate([getattr(e, side).weight for e in evs]) / len(evs),
-                                  np.concatenate([getattr(e, side).prompt for e in evs])) for side in ("model", "baseline")]
+                                  np.concatenate([getattr(e, side).prompt for e in evs]))
+                          for side in ("model", "baseline")]
                 cmp = compare_heldout(jax.random.key(10_000), pooled[0], pooled[1], rounds=args.bootstrap)
                 rows.append(dict(dataset=args.dataset, encoder=encoder, method=method, seed="mean", split="kfold",
                                  folds=args.folds, test_prompts=cmp.num_prompts, test_votes=round(cmp.num_votes, 1),

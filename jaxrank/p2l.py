@@ -54,7 +54,12 @@ from jaxrank.routing import (
     router_scores,
     win_probabilities,
 )
-from jaxrank.ratings.bradley_terry import fit_bradley_terry, outcome_log_probs, outcome_probabilities, solve_bradley_terry
+from jaxrank.ratings.bradley_terry import (
+    fit_bradley_terry,
+    outcome_log_probs,
+    outcome_probabilities,
+    solve_bradley_terry,
+)
 from jaxrank.ratings.uncertainty import rank_upper_bound
 from jaxrank.votes.table import TIE, Votes
 
