@@ -29,10 +29,23 @@ held-out votes. Written to `<out stem>_categories.csv`.
   of the training prompts (the start, i.e. the global fit, a candidate). On a 2-core CPU these are short runs:
   the rows say exactly what ran (`ft_*` columns).
 
+`--split kfold` (`--folds K`, default 5; `--inner-folds J` optional): cross-fitted evaluation
+(`jaxrank.p2l.crossfit_heldout`) instead of one 80/20 split. For each seed (a fold assignment) the
+instructions are split into K folds; for each fold the global fit (`fit_bradley_terry`, maximum likelihood) and
+the head (residual: L2 grid and early stopping on a `--val-fraction` split of the TRAINING folds' prompts, or
+with `--inner-folds` the L2 by J-fold over them; its base then replaced by the fold's global fit) are fit on
+the other folds; every instruction is held out exactly once and the pooled per-vote NLL difference over ALL
+instructions gets one prompt bootstrap (`--bootstrap` rounds). A `seed = mean` row averages the seeds' out-of-
+fold NLLs per vote (one bootstrap over prompts, all seeds' rows of a prompt resampled together). AlpacaEval
+rows also record the fixed-baseline check (`baseline_check`). Per category: out-of-fold NLL of the global fit,
+P2L and the category's own plain fit (of the other folds), and Spearman of the P2L aggregate and of the global
+fit with the plain fit of all the category's votes. Written to `p2l_<dataset>_kfold[_categories].csv`.
+
 Features: `prompt_features`, cached under benchmarks/.cache/ (ignored by git).
 
     PYTHONPATH=$PWD flock /tmp/jaxrank-bench.lock python benchmarks/p2l_alpaca.py
     PYTHONPATH=$PWD flock /tmp/jaxrank-bench.lock python benchmarks/p2l_alpaca.py --dataset pandalm
+    PYTHONPATH=$PWD flock /tmp/jaxrank-bench.lock python benchmarks/p2l_alpaca.py --split kfold --methods residual
 """
 
 from __future__ import annotations
@@ -87,6 +100,12 @@ def main() -> None:
     parser.add_argument("--encoders", default="smollm2-135m-instruct,all-minilm-l6-v2")
     parser.add_argument("--methods", default="head,residual")
     parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--split", choices=("random", "kfold"), default="random",
+                        help="random: one --test-fraction split by prompt per seed; kfold: cross-fitted K folds by "
+                        "prompt per seed (jaxrank.p2l.crossfit_heldout), every prompt held out once, pooled")
+    parser.add_argument("--folds", type=int, default=5, help="--split kfold: K")
+    parser.add_argument("--inner-folds", type=int, default=None, help="--split kfold: choose the residual head's "
+                        "L2 by K-fold over each training fold's prompts (nested CV) instead of one validation split")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -111,6 +130,8 @@ def main() -> None:
     parser.add_argument("--lora-seeds", default=None, help="seeds of the LoRA rows (default: --ft-seeds)")
     parser.add_argument("--out", default=None, help="CSV (default benchmarks/results/p2l_<dataset>_heldout.csv)")
     args = parser.parse_args()
+    if args.split == "kfold":
+        return main_kfold(args)
 
     import jax
     import pandas as pd
@@ -299,6 +320,154 @@ def main() -> None:
         cats = pd.DataFrame(cat_rows)
         cats.to_csv(cat_out, index=False, float_format="%.5f")
         print(cats.drop(columns=["seed"]).groupby(["encoder", "category"]).mean().to_string(
+            float_format=lambda v: f"{v:.4f}"))
+        print(f"wrote {cat_out}")
+    print(f"wrote {out} ({platform.processor() or platform.machine()}, {jax.device_count()} device(s)); "
+          f"uptime at the end: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+
+
+def baseline_check(votes, beta) -> dict:
+    """AlpacaEval's fixed baseline: the identified quantities and the head's handling of it (item of issue 17).
+
+    Every vote is `model vs gpt4_1106_preview`, so the likelihood sees only `beta_m(p) - beta_base(p)`. The head
+    outputs centred leaderboards (mean 0 over the models, the baseline one of them, its column of Delta trained
+    like every other): pinning the baseline at 0 instead (`beta - beta[:, base]`) must give the same NLL."""
+    from jaxrank.p2l import vote_nll
+
+    counts = np.bincount(np.concatenate([votes.a, votes.b]), minlength=votes.num_models)
+    base = int(np.argmax(counts))
+    in_every = bool(((votes.a == base) | (votes.b == base)).all())
+    pinned = beta - beta[:, base:base + 1]
+    d = np.abs(vote_nll(beta, None, votes).nll - vote_nll(pinned, None, votes).nll).max()
+    present = np.unique(votes.prompt)
+    rel = beta[present] - beta[present, base:base + 1]  # the identified leaderboard, vs the baseline
+    return dict(baseline=votes.models[base], baseline_in_every_vote=in_every, pinned_nll_max_abs_diff=float(d),
+                baseline_beta_sd_over_prompts=float(beta[present, base].std()),
+                relative_beta_sd_over_prompts=float(rel.std(axis=0).mean()))
+
+
+def main_kfold(args) -> None:
+    """`--split kfold`: per encoder, method and seed, `crossfit_heldout` (K folds by prompt, pooled, one bootstrap)."""
+    import jax
+    import pandas as pd
+
+    from jaxrank.lm.features import prompt_features
+    from jaxrank.p2l import VoteNLL, aggregate_leaderboard, compare_heldout, crossfit_heldout, vote_nll
+    from jaxrank.ratings import fit_bradley_terry
+
+    load_avg = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"uptime: {load_avg}")
+    votes, texts, category = load(args.dataset)
+    print(f"{args.dataset}: {votes}")
+    grid = [float(v) for v in args.delta_l2.split(",")]
+    methods = args.methods.split(",")
+    if any(m not in ("head", "residual") for m in methods):
+        raise SystemExit("--split kfold runs the methods head and residual only")
+    rows, cat_rows = [], []
+    for encoder in args.encoders.split(","):
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a few long prompts are truncated (a TruncationWarning)
+            feats = prompt_features(texts, encoder=encoder, cache_dir=args.cache_dir, max_length=args.max_length)
+        print(f"{encoder}: features {feats.shape} in {time.perf_counter() - t0:.1f} s", flush=True)
+        for method in methods:
+            opts = dict(learning_rate=args.lr, batch_size=args.batch_size, max_epochs=args.epochs,
+                        patience=args.patience, val_fraction=args.val_fraction)
+            if method == "residual":
+                opts["delta_l2"] = grid
+            else:
+                opts["weight_decay"] = args.weight_decay
+            evs = []
+            for seed in (int(s) for s in args.seeds.split(",")):
+                t0 = time.perf_counter()
+                ev = crossfit_heldout(jax.random.key(seed), feats, votes, folds=args.folds, loss="bt-tie",
+                                      rounds=args.bootstrap,
+                                      inner_folds=args.inner_folds if method == "residual" else None, **opts)
+                seconds = time.perf_counter() - t0
+                cmp = ev.comparison
+                row = dict(dataset=args.dataset, encoder=encoder, method=method, seed=seed, split="kfold",
+                           folds=args.folds, inner_folds=args.inner_folds,
+                           test_prompts=cmp.num_prompts, test_votes=round(cmp.num_votes, 1),
+                           nll=cmp.nll, global_nll=cmp.baseline_nll, diff=cmp.difference, diff_lo=cmp.lower,
+                           diff_hi=cmp.upper, excludes_0=bool(cmp.upper < 0 or cmp.lower > 0),
+                           fold_diffs=";".join(f"{d:+.4f}" for d in ev.fold_difference),
+                           fold_delta_l2=";".join("" if c is None else f"{c:g}" for c in ev.chosen_delta_l2),
+                           fold_best_epoch=";".join(str(e) for e in ev.best_epoch),
+                           train_seconds=round(seconds, 1), uptime=load_avg,
+                           uptime_end=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+                if args.dataset == "alpaca":
+                    row.update(baseline_check(votes, ev.beta))
+                rows.append(row)
+                evs.append(ev)
+                print(f"  {encoder} {method:>8s} seed {seed}: NLL {cmp.nll:.4f} global {cmp.baseline_nll:.4f} diff "
+                      f"{cmp.difference:+.4f} [{cmp.lower:+.4f}, {cmp.upper:+.4f}] over {cmp.num_prompts} prompts; "
+                      f"folds {row['fold_diffs']} l2 {row['fold_delta_l2']} best epochs {row['fold_best_epoch']} "
+                      f"({seconds:.0f} s; {row['uptime_end']})", flush=True)
+                if category is None or method != "residual":
+                    continue
+                # Per category, out of fold: each held-out vote scored by its fold's fits (global, P2L, the plain
+                # fit of the category's votes in the other folds); P2L's aggregate of the category's prompts'
+                # out-of-fold leaderboards; Spearman against the plain fit of ALL the category's votes.
+                vote_fold = ev.fold[np.asarray(votes.prompt)]
+                present = np.unique(votes.prompt)
+                for c in np.unique(category):
+                    in_c = category == c
+                    sub = votes.subset(in_c)
+                    parts = {"global": [], "p2l": [], "category_fit": []}
+                    for f in range(args.folds):
+                        test_f = votes.subset(in_c & (vote_fold == f))
+                        if not len(test_f):
+                            continue
+                        plain_f = np.asarray(fit_bradley_terry(votes.subset(in_c & (vote_fold != f)),
+                                                               ties="half").theta, np.float32)
+                        for name, b in (("global", ev.global_theta[f]), ("p2l", ev.beta), ("category_fit", plain_f)):
+                            parts[name].append(vote_nll(b, None, test_f, loss="bt-tie"))
+                    nll = {k: float(sum((p.weight * p.nll).sum() for p in v) / sum(p.weight.sum() for p in v))
+                           for k, v in parts.items()}
+                    prompts_c = np.unique(sub.prompt)
+                    agg = aggregate_leaderboard(ev.beta[present], loss="bt-tie",
+                                                prompt_weights=np.isin(present, prompts_c).astype(np.float32))
+                    plain_all = np.asarray(fit_bradley_terry(sub, ties="half").theta)
+                    global_all = np.asarray(fit_bradley_terry(votes, ties="half").theta)
+                    cat_rows.append(dict(
+                        encoder=encoder, seed=seed, category=c, prompts=prompts_c.size, votes=len(sub),
+                        **{f"nll_{k}": v for k, v in nll.items()},
+                        spearman_global=spearman(global_all, plain_all),
+                        spearman_p2l_aggregate=spearman(agg.theta, plain_all), uptime=load_avg))
+                    r = cat_rows[-1]
+                    print(f"    {c:>12s}: out-of-fold NLL global {r['nll_global']:.4f} p2l {r['nll_p2l']:.4f} "
+                          f"category fit {r['nll_category_fit']:.4f}; Spearman vs the category's plain fit: global "
+                          f"{r['spearman_global']:.3f} p2l aggregate {r['spearman_p2l_aggregate']:.3f}", flush=True)
+            if len(evs) > 1:
+                # Repeated cross-fitting: every prompt's votes scored once per seed; the mean over the seeds (each
+                # row's weight / S) with ONE bootstrap over the prompts (all seeds' rows of a prompt move together).
+                pooled = [VoteNLL(np.concatenate([getattr(e, side).nll for e in evs]),
+                                  np.concatenate([getattr(e, side).weight for e in evs]) / len(evs),
+                                  np.concatenate([getattr(e, side).prompt for e in evs]))
+                          for side in ("model", "baseline")]
+                cmp = compare_heldout(jax.random.key(10_000), pooled[0], pooled[1], rounds=args.bootstrap)
+                rows.append(dict(dataset=args.dataset, encoder=encoder, method=method, seed="mean", split="kfold",
+                                 folds=args.folds, test_prompts=cmp.num_prompts, test_votes=round(cmp.num_votes, 1),
+                                 nll=cmp.nll, global_nll=cmp.baseline_nll, diff=cmp.difference, diff_lo=cmp.lower,
+                                 diff_hi=cmp.upper, excludes_0=bool(cmp.upper < 0 or cmp.lower > 0),
+                                 uptime=load_avg))
+                print(f"  {encoder} {method:>8s} mean of {len(evs)} seeds: NLL {cmp.nll:.4f} global "
+                      f"{cmp.baseline_nll:.4f} diff {cmp.difference:+.4f} [{cmp.lower:+.4f}, {cmp.upper:+.4f}]",
+                      flush=True)
+    frame = pd.DataFrame(rows)
+    out = pathlib.Path(args.out or REPO / "benchmarks" / "results" / f"p2l_{args.dataset}_kfold.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False, float_format="%.5f")
+    print(frame[frame.seed != "mean"].groupby(["encoder", "method"]).agg(
+        diff=("diff", "mean"), seeds=("seed", "count"), excludes_0=("excludes_0", "sum"),
+        better_significant=("diff_hi", lambda d: int((d < 0).sum())),
+        worse_significant=("diff_lo", lambda d: int((d > 0).sum())),
+        seconds=("train_seconds", "mean")).to_string(float_format=lambda v: f"{v:.4f}"))
+    if cat_rows:
+        cat_out = out.with_name(out.stem + "_categories.csv")
+        cats = pd.DataFrame(cat_rows)
+        cats.to_csv(cat_out, index=False, float_format="%.5f")
+        print(cats.drop(columns=["seed", "uptime"]).groupby(["encoder", "category"]).mean().to_string(
             float_format=lambda v: f"{v:.4f}"))
         print(f"wrote {cat_out}")
     print(f"wrote {out} ({platform.processor() or platform.machine()}, {jax.device_count()} device(s)); "

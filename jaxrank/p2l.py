@@ -54,7 +54,12 @@ from jaxrank.routing import (
     router_scores,
     win_probabilities,
 )
-from jaxrank.ratings.bradley_terry import outcome_log_probs, outcome_probabilities, solve_bradley_terry
+from jaxrank.ratings.bradley_terry import (
+    fit_bradley_terry,
+    outcome_log_probs,
+    outcome_probabilities,
+    solve_bradley_terry,
+)
 from jaxrank.ratings.uncertainty import rank_upper_bound
 from jaxrank.votes.table import TIE, Votes
 
@@ -74,6 +79,8 @@ __all__ = [
     "vote_nll",
     "HeldoutComparison",
     "compare_heldout",
+    "CrossFitEvaluation",
+    "crossfit_heldout",
     "DeltaL2Choice",
     "choose_delta_l2",
     # routing (jaxrank.routing), re-exported
@@ -1613,3 +1620,135 @@ def compare_heldout(
     return HeldoutComparison(nll=model.mean(), baseline_nll=baseline.mean(), difference=diff, lower=float(lo),
                              upper=float(hi), confidence=float(confidence), num_prompts=int(prompts.size),
                              num_votes=float(w.sum()), rounds=int(rounds))
+
+
+class CrossFitEvaluation(NamedTuple):
+    """Cross-fitted held-out evaluation of P2L against the global fit (`crossfit_heldout`).
+
+    Attributes:
+        comparison: `HeldoutComparison` of the pooled out-of-fold NLLs (every prompt scored once, by the
+            models fit without it), its interval a bootstrap over ALL the prompts.
+        model, baseline: the pooled `VoteNLL` rows of the P2L head and of the global fit (row for row the
+            same votes: `vote_nll` of each fold's held-out votes, concatenated in fold order).
+        fold: int64[P] the fold of each prompt of the votes' prompt table (-1: a prompt without votes).
+        beta: float32[P, M] each prompt's out-of-fold coefficients (its fold's head; 0 for prompts
+            without votes).
+        global_theta: float32[K, M] each fold's global fit (of the other folds' votes).
+        fold_difference: float64[K] each fold's mean difference `model - baseline` on its own votes.
+        chosen_delta_l2: per fold, the residual head's chosen L2 (None for a plain head).
+        best_epoch: per fold, the head's best epoch (0: the start, i.e. the global fit, was kept).
+    """
+
+    comparison: HeldoutComparison
+    model: VoteNLL
+    baseline: VoteNLL
+    fold: np.ndarray
+    beta: np.ndarray
+    global_theta: np.ndarray
+    fold_difference: np.ndarray
+    chosen_delta_l2: tuple
+    best_epoch: tuple
+
+
+def crossfit_heldout(
+    key: jax.Array, features: Any, votes: Votes, *, folds: int = 5, loss: str = "bt-tie", rounds: int = 2000,
+    confidence: float = 0.95, refit_base: bool = True, inner_folds: int | None = None, **train_kwargs: Any,
+) -> CrossFitEvaluation:
+    r"""Cross-fitted K-fold-by-prompt held-out NLL of a P2L head against the global Bradley–Terry fit.
+
+    The distinct prompts are split at random into `folds` parts. For each part, the global fit
+    (`fit_bradley_terry` of the OTHER parts' votes, maximum likelihood, ties as `loss` treats them) and the
+    head (`train_p2l(features, other parts' votes, loss=loss, **train_kwargs)`: its early stopping and a
+    residual head's `delta_l2` choice use a validation split of the training prompts only) are fit
+    without the part, and both score the part's votes (`vote_nll`). Every prompt is held out exactly
+    once, so the pooled difference uses all the votes, and its interval (`compare_heldout`) resamples all
+    the prompts: K times the prompts of one 1/K split, at the cost of K trainings. The folds' models
+    differ, so the pooled number evaluates the training PROCEDURE, not one fitted head (cross-fitting).
+
+    A residual head (`delta_l2` given) is `beta = beta_global + Delta(prompt)`; `train_p2l` fits its
+    `beta_global` on the training split WITHOUT its validation prompts. With `refit_base` (default) the
+    head's base is then replaced by the fold's global fit of all its training votes (the baseline itself):
+    `beta = theta_fold + centre(Delta(prompt))`, so a head that keeps its start (best epoch 0, or an
+    uninformative representation) scores exactly as the global fit, and the comparison isolates `Delta`.
+
+    Args:
+        key: PRNG key: the fold assignment, each fold's training (`fold_in(key, f)`) and the bootstrap.
+        features: float[P, D] prompt features, rows indexed by `votes.prompt` (as `train_p2l`).
+        votes: `jaxrank.Votes` with prompts.
+        folds: K >= 2 (at most the number of prompts with votes).
+        loss: `"bt"` or `"bt-tie"` (a global fit without a tie parameter to carry per fold).
+        rounds, confidence: of the prompt bootstrap (`compare_heldout`).
+        refit_base: a residual head's base replaced by the fold's global fit (see above); no effect on a
+            plain head.
+        inner_folds: None: a residual head's `delta_l2` grid is chosen by `train_p2l` on its one validation
+            split. An int >= 2: chosen by `choose_delta_l2` (K-fold over the TRAINING fold's prompts, nested
+            cross-validation; `inner_folds` more trainings per fold), then the head is trained with the chosen
+            strength (its validation split still stops it early and keeps the start as a candidate).
+        **train_kwargs: other `train_p2l` options (`delta_l2`, `learning_rate`, `val_fraction`, ...); not
+            `val_prompts`, `checkpoint_dir` or `resume`.
+
+    Returns:
+        `CrossFitEvaluation`.
+
+    Example:
+        >>> ev = crossfit_heldout(jax.random.key(0), feats, votes, folds=5, delta_l2=(1e-2, 1e-1, 1.0),
+        ...                       val_fraction=0.2)                                             # doctest: +SKIP
+        >>> ev.comparison.difference, ev.comparison.lower, ev.comparison.upper                  # doctest: +SKIP
+    """
+    if loss not in ("bt", "bt-tie"):
+        raise ValueError(f"crossfit_heldout supports loss 'bt' or 'bt-tie', got {loss!r}")
+    if not isinstance(votes, Votes) or votes.prompt is None:
+        raise ValueError("votes must be a jaxrank.Votes with prompts")
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds must be an int >= 2, got {folds!r}")
+    for name in ("val_prompts", "checkpoint_dir", "resume", "stop_after"):
+        if name in train_kwargs:
+            raise ValueError(f"crossfit_heldout does not take {name} (each fold trains from scratch)")
+    if inner_folds is not None:
+        if isinstance(inner_folds, bool) or not isinstance(inner_folds, (int, np.integer)) or inner_folds < 2:
+            raise ValueError(f"inner_folds must be None or an int >= 2, got {inner_folds!r}")
+        if train_kwargs.get("delta_l2") is None:
+            raise ValueError("inner_folds chooses a residual head's delta_l2: pass a delta_l2 grid")
+    x_np = np.asarray(_check_features(features, "features"))
+    present = np.unique(votes.prompt)
+    if present.size < folds:
+        raise ValueError(f"folds={folds} needs at least as many prompts with votes, the votes have {present.size}")
+    k_folds, k_train, k_boot = jax.random.split(key, 3)
+    order = present[np.asarray(jax.random.permutation(k_folds, present.size))]
+    fold = np.full(votes.num_prompts, -1, np.int64)
+    for f, part in enumerate(np.array_split(order, folds)):
+        fold[part] = f
+    vote_fold = fold[np.asarray(votes.prompt)]
+    beta_all = np.zeros((votes.num_prompts, votes.num_models), np.float32)
+    thetas = np.zeros((folds, votes.num_models), np.float32)
+    model_parts, base_parts, fold_diff, chosen, best_epoch = [], [], np.zeros(folds), [], []
+    for f in range(folds):
+        train, test = votes.subset(vote_fold != f), votes.subset(vote_fold == f)
+        thetas[f] = np.asarray(fit_bradley_terry(train, ties=LOSS_TIES[loss]).theta, np.float32)
+        k_f = jax.random.fold_in(k_train, f)
+        opts = dict(train_kwargs)
+        if inner_folds is not None:
+            grid = opts.pop("delta_l2")
+            inner = {k: v for k, v in opts.items() if k != "val_fraction"}
+            opts["delta_l2"] = choose_delta_l2(jax.random.fold_in(k_f, 1), x_np, train, np.atleast_1d(grid).tolist(),
+                                               folds=inner_folds, loss=loss, **inner).chosen
+        head = train_p2l(x_np, train, loss=loss, key=k_f, **opts)
+        part = fold == f
+        beta_all[part] = np.asarray(head.coefficients(x_np[part])[0])
+        module = head.head()
+        if refit_base and module.base is not None:
+            base = np.asarray(module.base[...], np.float32)
+            shift = thetas[f] - (base - base.mean() if module.centre else base)
+            beta_all[part] += shift
+        m, b0 = vote_nll(beta_all, None, test, loss=loss), vote_nll(thetas[f], None, test, loss=loss)
+        model_parts.append(m)
+        base_parts.append(b0)
+        fold_diff[f] = m.mean() - b0.mean()
+        chosen.append(head.config.get("chosen_delta_l2"))
+        best_epoch.append(int(head.history["best_epoch"]))
+    pooled = [VoteNLL(*(np.concatenate([getattr(p, name) for p in parts]) for name in VoteNLL._fields))
+              for parts in (model_parts, base_parts)]
+    cmp = compare_heldout(k_boot, pooled[0], pooled[1], rounds=rounds, confidence=confidence)
+    return CrossFitEvaluation(comparison=cmp, model=pooled[0], baseline=pooled[1], fold=fold, beta=beta_all,
+                              global_theta=thetas, fold_difference=fold_diff, chosen_delta_l2=tuple(chosen),
+                              best_epoch=tuple(best_epoch))

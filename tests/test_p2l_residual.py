@@ -271,3 +271,76 @@ def test_heldout_prompts_steer_nothing():
     np.testing.assert_allclose(fits[0].history["heldout_nll"], ref.mean(), rtol=1e-4)
     chosen = GRID.index(fits[0].config["chosen_delta_l2"])
     assert fits[0].history["delta_l2_heldout_nll"][chosen] == fits[0].history["heldout_nll"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Cross-fitted K-fold-by-prompt evaluation
+
+
+def test_crossfit_every_prompt_once_and_informative_prompts_beat_global():
+    """Prompts that truly move the leaderboard: the pooled out-of-fold gain's interval excludes 0; every prompt is
+    scored exactly once, by the fold fit without it, and the baseline is each fold's plain fit of the other folds."""
+    from jaxrank.p2l import crossfit_heldout
+    from jaxrank.ratings import fit_bradley_terry
+
+    x, votes = arena(5, informative=True, num_prompts=90, votes_per_prompt=16)
+    ev = crossfit_heldout(jax.random.key(0), x, votes, folds=3, rounds=500, **CONFIG)
+    present = np.unique(votes.prompt)
+    assert sorted(np.unique(ev.fold[present])) == [0, 1, 2] and (ev.fold[present] >= 0).all()
+    assert ev.comparison.num_prompts == present.size and ev.model.nll.shape == ev.baseline.nll.shape
+    np.testing.assert_allclose(ev.comparison.num_votes, vote_nll(ev.global_theta[0], None, votes).weight.sum())
+    assert ev.comparison.upper < 0 and (ev.fold_difference < 0).all(), ev.comparison
+    assert all(c in GRID for c in ev.chosen_delta_l2)
+    f0 = ev.fold[np.asarray(votes.prompt)] == 0
+    theta0 = np.asarray(fit_bradley_terry(votes.subset(~f0), ties="half").theta)
+    np.testing.assert_allclose(ev.global_theta[0], theta0, atol=1e-6)
+    # No leakage: flipping the held-out fold's votes changes neither its head nor its global fit.
+    flipped = votes.replace(a=np.where(f0, votes.b, votes.a), b=np.where(f0, votes.a, votes.b))
+    ev2 = crossfit_heldout(jax.random.key(0), x, flipped, folds=3, rounds=500, **CONFIG)
+    part = ev.fold == 0
+    np.testing.assert_array_equal(ev2.fold, ev.fold)
+    np.testing.assert_allclose(ev2.global_theta[0], ev.global_theta[0], atol=1e-6)
+    np.testing.assert_allclose(ev2.beta[part], ev.beta[part], atol=1e-6)
+    assert not np.allclose(ev2.beta[ev.fold == 1], ev.beta[ev.fold == 1], atol=1e-3)  # fold 1 trained on them
+
+
+def test_crossfit_noise_features_give_no_gain():
+    """Prompts that do not move the leaderboard and noise features: the pooled difference is ~0 and not
+    significantly negative (a head fit on its test votes would find a spurious gain)."""
+    from jaxrank.p2l import crossfit_heldout
+
+    _, votes = arena(6, informative=False, num_prompts=90, votes_per_prompt=16)
+    noise = np.random.default_rng(7).normal(size=(votes.num_prompts, 3)).astype(np.float32)
+    ev = crossfit_heldout(jax.random.key(1), noise, votes, folds=3, rounds=500, **CONFIG)
+    assert ev.comparison.upper > 0 and abs(ev.comparison.difference) < 0.01, ev.comparison
+    # A representation that cannot tell prompts apart: Delta = 0, and with the base refit on each fold's training
+    # votes the head IS the fold's global fit (difference exactly 0); without the refit its base is fit without
+    # the validation prompts, another leaderboard.
+    const = np.ones_like(noise)
+    same = crossfit_heldout(jax.random.key(1), const, votes, folds=3, rounds=500, **CONFIG)
+    np.testing.assert_allclose(same.model.nll, same.baseline.nll, atol=1e-5)
+    assert abs(same.comparison.difference) < 1e-6
+    split_base = crossfit_heldout(jax.random.key(1), const, votes, folds=3, rounds=500, refit_base=False, **CONFIG)
+    assert np.abs(split_base.model.nll - split_base.baseline.nll).max() > 1e-4
+    with pytest.raises(ValueError, match="folds must be an int >= 2"):
+        crossfit_heldout(jax.random.key(0), noise, votes, folds=1)
+    with pytest.raises(ValueError, match="does not take val_prompts"):
+        crossfit_heldout(jax.random.key(0), noise, votes, val_prompts=[0])
+    with pytest.raises(ValueError, match="loss"):
+        crossfit_heldout(jax.random.key(0), noise, votes, loss="rao-kupper")
+
+
+def test_crossfit_nested_choice_of_delta_l2():
+    """inner_folds: the L2 of each outer fold chosen by K-fold over that fold's training prompts only (nested):
+    informative prompts get a weak L2 and the pooled gain excludes 0."""
+    from jaxrank.p2l import crossfit_heldout
+
+    x, votes = arena(8, informative=True, num_prompts=60, votes_per_prompt=16)
+    ev = crossfit_heldout(jax.random.key(2), x, votes, folds=2, inner_folds=2, rounds=500, **CONFIG)
+    assert all(c < max(GRID) for c in ev.chosen_delta_l2), ev.chosen_delta_l2
+    assert ev.comparison.upper < 0 and ev.comparison.num_prompts == 60
+    opts = {k: v for k, v in CONFIG.items() if k != "delta_l2"}
+    with pytest.raises(ValueError, match="inner_folds chooses"):
+        crossfit_heldout(jax.random.key(0), x, votes, inner_folds=2, **opts)
+    with pytest.raises(ValueError, match="inner_folds must be"):
+        crossfit_heldout(jax.random.key(0), x, votes, inner_folds=1, **CONFIG)
