@@ -13,7 +13,7 @@ Methods:
 - `global`: `fit_bradley_terry` of the training votes (prompt-blind), one leaderboard for every prompt;
 - `head`: the plain linear P2L head on frozen prompt features (`train_p2l`, bias started at the global fit);
 - `residual`: `beta = beta_global + Delta(prompt)`, `Delta` linear on frozen features, its L2 chosen on the
-  training prompts' 20 % validation split over a grid (`train_p2l(delta_l2=...)`), the global fit a candidate.
+  training prompts' 20 % validation split over a grid (`train_p2l(key, ..., delta_l2=...)`), the global fit a candidate.
 
 AlpacaEval per-category (its `dataset` column: helpful_base, koala, oasst, selfinstruct, vicuna): on each
 category's held-out votes, the NLL of the global leaderboard, of P2L per prompt, of P2L's aggregate
@@ -250,13 +250,13 @@ def main() -> None:
                           f"{cmp.difference:+.4f} [{cmp.lower:+.4f}, {cmp.upper:+.4f}]", flush=True)
                     continue
                 if method == "head":
-                    model = train_p2l(feats, train, learning_rate=args.lr, weight_decay=args.weight_decay,
-                                      batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
-                                      val_fraction=args.val_fraction, key=jax.random.key(seed))
+                    model = train_p2l(jax.random.key(seed), feats, train, learning_rate=args.lr,
+                                      weight_decay=args.weight_decay, batch_size=args.batch_size,
+                                      max_epochs=args.epochs, patience=args.patience, val_fraction=args.val_fraction)
                 elif method == "residual":
-                    model = train_p2l(feats, train, learning_rate=args.lr, delta_l2=grid, batch_size=args.batch_size,
-                                      max_epochs=args.epochs, patience=args.patience, val_fraction=args.val_fraction,
-                                      key=jax.random.key(seed))
+                    model = train_p2l(jax.random.key(seed), feats, train, learning_rate=args.lr, delta_l2=grid,
+                                      batch_size=args.batch_size, max_epochs=args.epochs, patience=args.patience,
+                                      val_fraction=args.val_fraction)
                 else:
                     raise SystemExit(f"unknown method {method!r}")
                 seconds[method] = time.perf_counter() - t0

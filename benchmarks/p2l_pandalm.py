@@ -110,9 +110,9 @@ def main() -> None:
                 is_test = np.isin(votes.prompt, test_prompts)
                 train, test = votes.subset(~is_test), votes.subset(is_test)
                 t0 = time.perf_counter()
-                model = train_p2l(feats, train, loss=loss, learning_rate=args.lr, weight_decay=args.weight_decay,
-                                  batch_size=args.batch_size, max_epochs=args.epochs, val_fraction=0.1,
-                                  patience=args.patience, key=jax.random.key(seed), encoder=encoder)
+                model = train_p2l(jax.random.key(seed), feats, train, loss=loss, learning_rate=args.lr,
+                                  weight_decay=args.weight_decay, batch_size=args.batch_size, max_epochs=args.epochs,
+                                  val_fraction=0.1, patience=args.patience, encoder=encoder)
                 seconds = time.perf_counter() - t0
                 beta, alpha = model.coefficients(feats)
                 p2l = per_vote_nll(beta, alpha, test, loss)

@@ -577,6 +577,7 @@ def _check_divergence(epoch: int, values: Sequence[float], start: Sequence[float
 
 
 def train_p2l(
+    key: jax.Array,
     features: Any,
     votes: Votes,
     *,
@@ -592,7 +593,6 @@ def train_p2l(
     max_epochs: int = 50,
     val_fraction: float = 0.1,
     patience: int | None = 5,
-    key: jax.Array | None = None,
     mesh: jax.sharding.Mesh | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
@@ -643,6 +643,7 @@ def train_p2l(
     and resuming to `E`, bit for bit. The options must be the same on resume (checked).
 
     Args:
+        key: PRNG key (required): the validation split, the shuffling, the initialisation.
         features: float[P, D] prompt features (e.g. `prompt_features(prompts)`).
         votes: `jaxrank.Votes` whose `prompt` indexes rows of `features` (`prompt_features(votes.prompt_text)`
             is aligned with `votes.prompt_ids`). Vote weights and counts weight the loss; a soft vote
@@ -658,7 +659,6 @@ def train_p2l(
         max_epochs: epochs (sets the schedule's length).
         val_fraction: share of prompts held out for early stopping, in [0, 1).
         patience: epochs without validation improvement before stopping (None: no early stopping).
-        key: PRNG key (split, shuffling, initialisation); default `jax.random.key(0)`.
         mesh: optional `jax.sharding.Mesh` for data-parallel minibatches.
         checkpoint_dir: directory for training checkpoints (created).
         checkpoint_every: epochs between checkpoints.
@@ -686,7 +686,7 @@ def train_p2l(
     Example:
         >>> from jaxrank.lm.features import prompt_features                          # doctest: +SKIP
         >>> feats = prompt_features(prompts, encoder="smollm2-135m-instruct")          # doctest: +SKIP
-        >>> model = train_p2l(feats, votes, loss="bt-tie", key=jax.random.key(0))      # doctest: +SKIP
+        >>> model = train_p2l(jax.random.key(0), feats, votes, loss="bt-tie")          # doctest: +SKIP
         >>> beta, _ = model.coefficients(feats)                                        # doctest: +SKIP
     """
     _check_loss(loss)
@@ -744,8 +744,8 @@ def train_p2l(
                                  axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
-    if key is None:
-        key = jax.random.key(0)
+    if not isinstance(key, jax.Array):
+        raise TypeError(f"key must be a jax.random.key (the first argument), got {type(key).__name__}")
     k_split, k_init, k_shuffle = jax.random.split(key, 3)
     seed = int(np.asarray(jax.random.randint(k_init, (), 0, 2**31 - 1)))
 
@@ -1002,14 +1002,14 @@ def choose_delta_l2(
 ) -> DeltaL2Choice:
     r"""Choose the residual head's `delta_l2` by K-fold cross-validation over PROMPTS.
 
-    The distinct prompts are split at random into `folds` parts; for each part, `train_p2l(features, votes,
-    delta_l2=grid, heldout_prompts=part, ...)` trains the whole grid at once on the other parts, each
+    The distinct prompts are split at random into `folds` parts; for each part, `train_p2l(key_f, features,
+    votes, delta_l2=grid, heldout_prompts=part, ...)` trains the whole grid at once on the other parts, each
     strength early-stopped on a validation split of THOSE parts (`val_fraction` of their prompts), and
     reports each strength's NLL on the held-out part at its best epoch (`history["delta_l2_heldout_nll"]`):
     the held-out part steers neither training nor early stopping, so its NLL is an honest estimate. The
     chosen strength minimises the vote-weighted mean over the folds: every prompt is held out once, so the
     choice does not rest on one small validation split. Train the final head with
-    `train_p2l(..., delta_l2=choice.chosen)`.
+    `train_p2l(key, ..., delta_l2=choice.chosen)`.
 
     Args:
         features, votes: as `train_p2l`.
@@ -1024,7 +1024,7 @@ def choose_delta_l2(
 
     Example:
         >>> choice = choose_delta_l2(jax.random.key(0), feats, votes, (1e-3, 1e-2, 1e-1, 1.0), folds=5)       # doctest: +SKIP
-        >>> model = train_p2l(feats, votes, delta_l2=choice.chosen)                          # doctest: +SKIP
+        >>> model = train_p2l(jax.random.key(1), feats, votes, delta_l2=choice.chosen)       # doctest: +SKIP
     """
     if not isinstance(votes, Votes) or votes.prompt is None:
         raise ValueError("votes must be a jaxrank.Votes with prompts")
@@ -1049,7 +1049,7 @@ def choose_delta_l2(
     vote_weight = np.bincount(np.asarray(votes.prompt)[np.asarray(rows.row_vote)], weights=np.asarray(rows.count),
                               minlength=votes.num_prompts)
     for f, part in enumerate(parts):
-        model = train_p2l(features, votes, delta_l2=grid, heldout_prompts=part, key=jax.random.fold_in(k_train, f),
+        model = train_p2l(jax.random.fold_in(k_train, f), features, votes, delta_l2=grid, heldout_prompts=part,
                           **train_kwargs)
         fold_nll[f] = [math.nan if v is None else v for v in model.history["delta_l2_heldout_nll"]]
         global_nll[f] = model.history["baseline_heldout_nll"]
@@ -1658,7 +1658,7 @@ def crossfit_heldout(
 
     The distinct prompts are split at random into `folds` parts. For each part, the global fit
     (`fit_bradley_terry` of the OTHER parts' votes, maximum likelihood, ties as `loss` treats them) and the
-    head (`train_p2l(features, other parts' votes, loss=loss, **train_kwargs)`: its early stopping and a
+    head (`train_p2l(key_f, features, other parts' votes, loss=loss, **train_kwargs)`: its early stopping and a
     residual head's `delta_l2` choice use a validation split of the training prompts only) are fit
     without the part, and both score the part's votes (`vote_nll`). Every prompt is held out exactly
     once, so the pooled difference uses all the votes, and its interval (`compare_heldout`) resamples all
@@ -1732,7 +1732,7 @@ def crossfit_heldout(
             inner = {k: v for k, v in opts.items() if k != "val_fraction"}
             opts["delta_l2"] = choose_delta_l2(jax.random.fold_in(k_f, 1), x_np, train, np.atleast_1d(grid).tolist(),
                                                folds=inner_folds, loss=loss, **inner).chosen
-        head = train_p2l(x_np, train, loss=loss, key=k_f, **opts)
+        head = train_p2l(k_f, x_np, train, loss=loss, **opts)
         part = fold == f
         beta_all[part] = np.asarray(head.coefficients(x_np[part])[0])
         module = head.head()

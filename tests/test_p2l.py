@@ -146,7 +146,7 @@ def arena():
 @pytest.fixture(scope="module")
 def trained(arena):
     x, _, _, train = arena
-    return train_p2l(x, train, key=jax.random.key(0), encoder="all-minilm-l6-v2", **CONFIG)
+    return train_p2l(jax.random.key(0), x, train, encoder="all-minilm-l6-v2", **CONFIG)
 
 
 def test_synthetic_arena_is_recovered(arena, trained):
@@ -303,15 +303,15 @@ def test_resume_is_exact(arena, trained, tmp_path):
     x, _, _, votes = arena
     key = jax.random.key(0)
     # A checkpoint every 4 epochs, and at the stop (epoch 2) and at the early stop: few orbax writes.
-    full = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "full", checkpoint_every=4, **CONFIG)
-    first = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", stop_after=2, checkpoint_every=4, **CONFIG)
+    full = train_p2l(key, x, votes, checkpoint_dir=tmp_path / "full", checkpoint_every=4, **CONFIG)
+    first = train_p2l(key, x, votes, checkpoint_dir=tmp_path / "part", stop_after=2, checkpoint_every=4, **CONFIG)
     assert first.history["epochs"] == 2
     with pytest.raises(ValueError, match="already holds checkpoints"):
-        train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", **CONFIG)
+        train_p2l(key, x, votes, checkpoint_dir=tmp_path / "part", **CONFIG)
     with pytest.raises(ValueError, match="learning_rate differ"):
-        train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", resume=True,
+        train_p2l(key, x, votes, checkpoint_dir=tmp_path / "part", resume=True,
                   **{**CONFIG, "learning_rate": 0.1})
-    resumed = train_p2l(x, votes, key=key, checkpoint_dir=tmp_path / "part", resume=True, checkpoint_every=4,
+    resumed = train_p2l(key, x, votes, checkpoint_dir=tmp_path / "part", resume=True, checkpoint_every=4,
                         **CONFIG)
     # Through early stopping (best epoch < last epoch): the resumed run restored the best parameters too.
     assert resumed.history == full.history == trained.history and full.history["stopped_early"]
@@ -332,7 +332,7 @@ def test_sharded_training_equals_unsharded(arena, trained):
     assert jax.device_count() == 8
     x, _, _, votes = arena
     mesh = jax.make_mesh((8,), ("data",))
-    sharded = train_p2l(x, votes, key=jax.random.key(0), mesh=mesh, encoder="all-minilm-l6-v2", **CONFIG)
+    sharded = train_p2l(jax.random.key(0), x, votes, mesh=mesh, encoder="all-minilm-l6-v2", **CONFIG)
     for p, q in zip(trained.coefficients(x), sharded.coefficients(x)):
         np.testing.assert_allclose(np.asarray(q), np.asarray(p), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sharded.history["val_nll"], trained.history["val_nll"], rtol=1e-5)
@@ -364,17 +364,17 @@ def test_bad_input(small_arena):
     with pytest.raises(ValueError, match=r"prompt must have shape \[N\] = \(1,\)"):
         Votes.from_arrays(["a"], ["b"], ["tie"], prompt=[0, 1])
     with pytest.raises(ValueError, match="votes.prompt indexes prompt 39 but features has only P = 10 rows"):
-        train_p2l(x[:10], votes)
+        train_p2l(jax.random.key(0), x[:10], votes)
     with pytest.raises(ValueError, match=r"features must have shape \[P, D\]"):
-        train_p2l(x[0], votes)
+        train_p2l(jax.random.key(0), x[0], votes)
     with pytest.raises(TypeError, match="votes must be a jaxrank.Votes"):
-        train_p2l(x, {"a": 1})
+        train_p2l(jax.random.key(0), x, {"a": 1})
     with pytest.raises(ValueError, match="val_fraction must be in"):
-        train_p2l(x, votes, val_fraction=1.0)
+        train_p2l(jax.random.key(0), x, votes, val_fraction=1.0)
     with pytest.raises(ValueError, match="batch_size=60 must be a multiple of the mesh's 8 devices"):
-        train_p2l(x, votes, batch_size=60, mesh=jax.make_mesh((8,), ("data",)))
+        train_p2l(jax.random.key(0), x, votes, batch_size=60, mesh=jax.make_mesh((8,), ("data",)))
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
-        train_p2l(x, votes, resume=True)
+        train_p2l(jax.random.key(0), x, votes, resume=True)
     with pytest.raises(ValueError, match=r"tie_param \[P\] is required"):
         aggregate_leaderboard(np.zeros((3, 2), np.float32), loss="grounded-rao-kupper")
     with pytest.raises(ValueError, match="bootstrap must be 0 or an int >= 2"):
@@ -415,10 +415,10 @@ def test_bad_values_raise_instead_of_silent_nan(small_arena):
     _, val = _split_by_prompt(jax.random.split(key, 3)[0], votes, 0.2)
     all_ties = dataclasses.replace(votes, outcome=np.where(val, 2, votes.outcome).astype(np.int32))
     with pytest.raises(ValueError, match=r"val_fraction=0.2: the 8 validation prompts hold no vote the loss scores"):
-        train_p2l(x, all_ties, loss="bt", val_fraction=0.2, key=key)
+        train_p2l(key, x, all_ties, loss="bt", val_fraction=0.2)
     zero_w = dataclasses.replace(votes, weight=np.where(val, 0.0, votes.vote_weight()).astype(np.float32))
     with pytest.raises(ValueError, match="all weight 0"):
-        train_p2l(x, zero_w, loss="bt-tie", val_fraction=0.2, key=key)
+        train_p2l(key, x, zero_w, loss="bt-tie", val_fraction=0.2)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,14 +433,14 @@ def test_a_diverging_run_raises_instead_of_returning_untrained_parameters(small_
     x, _, votes = small_arena
     with pytest.raises(TrainingDivergedError, match=r"diverged at epoch 1: the training loss rose to .* "
                                                      r"\(learning_rate=1e\+06 is likely too large\)"):
-        train_p2l(x, votes, key=jax.random.key(0), **{**SMALL, "learning_rate": 1e6, "batch_size": 64})
+        train_p2l(jax.random.key(0), x, votes, **{**SMALL, "learning_rate": 1e6, "batch_size": 64})
 
 
 def test_a_batch_larger_than_the_data_costs_no_memory(small_arena):
     x, _, votes = small_arena
     # 10**9 votes per minibatch would be 20 GB of padding; it is the same full batch as 2**20.
-    huge = train_p2l(x, votes, key=jax.random.key(0), batch_size=10**9, **SMALL)
-    big = train_p2l(x, votes, key=jax.random.key(0), batch_size=2**20, **SMALL)
+    huge = train_p2l(jax.random.key(0), x, votes, batch_size=10**9, **SMALL)
+    big = train_p2l(jax.random.key(0), x, votes, batch_size=2**20, **SMALL)
     assert huge.history == big.history and _leaves_equal(huge.params, big.params)
     assert huge.config["batch_size"] == 10**9
 
@@ -449,11 +449,11 @@ def test_resume_from_a_damaged_checkpoint_is_a_clear_error(small_arena, tmp_path
     from jaxrank.checkpoint import UnreadableCheckpointError
 
     x, _, votes = small_arena
-    opts = dict(key=jax.random.key(0), batch_size=64, checkpoint_dir=tmp_path / "ck", **SMALL)
-    train_p2l(x, votes, stop_after=1, **opts)
+    opts = dict(batch_size=64, checkpoint_dir=tmp_path / "ck", **SMALL)
+    train_p2l(jax.random.key(0), x, votes, stop_after=1, **opts)
     step = tmp_path / "ck" / "1"
     for f in step.rglob("*"):
         if f.is_file() and f.name != "_CHECKPOINT_METADATA":
             f.write_bytes(f.read_bytes()[: max(1, f.stat().st_size // 3)])  # truncated files
     with pytest.raises(UnreadableCheckpointError, match=r"the latest checkpoint \(epoch 1\) is incomplete or damaged"):
-        train_p2l(x, votes, resume=True, **opts)
+        train_p2l(jax.random.key(0), x, votes, resume=True, **opts)

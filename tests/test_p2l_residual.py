@@ -59,7 +59,7 @@ def global_theta(votes, l2=1e-3):
 def constant_fit():
     x, votes = arena(0, informative=False)
     x = np.ones_like(x)  # an uninformative representation: every prompt looks the same
-    return x, votes, train_p2l(x, votes, key=jax.random.key(0), **CONFIG)
+    return x, votes, train_p2l(jax.random.key(0), x, votes, **CONFIG)
 
 
 def test_uninformative_representation_gives_the_global_leaderboard(constant_fit):
@@ -81,7 +81,7 @@ def test_uninformative_representation_gives_the_global_leaderboard(constant_fit)
 def test_noise_features_never_worse_than_global_on_validation():
     x, votes = arena(1, informative=False)
     x = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
-    model = train_p2l(x, votes, key=jax.random.key(1), **CONFIG)
+    model = train_p2l(jax.random.key(1), x, votes, **CONFIG)
     h = model.history
     assert h["best_val_nll"] <= h["baseline_val_nll"] + 1e-6
     assert min(v for v in h["delta_l2_val_nll"]) == pytest.approx(h["best_val_nll"])
@@ -90,7 +90,7 @@ def test_noise_features_never_worse_than_global_on_validation():
 def test_informative_features_beat_global_on_new_prompts():
     x, votes = arena(2, informative=True, num_prompts=160)
     train, test = votes.subset(votes.prompt < 120), votes.subset(votes.prompt >= 120)
-    model = train_p2l(x, train, key=jax.random.key(2), **CONFIG)
+    model = train_p2l(jax.random.key(2), x, train, **CONFIG)
     h = model.history
     assert h["best_val_nll"] < h["baseline_val_nll"] - 0.02 and h["best_epoch"] >= 1
     assert model.config["chosen_delta_l2"] < max(GRID)  # the strongest shrinkage (towards global) lost
@@ -109,9 +109,9 @@ def test_residual_save_load_round_trip(constant_fit, tmp_path):
 def test_residual_grid_resume_is_exact(tmp_path):
     x, votes = arena(3, informative=True, num_prompts=60, votes_per_prompt=12)
     cfg = {**CONFIG, "patience": None, "max_epochs": 4}
-    full = train_p2l(x, votes, key=jax.random.key(3), **cfg)
-    train_p2l(x, votes, key=jax.random.key(3), checkpoint_dir=tmp_path / "c", stop_after=2, **cfg)
-    resumed = train_p2l(x, votes, key=jax.random.key(3), checkpoint_dir=tmp_path / "c", resume=True, **cfg)
+    full = train_p2l(jax.random.key(3), x, votes, **cfg)
+    train_p2l(jax.random.key(3), x, votes, checkpoint_dir=tmp_path / "c", stop_after=2, **cfg)
+    resumed = train_p2l(jax.random.key(3), x, votes, checkpoint_dir=tmp_path / "c", resume=True, **cfg)
     assert resumed.history == full.history and resumed.config == full.config
     for p, q in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(p), np.asarray(q))
@@ -121,8 +121,8 @@ def test_residual_sharded_equals_unsharded():
     assert jax.device_count() == 8
     x, votes = arena(4, informative=True, num_prompts=60, votes_per_prompt=12)
     cfg = {**CONFIG, "max_epochs": 3, "patience": None}
-    plain = train_p2l(x, votes, key=jax.random.key(4), **cfg)
-    sharded = train_p2l(x, votes, key=jax.random.key(4), mesh=jax.make_mesh((8,), ("data",)), **cfg)
+    plain = train_p2l(jax.random.key(4), x, votes, **cfg)
+    sharded = train_p2l(jax.random.key(4), x, votes, mesh=jax.make_mesh((8,), ("data",)), **cfg)
     np.testing.assert_allclose(np.asarray(sharded.coefficients(x)[0]), np.asarray(plain.coefficients(x)[0]),
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sharded.history["delta_l2_val_nll"], plain.history["delta_l2_val_nll"], rtol=1e-5)
@@ -132,9 +132,9 @@ def test_bad_delta_l2():
     x, votes = arena(5, informative=False, num_prompts=20, votes_per_prompt=4)
     for bad in (-1.0, [], [0.1, float("nan")], "0.1"):
         with pytest.raises(ValueError, match="delta_l2"):
-            train_p2l(x, votes, delta_l2=bad)
+            train_p2l(jax.random.key(0), x, votes, delta_l2=bad)
     with pytest.raises(ValueError, match="val_fraction must be > 0"):
-        train_p2l(x, votes, delta_l2=[0.1, 1.0], val_fraction=0.0)
+        train_p2l(jax.random.key(0), x, votes, delta_l2=[0.1, 1.0], val_fraction=0.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def test_kfold_choice_of_delta_l2():
     with pytest.raises(ValueError, match="sets heldout_prompts itself"):
         choose_delta_l2(jax.random.key(0), x, votes, GRID, heldout_prompts=[0])
     with pytest.raises(ValueError, match="val_prompts must be"):
-        train_p2l(x, votes, val_prompts=[10_000], **opts)
+        train_p2l(jax.random.key(0), x, votes, val_prompts=[10_000], **opts)
 
 
 def test_heldout_prompts_steer_nothing():
@@ -258,7 +258,7 @@ def test_heldout_prompts_steer_nothing():
     held = np.arange(0, votes.num_prompts, 4)
     flip = np.isin(votes.prompt, held)
     turned = dataclasses.replace(votes, a=np.where(flip, votes.b, votes.a), b=np.where(flip, votes.a, votes.b))
-    fits = [train_p2l(x, v, delta_l2=GRID, heldout_prompts=held, key=jax.random.key(2), **opts) for v in (votes, turned)]
+    fits = [train_p2l(jax.random.key(2), x, v, delta_l2=GRID, heldout_prompts=held, **opts) for v in (votes, turned)]
     for leaf_a, leaf_b in zip(jax.tree_util.tree_leaves(fits[0].params), jax.tree_util.tree_leaves(fits[1].params)):
         np.testing.assert_array_equal(np.asarray(leaf_a), np.asarray(leaf_b))
     assert fits[0].history["best_epoch"] == fits[1].history["best_epoch"]
@@ -344,3 +344,9 @@ def test_crossfit_nested_choice_of_delta_l2():
         crossfit_heldout(jax.random.key(0), x, votes, inner_folds=2, **opts)
     with pytest.raises(ValueError, match="inner_folds must be"):
         crossfit_heldout(jax.random.key(0), x, votes, inner_folds=1, **CONFIG)
+
+
+def test_train_p2l_needs_its_key_first():
+    x, votes = arena(0, informative=False, num_prompts=8, votes_per_prompt=4)
+    with pytest.raises(TypeError, match="key must be a jax.random.key"):
+        train_p2l(None, x, votes)

@@ -337,10 +337,9 @@ def run_train(args: argparse.Namespace) -> int:
             _diverged_hint(args.lr):
         warnings.simplefilter("always")
         model = train_p2l(
-            feats, votes, loss=args.loss, hidden=hidden, learning_rate=args.lr, weight_decay=args.weight_decay,
-            delta_l2=delta_l2,
-            batch_size=args.batch_size, max_epochs=args.epochs, val_fraction=args.val_fraction,
-            patience=args.patience, key=jax.random.key(args.seed), checkpoint_dir=args.checkpoint_dir,
+            jax.random.key(args.seed), feats, votes, loss=args.loss, hidden=hidden, learning_rate=args.lr,
+            weight_decay=args.weight_decay, delta_l2=delta_l2, batch_size=args.batch_size, max_epochs=args.epochs,
+            val_fraction=args.val_fraction, patience=args.patience, checkpoint_dir=args.checkpoint_dir,
             resume=args.resume, encoder=encoder, max_length=None if encoder is None else args.max_length,
             progress=update,
         )
