@@ -6,9 +6,11 @@ all libraries fit the same Bradley–Terry likelihood with a tie as half a win e
 choice), so their ratings must agree; we report single-fit time, 1,000-round bootstrap time, the
 largest rating difference to jaxrank (all re-centred to mean 1000), and online Elo over 1,000 random
 vote orders against FastChat's Python loop. The bootstrap is also compared with as many warm single
-fits of arena-rank as it has rounds (`R x` the mean time of its L-BFGS traced once with the vote weights
-as an argument and refitted on 20 resampled count vectors: what refitting resamples would cost at best,
-since arena-rank's own bootstrap re-traces every round and its Pool hangs here without `spawn`).
+fits of arena-rank as it has rounds: `R x` the median time of its L-BFGS traced once with the vote weights
+as an argument and refitted on `--arena-fits` resampled count vectors drawn outside the timing (what refitting
+resamples would cost at best, since arena-rank's own bootstrap re-traces every round and its Pool hangs here
+without `spawn`). Both sides use the same statistic: jaxrank's row is the median of `--repeats` warm
+1,000-round calls (resampling included), arena-rank's R x the median of its single fits.
 `--datasets` picks the data sets (default: all).
 
 - arena-rank 0.1.1 pins jax==0.8.1 / numpy==2.3.3, so it runs in its own venv (`.venv-arena/`, created
@@ -198,12 +200,17 @@ if __name__ == "__main__":
                                                 max_iter=model.max_iter, gtol=model.gtol, ftol=model.ftol)[0]["ratings"])
     rng = np.random.default_rng(0)
     probs = np.asarray(ds.counts, np.float64) / float(np.sum(ds.counts))
-    draws = [jnp.asarray(rng.multinomial(int(np.sum(ds.counts)), probs) * np.asarray(ds.weights)) for _ in range(21)]
+    draws = [jnp.asarray(rng.multinomial(int(np.sum(ds.counts)), probs) * np.asarray(ds.weights)) for _ in range(spec["fits"] + 1)]
     warm_fit(draws[0]).block_until_ready()
-    t = time.perf_counter()
+    times = []
     for w in draws[1:]:
+        t = time.perf_counter()
         warm_fit(w).block_until_ready()
-    out["warm_fit_s"] = (time.perf_counter() - t) / (len(draws) - 1)
+        times.append(time.perf_counter() - t)
+    # The median of the single fits, the statistic jaxrank's bootstrap row uses too (median of its repeats).
+    out["warm_fit_s"] = float(np.median(times))
+    out["warm_fit_mean_s"] = float(np.mean(times))
+    out["warm_fit_min_s"] = float(np.min(times))
     out["boot"] = {}
     for r in spec["rounds"]:
         t = time.perf_counter()
@@ -224,9 +231,9 @@ def ensure_arena_venv(python: str | None) -> pathlib.Path:
     return python
 
 
-def run_arena(python: pathlib.Path, votes: pathlib.Path, rounds: list[int]) -> dict:
+def run_arena(python: pathlib.Path, votes: pathlib.Path, rounds: list[int], fits: int = 20) -> dict:
     proc = subprocess.run(
-        [str(python), "-c", ARENA_SCRIPT, json.dumps({"votes": str(votes), "rounds": rounds})],
+        [str(python), "-c", ARENA_SCRIPT, json.dumps({"votes": str(votes), "rounds": rounds, "fits": fits})],
         capture_output=True, text=True, timeout=7200, env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     for line in proc.stdout.splitlines():
@@ -268,6 +275,9 @@ def main() -> None:
     parser.add_argument("--skip-slow-baselines", action="store_true",
                         help="bootstrap: only jaxrank vs the warm single fits of arena-rank (no FastChat loop, no arena-rank "
                              "bootstrap with its re-tracing rounds): the issue-18 table row, in seconds")
+    parser.add_argument("--repeats", type=int, default=7, help="warm jaxrank bootstrap calls; the row is their median")
+    parser.add_argument("--arena-fits", type=int, default=50,
+                        help="warm single fits of arena-rank timed one by one; the row is R x their median")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ratings.csv"))
     args = parser.parse_args()
     R = args.rounds
@@ -320,7 +330,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = pathlib.Path(tmp) / "votes.npz"
                 np.savez(path, a=va, b=vb, o=vo, models=np.asarray(battles.models, dtype=object))
-                arena = run_arena(arena_python, path, arena_rounds)
+                arena = run_arena(arena_python, path, arena_rounds, args.arena_fits)
             ar = pd.Series(arena["ratings"], index=arena["competitors"]).reindex(battles.models).to_numpy()
             if "fit" in tasks:
                 add(name, "fit", "arena-rank 0.1.1", arena["fit_s"], diff=np.abs(centred(ar) - ref).max(),
@@ -340,11 +350,14 @@ def main() -> None:
 def bootstrap_rows(name, battles, df, fit, arena, big, R, args, add):
     # --- bootstrap, R rounds
     boot, t_boot_first = timed(bootstrap_ratings, jax.random.key(1), battles, num_rounds=R, fit=fit)
-    warm = [timed(bootstrap_ratings, jax.random.key(2 + i), battles, num_rounds=R, fit=fit) for i in range(3)]
-    boot, t_boot = min(warm, key=lambda bt: bt[1])
+    warm = [timed(bootstrap_ratings, jax.random.key(2 + i), battles, num_rounds=R, fit=fit) for i in range(args.repeats)]
+    # The median of the warm calls: the same statistic as arena-rank's row (the median of its single fits).
+    t_boot = float(np.median([t for _, t in warm]))
+    boot = warm[-1][0]
     add(name, f"bootstrap {R}", "jaxrank", t_boot, rounds=R, measured=R,
-        note=f"best of 3 warm calls (mean {np.mean([t for _, t in warm]):.3f} s); first call incl. compile "
-             f"{t_boot_first:.2f} s; {float(boot.converged.mean()):.1%} rounds converged")
+        note=f"median of {args.repeats} warm calls (mean {np.mean([t for _, t in warm]):.4f} s, min "
+             f"{min(t for _, t in warm):.4f} s); first call incl. compile {t_boot_first:.2f} s; "
+             f"{float(boot.converged.mean()):.1%} rounds converged")
     if not args.skip_slow_baselines:
         r_fc = R if args.full else (3 if big else 20)
         _, t_meas = timed(fastchat_bootstrap, df, r_fc)
@@ -353,9 +366,10 @@ def bootstrap_rows(name, battles, df, fit, arena, big, R, args, add):
             note=f"measured {t_meas:.1f} s for {r_fc} rounds (alone {t_meas / t_boot:.0f}x jaxrank's {R}); estimate x{t_fc / t_boot:.0f}")
     if arena is not None:
         t_fits = R * arena["warm_fit_s"]
-        add(name, f"bootstrap {R}", f"{R} warm single fits of arena-rank 0.1.1", t_fits, rounds=R, measured=20,
-            extrapolated=True, note=f"{R} x its warm jitted fit on resampled counts ({arena['warm_fit_s'] * 1e3:.2f} ms, "
-            f"mean of 20; traced once); jaxrank's warm bootstrap is x{t_fits / t_boot:.1f} faster")
+        add(name, f"bootstrap {R}", f"{R} warm single fits of arena-rank 0.1.1", t_fits, rounds=R, measured=args.arena_fits,
+            extrapolated=True, note=f"{R} x its warm jitted fit on resampled counts ({arena['warm_fit_s'] * 1e3:.3f} ms, "
+            f"median of {args.arena_fits} (mean {arena['warm_fit_mean_s'] * 1e3:.3f} ms, min {arena['warm_fit_min_s'] * 1e3:.3f} ms); "
+            f"traced once; counts drawn outside the timing); jaxrank's warm bootstrap (median) is x{t_fits / t_boot:.1f} faster")
         if not arena["boot"]:
             return
         (r_ar, t_meas), = ((int(k), v) for k, v in arena["boot"].items())
