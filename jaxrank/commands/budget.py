@@ -28,7 +28,7 @@ from jaxrank.commands._common import (
     output_path,
     resource_flags,
 )
-from jaxrank.outputs import Output, append_jsonl, write_file, write_state, write_text
+from jaxrank.outputs import Output, append_jsonl, write_rows, write_state, write_text
 
 FORMATS = ("auto", "jsonl", "prometheus")
 CSV_COLUMNS = ("allocator", "budget", "wce_mean", "wce_lower", "wce_upper", "mae_mean", "rmse_mean")
@@ -203,26 +203,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     upd.set_defaults(func=run_update)
 
 
-def _write_rows(out: Output, rows: list[list[Any]]) -> None:
-    """The simulate table: CSV / TSV with the `csv` module (the same text as pandas' `to_csv`: floats as
-    `repr`, no index), other formats through pandas (`write_table`). Importing pandas costs about 0.3 s, a
-    tenth of a warm `budget simulate`."""
-    if out.suffix in (".csv", ".tsv"):
-        def write(p: pathlib.Path) -> None:
-            with p.open("w", newline="", encoding="utf-8") as f:
-                w = csv.writer(f, delimiter="," if out.suffix == ".csv" else "\t", lineterminator="\n")
-                w.writerow(CSV_COLUMNS)
-                w.writerows(rows)
-
-        write_file(out, write)
-        return
-    import pandas as pd
-
-    from jaxrank.outputs import write_table
-
-    write_table(pd.DataFrame(rows, columns=list(CSV_COLUMNS)), out)
-
-
 def run_simulate(args: argparse.Namespace) -> int:
     path = input_path(args.scores, arg="SCORES")
     out = output_path(args.out, force=args.force, arg="--out", inputs=[path], suffixes=TABLE_FORMATS)
@@ -331,7 +311,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     if out is not None:
         rows = [[a, int(s["budget"][j])] + [float(f"{float(s[c][j]):.6g}") for c in CSV_COLUMNS[2:]]
                 for a, s in summaries.items() for j in range(len(s["budget"]))]
-        _write_rows(out, rows)
+        write_rows(CSV_COLUMNS, rows, out)
         err_console.print(f"[dim]wrote {out.named}[/dim]")
     if plot is not None:
         from jaxrank.plots import plot_budget_curves
